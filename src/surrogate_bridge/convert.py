@@ -1,0 +1,127 @@
+"""The numpy <-> torch boundary: validation of user input and conversion of results.
+
+Every public entry point funnels its ``x`` through :func:`as_points`, which checks kind, rank,
+feature count and finiteness *before any torch work* and returns a private copy, so a caller that
+mutates its array afterwards (scipy's Newton-CG and SLSQP do) cannot reach our caches. Results
+leave through :func:`to_host`. Adapters never call ``.cpu().numpy()`` themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_MAX_LISTED = 5  # non-finite positions named in an error message
+
+
+@dataclass(frozen=True)
+class Points:
+    """Validated input: ``data`` is always 2-D ``(N, n_in)``; ``single`` says if x was one point."""
+
+    data: np.ndarray | torch.Tensor
+    single: bool
+    is_torch: bool
+
+
+def _shape_hint(n_in: int) -> str:
+    return f"Pass an array of shape ({n_in},) or (N, {n_in})."
+
+
+def as_points(x, n_in: int, where: str, name: str = "x") -> Points:
+    """Validate ``x`` against ``n_in`` features; numpy input is copied to float64.
+
+    Raises ``TypeError`` for a non-numeric kind and ``ValueError`` for a wrong rank, feature count
+    or a non-finite entry; each message names ``where``, ``name``, what was expected and what came.
+    """
+    if isinstance(x, torch.Tensor):
+        if not (x.dtype.is_floating_point or x.dtype in _TORCH_INTS):
+            raise TypeError(
+                f"{where}: {name} has dtype {x.dtype}, expected a real floating or integer tensor."
+            )
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as err:  # ragged lists and the like
+            raise TypeError(f"{where}: {name} could not be read as an array: {err}") from err
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(
+                f"{where}: {name} has dtype {arr.dtype}, expected real numbers (float or int). "
+                f"{_shape_hint(n_in)}"
+            )
+        arr = np.array(arr, dtype=np.float64, copy=True)  # private copy: the cache key owner
+    if arr.ndim == 0 and n_in == 1:
+        arr = arr.reshape(1)
+    if arr.ndim not in (1, 2):
+        raise ValueError(
+            f"{where}: {name} has {arr.ndim} dimensions (shape {tuple(arr.shape)}), "
+            f"expected 1 or 2. {_shape_hint(n_in)}"
+        )
+    if arr.shape[-1] != n_in:
+        raise ValueError(
+            f"{where}: {name} has {arr.shape[-1]} features (shape {tuple(arr.shape)}), "
+            f"the surrogate takes {n_in}. {_shape_hint(n_in)}"
+        )
+    _check_finite(arr, where, name)
+    single = arr.ndim == 1
+    data = arr.reshape(1, n_in) if single else arr
+    return Points(data=data, single=single, is_torch=isinstance(x, torch.Tensor))
+
+
+_TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _check_finite(arr, where: str, name: str) -> None:
+    if isinstance(arr, torch.Tensor):
+        if arr.dtype.is_floating_point and not bool(torch.isfinite(arr).all()):
+            bad = torch.nonzero(~torch.isfinite(arr)).cpu().numpy()
+            _raise_non_finite(bad, where, name)
+    elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        _raise_non_finite(np.argwhere(~np.isfinite(arr)), where, name)
+
+
+def _raise_non_finite(bad: np.ndarray, where: str, name: str) -> None:
+    listed = ", ".join(str(tuple(int(i) for i in b)) for b in bad[:_MAX_LISTED])
+    more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+    raise ValueError(f"{where}: {name} has non-finite entries (NaN or Inf) at {listed}{more}.")
+
+
+def as_vector(v, length: int, where: str, name: str) -> np.ndarray:
+    """Validate a 1-D weight or direction vector (``p`` of hessp, ``v`` of lagrangian_hess)."""
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    arr = np.asarray(v)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{where}: {name} has dtype {arr.dtype}, expected real numbers.")
+    arr = np.array(arr, dtype=np.float64, copy=True).reshape(-1) if arr.ndim == 0 else arr
+    if arr.shape != (length,):
+        raise ValueError(f"{where}: {name} has shape {tuple(arr.shape)}, expected ({length},).")
+    _check_finite(arr.astype(np.float64), where, name)
+    return np.array(arr, dtype=np.float64)
+
+
+def to_torch(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host array or tensor -> tensor of the surrogate's dtype on its device (no grad)."""
+    if isinstance(data, torch.Tensor):
+        return data.detach().to(device=device, dtype=dtype)
+    return torch.as_tensor(data, dtype=dtype, device=device)
+
+
+def to_host(t: torch.Tensor) -> np.ndarray:
+    """Tensor -> numpy array on the host (float64 by default: the solvers' dtype)."""
+    return t.detach().cpu().numpy()
+
+
+def finish(t: torch.Tensor, pts: Points, drop: int = 0):
+    """Shape a batched result ``(N, ...)`` for the caller: strip N for a single point, drop
+    ``drop`` trailing size-1 output axes, and return numpy or torch as the caller gave."""
+    if drop:
+        t = t.squeeze(1)
+    if pts.single:
+        t = t[0]
+    if pts.is_torch:
+        return t
+    out = to_host(t)
+    return float(out) if out.ndim == 0 else out

@@ -1,0 +1,177 @@
+"""Hazard warnings (non-smooth activations, extrapolation) and the finite-difference check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "DerivativeReport",
+    "ExtrapolationError",
+    "ExtrapolationWarning",
+    "SmoothnessWarning",
+    "check_derivatives",
+]
+
+EXTRAPOLATION_POLICIES = ("warn", "ignore", "raise")
+
+
+class SmoothnessWarning(UserWarning):
+    """A second or higher derivative was asked of a piecewise-linear model: it is zero almost
+    everywhere, whatever the true function's curvature."""
+
+
+class ExtrapolationWarning(UserWarning):
+    """The surrogate was evaluated outside its training domain."""
+
+
+class ExtrapolationError(ValueError):
+    """Raised instead of :class:`ExtrapolationWarning` under ``extrapolation="raise"``."""
+
+
+# torch functions whose second derivative is zero almost everywhere (nn modules call these)
+_PIECEWISE_LINEAR = frozenset(
+    {
+        "relu",
+        "relu_",
+        "relu6",
+        "leaky_relu",
+        "leaky_relu_",
+        "hardtanh",
+        "hardtanh_",
+        "prelu",
+        "rrelu",
+        "rrelu_",
+        "threshold",
+        "threshold_",
+        "clamp",
+        "clamp_",
+        "clip",
+        "clamp_min",
+        "clamp_max",
+    }
+)
+
+
+class _OpRecorder(TorchFunctionMode):
+    """Records the names of the torch functions a forward pass calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def piecewise_linear_ops(fn, x: torch.Tensor) -> list[str]:
+    """Names of the piecewise-linear operations that ``fn(x)`` calls (empty if smooth)."""
+    rec = _OpRecorder()
+    with rec, torch.no_grad():
+        fn(x)
+    return sorted(rec.names & _PIECEWISE_LINEAR)
+
+
+def check_domain(data: np.ndarray, lb: np.ndarray, ub: np.ndarray) -> str | None:
+    """A message naming the first point and feature outside [lb, ub], or None if all inside."""
+    tol = 1e-9 * np.maximum(ub - lb, 1.0)
+    out = (data < lb - tol) | (data > ub + tol)
+    if not out.any():
+        return None
+    i, j = np.argwhere(out)[0]
+    return (
+        f"x[{i}, {j}] = {data[i, j]:.6g} lies outside the training domain "
+        f"[{lb[j]:.6g}, {ub[j]:.6g}] of feature {j} ({int(out.any(axis=1).sum())} of "
+        f"{data.shape[0]} points outside); derivatives there are extrapolations."
+    )
+
+
+@dataclass
+class DerivativeReport:
+    """Autograd against central differences: one row per derivative.
+
+    ``rows`` holds ``(name, max_abs_error, max_rel_error)``; the relative error is taken to the
+    largest entry of the finite-difference result.
+    """
+
+    x: np.ndarray
+    rows: list[tuple[str, float, float]] = field(default_factory=list)
+    rtol: float = 1e-5
+
+    @property
+    def ok(self) -> bool:
+        return all(rel <= self.rtol for _, _, rel in self.rows)
+
+    @property
+    def max_rel_error(self) -> float:
+        return max(rel for _, _, rel in self.rows)
+
+    def __str__(self) -> str:
+        lines = [f"derivative check at x = {np.array2string(self.x, precision=4)}"]
+        lines.append(f"{'derivative':<12}{'max abs err':>14}{'max rel err':>14}")
+        for name, ab, rel in self.rows:
+            lines.append(f"{name:<12}{ab:>14.3e}{rel:>14.3e}")
+        lines.append(f"{'PASS' if self.ok else 'FAIL'} (rtol {self.rtol:g})")
+        return "\n".join(lines)
+
+
+def _central(f, x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Central differences of a numpy callable: result has shape f(x).shape + (n,)."""
+    cols = []
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = h[i]
+        cols.append((np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * h[i]))
+    return np.stack(cols, axis=-1)
+
+
+def _rel(ad: np.ndarray, fd: np.ndarray) -> tuple[float, float]:
+    err = float(np.max(np.abs(ad - fd)))
+    return err, err / max(float(np.max(np.abs(fd))), 1e-300)
+
+
+def check_derivatives(sur, x, *, order: int = 2, rtol: float = 1e-5) -> DerivativeReport:
+    """Compare the surrogate's exact derivatives at one point with central differences.
+
+    The first derivative is checked against differences of the value, the second against
+    differences of the (exact) gradient, each through the numpy callables a solver calls.
+
+    Parameters
+    ----------
+    sur : Surrogate
+    x : array_like, shape (n_in,)
+        One point, in physical units.
+    order : {1, 2}
+        Highest derivative to check.
+    rtol : float
+        Pass threshold on the relative error (to the largest entry); step sizes are
+        ``eps**(1/3) * max(1, |x_i|)``, so ~1e-7 is typical in float64.
+
+    Examples
+    --------
+    >>> import torch, surrogate_bridge as sb
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    >>> report = sb.check_derivatives(sb.Surrogate(net), [0.3, -0.2])
+    >>> report.ok
+    True
+    """
+    if order not in (1, 2):
+        raise ValueError(f"check_derivatives: order must be 1 or 2, got {order!r}.")
+    pt = np.asarray(x, dtype=np.float64)
+    if pt.shape != (sur.n_in,):
+        raise ValueError(
+            f"check_derivatives: x has shape {pt.shape}, expected one point of shape ({sur.n_in},)."
+        )
+    eps = np.finfo(np.float64 if sur.dtype == torch.float64 else np.float32).eps
+    h = eps ** (1 / 3) * np.maximum(1.0, np.abs(pt))
+    report = DerivativeReport(x=pt, rtol=rtol)
+    jac = sur.jac(pt)  # (m, n)
+    report.rows.append(("jacobian", *_rel(jac, _central(lambda z: np.atleast_1d(sur(z)), pt, h))))
+    if order == 2:
+        hess = sur.hess(pt).reshape(sur.n_out, sur.n_in, sur.n_in)
+        report.rows.append(("hessian", *_rel(hess, _central(sur.jac, pt, h))))
+    return report

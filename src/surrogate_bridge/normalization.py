@@ -1,0 +1,201 @@
+"""Per-feature affine normalization ``z = (x - shift) / scale``, from sklearn or fitted here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["Affine", "as_affine"]
+
+_FIT_KINDS = ("minmax", "standard")
+
+
+def _vector(a, name: str) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(
+            f"Affine: {name} must be 1-D (one entry per feature), got shape {arr.shape}."
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(f"Affine: {name} has non-finite entries: {arr}.")
+    return arr
+
+
+def _safe_scale(scale: np.ndarray) -> np.ndarray:
+    """Constant features get scale 1, as sklearn's ``_handle_zeros_in_scale`` does."""
+    scale = scale.copy()
+    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
+    return scale
+
+
+class Affine:
+    """Per-feature affine map ``z = (x - shift) / scale`` and its inverse ``x = z * scale + shift``.
+
+    Parameters
+    ----------
+    shift, scale : array_like, shape (n_features,)
+        float64 after conversion; ``scale`` must be non-zero.
+    data_min, data_max : array_like, shape (n_features,), optional
+        The training-data range, if known; it defines the surrogate's default domain.
+
+    Examples
+    --------
+    >>> a = Affine(shift=[1.0, 0.0], scale=[2.0, 4.0])
+    >>> a.transform([[3.0, 8.0]]).tolist()
+    [[1.0, 2.0]]
+    >>> a.inverse_transform([[1.0, 2.0]]).tolist()
+    [[3.0, 8.0]]
+    """
+
+    def __init__(self, shift, scale, *, data_min=None, data_max=None) -> None:
+        self.shift = _vector(shift, "shift")
+        self.scale = _vector(scale, "scale")
+        if self.shift.shape != self.scale.shape:
+            raise ValueError(
+                f"Affine: shift has {self.shift.size} features and scale {self.scale.size}; "
+                "they must match."
+            )
+        if np.any(self.scale == 0):
+            raise ValueError(
+                f"Affine: scale has zero entries at {np.flatnonzero(self.scale == 0)}."
+            )
+        self.data_min = None if data_min is None else _vector(data_min, "data_min")
+        self.data_max = None if data_max is None else _vector(data_max, "data_max")
+
+    @property
+    def n_features(self) -> int:
+        return int(self.shift.size)
+
+    def __repr__(self) -> str:
+        return f"Affine(shift={self.shift.tolist()}, scale={self.scale.tolist()})"
+
+    def transform(self, x) -> np.ndarray:
+        """Physical -> normalized: ``(x - shift) / scale``."""
+        return (np.asarray(x, dtype=np.float64) - self.shift) / self.scale
+
+    def inverse_transform(self, z) -> np.ndarray:
+        """Normalized -> physical: ``z * scale + shift``."""
+        return np.asarray(z, dtype=np.float64) * self.scale + self.shift
+
+    def to_dict(self) -> dict:
+        d = {"shift": self.shift.tolist(), "scale": self.scale.tolist()}
+        if self.data_min is not None:
+            d["data_min"], d["data_max"] = self.data_min.tolist(), self.data_max.tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Affine:
+        return cls(d["shift"], d["scale"], data_min=d.get("data_min"), data_max=d.get("data_max"))
+
+    @classmethod
+    def identity(cls, n_features: int) -> Affine:
+        return cls(np.zeros(n_features), np.ones(n_features))
+
+    @classmethod
+    def fit(cls, X, kind: str = "minmax") -> Affine:
+        """Fit to data ``X`` of shape (N, n_features): ``"minmax"`` maps the data range to [0, 1]
+        (and records it as the domain), ``"standard"`` to zero mean and unit variance.
+
+        Examples
+        --------
+        >>> Affine.fit([[0.0], [4.0]], kind="minmax").scale.tolist()
+        [4.0]
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[:, None]
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise ValueError(f"Affine.fit: X must have shape (N, n_features), got {X.shape}.")
+        if not np.isfinite(X).all():
+            raise ValueError("Affine.fit: X has non-finite entries.")
+        if kind == "minmax":
+            lo, hi = X.min(axis=0), X.max(axis=0)
+            return cls(lo, _safe_scale(hi - lo), data_min=lo, data_max=hi)
+        if kind == "standard":
+            return cls(X.mean(axis=0), _safe_scale(X.std(axis=0)))
+        raise ValueError(f"Affine.fit: kind={kind!r} is not supported; use one of {_FIT_KINDS}.")
+
+    @classmethod
+    def from_sklearn(cls, scaler) -> Affine:
+        """Read a fitted sklearn ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler`` or
+        ``RobustScaler`` from its fitted attributes (sklearn itself is not imported).
+
+        Examples
+        --------
+        >>> from sklearn.preprocessing import StandardScaler
+        >>> a = Affine.from_sklearn(StandardScaler().fit([[1.0], [3.0]]))
+        >>> a.shift.tolist(), a.scale.tolist()
+        ([2.0], [1.0])
+        """
+        for klass in type(scaler).__mro__:
+            reader = _SKLEARN_READERS.get(klass.__name__)
+            if reader is not None:
+                break
+        else:
+            raise TypeError(
+                f"Affine.from_sklearn: {type(scaler).__name__} is not supported; use one of "
+                f"{sorted(_SKLEARN_READERS)}, an Affine, or None."
+            )
+        if not hasattr(scaler, "n_features_in_"):
+            raise TypeError(
+                f"Affine.from_sklearn: this {type(scaler).__name__} is not fitted; call "
+                ".fit(X) on it first."
+            )
+        return reader(scaler)
+
+    # torch side -----------------------------------------------------------------------------
+    def tensors(self, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.as_tensor(self.shift, dtype=dtype, device=device),
+            torch.as_tensor(self.scale, dtype=dtype, device=device),
+        )
+
+
+def _read_minmax(s) -> Affine:
+    if getattr(s, "clip", False):
+        raise ValueError(
+            "Affine.from_sklearn: MinMaxScaler(clip=True) clips its input, which makes the "
+            "surrogate flat (zero derivative) outside the data range; refit with clip=False."
+        )
+    # sklearn: z = x * scale_ + min_  =>  shift = -min_ / scale_, scale = 1 / scale_
+    return Affine(-s.min_ / s.scale_, 1.0 / s.scale_, data_min=s.data_min_, data_max=s.data_max_)
+
+
+def _read_standard(s) -> Affine:
+    n = s.n_features_in_
+    mean = s.mean_ if getattr(s, "with_mean", True) and s.mean_ is not None else np.zeros(n)
+    scale = s.scale_ if getattr(s, "with_std", True) and s.scale_ is not None else np.ones(n)
+    return Affine(mean, scale)
+
+
+def _read_maxabs(s) -> Affine:
+    return Affine(np.zeros(s.n_features_in_), s.scale_)
+
+
+def _read_robust(s) -> Affine:
+    n = s.n_features_in_
+    center = s.center_ if getattr(s, "center_", None) is not None else np.zeros(n)
+    scale = s.scale_ if getattr(s, "scale_", None) is not None else np.ones(n)
+    return Affine(center, scale)
+
+
+_SKLEARN_READERS: dict[str, Callable[[object], Affine]] = {
+    "MinMaxScaler": _read_minmax,
+    "StandardScaler": _read_standard,
+    "MaxAbsScaler": _read_maxabs,
+    "RobustScaler": _read_robust,
+}
+
+
+def as_affine(scaler, role: str) -> Affine | None:
+    """Accept ``None``, an ``Affine`` or a fitted sklearn scaler for ``role`` (an argument name)."""
+    if scaler is None or isinstance(scaler, Affine):
+        return scaler
+    try:
+        return Affine.from_sklearn(scaler)
+    except TypeError as err:
+        raise TypeError(f"{role}: {err}") from None

@@ -1,0 +1,82 @@
+"""Test problems that know their exact answers, and small training helpers."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from torch import nn
+
+# the seed problem: a real user's Lyapunov matrix
+P_SEED = np.array([[20.1892, -26.6218], [-26.6218, 38.0375]])
+
+
+class Quadratic(nn.Module):
+    """z^T P z (+ c) on normalized inputs: exact first and second derivatives known."""
+
+    def __init__(self, P, c: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("P", torch.as_tensor(np.asarray(P, dtype=np.float64)))
+        self.c = c
+
+    def forward(self, z):
+        return ((z @ self.P) * z).sum(-1, keepdim=True) + self.c
+
+
+class Linear(nn.Module):
+    """z @ A^T + b: a parameter-free affine map (buffers only)."""
+
+    def __init__(self, A, b) -> None:
+        super().__init__()
+        self.register_buffer("A", torch.as_tensor(np.asarray(A, dtype=np.float64)))
+        self.register_buffer("b", torch.as_tensor(np.asarray(b, dtype=np.float64)))
+
+    def forward(self, z):
+        return z @ self.A.T + self.b
+
+
+class SinSum(nn.Module):
+    """Separable sum_j sin(z_j) and its outputs [sum sin, sum z^2]."""
+
+    def forward(self, z):
+        return torch.stack([torch.sin(z).sum(-1), (z**2).sum(-1)], -1)
+
+
+def mlp(sizes, act=nn.Tanh, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers).to(dtype)
+
+
+def fit_full_batch(net, Z, T, adam_steps=300, lbfgs_steps=300, lr=1e-2):
+    """Fit ``net`` on normalized data (Z, T) in float64: Adam, then L-BFGS to polish."""
+    Z = torch.as_tensor(Z, dtype=torch.float64)
+    T = torch.as_tensor(T, dtype=torch.float64)
+    net = net.double()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(adam_steps):
+        opt.zero_grad()
+        loss = ((net(Z) - T) ** 2).mean()
+        loss.backward()
+        opt.step()
+    lb = torch.optim.LBFGS(
+        net.parameters(),
+        max_iter=lbfgs_steps,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+    )
+
+    def closure():
+        lb.zero_grad()
+        loss = ((net(Z) - T) ** 2).mean()
+        loss.backward()
+        return loss
+
+    lb.step(closure)
+    return net

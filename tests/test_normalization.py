@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
+
+import surrogate_bridge as sb
+
+TOL = {"rtol": 1e-12, "atol": 1e-12}
+
+SCALERS = {
+    "minmax": MinMaxScaler(),
+    "minmax(-1,1)": MinMaxScaler(feature_range=(-1, 1)),
+    "minmax(2,7)": MinMaxScaler(feature_range=(2, 7)),
+    "standard": StandardScaler(),
+    "standard-no-mean": StandardScaler(with_mean=False),
+    "standard-no-std": StandardScaler(with_std=False),
+    "maxabs": MaxAbsScaler(),
+    "robust": RobustScaler(),
+    "robust-no-center": RobustScaler(with_centering=False),
+    "robust-no-scale": RobustScaler(with_scaling=False),
+}
+
+
+@pytest.fixture
+def data(rng):
+    X = rng.normal(size=(50, 3)) * [1.0, 10.0, 0.01] + [0.0, 5.0, -2.0]
+    X[:, 2] = 4.0  # a constant feature: sklearn gives it scale 1
+    return X
+
+
+@pytest.mark.parametrize("name", list(SCALERS), ids=list(SCALERS))
+def test_from_sklearn_matches_transform(name, data):
+    scaler = SCALERS[name].fit(data)
+    aff = sb.Affine.from_sklearn(scaler)
+    np.testing.assert_allclose(aff.transform(data), scaler.transform(data), **TOL)
+    z = scaler.transform(data)
+    np.testing.assert_allclose(aff.inverse_transform(z), scaler.inverse_transform(z), **TOL)
+
+
+def test_minmax_records_data_range(data):
+    aff = sb.Affine.from_sklearn(MinMaxScaler().fit(data))
+    np.testing.assert_array_equal(aff.data_min, data.min(0))
+    np.testing.assert_array_equal(aff.data_max, data.max(0))
+
+
+@pytest.mark.parametrize("kind", ["minmax", "standard"])
+def test_fit_matches_sklearn(kind, data):
+    ref = {"minmax": MinMaxScaler(), "standard": StandardScaler()}[kind].fit(data)
+    np.testing.assert_allclose(
+        sb.Affine.fit(data, kind=kind).transform(data), ref.transform(data), **TOL
+    )
+
+
+def test_fit_constant_feature_has_unit_scale(data):
+    assert sb.Affine.fit(data, "minmax").scale[2] == 1.0
+    assert sb.Affine.fit(data, "standard").scale[2] == 1.0
+
+
+def test_dict_round_trip(data):
+    aff = sb.Affine.fit(data, "minmax")
+    back = sb.Affine.from_dict(aff.to_dict())
+    np.testing.assert_array_equal(back.shift, aff.shift)
+    np.testing.assert_array_equal(back.data_max, aff.data_max)
+
+
+def test_unfitted_scaler_is_type_error():
+    with pytest.raises(TypeError, match="not fitted"):
+        sb.Affine.from_sklearn(StandardScaler())
+
+
+def test_unsupported_scaler_names_supported():
+    from sklearn.preprocessing import PowerTransformer
+
+    with pytest.raises(TypeError, match="MinMaxScaler.*StandardScaler|MaxAbsScaler"):
+        sb.Affine.from_sklearn(PowerTransformer())
+
+
+def test_clipping_minmax_refused(data):
+    with pytest.raises(ValueError, match="clip=True"):
+        sb.Affine.from_sklearn(MinMaxScaler(clip=True).fit(data))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"shift": [0.0, 1.0], "scale": [1.0]}, "must match"),
+        ({"shift": [0.0], "scale": [0.0]}, "zero entries"),
+        ({"shift": [[0.0]], "scale": [[1.0]]}, "1-D"),
+        ({"shift": [np.nan], "scale": [1.0]}, "non-finite"),
+    ],
+    ids=["length", "zero-scale", "rank", "nan"],
+)
+def test_bad_affine(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sb.Affine(**kwargs)
+
+
+def test_unknown_fit_kind_lists_valid():
+    with pytest.raises(ValueError, match="minmax.*standard"):
+        sb.Affine.fit([[1.0]], kind="robust")

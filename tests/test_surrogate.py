@@ -1,0 +1,400 @@
+"""Shapes, I/O types, the user's model left untouched, row handling, cache, errors, warnings."""
+
+import numpy as np
+import pytest
+import torch
+from problems import P_SEED, Quadratic, mlp
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from torch import nn
+
+import surrogate_bridge as sb
+
+
+def counting(model):
+    """The model plus a list that records every forward call's batch size (survives the
+    surrogate's deep copy: hooks are shared by reference)."""
+    calls = []
+    model.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    return model, calls
+
+
+@pytest.fixture
+def vec():
+    return sb.Surrogate(mlp([2, 8, 3], nn.Tanh), sb.Affine([1, 2], [3, 4]))
+
+
+@pytest.fixture
+def scal():
+    return sb.Surrogate(mlp([2, 8, 1], nn.Tanh))
+
+
+SHAPES_SCALAR = {"call": (), "grad": (2,), "jac": (1, 2), "hess": (2, 2)}
+SHAPES_VECTOR = {"call": (3,), "jac": (3, 2), "hess": (3, 2, 2)}
+
+
+def _call(sur, name, x):
+    return sur(x) if name == "call" else getattr(sur, name)(x)
+
+
+@pytest.mark.parametrize("name", list(SHAPES_SCALAR))
+def test_scalar_shapes(scal, name):
+    x = np.array([0.1, 0.2])
+    out = _call(scal, name, x)
+    assert np.shape(out) == SHAPES_SCALAR[name]
+    if name == "call":
+        assert isinstance(out, float)
+    batch = _call(scal, name, np.stack([x, x, x]))
+    assert batch.shape == (3, *SHAPES_SCALAR[name])
+    assert batch.dtype == np.float64
+
+
+@pytest.mark.parametrize("name", list(SHAPES_VECTOR))
+def test_vector_shapes(vec, name):
+    x = np.array([0.1, 0.2])
+    assert _call(vec, name, x).shape == SHAPES_VECTOR[name]
+    assert _call(vec, name, np.stack([x] * 4)).shape == (4, *SHAPES_VECTOR[name])
+
+
+def test_derivatives_shapes(vec, scal):
+    x = np.array([0.1, 0.2])
+    assert [d.shape for d in vec.derivatives(x, order=3)] == [(3,), (3, 2), (3, 2, 2), (3, 2, 2, 2)]
+    assert [np.shape(d) for d in scal.derivatives(x, order=2)] == [(), (2,), (2, 2)]
+    assert [d.shape for d in scal.derivatives(np.stack([x, x]), order=3)] == [
+        (2,),
+        (2, 2),
+        (2, 2, 2),
+        (2, 2, 2, 2),
+    ]
+    assert [np.shape(d) for d in scal.derivatives(x, order=0)] == [()]
+
+
+def test_torch_in_torch_out(vec):
+    x = torch.tensor([[0.1, 0.2], [0.3, 0.4]], dtype=torch.float32)
+    J = vec.jac(x)
+    assert isinstance(J, torch.Tensor) and J.dtype == torch.float64 and J.shape == (2, 3, 2)
+    np.testing.assert_allclose(J.numpy(), vec.jac(x.numpy().astype(np.float64)), rtol=1e-6)
+    assert isinstance(vec(x[0]), torch.Tensor)
+    assert not J.requires_grad
+
+
+def test_float32_surrogate():
+    sur = sb.Surrogate(mlp([2, 8, 1]), dtype=torch.float32)
+    assert sur.grad(np.array([0.1, 0.2])).dtype == np.float32
+
+
+def test_batched_equals_single_calls(vec):
+    X = np.random.default_rng(1).normal(size=(6, 2))
+    np.testing.assert_allclose(vec.hess(X), np.stack([vec.hess(x) for x in X]), rtol=1e-12)
+    np.testing.assert_allclose(vec(X), np.stack([vec(x) for x in X]), rtol=1e-12)
+
+
+def test_users_model_is_untouched():
+    model = mlp([2, 8, 1], nn.Tanh, dtype=torch.float32)
+    model.train()
+    model[0].weight.requires_grad_(False)  # a user's own choice, kept
+    model(torch.ones(1, 2)).sum().backward()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    sur = sb.Surrogate(model, StandardScaler().fit([[0, 0], [1, 2]]))
+    x = np.array([0.3, 0.4])
+    sur(x), sur.grad(x), sur.hess(x), sur.hessp(x, [1, 0]), sur.hess(np.stack([x, x]))
+    sb.derivatives(sur.function, torch.ones(2, 2, dtype=torch.float64), order=2)
+    assert model.training
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    for n, p in model.named_parameters():
+        assert (p.grad is None) == (grads[n] is None)
+        if p.grad is not None:
+            assert torch.equal(p.grad, grads[n])
+    assert all(not p.requires_grad for p in sur.function.parameters())
+
+
+class FlatOutput(nn.Module):  # (N, n) -> (N,)
+    def forward(self, z):
+        return (z**2).sum(-1)
+
+
+class Unbatched(nn.Module):  # written for one point (n,) -> scalar
+    def forward(self, z):
+        return z[0] ** 2 + 3 * z[1]
+
+
+class MixesRows(nn.Module):  # uses batch statistics: evaluated point by point instead
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1).double()
+
+    def forward(self, z):
+        return self.lin(z) + (z - z.mean(0)).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("model", [FlatOutput(), Unbatched()], ids=["flat-output", "unbatched"])
+def test_models_of_other_shapes(model):
+    sur = sb.Surrogate(model, n_in=2)
+    x = np.array([1.5, -2.0])
+    assert sur.n_out == 1
+    expect_H = np.diag([2.0, 2.0]) if isinstance(model, FlatOutput) else np.diag([2.0, 0.0])
+    np.testing.assert_allclose(sur.hess(x), expect_H, atol=1e-12)
+    np.testing.assert_allclose(sur.hess(np.stack([x, x])), [expect_H] * 2, atol=1e-12)
+
+
+def test_row_mixing_model_is_evaluated_point_by_point():
+    sur = sb.Surrogate(MixesRows())
+    assert sur.function.rows == "vmap_rows"
+    X = np.random.default_rng(0).normal(size=(5, 2))
+    np.testing.assert_allclose(sur(X), [sur(x) for x in X], rtol=1e-12)
+    np.testing.assert_allclose(sur.jac(X)[:, 0], np.tile(sur.jac(X[0])[0], (5, 1)), rtol=1e-12)
+
+
+def test_n_in_inference():
+    assert sb.Surrogate(mlp([3, 4, 1])).n_in == 3  # first Linear
+    assert sb.Surrogate(FlatOutput(), sb.Affine([0, 0, 0, 0], [1, 1, 1, 1])).n_in == 4  # scaler
+    lazy = sb.Surrogate(FlatOutput())  # parameter-free: learned from the first x
+    assert lazy.n_in is None
+    assert lazy([1.0, 2.0, 3.0]) == 14.0
+    assert lazy.n_in == 3 and lazy.n_out == 1
+
+
+def test_parameter_free_without_n_in_errors_clearly():
+    with pytest.raises(ValueError, match="pass n_in="):
+        sb.Surrogate(FlatOutput()).function  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("x", "err", "match"),
+    [
+        (np.zeros(3), ValueError, r"x has 3 features.*takes 2.*shape \(2,\) or \(N, 2\)"),
+        (np.zeros((2, 2, 2)), ValueError, "x has 3 dimensions"),
+        (np.array(["a", "b"]), TypeError, "dtype <U1"),
+        (np.array([1 + 1j, 2]), TypeError, "complex"),
+        (np.array([np.nan, 1.0]), ValueError, r"non-finite.*\(0,\)"),
+        (np.array([[1.0, 1.0], [1.0, np.inf]]), ValueError, r"non-finite.*\(1, 1\)"),
+        (torch.tensor([1.0, float("nan")]), ValueError, "non-finite"),
+        (torch.tensor([True, False]), TypeError, "torch.bool"),
+        ([[1.0, 2.0], [3.0]], TypeError, "could not be read"),
+    ],
+    ids=["features", "rank", "strings", "complex", "nan", "inf", "torch-nan", "bool", "ragged"],
+)
+def test_bad_input_named(scal, x, err, match):
+    calls = []
+    scal._fn.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(err, match=match):
+        scal.grad(x)
+    assert not calls  # raised before any torch work
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda s: s.grad([0.0, 0.0]), r"grad is for scalar surrogates.*n_out = 3.*jac"),
+        (lambda s: s.hessp([0.0, 0.0], [1, 0]), "hessp is for scalar"),
+        (lambda s: s.value_and_grad([0.0, 0.0]), "value_and_grad is for scalar"),
+        (lambda s: s.lagrangian_hess([0.0, 0.0], [1.0]), r"v has shape \(1,\), expected \(3,\)"),
+        (lambda s: s.lagrangian_hess([[0.0, 0.0]], [1.0, 2, 3]), "one point"),
+        (lambda s: s.derivatives([0.0, 0.0], order=-1), "order must be an int >= 0"),
+        (lambda s: s.bounds(), "no training domain is known"),
+    ],
+    ids=["grad", "hessp", "value_and_grad", "v-length", "lagr-batch", "order", "bounds"],
+)
+def test_documented_errors(vec, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(vec)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        ({"dtype": torch.int32}, TypeError, "floating torch.dtype"),
+        ({"extrapolation": "loud"}, ValueError, "warn.*ignore.*raise"),
+        ({"cache_size": -1}, ValueError, "cache_size"),
+        ({"n_in": 3}, ValueError, "failed on a probe batch"),
+        ({"domain": ([0.0], [1.0])}, ValueError, "domain has 1 features"),
+        ({"domain": ([1.0, 1.0], [0.0, 0.0])}, ValueError, "lb <= ub"),
+        ({"input_scaler": "minmax"}, TypeError, "input_scaler.*not supported"),
+        ({"input_scaler": MinMaxScaler()}, TypeError, "not fitted"),
+        ({"output_scaler": sb.Affine([0, 0], [1, 1])}, ValueError, "output_scaler has 2"),
+    ],
+    ids=[
+        "dtype",
+        "policy",
+        "cache",
+        "n_in",
+        "domain-len",
+        "domain-order",
+        "scaler-kind",
+        "unfitted",
+        "out-scaler",
+    ],
+)
+def test_constructor_errors(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        sb.Surrogate(mlp([2, 4, 1]), **kwargs)
+
+
+def test_input_scaler_feature_mismatch():
+    with pytest.raises(ValueError, match="probe batch of shape"):
+        sb.Surrogate(mlp([2, 4, 1]), sb.Affine([0, 0, 0], [1, 1, 1]))
+
+
+def test_model_not_callable():
+    with pytest.raises(TypeError, match="nn.Module or callable"):
+        sb.Surrogate(42)
+
+
+# cache --------------------------------------------------------------------------------------
+def test_value_then_grad_is_one_pass():
+    model, calls = counting(mlp([2, 8, 1]))
+    sur = sb.Surrogate(model)
+    calls.clear()
+    x = np.array([0.1, 0.2])
+    sur(x), sur.grad(x), sur(x), sur.grad(x)
+    assert len(calls) == 1
+    info = sur.cache_info()
+    assert (info.hits, info.misses, info.passes, info.currsize) == (3, 1, 1, 1)
+
+
+def test_prefetch_off_makes_value_only_pass():
+    model, calls = counting(mlp([2, 8, 1]))
+    sur = sb.Surrogate(model, prefetch_grad=False)
+    calls.clear()
+    x = np.array([0.1, 0.2])
+    sur(x), sur.grad(x)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "order",
+    [("H", "y", "J"), ("y", "J", "H"), ("J", "H", "p", "y")],
+    ids=["hess-first", "value-first", "grad-first"],
+)
+def test_second_order_requests_cost_one_pass_per_point(order):
+    model, calls = counting(mlp([2, 8, 1]))
+    sur = sb.Surrogate(model)
+    sur.hess([9.0, 9.0])  # a second-order caller: value calls now keep their graph
+    calls.clear()
+    ask = {"y": sur, "J": sur.grad, "H": sur.hess, "p": lambda x: sur.hessp(x, [1.0, 2.0])}
+    for i in range(4):
+        x = np.array([0.1 * i, 0.2])
+        for k in order:
+            ask[k](x)
+    assert len(calls) == 4
+
+
+def test_cached_hessian_serves_hessp_and_lagrangian():
+    model, calls = counting(mlp([2, 8, 1]))
+    sur = sb.Surrogate(model)
+    x = np.array([0.1, 0.2])
+    H = sur.hess(x)
+    calls.clear()
+    np.testing.assert_allclose(sur.hessp(x, [1.0, -1.0]), H @ [1.0, -1.0], rtol=1e-13)
+    np.testing.assert_allclose(sur.lagrangian_hess(x, [2.0]), 2 * H, rtol=1e-13)
+    assert not calls
+
+
+def test_large_n_hessp_uses_kept_graph():
+    model, calls = counting(mlp([20, 8, 1], nn.Softplus))
+    sur = sb.Surrogate(model)
+    x = np.linspace(-1, 1, 20)
+    H = sur.hess(np.stack([x]))[0]
+    calls.clear()
+    for p in np.eye(20)[:3]:
+        np.testing.assert_allclose(sur.hessp(x, p), H @ p, rtol=1e-12, atol=1e-14)
+    assert len(calls) == 1  # one forward, then backward passes on the kept graph
+
+
+def test_mutating_caller_array_cannot_poison_cache(scal):
+    x = np.array([0.1, 0.2])
+    v0 = scal(x)
+    x[0] = 5.0  # Newton-CG and SLSQP do this to arrays they handed over
+    assert scal(x) != v0
+    assert scal(np.array([0.1, 0.2])) == v0
+    g = scal.grad(x)
+    g[:] = 0.0  # nor can mutating a returned result
+    assert np.any(scal.grad(x) != 0.0)
+
+
+def test_cache_size_bound_and_clear(scal):
+    sur = sb.Surrogate(mlp([2, 4, 1]), cache_size=3)
+    for i in range(10):
+        sur([float(i), 0.0])
+    assert sur.cache_info().currsize == 3
+    sur.cache_clear()
+    assert sur.cache_info() == sb.CacheInfo(0, 0, 3, 0, 0)
+    off = sb.Surrogate(mlp([2, 4, 1]), cache_size=0)
+    off([0.0, 0.0]), off([0.0, 0.0])
+    assert off.cache_info().currsize == 0
+
+
+def test_batches_bypass_cache(scal):
+    scal(np.zeros((5, 2)))
+    assert scal.cache_info().currsize == 0
+
+
+def test_batched_memory_is_chunked():
+    sur = sb.Surrogate(mlp([2, 16, 1]))
+    sur.chunk_size = 7
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    ref = sb.Surrogate(mlp([2, 16, 1])).hess(X)
+    np.testing.assert_allclose(sur.hess(X), ref, rtol=1e-12)
+
+
+# warnings -----------------------------------------------------------------------------------
+@pytest.fixture
+def bounded():
+    data = np.array([[-3.0, -3.0], [3.0, 3.0]])
+    return sb.Surrogate(Quadratic(P_SEED), MinMaxScaler().fit(data))
+
+
+def test_bounds_from_minmax(bounded):
+    b = bounded.bounds()
+    np.testing.assert_array_equal(b.lb, [-3, -3])
+    np.testing.assert_array_equal(b.ub, [3, 3])
+
+
+def test_extrapolation_warns_once(bounded):
+    bounded([0.0, 0.0])
+    with pytest.warns(sb.ExtrapolationWarning, match=r"x\[0, 1\] = 4 lies outside.*\[-3, 3\]"):
+        bounded([0.0, 4.0])
+    bounded([0.0, 5.0])  # once per surrogate: no second warning
+
+
+def test_extrapolation_raise_and_ignore(bounded):
+    bounded.extrapolation = "raise"
+    with pytest.raises(sb.ExtrapolationError, match="outside the training domain"):
+        bounded.grad(torch.tensor([[0.0, 0.0], [-4.0, 0.0]]))
+    bounded.extrapolation = "ignore"
+    bounded.grad([10.0, 10.0])
+
+
+def test_explicit_domain():
+    sur = sb.Surrogate(mlp([2, 4, 1]), domain=([0, 0], [1, 2]), extrapolation="raise")
+    np.testing.assert_array_equal(sur.bounds().ub, [1, 2])
+    with pytest.raises(sb.ExtrapolationError):
+        sur([1.5, 0.0])
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.PReLU])
+def test_smoothness_warning_for_piecewise_linear(act):
+    sur = sb.Surrogate(mlp([2, 4, 1], act))
+    sur([0.1, 0.2]), sur.grad([0.1, 0.2])  # first derivatives are fine: no warning
+    with pytest.warns(sb.SmoothnessWarning, match="piecewise-linear"):
+        sur.hess([0.1, 0.2])
+
+
+def test_functional_relu_detected():
+    class F(nn.Module):
+        def forward(self, z):
+            return torch.relu(z).sum(-1)
+
+    with pytest.warns(sb.SmoothnessWarning):
+        sb.Surrogate(F(), n_in=2).derivatives([0.5, 0.5], order=2)
+
+
+def test_device_fixture_runs(device):
+    sur = sb.Surrogate(mlp([2, 8, 1]), device=device)
+    x = torch.tensor([[0.1, 0.2]], dtype=torch.float64, device=device)
+    assert sur.hess(x).device.type == device
+    assert isinstance(sur.hess(x.cpu().numpy()), np.ndarray)
