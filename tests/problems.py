@@ -80,3 +80,38 @@ def fit_full_batch(net, Z, T, adam_steps=300, lbfgs_steps=300, lr=1e-2):
 
     lb.step(closure)
     return net
+
+
+IN_SCALER = dict(shift=[0.7, -1.3], scale=[2.5, 0.4])
+OUT_SCALER = dict(shift=[5.0], scale=[30.0])
+
+
+class ScaledQuadratic(nn.Module):
+    """In normalized units, the model whose physical function is exactly x^T P x behind the
+    given input/output scalers: model(z) = ((z*c + s)^T P (z*c + s) - ys) / yc."""
+
+    def __init__(self, P, in_shift, in_scale, out_shift, out_scale) -> None:
+        super().__init__()
+        for name, v in dict(P=P, s=in_shift, c=in_scale, ys=out_shift, yc=out_scale).items():
+            self.register_buffer(name, torch.as_tensor(np.asarray(v, dtype=np.float64)))
+
+    def forward(self, z):
+        x = z * self.c + self.s
+        return (((x @ self.P) * x).sum(-1, keepdim=True) - self.ys) / self.yc
+
+
+def scaled_quadratic_surrogate(P, **kw):
+    """sb.Surrogate of exactly x^T P x, behind non-trivial scalers (any dimension)."""
+    import surrogate_bridge as sb
+
+    n = len(P)
+    rng = np.random.default_rng(n)
+    s, c = rng.normal(size=n), rng.uniform(0.3, 3.0, n)
+    model = ScaledQuadratic(P, s, c, [5.0], [30.0])
+    return sb.Surrogate(model, sb.Affine(s, c), sb.Affine([5.0], [30.0]), **kw)
+
+
+def random_spd(n, seed=0):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    return Q @ np.diag(rng.uniform(0.5, 20.0, n)) @ Q.T

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +13,7 @@ __all__ = [
     "DerivativeReport",
     "ExtrapolationError",
     "ExtrapolationWarning",
+    "PrecisionWarning",
     "SmoothnessWarning",
     "check_derivatives",
 ]
@@ -30,6 +32,22 @@ class ExtrapolationWarning(UserWarning):
 
 class ExtrapolationError(ValueError):
     """Raised instead of :class:`ExtrapolationWarning` under ``extrapolation="raise"``."""
+
+
+class PrecisionWarning(UserWarning):
+    """Derivatives below float64 precision are handed to a solver."""
+
+
+def warn_low_precision(sur, where: str) -> None:
+    """Solvers' tolerances (IPOPT's 1e-8, scipy's gtol) assume float64 derivatives."""
+    if sur.dtype != torch.float64:
+        warnings.warn(
+            f"{where}: the surrogate computes in {sur.dtype}; solvers expect float64 "
+            "derivatives and may stall short of their tolerance. Build it with "
+            "dtype=torch.float64 (the default).",
+            PrecisionWarning,
+            stacklevel=3,
+        )
 
 
 # torch functions whose second derivative is zero almost everywhere (nn modules call these)

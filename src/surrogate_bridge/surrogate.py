@@ -409,6 +409,8 @@ class Surrogate:
     def _fill_value(self, e: Entry, key) -> None:
         if e.y is not None:
             self._cache.count(hit=True)
+        elif self._second_order and self._n_out > 1:
+            self._fill_hess(e, key)  # constraints: value, Jacobian, Hessian in one pass
         elif self._n_out == 1 and self.prefetch_grad:
             self._fill_jac(e, key)
         else:
@@ -418,6 +420,9 @@ class Surrogate:
     def _fill_jac(self, e: Entry, key) -> None:
         if e.J is not None:
             self._cache.count(hit=True)
+            return
+        if self._second_order and self._n_out > 1:
+            self._fill_hess(e, key)
             return
         keep = self._second_order and self._n_out == 1
         e.y, e.J, graph = self._engine.value_jac(e.x, keep_graph=keep)
@@ -558,6 +563,7 @@ class Surrogate:
         vv = as_vector(v, self._n_out, "Surrogate.lagrangian_hess", "v")
         vt = to_torch(vv, self.dtype, self.device)
         self._warn_smooth("Surrogate.lagrangian_hess")
+        self._second_order = True
         e, _ = self._entry(pts)
         if e.H is not None:
             self._cache.count(hit=True)

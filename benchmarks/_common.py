@@ -1,0 +1,79 @@
+"""Shared benchmark plumbing: timing, the machine line, and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def timeit(fn, *, min_time: float = 0.2, repeats: int = 5, warmup: int = 3) -> float:
+    """Median seconds per call over ``repeats`` rounds of at least ``min_time`` each."""
+    for _ in range(warmup):
+        fn()
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if time.perf_counter() - t0 > min_time / 5 or n > 1e6:
+            break
+        n *= 4
+    per = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        per.append((time.perf_counter() - t0) / n)
+    return statistics.median(per)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = re.findall(r"model name\s*:\s*(.*)", fh.read())
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{datetime.date.today().isoformat()}; {cpu}, {os.cpu_count()} cores, {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section of RESULTS.md between this benchmark's markers."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n## {name}\n\n{body.strip()}\n{end}"
+    text = (
+        RESULTS.read_text()
+        if RESULTS.exists()
+        else "# Benchmark results\n\nWritten by the scripts in this folder; each section says its machine and date.\n"
+    )
+    if start in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+    print(body)
