@@ -28,7 +28,10 @@ def train(X: np.ndarray, y: np.ndarray, steps: int, seed: int = 0):
     T = torch.as_tensor(ys.transform(y))
     torch.manual_seed(seed)
     net = torch.nn.Sequential(
-        torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(),
+        torch.nn.Linear(2, 32),
+        torch.nn.Tanh(),
+        torch.nn.Linear(32, 32),
+        torch.nn.Tanh(),
         torch.nn.Linear(32, 1),
     ).double()
     opt = torch.optim.LBFGS(net.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
@@ -58,8 +61,10 @@ def main(n_grid: int = 25, steps: int = 500) -> np.ndarray:
         print(f"{x!s:>16} {sur(x):9.3f} {x @ P @ x:9.3f} {g_err:9.3f} {h_err:16.4f}")
 
     res = minimize(sur, x0=[2.0, -2.0], jac=sur.grad, hess=sur.hess, method="trust-exact")
-    print(f"trust-exact: x* = {res.x}, |grad| = {np.linalg.norm(sur.grad(res.x)):.1e}, "
-          f"{res.nit} iterations, cache {sur.cache_info()}")
+    print(
+        f"trust-exact: x* = {res.x}, |grad| = {np.linalg.norm(sur.grad(res.x)):.1e}, "
+        f"{res.nit} iterations, cache {sur.cache_info()}"
+    )
     return res.x
 
 

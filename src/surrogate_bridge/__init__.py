@@ -6,18 +6,22 @@ function of physical inputs; adapters hand it to scipy.optimize, CasADi and torc
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .adapters.scipy import minimize, scipy_constraint, scipy_ode
 from .cache import CacheInfo
 from .derivatives import derivatives
 from .diagnostics import (
     DerivativeReport,
     ExtrapolationError,
     ExtrapolationWarning,
+    PrecisionWarning,
     SmoothnessWarning,
     check_derivatives,
 )
 from .io import load, save
 from .normalization import Affine
 from .surrogate import Surrogate
+from .threads import limit_threads
+from .training import fit
 
 try:
     __version__ = version("surrogate-bridge")
@@ -30,11 +34,17 @@ __all__ = [
     "DerivativeReport",
     "ExtrapolationError",
     "ExtrapolationWarning",
+    "PrecisionWarning",
     "SmoothnessWarning",
     "Surrogate",
     "__version__",
     "check_derivatives",
     "derivatives",
+    "fit",
+    "limit_threads",
     "load",
+    "minimize",
     "save",
+    "scipy_constraint",
+    "scipy_ode",
 ]

@@ -1,0 +1,186 @@
+"""Value and Sobolev fitting, and differentiable derivatives for loss terms."""
+
+import builtins
+
+import numpy as np
+import pytest
+import torch
+from problems import P_SEED, mlp
+from torch import nn
+
+import surrogate_bridge as sb
+
+TOL = {"grad_median": 0.05, "min_dist": 0.2, "deriv": 0.05}
+
+
+@pytest.fixture(scope="module")
+def grid():
+    g = np.linspace(-3, 3, 10)
+    return np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+
+
+@pytest.fixture(scope="module")
+def gradient_only_v(grid):
+    net = mlp([2, 32, 32, 1], nn.Tanh, seed=0)
+    sur = sb.fit(
+        net, grid, dydx=2 * grid @ P_SEED, epochs=3000, progress=False, seed=0, validation=0.0
+    )
+    return net, sur
+
+
+def test_gradient_only_fit_of_v(gradient_only_v):
+    _, sur = gradient_only_v
+    Xt = np.random.default_rng(5).uniform(-2.5, 2.5, (200, 2))  # held out: off the grid
+    gt = 2 * Xt @ P_SEED
+    rel = np.linalg.norm(sur.grad(Xt) - gt, axis=1) / np.linalg.norm(gt, axis=1)
+    assert np.median(rel) < TOL["grad_median"]
+    res = sb.minimize(sur, [2.0, -2.0])
+    assert np.linalg.norm(res.x) < TOL["min_dist"]
+    assert sur([-3.0, -3.0]) == pytest.approx(0.0, abs=1e-12)  # default anchor: 0 at X[0]
+
+
+def test_model_trained_in_place_surrogate_is_a_copy(gradient_only_v):
+    net, sur = gradient_only_v
+    assert all(p.grad is None for p in net.parameters())
+    with torch.no_grad():
+        net[0].bias.add_(1.0)  # changing the user's model afterwards ...
+    try:
+        x = torch.zeros(1, 2, dtype=torch.float64)
+        assert not torch.equal(net(x), sur.function.model(x))  # ... leaves the surrogate as is
+    finally:
+        with torch.no_grad():
+            net[0].bias.sub_(1.0)
+
+
+def test_value_fit_cubic_derivative():
+    X = np.linspace(1.0, 7.5, 200)[:, None]
+    y = X**3 + 7 - 3 * X
+    sur = sb.fit(
+        mlp([1, 32, 32, 1], nn.Tanh, seed=1),
+        X,
+        y,
+        epochs=3000,
+        progress=False,
+        seed=0,
+        validation=0.0,
+    )
+    pts = np.linspace(2.0, 7.0, 26)[:, None]
+    rel = np.abs(sur.grad(pts)[:, 0] / (3 * pts[:, 0] ** 2 - 3) - 1)
+    assert rel.max() < TOL["deriv"]
+    np.testing.assert_allclose(sur.bounds().lb, [1.0])  # the minmax input scaler's range
+
+
+def test_values_and_gradients_together_and_vector_outputs():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (150, 2))
+    Y = np.stack([np.sin(X[:, 0]) * X[:, 1], X[:, 0] ** 2 + X[:, 1]], 1)
+    J = np.stack(
+        [
+            np.stack([np.cos(X[:, 0]) * X[:, 1], np.sin(X[:, 0])], 1),
+            np.stack([2 * X[:, 0], np.ones(150)], 1),
+        ],
+        1,
+    )  # (N, 2, 2)
+    sur = sb.fit(mlp([2, 32, 2], nn.Tanh, seed=0), X, Y, J, epochs=1500, progress=False, seed=0)
+    Xt = rng.uniform(-0.8, 0.8, (50, 2))
+    Jt = np.stack(
+        [
+            np.stack([np.cos(Xt[:, 0]) * Xt[:, 1], np.sin(Xt[:, 0])], 1),
+            np.stack([2 * Xt[:, 0], np.ones(50)], 1),
+        ],
+        1,
+    )
+    assert np.abs(sur.jac(Xt) - Jt).max() < 0.05
+    h = sur.history
+    assert len(h["validation"]) == len(h["train"]) and h["validation"][-1] < h["validation"][0]
+
+
+def test_early_stopping_and_reproducibility(grid):
+    V = np.einsum("ni,ij,nj->n", grid, P_SEED, grid)
+    a = sb.fit(
+        mlp([2, 8, 1], seed=3), grid, V, epochs=5000, patience=20, lr=0.05, progress=False, seed=7
+    )
+    b = sb.fit(
+        mlp([2, 8, 1], seed=3), grid, V, epochs=5000, patience=20, lr=0.05, progress=False, seed=7
+    )
+    assert a.history["stopped_early"] and len(a.history["train"]) < 5000
+    assert a.history["train"] == b.history["train"]
+    assert a([0.5, 0.5]) == b([0.5, 0.5])
+
+
+def test_progress_plain_line_without_tqdm(grid, capsys, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name.startswith("tqdm"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    sb.fit(mlp([2, 4, 1]), grid, grid[:, 0], epochs=20, progress=True, seed=0)
+    assert "fit: epoch 20/20" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        (dict(y=np.zeros(5)), ValueError, "X has 100 samples but y has 5"),
+        (dict(y=np.full(100, np.nan)), ValueError, "y has non-finite"),
+        (dict(dydx=np.zeros((100, 3))), ValueError, r"dydx has shape \(100, 3\)"),
+        (dict(), ValueError, "pass values y, gradients dydx, or both"),
+        (dict(y=np.zeros(100), input_scaler="robust"), ValueError, "minmax.*standard"),
+        (dict(y=np.zeros(100), validation=1.5), ValueError, "validation must be in"),
+    ],
+    ids=["lengths", "nan", "grad-shape", "nothing", "scaler", "validation"],
+)
+def test_fit_errors(grid, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        sb.fit(mlp([2, 4, 1]), grid, progress=False, **kwargs)
+
+
+# derivatives for loss terms ------------------------------------------------------------------
+def test_derivatives_sin_closed_forms_to_order_four():
+    x = torch.linspace(0, 2 * np.pi, 17, dtype=torch.float64)[:, None]
+    d = sb.derivatives(torch.sin, x, order=4)
+    truth = [torch.sin, torch.cos, lambda t: -torch.sin(t), lambda t: -torch.cos(t), torch.sin]
+    for j, (dj, f) in enumerate(zip(d, truth, strict=True)):
+        assert dj.shape == (17, 1) + (1,) * j
+        torch.testing.assert_close(dj.reshape(17), f(x[:, 0]), rtol=1e-12, atol=1e-12)
+
+
+def test_derivatives_match_nested_autograd_for_a_network():
+    net = mlp([3, 8, 2], nn.SiLU, seed=4)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    _, J, H, T = sb.derivatives(net, x, order=3)
+    for i in range(4):  # hand-written nested autograd, one point and one output at a time
+        xi = x[i].clone().requires_grad_(True)
+        for k in range(2):
+            y = net(xi[None])[0, k]
+            (g,) = torch.autograd.grad(y, xi, create_graph=True)
+            torch.testing.assert_close(J[i, k], g)
+            for a in range(3):
+                (h,) = torch.autograd.grad(g[a], xi, create_graph=True)
+                torch.testing.assert_close(H[i, k, a], h)
+                for b in range(3):
+                    (t,) = torch.autograd.grad(h[b], xi, retain_graph=True)
+                    torch.testing.assert_close(T[i, k, a, b], t)
+
+
+def test_loss_on_derivatives_trains_parameters():
+    """The PINN residual f'' + f: a detached derivative would give zero parameter gradients."""
+    net = mlp([1, 8, 1], nn.Tanh, seed=0)
+    x = torch.linspace(0, 1, 10, dtype=torch.float64)[:, None]
+    f, _, d2f = sb.derivatives(net, x, order=2)
+    loss = ((d2f[:, 0, 0, 0] + f[:, 0]) ** 2).mean()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    assert x.grad is None
+
+
+def test_derivatives_errors():
+    with pytest.raises(ValueError, match=r"x has shape \(3,\), expected \(N, n\)"):
+        sb.derivatives(torch.sin, torch.zeros(3), order=1)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        sb.derivatives(torch.sin, np.zeros((3, 1)), order=1)
+    with pytest.raises(ValueError, match="order must be an int >= 0"):
+        sb.derivatives(torch.sin, torch.zeros(3, 1), order=-1)
