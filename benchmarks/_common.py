@@ -66,11 +66,9 @@ def write_section(name: str, body: str) -> None:
     """Replace (or append) the section of RESULTS.md between this benchmark's markers."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n## {name}\n\n{body.strip()}\n{end}"
-    text = (
-        RESULTS.read_text()
-        if RESULTS.exists()
-        else "# Benchmark results\n\nWritten by the scripts in this folder; each section says its machine and date.\n"
-    )
+    head = "# Benchmark results\n\nWritten by the scripts in this folder; each section says "
+    head += "its machine and date.\n"
+    text = RESULTS.read_text() if RESULTS.exists() else head
     if start in text:
         text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:

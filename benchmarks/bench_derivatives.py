@@ -18,6 +18,7 @@ the default for (b). Run: ``python benchmarks/bench_derivatives.py [--quick]``.
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import numpy as np
 import torch
@@ -152,43 +153,35 @@ def loop_hess(net, X):
     return out
 
 
+def _rate(fn, n_points: int, sync) -> float:
+    def run():
+        fn()
+        sync()
+
+    return n_points / timeit(run, min_time=0.05, repeats=3, warmup=1)
+
+
 def batches(n, h, m, sizes, rows, device):
     net = mlp(n, h, m).to(device)
     frozen = mlp(n, h, m).to(device).requires_grad_(False)
     sur = sb.Surrogate(net, device=device)
     scalar = (lambda z: frozen(z[None])[0, 0]) if m == 1 else (lambda z: frozen(z[None])[0])
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    kinds = [("jacobian", sur.jac, loop_jac, torch.autograd.functional.jacobian)]
+    if m == 1:
+        kinds.append(("hessian", sur.hess, loop_hess, torch.autograd.functional.hessian))
     for N in sizes:
         X = torch.randn(N, n, dtype=torch.float64, device=device)
         sub = X[: min(N, 300)]
-        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-        def timed(fn, pts):
-            def run():
-                fn()
-                sync()
-
-            return len(pts) / timeit(run, min_time=0.05, repeats=3, warmup=1)
-
-        kinds = [
-            (
-                "jacobian",
-                lambda: sur.jac(X),
-                lambda: loop_jac(frozen, sub),
-                lambda: [torch.autograd.functional.jacobian(scalar, x) for x in sub],
-            )
-        ]
-        if m == 1:
-            kinds.append(
-                (
-                    "hessian",
-                    lambda: sur.hess(X),
-                    lambda: loop_hess(frozen, sub),
-                    lambda: [torch.autograd.functional.hessian(scalar, x) for x in sub],
-                )
-            )
-        for name, s, loop, func in kinds:
-            ps, pl, pf = timed(s, X), timed(loop, sub), timed(func, sub)
+        for name, ours, loop, functional in kinds:
+            ps = _rate(partial(ours, X), N, sync)
+            pl = _rate(partial(loop, frozen, sub), len(sub), sync)
+            pf = _rate(partial(_each, functional, scalar, sub), len(sub), sync)
             rows.append([f"{n}-{h}-{h}-{m}", device, name, N, ps, pl, pf, ps / pl, ps / pf])
+
+
+def _each(functional, f, points):
+    return [functional(f, x) for x in points]
 
 
 def main(quick: bool = False) -> None:

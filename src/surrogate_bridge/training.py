@@ -213,7 +213,7 @@ def fit(
         torch.manual_seed(seed)
         gen.manual_seed(seed)
     perm = rng.permutation(N)
-    n_val = int(round(validation * N)) if N > 1 else 0
+    n_val = round(validation * N) if N > 1 else 0
     val_idx, tr_idx = perm[:n_val], perm[n_val:]
     w_v, w_g = weights
 
