@@ -23,12 +23,29 @@ from .surrogate import Surrogate
 from .threads import limit_threads
 from .training import fit
 
+# optional extras: imported on first use, so a missing casadi or torchdiffeq only matters there
+_LAZY = {
+    "casadi_function": "adapters.casadi",
+    "CasadiFallbackWarning": "adapters.casadi",
+    "ode_rhs": "adapters.torchdiffeq",
+    "gradient_flow": "adapters.torchdiffeq",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'surrogate_bridge' has no attribute {name!r}")
+
+
 try:
     __version__ = version("surrogate-bridge")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (public names, then the lazily imported adapters)
     "Affine",
     "CacheInfo",
     "DerivativeReport",
@@ -47,4 +64,8 @@ __all__ = [
     "save",
     "scipy_constraint",
     "scipy_ode",
+    "casadi_function",
+    "CasadiFallbackWarning",
+    "ode_rhs",
+    "gradient_flow",
 ]

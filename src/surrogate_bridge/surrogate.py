@@ -43,6 +43,8 @@ class PhysicalFunction(nn.Module):
     independent), ``"vmap"`` (written for one unbatched point (n,)), or ``"vmap_rows"`` (it takes
     (N, n) but mixes rows, e.g. batch statistics; each point is then evaluated alone as a batch
     of one). After this wrapper every row is independent, which the derivative engine relies on.
+    ``"one"`` calls the model on the single point of a (1, n) input with no vmap: how graphs of
+    one point are captured for export (CasADi's symbolic mode).
     """
 
     def __init__(self, model, in_aff: Affine | None, out_aff: Affine | None, rows: str) -> None:
@@ -56,6 +58,8 @@ class PhysicalFunction(nn.Module):
             self.register_buffer(f"{prefix}_scale", torch.as_tensor(scale))
 
     def _model(self, z: torch.Tensor) -> torch.Tensor:
+        if self.rows == "one":
+            return self.model(z[0]).reshape(1, -1)
         if self.rows == "vmap":
             return torch.func.vmap(self.model)(z)
         if self.rows == "vmap_rows":

@@ -150,7 +150,7 @@ def scipy_ode(sur: Surrogate, *, time_input: bool = False) -> ScipyODE:
     >>> _ = torch.nn.init.constant_(lin.weight, -1.0)
     >>> ode = sb.scipy_ode(sb.Surrogate(lin))
     >>> sol = solve_ivp(ode.fun, (0, 1), [1.0], method="Radau", jac=ode.jac, rtol=1e-10, atol=1e-12)
-    >>> abs(sol.y[0, -1] - np.exp(-1)) < 1e-8
+    >>> bool(abs(sol.y[0, -1] - np.exp(-1)) < 1e-8)
     True
     """
     _check_surrogate(sur, "scipy_ode")
@@ -187,7 +187,7 @@ def minimize(
     ...     def forward(self, z):
     ...         return ((z - 1.0) ** 2).sum(-1)
     >>> res = sb.minimize(sb.Surrogate(Bowl(), n_in=2), [0.0, 0.0])
-    >>> np.allclose(res.x, 1.0)
+    >>> bool(np.allclose(res.x, 1.0))
     True
     """
     _check_surrogate(sur, "minimize")

@@ -1,0 +1,235 @@
+"""CasADi adapter: a ``casadi.Function`` of the surrogate with exact first and second derivatives.
+
+Two modes behind one call, :func:`casadi_function`:
+
+* ``"symbolic"``: the surrogate's exported torch graph translated into native CasADi MX
+  expressions (``casadi_symbolic.py``): CasADi differentiates it itself, IPOPT runs without
+  Python in its loop, and ``Function.generate`` gives C code.
+* ``"callback"``: a ``casadi.Callback`` that evaluates the surrogate in torch (any model, CPU or
+  GPU). Its derivatives are callbacks too, each exact: value -> Jacobian -> Hessian, chained
+  through ``get_jacobian``, so ``ca.jacobian``, ``ca.hessian`` and IPOPT's exact Lagrangian Hessian
+  see true second derivatives (a callback without them makes CasADi fall back to approximations,
+  and IPOPT needs 2-3x the iterations). ``F.map(N)`` returns the same family evaluated on N
+  points in one batched torch call, with block-diagonal derivative sparsity.
+
+``"auto"`` (the default) is symbolic when every operation translates, else callback with a
+warning that names the operation.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+try:
+    import casadi as ca
+except ImportError as err:  # an optional extra
+    raise ImportError(
+        "surrogate_bridge's CasADi adapter needs casadi: pip install 'surrogate-bridge[casadi]'"
+    ) from err
+
+from ..diagnostics import SmoothnessWarning, warn_low_precision
+from ..surrogate import Surrogate
+
+__all__ = ["CasadiFallbackWarning", "casadi_function"]
+
+_MODES = ("auto", "symbolic", "callback")
+
+
+class CasadiFallbackWarning(UserWarning):
+    """``mode="auto"`` fell back to the callback mode: an operation did not translate."""
+
+
+class _ShapeChecked:
+    """Mixin: numeric or symbolic calls with a wrong input shape get an error naming it."""
+
+    def __call__(self, *args, **kwargs):
+        if len(args) == 1 and not kwargs:
+            self._check_shape(args[0])
+        return super().__call__(*args, **kwargs)
+
+    def _check_shape(self, x) -> None:
+        shape = x.shape if hasattr(x, "shape") else np.shape(x)
+        shape = tuple(int(s) for s in shape)
+        n, cols = self._n_in, self._cols
+        ok = {(n, cols), (n * cols,)} | ({(n,), (1, n)} if cols == 1 else set())
+        if shape not in ok and shape != (1, 1) * (n == 1):
+            raise ValueError(
+                f"{self.name()}: x has shape {shape}, expected ({n}, {cols}) (a column of "
+                f"{n} inputs{'' if cols == 1 else f' for each of {cols} points'})."
+            )
+
+
+class _SurrogateCallback(_ShapeChecked, ca.Callback):
+    """Derivative ``order`` (0 value, 1 Jacobian, 2 Jacobian of the Jacobian) of the surrogate on
+    ``cols`` points given as the columns of x (n, cols).
+
+    Inputs: order 0: [x]; order 1: [x, y]; order 2: [x, y, jac] (CasADi passes nominal
+    outputs). Outputs: order 0: y (m, cols); order 1: d vec(y)/d vec(x), block diagonal
+    (m cols, n cols); order 2: d vec(jac)/d vec(x) and a zero d vec(jac)/d vec(y).
+    """
+
+    def __init__(
+        self, sur: Surrogate, cols: int, order: int, name: str, opts: dict, inames=None, onames=None
+    ) -> None:
+        ca.Callback.__init__(self)
+        self.sur, self._cols, self._order = sur, cols, order
+        self._n_in, self._m = sur.n_in, sur.n_out
+        self._inames, self._onames = inames, onames
+        self._children: list = []  # derivative callbacks must outlive CasADi's use of them
+        self._sp = self._sparsities()
+        self.construct(name, opts)
+
+    # structure ------------------------------------------------------------------------------
+    def _sparsities(self):
+        n, m, N = self._n_in, self._m, self._cols
+        x, y = ca.Sparsity.dense(n, N), ca.Sparsity.dense(m, N)
+        jac = ca.diagcat(*[ca.Sparsity.dense(m, n)] * N)
+        if self._order == 0:
+            return [x], [y]
+        if self._order == 1:
+            return [x, y], [jac]
+        # rows: column-major index of jac's element (k*m + i, k*n + j); columns: x index k*n + q
+        k, i, j, q = np.meshgrid(
+            np.arange(N), np.arange(m), np.arange(n), np.arange(n), indexing="ij"
+        )
+        rows = ((k * m + i) + (k * n + j) * (m * N)).ravel()
+        cols = (k * n + q).ravel()
+        order = np.lexsort((rows, cols))  # CasADi stores nonzeros column by column
+        self._h_order = order
+        hess = ca.Sparsity.triplet(m * N * n * N, n * N, rows[order].tolist(), cols[order].tolist())
+        return [x, y, jac], [hess, ca.Sparsity(m * N * n * N, m * N)]
+
+    def get_n_in(self):
+        return len(self._sp[0])
+
+    def get_n_out(self):
+        return len(self._sp[1])
+
+    def get_sparsity_in(self, i):
+        return self._sp[0][i]
+
+    def get_sparsity_out(self, i):
+        return self._sp[1][i]
+
+    def get_name_in(self, i):
+        return self._inames[i] if self._inames else ("x", "y", "jac")[i]
+
+    def get_name_out(self, i):
+        return self._onames[i] if self._onames else "y"
+
+    # evaluation -----------------------------------------------------------------------------
+    def _points(self, arg) -> np.ndarray:
+        X = np.array(arg[0], dtype=np.float64).reshape(self._n_in, self._cols, order="F")
+        return X[:, 0] if self._cols == 1 else X.T  # one point goes through the cache
+
+    def eval(self, arg):
+        x = self._points(arg)
+        n, m = self._n_in, self._m
+        if self._order == 0:
+            y = np.asarray(self.sur(x), dtype=np.float64).reshape(-1, m)  # (cols, m)
+            return [ca.DM(y.T)]
+        if self._order == 1:
+            J = np.asarray(self.sur.jac(x)).reshape(-1, m, n)  # (cols, m, n)
+            nz = J.transpose(0, 2, 1).ravel()  # block k, column j: J_k[:, j]
+            return [ca.DM(self._sp[1][0], nz)]
+        H = np.asarray(self.sur.hess(x)).reshape(-1, m, n, n)  # (cols, m, n, n): [k, i, j, l]
+        return [ca.DM(self._sp[1][0], H.ravel()[self._h_order]), ca.DM(self._sp[1][1])]
+
+    # derivatives ----------------------------------------------------------------------------
+    def has_jacobian(self):
+        return self._order < 2
+
+    def get_jacobian(self, name, inames, onames, opts):
+        child = _SurrogateCallback(
+            self.sur, self._cols, self._order + 1, name, opts, inames, onames
+        )
+        self._children.append(child)  # keep alive: CasADi holds only a raw pointer to it
+        return child
+
+    def map(self, *args, **kwargs):
+        """``F.map(N)``: the same function on N points (columns) in one batched torch call;
+        other ``map`` signatures go to CasADi's own."""
+        if len(args) == 1 and isinstance(args[0], int) and not kwargs and self._order == 0:
+            child = _SurrogateCallback(
+                self.sur, args[0] * self._cols, 0, f"{self.name()}_map{args[0]}", {}
+            )
+            self._children.append(child)
+            return child
+        return ca.Callback.map(self, *args, **kwargs)
+
+
+class _SymbolicFunction(_ShapeChecked, ca.Function):
+    """A native CasADi Function with the shape-checking call."""
+
+    def __init__(self, f: ca.Function, n_in: int) -> None:
+        ca.Function.__init__(self, f)
+        self._n_in, self._cols = n_in, 1
+
+
+def casadi_function(sur: Surrogate, name: str = "f", mode: str = "auto") -> ca.Function:
+    """The surrogate as a ``casadi.Function`` with exact first and second derivatives.
+
+    Parameters
+    ----------
+    sur : Surrogate
+    name : str
+        The Function's name (input ``"x"``, output ``"y"``).
+    mode : {"auto", "symbolic", "callback"}
+        ``"symbolic"`` translates the model into CasADi expressions (native derivatives,
+        ``generate()`` for C code, no Python in the solver loop); ``"callback"`` evaluates it in
+        torch through a ``casadi.Callback`` (any model, CPU or GPU); ``"auto"`` is symbolic when
+        every operation translates, else callback with a :class:`CasadiFallbackWarning`.
+
+    Returns
+    -------
+    casadi.Function
+        Input x of shape (n_in, 1), output y of shape (n_out, 1); callable on DM, MX (and, in
+        symbolic mode, SX). In callback mode keep the returned object alive while CasADi uses it.
+
+    Examples
+    --------
+    >>> import casadi as ca, torch, surrogate_bridge as sb
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    >>> sur = sb.Surrogate(net)
+    >>> F = sb.casadi_function(sur)
+    >>> x = ca.MX.sym("x", 2)
+    >>> H = ca.Function("H", [x], [ca.hessian(F(x), x)[0]])
+    >>> bool(abs(H([0.1, 0.2]) - sur.hess([0.1, 0.2])).full().max() < 1e-12)
+    True
+    """
+    if not isinstance(sur, Surrogate):
+        raise TypeError(f"casadi_function: expected a Surrogate, got {type(sur).__name__}.")
+    if mode not in _MODES:
+        raise ValueError(f"casadi_function: mode={mode!r} is not valid; use one of {_MODES}.")
+    if sur.n_in is None:
+        raise ValueError(
+            "casadi_function: the surrogate's input count is unknown; pass n_in= to Surrogate."
+        )
+    warn_low_precision(sur, "casadi_function")
+    if mode != "callback":
+        from .casadi_symbolic import UnsupportedOperationError, translate
+
+        try:
+            f, nonsmooth = translate(sur, name)
+        except UnsupportedOperationError as err:
+            if mode == "symbolic":
+                raise
+            warnings.warn(
+                f"casadi_function: falling back to mode='callback' (Python in the solver loop, "
+                f"no code generation): {err}",
+                CasadiFallbackWarning,
+                stacklevel=2,
+            )
+        else:
+            if nonsmooth:
+                warnings.warn(
+                    f"casadi_function: the model uses piecewise-linear operations "
+                    f"({', '.join(nonsmooth)}); its Hessian is zero almost everywhere, so "
+                    "IPOPT's exact Hessian carries no curvature from it.",
+                    SmoothnessWarning,
+                    stacklevel=2,
+                )
+            return _SymbolicFunction(f, sur.n_in)
+    return _SurrogateCallback(sur, 1, 0, name, {})

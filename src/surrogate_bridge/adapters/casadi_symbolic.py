@@ -1,0 +1,395 @@
+"""Translate a surrogate's exported torch graph into native CasADi MX expressions.
+
+The physical-units function (scalers included) is captured by ``torch.export`` on one point, and
+each aten operation becomes a CasADi expression through the ``_OPS`` dispatch dict. Tensors are
+CasADi matrices in torch's layout: a 2-D tensor (a, b) is an (a, b) matrix, a 1-D tensor (k,) a
+(1, k) row, a scalar (1, 1); higher ranks are not translated. Weights enter as dense ``DM``
+constants of ``mtimes``: matrix-valued MX, not a scalar SX expansion (measured here for a
+10-256-256-1 tanh net, the SX Hessian took ~13x longer and its generated C was ~100 MB
+against ~2 MB).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+
+import casadi as ca
+import numpy as np
+import torch
+
+from ..surrogate import Surrogate
+
+__all__ = ["UnsupportedOperationError", "translate"]
+
+aten = torch.ops.aten
+
+_PIECEWISE_LINEAR = {"relu", "leaky_relu", "hardtanh", "clamp", "clamp_min", "clamp_max"}
+
+
+class UnsupportedOperationError(NotImplementedError):
+    """An operation of the model has no CasADi translation; the message names it and where."""
+
+
+# shapes -----------------------------------------------------------------------------------------
+def _shape2(shape) -> tuple[int, int]:
+    """The CasADi (rows, cols) of a torch shape: (a, b) -> (a, b); (k,) -> (1, k); () -> (1, 1)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return shape
+    if len(shape) == 1:
+        return (1, shape[0])
+    if len(shape) == 0:
+        return (1, 1)
+    raise ValueError(f"rank-{len(shape)} tensor {shape}")
+
+
+def _fit(v, shape2):
+    """Broadcast a CasADi value (or Python number) to ``shape2`` (torch broadcasting)."""
+    if not isinstance(v, (ca.MX, ca.DM)):
+        return v
+    r, c = v.shape
+    R, C = shape2
+    if (r, c) == (R, C) or (r, c) == (1, 1):
+        return v
+    return ca.repmat(v, R // r if r != R else 1, C // c if c != C else 1)
+
+
+def _reshape(v, shape2):
+    """Row-major (torch) reshape of a CasADi matrix: vec(M^T) is M's row-major order."""
+    R, C = shape2
+    if v.shape == (R, C):
+        return v
+    return ca.reshape(v.T, C, R).T
+
+
+def _dim(d: int, rank: int) -> int:
+    return d + rank if d < 0 else d
+
+
+# operations ------------------------------------------------------------------------------------
+def _linear(out, x, W, b=None):
+    y = ca.mtimes(x, W.T)
+    return y if b is None else y + _fit(b, y.shape)
+
+
+def _binary(fn):
+    def op(out, a, b, alpha=1):
+        a, b = _fit(a, out), _fit(b, out)
+        return fn(a, b * alpha if alpha != 1 else b)
+
+    return op
+
+
+def _reduce(kind):
+    def op(out, x, dims=None, keepdim=False, dtype=None, *, rank):
+        dims = set(range(rank)) if not dims else {_dim(d, rank) for d in dims}
+        n = 1
+        # a rank-2 tensor's dim 0 is the matrix's rows; the last torch dim is always its columns
+        if rank == 2 and 0 in dims:
+            n, x = n * x.shape[0], ca.sum1(x)
+        if rank == 1 or 1 in dims:
+            n, x = n * x.shape[1], ca.sum2(x)
+        if kind == "mean":
+            x = x / n
+        return _reshape(x, out)
+
+    return op
+
+
+def _softplus(out, x, beta=1, threshold=20):
+    bx = beta * x
+    return ca.if_else(bx > threshold, x, ca.log1p(ca.exp(bx)) / beta)
+
+
+def _elu(out, x, alpha=1.0, scale=1.0, input_scale=1.0):
+    return ca.if_else(x > 0, scale * x, scale * alpha * (ca.exp(x * input_scale) - 1))
+
+
+def _gelu(out, x, approximate="none"):
+    if approximate == "tanh":
+        return 0.5 * x * (1 + ca.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + ca.erf(x / math.sqrt(2)))
+
+
+def _leaky_relu(out, x, slope=0.01):
+    return ca.fmax(x, 0) + slope * ca.fmin(x, 0)
+
+
+def _hardtanh(out, x, lo=-1.0, hi=1.0):
+    return ca.fmin(ca.fmax(x, lo), hi)
+
+
+def _clamp(out, x, lo=None, hi=None):
+    if lo is not None:
+        x = ca.fmax(x, lo)
+    return x if hi is None else ca.fmin(x, hi)
+
+
+def _matmul(out, a, b, *, ranks):
+    ra, rb = ranks
+    if rb == 1:  # (.., k) @ (k,) -> contract with the row b^T
+        return _reshape(ca.mtimes(a, b.T), out)
+    if ra == 1:
+        return _reshape(ca.mtimes(a, b), out)
+    return ca.mtimes(a, b)
+
+
+def _cat(out, tensors, dim=0, *, ranks):
+    d = _dim(dim, ranks[0])
+    if ranks[0] == 2 and d == 0:
+        return ca.vertcat(*tensors)
+    return ca.horzcat(*tensors)
+
+
+def _stack(out, tensors, dim=0, *, ranks):
+    d = _dim(dim, ranks[0] + 1)
+    if ranks[0] == 0:
+        return ca.horzcat(*tensors)
+    if ranks[0] == 1:  # (1, k) rows: stacked as rows (dim 0) or as columns (dim 1)
+        return ca.vertcat(*tensors) if d == 0 else ca.horzcat(*[t.T for t in tensors])
+    raise ValueError(f"stack of rank-{ranks[0]} tensors")
+
+
+def _slice(out, x, dim=0, start=None, end=None, step=1, *, rank):
+    d = _dim(dim, rank)
+    size = x.shape[1] if (rank == 1 or d == 1) else x.shape[0]
+    s = slice(*slice(start, end, step).indices(size))
+    idx = list(range(s.start, s.stop, s.step))
+    return x[:, idx] if (rank == 1 or d == 1) else x[idx, :]
+
+
+def _select(out, x, dim, index, *, rank):
+    d = _dim(dim, rank)
+    if rank == 1:
+        return x[0, index]
+    return x[:, index].T if d == 1 else x[index, :]
+
+
+def _index(out, x, indices, *, rank):
+    *lead, idx = indices
+    if any(i is not None for i in lead) or idx is None:
+        raise ValueError("only indexing of the last dimension is translated")
+    cols = [int(i) for i in np.asarray(idx).reshape(-1)]
+    return x[:, cols]
+
+
+def _transpose(out, x, *dims):
+    return x.T
+
+
+def _identity(out, x, *args, **kwargs):
+    return x
+
+
+def _view(out, x, *args, **kwargs):
+    return _reshape(x, out)
+
+
+def _expand(out, x, *args, **kwargs):
+    return _fit(x, out)
+
+
+# op -> (handler, extra keyword: "rank" | "ranks" | None)
+_OPS = {
+    aten.linear.default: (_linear, None),
+    aten.addmm.default: (
+        lambda out, b, x, w, beta=1, alpha=1: beta * _fit(b, out) + alpha * ca.mtimes(x, w),
+        None,
+    ),
+    aten.mm.default: (lambda out, a, b: ca.mtimes(a, b), None),
+    aten.matmul.default: (_matmul, "ranks"),
+    aten.mv.default: (lambda out, a, b: _reshape(ca.mtimes(a, b.T), out), None),
+    aten.t.default: (_transpose, None),
+    aten.transpose.int: (_transpose, None),
+    aten.permute.default: (_transpose, None),
+    aten.numpy_T.default: (_transpose, None),
+    aten.add.Tensor: (_binary(operator.add), None),
+    aten.add.Scalar: (_binary(operator.add), None),
+    aten.sub.Tensor: (_binary(operator.sub), None),
+    aten.sub.Scalar: (_binary(operator.sub), None),
+    aten.rsub.Scalar: (lambda out, a, b, alpha=1: b - alpha * a, None),
+    aten.mul.Tensor: (_binary(operator.mul), None),
+    aten.mul.Scalar: (_binary(operator.mul), None),
+    aten.div.Tensor: (_binary(operator.truediv), None),
+    aten.div.Scalar: (_binary(operator.truediv), None),
+    aten.neg.default: (lambda out, x: -x, None),
+    aten.pow.Tensor_Scalar: (lambda out, x, p: x**p, None),
+    aten.pow.Tensor_Tensor: (lambda out, x, p: _fit(x, out) ** _fit(p, out), None),
+    aten.square.default: (lambda out, x: x**2, None),
+    aten.sqrt.default: (lambda out, x: ca.sqrt(x), None),
+    aten.rsqrt.default: (lambda out, x: 1 / ca.sqrt(x), None),
+    aten.exp.default: (lambda out, x: ca.exp(x), None),
+    aten.log.default: (lambda out, x: ca.log(x), None),
+    aten.log1p.default: (lambda out, x: ca.log1p(x), None),
+    aten.expm1.default: (lambda out, x: ca.expm1(x), None),
+    aten.sin.default: (lambda out, x: ca.sin(x), None),
+    aten.cos.default: (lambda out, x: ca.cos(x), None),
+    aten.tanh.default: (lambda out, x: ca.tanh(x), None),
+    aten.sigmoid.default: (lambda out, x: 1 / (1 + ca.exp(-x)), None),
+    aten.silu.default: (lambda out, x: x / (1 + ca.exp(-x)), None),
+    aten.softplus.default: (_softplus, None),
+    aten.elu.default: (_elu, None),
+    aten.gelu.default: (_gelu, None),
+    aten.erf.default: (lambda out, x: ca.erf(x), None),
+    aten.abs.default: (lambda out, x: ca.fabs(x), None),
+    aten.relu.default: (lambda out, x: ca.fmax(x, 0), None),
+    aten.leaky_relu.default: (_leaky_relu, None),
+    aten.hardtanh.default: (_hardtanh, None),
+    aten.clamp.default: (_clamp, None),
+    aten.clamp_min.default: (lambda out, x, lo: ca.fmax(x, lo), None),
+    aten.clamp_max.default: (lambda out, x, hi: ca.fmin(x, hi), None),
+    aten.sum.dim_IntList: (_reduce("sum"), "rank"),
+    aten.sum.default: (_reduce("sum"), "rank"),
+    aten.mean.dim: (_reduce("mean"), "rank"),
+    aten.mean.default: (_reduce("mean"), "rank"),
+    aten.cat.default: (_cat, "ranks"),
+    aten.stack.default: (_stack, "ranks"),
+    aten.slice.Tensor: (_slice, "rank"),
+    aten.select.int: (_select, "rank"),
+    aten.index.Tensor: (_index, "rank"),
+    aten.view.default: (_view, None),
+    aten.reshape.default: (_view, None),
+    aten._unsafe_view.default: (_view, None),
+    aten.unsqueeze.default: (_view, None),
+    aten.squeeze.dim: (_view, None),
+    aten.squeeze.dims: (_view, None),
+    aten.squeeze.default: (_view, None),
+    aten.flatten.using_ints: (_view, None),
+    aten.expand.default: (_expand, None),
+    aten.clone.default: (_identity, None),
+    aten.alias.default: (_identity, None),
+    aten.detach.default: (_identity, None),
+    aten.contiguous.default: (_identity, None),
+    aten._to_copy.default: (_identity, None),
+    aten.lift_fresh_copy.default: (_identity, None),
+    aten.dropout.default: (_identity, None),  # eval mode: the identity
+}
+# dtype/device moves are the identity here (everything is float64 in CasADi)
+for _overload in aten.to.overloads():
+    _OPS[getattr(aten.to, _overload)] = (_identity, None)
+# run-time checks torch.export records: they compute nothing
+for _check in (
+    "_assert_tensor_metadata",
+    "_assert_async",
+    "_assert_scalar",
+    "sym_constrain_range",
+    "sym_constrain_range_for_size",
+):
+    if hasattr(aten, _check):
+        for _overload in getattr(aten, _check).overloads():
+            _OPS[getattr(getattr(aten, _check), _overload)] = (lambda out, *a, **k: None, None)
+
+
+def _where(node) -> str:
+    """The module path (and type) a graph node came from, for error messages."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, kind = list(stack.values())[-1]
+        kind = getattr(kind, "__name__", str(kind)).split(".")[-1]
+        path = path.replace("L['self'].", "").replace("L['self']", "") or "the model"
+        return f"{path} ({kind})"
+    trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+    return trace[-1].strip() if trace else "the model's forward"
+
+
+def _export(sur: Surrogate):
+    fn = copy.deepcopy(sur.function).cpu().to(torch.float64)
+    # one point: a model written for unbatched input is called on it directly, a row-mixing
+    # model on a batch of one (no vmap in the captured graph)
+    fn.rows = {"vmap": "one", "vmap_rows": "batched"}.get(fn.rows, fn.rows)
+    example = torch.zeros(1, sur.n_in, dtype=torch.float64)
+    try:
+        return torch.export.export(fn, (example,))
+    except Exception as err:  # torch.export raises many types; say which step failed and why
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UnsupportedOperationError(
+            f"torch.export could not capture the model: {first}"
+        ) from err
+
+
+def translate(sur: Surrogate, name: str) -> tuple[ca.Function, list[str]]:
+    """``casadi.Function(name, [x (n, 1)], [y (m, 1)])`` built from the surrogate's graph, and
+    the names of the piecewise-linear operations met (for the smoothness warning)."""
+    program = _export(sur)
+    state = {**program.state_dict, **program.constants}
+    sig = program.graph_signature
+    lifted = {
+        **sig.inputs_to_parameters,
+        **sig.inputs_to_buffers,
+        **sig.inputs_to_lifted_tensor_constants,
+    }
+    x = ca.MX.sym("x", sur.n_in)
+    env: dict = {}
+    nonsmooth: set[str] = set()
+    output = None
+    for node in program.graph.nodes:
+        if node.op == "placeholder":
+            if node.name in lifted:
+                t = state[lifted[node.name]].detach().to(torch.float64).numpy()
+                env[node.name] = ca.DM(t.reshape(_shape2(t.shape)))
+            else:
+                env[node.name] = x.T  # the user input: a (1, n) row, torch's batch of one
+        elif node.op == "call_function":
+            env[node.name] = _translate_node(node, env, nonsmooth)
+        elif node.op == "output":
+            output = node.args[0][0]
+    y = env[output.name]
+    y = _reshape(y, (1, sur.n_out)) if y.shape != (1, sur.n_out) else y
+    f = ca.Function(name, [x], [y.T], ["x"], ["y"])
+    return f, sorted(nonsmooth)
+
+
+def _translate_node(node, env, nonsmooth):
+    target = node.target
+    entry = _OPS.get(target)
+    op_name = (
+        str(target)[len("aten.") :].split(".")[0]
+        if str(target).startswith("aten.")
+        else getattr(target, "__name__", str(target))
+    )
+    if entry is None:
+        raise UnsupportedOperationError(
+            f"operation aten.{op_name} ({target}) in {_where(node)} has no CasADi translation; "
+            "use mode='callback' for this model"
+        )
+    handler, extra = entry
+
+    def val(a):
+        if isinstance(a, torch.fx.Node):
+            return env[a.name]
+        if isinstance(a, (list, tuple)):
+            return type(a)(val(b) for b in a)
+        return a
+
+    def rank(a):
+        return len(a.meta["val"].shape) if isinstance(a, torch.fx.Node) else 0
+
+    meta = node.meta.get("val")
+    try:
+        out = _shape2(meta.shape) if isinstance(meta, torch.Tensor) else (1, 1)
+        kwargs = dict(node.kwargs)
+        for k in ("memory_format", "layout", "device", "pin_memory", "non_blocking", "copy"):
+            kwargs.pop(k, None)
+        if extra == "rank":
+            kwargs["rank"] = rank(node.args[0])
+        elif extra == "ranks":
+            first = node.args[0]
+            kwargs["ranks"] = (
+                [rank(a) for a in first]
+                if isinstance(first, (list, tuple))
+                else [rank(a) for a in node.args[:2]]
+            )
+        args = [val(a) for a in node.args]
+        if target is aten.index.Tensor:
+            args[1] = [None if i is None else np.asarray(ca.DM(i)).ravel() for i in args[1]]
+        result = handler(out, *args, **kwargs)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError, IndexError) as err:
+        raise UnsupportedOperationError(
+            f"operation aten.{op_name} in {_where(node)} could not be translated ({err}); "
+            "use mode='callback' for this model"
+        ) from err
+    if op_name in _PIECEWISE_LINEAR:
+        nonsmooth.add(op_name)
+    return result

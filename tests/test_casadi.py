@@ -1,0 +1,244 @@
+"""CasADi adapter against real CasADi and IPOPT (and gcc for generated code)."""
+
+import shutil
+import subprocess
+
+import casadi as ca
+import numpy as np
+import pytest
+import torch
+from problems import P_SEED, fit_full_batch, mlp, scaled_quadratic_surrogate
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from torch import nn
+
+import surrogate_bridge as sb
+
+TOL = {"deriv": 1e-10, "ipopt": 1e-6, "codegen": 1e-12}
+MODES = ["symbolic", "callback"]
+IPOPT_QUIET = {"ipopt.print_level": 0, "print_time": False, "ipopt.sb": "yes"}
+A_VEC = np.array([1.0, 2.0])
+
+
+class AffineConstraint(nn.Module):
+    def forward(self, z):
+        return z @ torch.as_tensor(A_VEC)
+
+
+class Features(nn.Module):
+    """Slicing, indexing, cat, reductions, pow/sqrt/exp/log/sin/cos, broadcasting."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3).double()
+
+    def forward(self, z):
+        a = z[:, :2]
+        b = z[:, [2, 0]]
+        c = torch.cat([torch.sin(a), torch.cos(b) ** 2, z[:, 1:2].exp()], dim=1)
+        d = self.lin(c[:, :4]) + torch.log(1 + z.pow(2)).mean(-1, keepdim=True)
+        e = torch.sqrt(1 + (d * d).sum(dim=1, keepdim=True)) + z.sum(-1).unsqueeze(-1) / 3
+        return torch.cat([d.view(-1, 3), e], dim=-1)
+
+
+def net_cases():
+    torch.manual_seed(0)
+    return {
+        "tanh-mlp": sb.Surrogate(
+            mlp([2, 16, 16, 3], nn.Tanh), sb.Affine([1, 2], [3, 4]), sb.Affine([0, 1, 2], [2, 3, 4])
+        ),
+        "softplus": sb.Surrogate(
+            mlp([3, 8, 1], nn.Softplus),
+            StandardScaler().fit(np.random.default_rng(0).normal(size=(20, 3))),
+        ),
+        "silu-gelu-elu": sb.Surrogate(
+            nn.Sequential(
+                nn.Linear(2, 6),
+                nn.SiLU(),
+                nn.Linear(6, 6),
+                nn.GELU(),
+                nn.Linear(6, 6),
+                nn.ELU(),
+                nn.Linear(6, 6),
+                nn.Sigmoid(),
+                nn.Linear(6, 2),
+            ).double()
+        ),
+        "features": sb.Surrogate(Features(), n_in=3),
+    }
+
+
+CASES = net_cases()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_values_jacobian_hessian_match_surrogate(case, mode):
+    sur = CASES[case]
+    F = sb.casadi_function(sur, mode=mode)
+    n, m = sur.n_in, sur.n_out
+    x = ca.MX.sym("x", n)
+    J = ca.Function("J", [x], [ca.jacobian(F(x), x)])
+    H = ca.Function("H", [x], [ca.vertcat(*[ca.hessian(F(x)[i], x)[0] for i in range(m)])])
+    for pt in np.random.default_rng(1).uniform(-1, 1, (3, n)):
+        np.testing.assert_allclose(
+            np.array(F(pt)).ravel(), np.atleast_1d(sur(pt)), rtol=TOL["deriv"], atol=TOL["deriv"]
+        )
+        np.testing.assert_allclose(np.array(J(pt)), sur.jac(pt), atol=TOL["deriv"])
+        # CasADi stacks Hessians of outputs as rows; sur.hess is (m, n, n)
+        np.testing.assert_allclose(
+            np.array(H(pt)).reshape(m, n, n), sur.hess(pt).reshape(m, n, n), atol=TOL["deriv"]
+        )
+
+
+def test_function_io_names_shapes_and_errors():
+    F = sb.casadi_function(CASES["tanh-mlp"], name="net", mode="symbolic")
+    assert (F.name(), F.name_in(0), F.name_out(0)) == ("net", "x", "y")
+    assert F.size_in(0) == (2, 1) and F.size_out(0) == (3, 1)
+    with pytest.raises(ValueError, match=r"net: x has shape \(3, 1\), expected \(2, 1\)"):
+        F(ca.DM.zeros(3, 1))
+    C = sb.casadi_function(CASES["tanh-mlp"], mode="callback")
+    with pytest.raises(ValueError, match=r"expected \(2, 1\)"):
+        C(np.zeros(5))
+    with pytest.raises(ValueError, match="mode='fast' is not valid"):
+        sb.casadi_function(CASES["tanh-mlp"], mode="fast")
+
+
+def seed_problem(mode):
+    obj = sb.casadi_function(scaled_quadratic_surrogate(P_SEED), mode=mode)
+    con = sb.casadi_function(sb.Surrogate(AffineConstraint(), n_in=2), mode=mode)
+    x = ca.MX.sym("x", 2)
+    S = ca.nlpsol(
+        "S",
+        "ipopt",
+        {"x": x, "f": obj(x), "g": con(x)},
+        {**IPOPT_QUIET, "ipopt.hessian_approximation": "exact"},
+    )
+    r = S(x0=[2.0, 2.0], lbg=1.0, ubg=np.inf)
+    return np.array(r["x"]).ravel(), S.stats()
+
+
+def test_ipopt_seed_problem_same_iterations_both_modes():
+    Pa = np.linalg.solve(P_SEED, A_VEC)
+    x_star = Pa / (A_VEC @ Pa)
+    (xs, ss), (xc, sc) = seed_problem("symbolic"), seed_problem("callback")
+    for x, st in ((xs, ss), (xc, sc)):
+        assert st["return_status"] == "Solve_Succeeded"  # at IPOPT's default tol 1e-8
+        np.testing.assert_allclose(x, x_star, atol=TOL["ipopt"])
+    # exact second derivatives in the callback too: no information lost, same path
+    assert ss["iter_count"] == sc["iter_count"]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    g = np.linspace(-3, 3, 21)
+    X = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    y = np.einsum("ni,ij,nj->n", X, P_SEED, X)[:, None]
+    xs, ys = MinMaxScaler().fit(X), MinMaxScaler().fit(y)
+    net = fit_full_batch(
+        mlp([2, 16, 16, 1], nn.Softplus),
+        xs.transform(X),
+        ys.transform(y),
+        adam_steps=300,
+        lbfgs_steps=200,
+    )
+    return sb.Surrogate(net, xs, ys)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ipopt_trained_objective_with_bounds(trained, mode):
+    F = sb.casadi_function(trained, mode=mode)
+    b = trained.bounds()
+    x = ca.MX.sym("x", 2)
+    S = ca.nlpsol("S", "ipopt", {"x": x, "f": F(x)}, IPOPT_QUIET)
+    r = S(x0=[2.5, -2.5], lbx=b.lb, ubx=b.ub)
+    assert S.stats()["return_status"] == "Solve_Succeeded"
+    xo = np.array(r["x"]).ravel()
+    assert np.linalg.norm(trained.grad(xo)) < 1e-6 and np.linalg.norm(xo) < 0.3
+
+
+def test_map_is_one_batched_call():
+    sur = CASES["softplus"]
+    calls = []
+    sur.function.register_forward_pre_hook(lambda mod, inp: calls.append(inp[0].shape[0]))
+    M = sb.casadi_function(sur, mode="callback").map(7)
+    X = np.random.default_rng(2).normal(size=(3, 7))
+    ref = sur(X.T)
+    calls.clear()
+    out = M(X)
+    assert calls == [7]  # one torch call for 7 points
+    np.testing.assert_allclose(np.array(out).ravel(), ref, rtol=1e-13)
+    Xs = ca.MX.sym("X", 3, 7)
+    J = np.array(ca.Function("J", [Xs], [ca.jacobian(M(Xs), Xs)])(X))
+    H = np.array(ca.Function("H", [Xs], [ca.hessian(ca.sum2(M(Xs)), Xs)[0]])(X))
+    Js, Hs = sur.jac(X.T), sur.hess(X.T)
+    for k in range(7):
+        np.testing.assert_allclose(J[k, 3 * k : 3 * k + 3], Js[k, 0], atol=TOL["deriv"])
+        np.testing.assert_allclose(
+            H[3 * k : 3 * k + 3, 3 * k : 3 * k + 3], Hs[k], atol=TOL["deriv"]
+        )
+    assert np.abs(H).sum() == pytest.approx(np.abs(Hs).sum())  # nothing off the diagonal blocks
+    S = sb.casadi_function(sur, mode="symbolic").map(7)  # CasADi's own map for native functions
+    np.testing.assert_allclose(np.array(S(X)).ravel(), sur(X.T), rtol=1e-13)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_generated_c_code_compiles_and_agrees(tmp_path):
+    sur = CASES["tanh-mlp"]
+    F = sb.casadi_function(sur, name="surr", mode="symbolic")
+    x = ca.MX.sym("x", 2)
+    J = ca.Function("surr_jac", [x], [ca.jacobian(F(x), x)])
+    gen = ca.CodeGenerator("surr_gen.c")
+    gen.add(F)
+    gen.add(J)
+    gen.generate(str(tmp_path) + "/")
+    so = tmp_path / "surr_gen.so"
+    subprocess.run(
+        ["gcc", "-fPIC", "-shared", "-O2", str(tmp_path / "surr_gen.c"), "-o", str(so)], check=True
+    )
+    f_ext, j_ext = ca.external("surr", str(so)), ca.external("surr_jac", str(so))
+    for pt in np.random.default_rng(3).uniform(-2, 2, (5, 2)):
+        np.testing.assert_allclose(np.array(f_ext(pt)).ravel(), sur(pt), atol=TOL["codegen"])
+        np.testing.assert_allclose(np.array(j_ext(pt)), sur.jac(pt), atol=TOL["codegen"])
+
+
+class CumSum(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3).double()
+
+    def forward(self, z):
+        return torch.cumsum(self.lin(z), dim=-1)
+
+
+def test_unsupported_operation_error_names_op_and_place():
+    sur = sb.Surrogate(CumSum())
+    with pytest.raises(NotImplementedError, match=r"aten\.cumsum.*CumSum.*mode='callback'"):
+        sb.casadi_function(sur, mode="symbolic")
+
+
+def test_auto_falls_back_with_warning():
+    sur = sb.Surrogate(CumSum())
+    with pytest.warns(sb.CasadiFallbackWarning, match="cumsum"):
+        F = sb.casadi_function(sur)
+    x = ca.MX.sym("x", 3)
+    H = ca.Function("H", [x], [ca.hessian(F(x)[2], x)[0]])
+    np.testing.assert_allclose(
+        np.array(H([0.1, 0.2, 0.3])), sur.hess([0.1, 0.2, 0.3])[2], atol=TOL["deriv"]
+    )
+    auto = sb.casadi_function(CASES["tanh-mlp"])  # translatable: no warning, native
+    assert "Callback" not in type(auto).__name__
+
+
+def test_relu_symbolic_warns():
+    with pytest.warns(sb.SmoothnessWarning, match="relu"):
+        sb.casadi_function(sb.Surrogate(mlp([2, 4, 1], nn.ReLU)), mode="symbolic")
+
+
+def test_unbatched_model_translates():
+    class Unbatched(nn.Module):
+        def forward(self, z):
+            return torch.stack([z[0] * z[1], torch.tanh(z[0])])
+
+    sur = sb.Surrogate(Unbatched(), n_in=2)
+    F = sb.casadi_function(sur)
+    np.testing.assert_allclose(np.array(F([0.5, 2.0])).ravel(), sur([0.5, 2.0]), rtol=1e-14)
