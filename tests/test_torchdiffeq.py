@@ -1,0 +1,137 @@
+"""torchdiffeq adapter against real odeint / odeint_adjoint and exact trajectories."""
+
+import numpy as np
+import pytest
+import torch
+from problems import P_SEED, Quadratic
+from scipy.linalg import expm
+from torch import nn
+from torchdiffeq import odeint, odeint_adjoint
+
+import surrogate_bridge as sb
+
+TOL = {"dopri5": 1e-8, "rk4": 1e-6, "adjoint": 1e-6, "jac": 1e-12}
+A = np.array([[-0.5, 2.0], [-2.0, -0.3]])
+S, C, YS, YC = (
+    np.array([1.0, -2.0]),
+    np.array([3.0, 0.5]),
+    np.array([0.1, 0.2]),
+    np.array([4.0, 5.0]),
+)
+
+
+class LinearField(nn.Module):
+    """Normalized model of dx/dt = A x behind input (S, C) and output (YS, YC) scalers."""
+
+    def forward(self, z):
+        x = z * torch.as_tensor(C) + torch.as_tensor(S)
+        return (x @ torch.as_tensor(A).T - torch.as_tensor(YS)) / torch.as_tensor(YC)
+
+
+@pytest.fixture
+def linear(device):
+    return sb.Surrogate(LinearField(), sb.Affine(S, C), sb.Affine(YS, YC), device=device)
+
+
+def exact(y0, t):
+    return np.stack([y0 @ expm(tk * A).T for tk in t])
+
+
+@pytest.mark.parametrize(("method", "opts"), [("dopri5", {}), ("rk4", {"step_size": 0.01})])
+def test_linear_field_batch_of_64(linear, method, opts, device):
+    rhs = sb.ode_rhs(linear)
+    y0 = torch.as_tensor(np.random.default_rng(0).normal(size=(64, 2)), device=device)
+    t = torch.linspace(0, 2, 5, dtype=torch.float64, device=device)
+    y = odeint(rhs, y0, t, method=method, rtol=1e-10, atol=1e-12, options=opts)
+    assert y.shape == (5, 64, 2) and y.device.type == device and y.dtype == torch.float64
+    np.testing.assert_allclose(
+        y.cpu().numpy(), exact(y0.cpu().numpy(), t.cpu().numpy()), atol=TOL[method]
+    )
+
+
+def test_adjoint_gradient_wrt_y0(linear):
+    rhs = sb.ode_rhs(linear)
+    y0 = torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.5], dtype=torch.float64)
+    w = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    loss = (odeint_adjoint(rhs, y0, t, rtol=1e-10, atol=1e-12)[-1] @ w).sum()
+    loss.backward()
+    analytic = expm(1.5 * A).T @ w.numpy()  # d(w . e^{tA} y0)/dy0
+    np.testing.assert_allclose(y0.grad.numpy(), np.tile(analytic, (2, 1)), atol=TOL["adjoint"])
+    assert all(p.grad is None for p in rhs.parameters())  # frozen by default
+
+
+class DecayInTime(nn.Module):
+    def forward(self, z):  # inputs (t, x): dx/dt = -(1 + t) x
+        return -(1 + z[:, :1]) * z[:, 1:]
+
+
+def test_time_dependent_surrogate():
+    rhs = sb.ode_rhs(sb.Surrogate(DecayInTime(), n_in=2), time_input=True)
+    t = torch.linspace(0, 2, 9, dtype=torch.float64)
+    y = odeint(rhs, torch.ones(3, 1, dtype=torch.float64), t, rtol=1e-11, atol=1e-13)
+    assert y.shape == (9, 3, 1)  # a 1-D state stays (B, 1)
+    np.testing.assert_allclose(
+        y[:, 0, 0].numpy(), np.exp(-(t + t**2 / 2).numpy()), atol=TOL["dopri5"]
+    )
+
+
+def test_jacobian_closed_form(linear, device):
+    rhs = sb.ode_rhs(linear)
+    y = torch.zeros(5, 3, 2, dtype=torch.float64, device=device)
+    J = rhs.jacobian(0.0, y)
+    assert J.shape == (5, 3, 2, 2)
+    np.testing.assert_allclose(J.cpu().numpy(), np.broadcast_to(A, (5, 3, 2, 2)), atol=TOL["jac"])
+    np.testing.assert_allclose(rhs.jacobian(0.0, y[0, 0]).cpu().numpy(), A, atol=TOL["jac"])
+
+
+def test_gradient_flow_of_seed_v():
+    V = sb.Surrogate(Quadratic(P_SEED), n_in=2)
+    flow = sb.gradient_flow(V)
+    y0 = torch.as_tensor(np.random.default_rng(1).uniform(-3, 3, size=(32, 2)))
+    t = torch.linspace(0, 3, 61, dtype=torch.float64)
+    y = odeint(flow, y0, t, rtol=1e-9, atol=1e-11)
+    v = np.einsum("tbi,ij,tbj->tb", y.numpy(), P_SEED, y.numpy())
+    assert np.all(np.diff(v, axis=0) <= 1e-12)  # V decreases along all 32 trajectories
+    assert np.abs(y[-1].numpy()).max() < 1e-2  # and they reach the origin
+    np.testing.assert_allclose(
+        flow.jacobian(0.0, y0).numpy(), np.broadcast_to(-2 * P_SEED, (32, 2, 2)), atol=TOL["jac"]
+    )
+
+
+def test_gradient_flow_is_differentiable():
+    V = sb.Surrogate(Quadratic(P_SEED), n_in=2)
+    flow = sb.gradient_flow(V)
+    y0 = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.01], dtype=torch.float64)
+    odeint(flow, y0, t, rtol=1e-11, atol=1e-13)[-1].sum().backward()
+    analytic = expm(-0.01 * 2 * P_SEED).T @ np.ones(2)
+    np.testing.assert_allclose(y0.grad.numpy(), analytic, atol=1e-7)
+    y0.grad = None
+    odeint_adjoint(flow, y0, t, rtol=1e-11, atol=1e-13)[-1].sum().backward()
+    np.testing.assert_allclose(y0.grad.numpy(), analytic, atol=1e-7)
+
+
+def test_trainable_copy_gets_gradients_and_surrogate_stays_frozen():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    sur = sb.Surrogate(net)
+    rhs = sb.ode_rhs(sur, trainable=True)
+    y0 = torch.ones(4, 2, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    odeint_adjoint(rhs, y0, t).pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rhs.parameters())
+    assert all(not p.requires_grad for p in sur.function.parameters())
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="n_in = 2 and n_out = 1.*time_input=True"):
+        sb.ode_rhs(sb.Surrogate(DecayInTime(), n_in=2))
+    with pytest.raises(ValueError, match="V must be scalar"):
+        sb.gradient_flow(sb.Surrogate(LinearField(), n_in=2))
+    rhs = sb.ode_rhs(sb.Surrogate(LinearField(), n_in=2))
+    with pytest.raises(ValueError, match=r"y has shape \(4, 3\), expected \(\.\.\., 2\)"):
+        rhs(0.0, torch.zeros(4, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="torch.float32.*float64"):
+        rhs(0.0, torch.zeros(4, 2))
