@@ -125,8 +125,9 @@ def ode_rhs(sur: Surrogate, time_input: bool = False, *, trainable: bool = False
     >>> lin = torch.nn.Linear(1, 1, bias=False)
     >>> _ = torch.nn.init.constant_(lin.weight, -1.0)
     >>> rhs = sb.ode_rhs(sb.Surrogate(lin))
-    >>> y = torchdiffeq.odeint(rhs, torch.ones(4, 1, dtype=torch.float64),
-    ...                        torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=1e-10, atol=1e-12)
+    >>> t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    >>> y0 = torch.ones(4, 1, dtype=torch.float64)
+    >>> y = torchdiffeq.odeint(rhs, y0, t, rtol=1e-10, atol=1e-12)
     >>> y.shape, bool(abs(y[-1, 0, 0] - math.exp(-1)) < 1e-8)
     (torch.Size([2, 4, 1]), True)
     """
