@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -19,3 +20,43 @@ def test_quickstart(capsys):
     x = load("quickstart").main(n_grid=15, steps=200)
     assert np.linalg.norm(x) < 0.5
     assert "trust-exact" in capsys.readouterr().out
+
+
+def test_scipy_lyapunov(capsys):
+    rows = load("scipy_lyapunov").main(n_grid=12, epochs=400)
+    assert [r["method"] for r in rows] == ["BFGS", "BFGS", "Newton-CG", "trust-exact"]
+    assert rows[0]["nfev"] > rows[1]["nfev"]  # finite differences pay n extra evaluations
+    ends = [r["dist"] for r in rows]
+    assert max(ends) - min(ends) < 1e-3  # all methods find the surrogate's own minimum
+    assert "finite differences" in capsys.readouterr().out
+
+
+def test_sobolev_fit():
+    errs = load("sobolev_fit").main(epochs=300)
+    assert set(errs) == {"values", "gradients", "both"}
+    assert errs["both"][1] < errs["values"][1]  # gradient data improves gradients
+
+
+def test_pinn_sine():
+    assert load("pinn_sine").main(adam_steps=300, lbfgs_steps=150, n_points=32) < 1e-2
+
+
+def test_casadi_ipopt():
+    rows = load("casadi_ipopt").main(n_samples=800, epochs=300)
+    assert [r["status"] for r in rows] == ["Solve_Succeeded"] * 2
+    assert rows[0]["iters"] == rows[1]["iters"]
+    assert abs(rows[0]["cost"] - rows[1]["cost"]) < 1e-6
+
+
+def test_neural_ode(tmp_path):
+    pytest.importorskip("matplotlib")
+    _, worst = load("neural_ode").main(
+        n_samples=500, epochs=300, n_traj=16, png=str(tmp_path / "phase.png")
+    )
+    assert worst < 0.5
+    assert (tmp_path / "phase.png").stat().st_size > 0
+
+
+def test_neural_ode_without_png():
+    median, worst = load("neural_ode").main(n_samples=500, epochs=300, n_traj=16)
+    assert median <= worst < 0.5
