@@ -89,7 +89,7 @@ class PointEngine:
         self.fn, self.n, self.m = fn, n_in, n_out
 
     def _one(self, z: torch.Tensor) -> torch.Tensor:
-        return _as_2d(self.fn(z[None]), 1)[0]
+        return self.fn(z[None])[0]  # fn returns (N, m): PhysicalFunction guarantees it
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -1,7 +1,8 @@
 """Save a Surrogate to one file and load it back without the model's Python class.
 
-The file is a ``torch.export`` archive (a zip): the model's graph in normalized units with its
-weights, plus ``surrogate_bridge.json`` holding the scalers, domain, dtype and metadata.
+The file is a ``torch.export`` archive (a zip): the physical-units function's graph (scalers
+included, as the surrogate computes it) with its weights, plus ``surrogate_bridge.json`` holding
+the domain, dtype, the scalers (for reference) and flags.
 """
 
 from __future__ import annotations
@@ -12,24 +13,15 @@ import os
 import zipfile
 
 import torch
-from torch import nn
 
 from .normalization import Affine
-from .surrogate import PhysicalFunction, Surrogate
+from .surrogate import Surrogate
 
 __all__ = ["load", "save"]
 
 _META = "surrogate_bridge.json"
 _FORMAT = 1
 _DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
-
-
-def _rows_only(fn: PhysicalFunction) -> PhysicalFunction:
-    """The model part of ``fn`` (normalized units, any row handling), on the CPU."""
-    model = fn.model
-    if isinstance(model, nn.Module):
-        model = copy.deepcopy(model).cpu()
-    return PhysicalFunction(model, None, None, fn.rows).to(dtype=fn.in_shift.dtype)
 
 
 def save(sur: Surrogate, path: str | os.PathLike) -> None:
@@ -53,8 +45,7 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
     """
     if not isinstance(sur, Surrogate):
         raise TypeError(f"save: sur must be a Surrogate, got {type(sur).__name__}.")
-    fn = sur.function
-    module = _rows_only(fn)
+    module = copy.deepcopy(sur.function).cpu()
     example = torch.zeros(2, sur.n_in, dtype=sur.dtype)
     try:
         program = torch.export.export(
@@ -125,14 +116,8 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
             f"load: {path!r} is a torch archive but was not written by surrogate_bridge.save "
             f"(no {_META} of format {_FORMAT})."
         )
-    aff = {
-        k: None if meta[k] is None else Affine.from_dict(meta[k])
-        for k in ("input_scaler", "output_scaler")
-    }
-    sur = Surrogate(
+    sur = Surrogate(  # the graph is the physical function: no scalers on top
         program.module(),
-        aff["input_scaler"],
-        aff["output_scaler"],
         dtype=_DTYPES[meta["dtype"]],
         device=device,
         cache_size=cache_size,
@@ -141,4 +126,9 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
         extrapolation=meta["extrapolation"],
     )
     sur._nonsmooth = list(meta["nonsmooth"])  # the graph's aten ops hide the activations' names
+    # kept for reference (and a later save); the computation already includes them
+    sur._in_aff, sur._out_aff = (
+        None if meta[k] is None else Affine.from_dict(meta[k])
+        for k in ("input_scaler", "output_scaler")
+    )
     return sur

@@ -120,22 +120,31 @@ class _SurrogateCallback(_ShapeChecked, ca.Callback):
         return self._onames[i] if self._onames else "y"
 
     # evaluation -----------------------------------------------------------------------------
-    def _points(self, arg) -> np.ndarray:
-        X = np.array(arg[0], dtype=np.float64).reshape(self._n_in, self._cols, order="F")
-        return X[:, 0] if self._cols == 1 else X.T  # one point goes through the cache
-
-    def eval(self, arg):
-        x = self._points(arg)
+    def _nonzeros(self, x_nz: np.ndarray) -> np.ndarray:
+        """The first output's nonzeros (CasADi's column-major order) from x's nonzeros."""
+        X = x_nz.reshape(self._n_in, self._cols, order="F")
+        x = X[:, 0] if self._cols == 1 else X.T  # one point goes through the cache
         n, m = self._n_in, self._m
         if self._order == 0:
-            y = np.asarray(self.sur(x), dtype=np.float64).reshape(-1, m)  # (cols, m)
-            return [ca.DM(y.T)]
+            return np.asarray(self.sur(x), dtype=np.float64).reshape(-1, m).ravel()  # y[:, k]
         if self._order == 1:
             J = np.asarray(self.sur.jac(x)).reshape(-1, m, n)  # (cols, m, n)
-            nz = J.transpose(0, 2, 1).ravel()  # block k, column j: J_k[:, j]
-            return [ca.DM(self._sp[1][0], nz)]
-        H = np.asarray(self.sur.hess(x)).reshape(-1, m, n, n)  # (cols, m, n, n): [k, i, j, l]
-        return [ca.DM(self._sp[1][0], H.ravel()[self._h_order]), ca.DM(self._sp[1][1])]
+            return J.transpose(0, 2, 1).ravel()  # block k, column j: J_k[:, j]
+        H = np.asarray(self.sur.hess(x)).reshape(-1, m, n, n)  # (cols, m, n, n): [k, i, j, q]
+        return H.ravel()[self._h_order]
+
+    def has_eval_buffer(self):
+        return True
+
+    def eval_buffer(self, arg, res):
+        # raw buffers: no DM conversions (measured ~2x less overhead per call than eval)
+        out = np.frombuffer(res[0], dtype=np.float64)
+        out[:] = self._nonzeros(np.frombuffer(arg[0], dtype=np.float64))
+        return 0
+
+    def eval(self, arg):
+        nz = self._nonzeros(np.array(arg[0], dtype=np.float64).ravel(order="F"))
+        return [ca.DM(self._sp[1][0], nz), *(ca.DM(sp) for sp in self._sp[1][1:])]
 
     # derivatives ----------------------------------------------------------------------------
     def has_jacobian(self):

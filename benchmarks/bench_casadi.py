@@ -1,0 +1,172 @@
+"""CasADi: the surrogate as a casadi.Function, against the same network written by hand.
+
+For a 2-64-64-1 and a 10-256-256-1 tanh MLP (float64, with input and output scalers): time per
+call of F, of its Jacobian and of its Hessian, and a full IPOPT solve of
+``min F(x) + 0.5 |x|^2`` over the box [-1, 1]^n (time, iterations, time per iteration), for
+``casadi_function`` in symbolic and callback mode, the network written by hand as MX with dense
+matrix products (the floor), and the same as a scalar SX expansion. torch2casadi is run when it
+imports and works with this CasADi; l4casadi when it installs (both are reported either way).
+
+Fairness: every variant is called the same way (a numpy point from Python, so each call pays
+CasADi's Python call overhead once); derivative functions are built once before timing; IPOPT
+with exact Hessians, default tolerance, quiet, after one warm-up solve; medians of 5 rounds.
+Run: ``python benchmarks/bench_casadi.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import cycle
+
+import casadi as ca
+import numpy as np
+import torch
+from _common import machine, table, timeit, write_section
+
+import surrogate_bridge as sb
+
+
+def make(n, h, seed=0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(n, h),
+        torch.nn.Tanh(),
+        torch.nn.Linear(h, h),
+        torch.nn.Tanh(),
+        torch.nn.Linear(h, 1),
+    ).double()
+    rng = np.random.default_rng(seed)
+    ins = sb.Affine(rng.normal(size=n), rng.uniform(0.5, 2.0, n))
+    outs = sb.Affine([1.0], [3.0])
+    return sb.Surrogate(net, ins, outs, extrapolation="ignore"), net, ins, outs
+
+
+def by_hand(kind, net, ins, outs, n):
+    """The same network written directly in CasADi (x a column, W @ z products)."""
+    sym = ca.MX if kind == "MX" else ca.SX
+    x = sym.sym("x", n)
+    z = (x - ca.DM(ins.shift)) / ca.DM(ins.scale)
+    layers = [m for m in net if isinstance(m, torch.nn.Linear)]
+    for i, lin in enumerate(layers):
+        W, b = (ca.DM(t.detach().numpy()) for t in (lin.weight, lin.bias))
+        z = ca.mtimes(W, z) + b
+        if i < len(layers) - 1:
+            z = ca.tanh(z)
+    return ca.Function(f"hand_{kind}", [x], [z * outs.scale[0] + outs.shift[0]])
+
+
+def torch2casadi_function(net, sur, n, tmp):
+    """torch2casadi's export of the physical function, if it works here (else a reason)."""
+    try:
+        from torch2casadi import export
+    except ImportError as err:
+        return None, f"not installed ({err})"
+    try:
+        path = export(
+            sur.function.cpu(), torch.zeros(1, n, dtype=torch.float64), tmp, overwrite=True
+        )
+        return ca.GraphBuilder(str(path)).create("t2c"), "ok"
+    except Exception as err:  # report whatever stops it, verbatim
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+
+
+def partial(f, points):
+    """A fresh point per call (the callback's cache never answers)."""
+    return lambda: f(next(points))
+
+
+def derivative_functions(F, n):
+    x = ca.MX.sym("x", n)
+    y = F(x)
+    J = ca.Function("J", [x], [ca.jacobian(y, x)])
+    H = ca.Function("H", [x], [ca.hessian(y, x)[0]])
+    return J, H
+
+
+def ipopt(F, n):
+    x = ca.MX.sym("x", n)
+    S = ca.nlpsol(
+        "S",
+        "ipopt",
+        {"x": x, "f": F(x) + 0.5 * ca.sumsqr(x)},
+        {"ipopt.print_level": 0, "print_time": False, "ipopt.sb": "yes"},
+    )
+    args = dict(x0=np.full(n, 0.5), lbx=-np.ones(n), ubx=np.ones(n))
+    S(**args)  # warm-up
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        S(**args)
+        times.append(time.perf_counter() - t0)
+    st = S.stats()
+    return float(np.median(times)), st["iter_count"], st["return_status"]
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    rows, solves, notes = [], [], []
+    for n, h in ((2, 64), (10, 256)):
+        sur, net, ins, outs = make(n, h)
+        label = f"{n}-{h}-{h}-1"
+        t0 = time.perf_counter()
+        variants = {"hand MX (floor)": by_hand("MX", net, ins, outs, n)}
+        build = {"hand MX (floor)": time.perf_counter() - t0}
+        for name, fn, args in (
+            ("symbolic", sb.casadi_function, (sur, "f", "symbolic")),
+            ("callback", sb.casadi_function, (sur, "f", "callback")),
+            ("hand SX", by_hand, ("SX", net, ins, outs, n)),
+        ):
+            t0 = time.perf_counter()
+            variants[name] = fn(*args)
+            build[name] = time.perf_counter() - t0
+        t2c, why = torch2casadi_function(net, sur, n, f"/tmp/t2c_{label}")
+        notes.append(f"torch2casadi on {label}: {why}")
+        if t2c is not None:
+            variants["torch2casadi"] = t2c
+        pts = np.random.default_rng(0).uniform(-1, 1, (4096, n))
+        ref = sur.hess(pts[0])
+        times = {}
+        for name, F in variants.items():
+            t0 = time.perf_counter()
+            J, H = derivative_functions(F, n)
+            t_deriv = time.perf_counter() - t0
+            err = float(np.abs(np.array(H(pts[0])) - ref).max())
+            per = [timeit(partial(f, cycle(pts)), min_time=0.2) for f in (F, J, H)]
+            times[name] = per
+            rows.append([label, name, build[name] + t_deriv, *(p * 1e6 for p in per), err])
+            t_solve, iters, status = ipopt(F, n)
+            per_iter = t_solve / max(iters, 1) * 1e3
+            solves.append([label, name, status, iters, t_solve * 1e3, per_iter])
+        floor = times["hand MX (floor)"]
+        for r in rows[-len(variants) :]:
+            r.extend(f"{a / b:.2f}" for a, b in zip(times[r[1]], floor, strict=True))
+    body = f"Machine: {machine()}\n\n"
+    body += table(
+        [
+            "net",
+            "variant",
+            "build s (F, J, H)",
+            "F us",
+            "Jacobian us",
+            "Hessian us",
+            "Hessian err vs torch",
+            "F / floor",
+            "J / floor",
+            "H / floor",
+        ],
+        rows,
+    )
+    body += "\n\nIPOPT, min F(x) + 0.5|x|^2 on [-1, 1]^n, exact Hessian, default tol:\n\n"
+    body += table(["net", "variant", "status", "iterations", "solve ms", "ms / iteration"], solves)
+    body += "\n\n" + "\n".join(f"- {s}" for s in notes)
+    body += (
+        "\n- l4casadi: not run. PyPI has only its source distribution (2.0.0); `pip install "
+        "l4casadi` fails here in its build step (it needs torch and scikit-build in the build "
+        "environment and compiles a libtorch C++ library)."
+    )
+    body += "\n\nTarget: symbolic mode at most 1.3x the hand-written MX."
+    write_section("bench_casadi", body)
+
+
+if __name__ == "__main__":
+    main()
