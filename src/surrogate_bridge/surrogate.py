@@ -214,7 +214,7 @@ class Surrogate:
         self._n_out: int | None = None
         self._domain = self._read_domain(domain)
         self._warned_smooth = self._warned_extrap = False
-        self._second_order = False  # set once a Hessian is asked: value calls then keep graphs
+        self._second_order = False  # set once a Hessian is asked (vector outputs fill all orders)
         if self._n_in is not None:
             self._setup(self._n_in)
 
@@ -460,7 +460,9 @@ class Surrogate:
         if self._second_order and self._n_out > 1:
             self._fill_hess(e, key)
             return
-        keep = self._second_order and self._n_out == 1
+        # the most recent cached point keeps its graph (measured: no cost within noise), so a
+        # later Hessian or hessp there needs no second forward pass, whatever the request order
+        keep = self._n_out == 1 and key is not None
         e.y, e.J, graph = self._engine.value_jac(e.x, keep_graph=keep)
         self._cache.count(hit=False, passes=1)
         if graph is not None:
