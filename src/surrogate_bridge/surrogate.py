@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from .cache import CacheInfo, Entry, PointCache
@@ -506,7 +507,7 @@ class Surrogate:
         return batch_derivatives(self._fn, X, order, chunk=self.chunk_size)
 
     # public evaluation ------------------------------------------------------------------------
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> float | np.ndarray | torch.Tensor:
         """Value: x (n_in,) -> float if n_out == 1 else (n_out,); x (N, n_in) -> (N,) or (N, n_out).
 
         Examples
@@ -522,7 +523,7 @@ class Surrogate:
             return self._out(self._single(pts, "y").y, pts, drop)
         return finish(self._batch(pts, 0)[0], pts, drop=drop)
 
-    def grad(self, x):
+    def grad(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
         """Gradient of a scalar surrogate: (n_in,) -> (n_in,); (N, n_in) -> (N, n_in)."""
         pts = self._points(x, "Surrogate.grad")
         self._need_scalar("Surrogate.grad", "Surrogate.jac")
@@ -530,14 +531,14 @@ class Surrogate:
             return self._out(self._single(pts, "J").J, pts, drop=True)
         return finish(self._batch(pts, 1)[1], pts, drop=True)
 
-    def jac(self, x):
+    def jac(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
         """Jacobian: (n_in,) -> (n_out, n_in); (N, n_in) -> (N, n_out, n_in)."""
         pts = self._points(x, "Surrogate.jac")
         if pts.single:
             return self._out(self._single(pts, "J").J, pts, drop=False)
         return finish(self._batch(pts, 1)[1], pts)
 
-    def value_and_grad(self, x):
+    def value_and_grad(self, x: ArrayLike) -> tuple:
         """``(value, gradient)`` of a scalar surrogate from one forward and backward pass."""
         pts = self._points(x, "Surrogate.value_and_grad")
         self._need_scalar("Surrogate.value_and_grad", "Surrogate.__call__ and Surrogate.jac")
@@ -547,7 +548,7 @@ class Surrogate:
         f, df = self._batch(pts, 1)
         return finish(f, pts, drop=True), finish(df, pts, drop=True)
 
-    def hess(self, x):
+    def hess(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
         """Hessian: n_out == 1: (n_in, n_in); else (n_out, n_in, n_in); batches add a leading N."""
         pts = self._points(x, "Surrogate.hess")
         self._warn_smooth("Surrogate.hess")
@@ -556,7 +557,7 @@ class Surrogate:
             return self._out(self._single(pts, "H").H, pts, drop=drop)
         return finish(self._batch(pts, 2)[2], pts, drop=drop)
 
-    def hessp(self, x, p):
+    def hessp(self, x: ArrayLike, p: ArrayLike) -> np.ndarray | torch.Tensor:
         """Hessian-vector product of a scalar surrogate at one point: (n_in,).
 
         Served by the cached dense Hessian for up to 16 inputs (then a matrix-vector product,
@@ -587,7 +588,7 @@ class Surrogate:
             self._cache.count(hit=False)
         return self._out(self._engine.hvp(e.graph, pv), pts, drop=False)
 
-    def lagrangian_hess(self, x, v):
+    def lagrangian_hess(self, x: ArrayLike, v: ArrayLike) -> np.ndarray | torch.Tensor:
         """``sum_i v_i * Hessian of output i`` at one point, (n_in, n_in), in one pass.
 
         A Hessian already cached at ``x`` serves it with no model pass.
@@ -611,7 +612,7 @@ class Surrogate:
             L = self._engine.lagrangian_hessian(e.x, vt)
         return self._out(L, pts, drop=False)
 
-    def derivatives(self, x, order: int = 2) -> list:
+    def derivatives(self, x: ArrayLike, order: int = 2) -> list:
         """``[f, Df, ..., D^order f]`` at x for any order >= 0.
 
         ``D^j f`` has shape ``(n_out,) + (n_in,) * j``, the n_out axis dropped when n_out == 1
