@@ -123,6 +123,14 @@ def _fold_scalers(fn: PhysicalFunction) -> None:
             fn.has_out = False
 
 
+def _normalized_device(device) -> torch.device:
+    """"cuda" -> "cuda:k" (the current device), so comparisons with tensors' devices hold."""
+    dev = torch.device("cpu" if device is None else device)
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
 def _first_linear_in(model) -> int | None:
     if isinstance(model, nn.Module):
         for mod in model.modules():
@@ -203,7 +211,7 @@ class Surrogate:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"Surrogate: dtype must be a floating torch.dtype, got {dtype!r}.")
         self.dtype = dtype
-        self.device = torch.device("cpu" if device is None else device)
+        self.device = _normalized_device(device)
         self._in_aff = as_affine(input_scaler, "Surrogate: input_scaler")
         self._out_aff = as_affine(output_scaler, "Surrogate: output_scaler")
         self.extrapolation = extrapolation
