@@ -117,3 +117,27 @@ def test_torch_archive_without_our_metadata(tmp_path):
 def test_save_rejects_non_surrogate(tmp_path):
     with pytest.raises(TypeError, match="must be a Surrogate"):
         sb.save(nn.Linear(2, 1), tmp_path / "x.pt2")
+
+
+class Unbatched(nn.Module):
+    def forward(self, z):
+        return z[0] ** 2 + 3 * torch.sin(z[1])
+
+
+class MixesRows(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1).double()
+
+    def forward(self, z):
+        return self.lin(z) + (z - z.mean(0)).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("model", [Unbatched(), MixesRows()], ids=["unbatched", "mixes-rows"])
+def test_point_by_point_models_round_trip(model, tmp_path):
+    sur = sb.Surrogate(model, n_in=2)
+    sb.save(sur, tmp_path / "m.pt2")
+    back = sb.load(tmp_path / "m.pt2")
+    X = np.random.default_rng(0).normal(size=(4, 2))
+    np.testing.assert_array_equal(back(X), sur(X))
+    np.testing.assert_array_equal(back.hess(X), sur.hess(X))

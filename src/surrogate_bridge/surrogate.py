@@ -124,7 +124,7 @@ def _fold_scalers(fn: PhysicalFunction) -> None:
 
 
 def _normalized_device(device) -> torch.device:
-    """"cuda" -> "cuda:k" (the current device), so comparisons with tensors' devices hold."""
+    """ "cuda" -> "cuda:k" (the current device), so comparisons with tensors' devices hold."""
     dev = torch.device("cpu" if device is None else device)
     if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
         dev = torch.device("cuda", torch.cuda.current_device())
