@@ -242,3 +242,17 @@ def test_unbatched_model_translates():
     sur = sb.Surrogate(Unbatched(), n_in=2)
     F = sb.casadi_function(sur)
     np.testing.assert_allclose(np.array(F([0.5, 2.0])).ravel(), sur([0.5, 2.0]), rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "act", [nn.ReLU, nn.LeakyReLU, nn.Hardtanh], ids=["relu", "leaky", "hardtanh"]
+)
+def test_piecewise_linear_translations(act):
+    sur = sb.Surrogate(mlp([2, 8, 2], act, seed=5))
+    with pytest.warns(sb.SmoothnessWarning):
+        F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 2)
+    J = ca.Function("J", [x], [ca.jacobian(F(x), x)])
+    for pt in np.random.default_rng(4).uniform(-2, 2, (5, 2)):
+        np.testing.assert_allclose(np.array(F(pt)).ravel(), sur(pt), atol=1e-14)
+        np.testing.assert_allclose(np.array(J(pt)), sur.jac(pt), atol=1e-12)
