@@ -532,7 +532,26 @@ class Surrogate:
         return finish(self._batch(pts, 0)[0], pts, drop=drop)
 
     def grad(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
-        """Gradient of a scalar surrogate: (n_in,) -> (n_in,); (N, n_in) -> (N, n_in)."""
+        """Gradient of a scalar surrogate, in physical units.
+
+        Parameters
+        ----------
+        x : array_like or torch.Tensor, shape (n_in,) or (N, n_in)
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor, shape (n_in,) or (N, n_in)
+            numpy (float64 by default) for numpy input; a tensor in the surrogate's dtype on
+            its device for tensor input. ``scipy.optimize.minimize(sur, x0, jac=sur.grad)``.
+
+        Examples
+        --------
+        >>> import torch, surrogate_bridge as sb
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> sur = sb.Surrogate(lin, sb.Affine([0.0, 0.0], [2.0, 4.0]))
+        >>> bool(abs(sur.grad([1.0, 1.0]) - lin.weight[0].detach().numpy() / [2, 4]).max() < 1e-7)
+        True
+        """
         pts = self._points(x, "Surrogate.grad")
         self._need_scalar("Surrogate.grad", "Surrogate.jac")
         if pts.single:
@@ -540,14 +559,28 @@ class Surrogate:
         return finish(self._batch(pts, 1)[1], pts, drop=True)
 
     def jac(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
-        """Jacobian: (n_in,) -> (n_out, n_in); (N, n_in) -> (N, n_out, n_in)."""
+        """Jacobian dy/dx in physical units: (n_in,) -> (n_out, n_in); (N, n_in) -> (N, n_out,
+        n_in).
+
+        numpy in -> numpy out (float64 by default); tensor in -> tensor on the surrogate's device.
+        The residual Jacobian of ``scipy.optimize.least_squares(sur, x0, jac=sur.jac)``.
+
+        Examples
+        --------
+        >>> import torch, surrogate_bridge as sb
+        >>> sb.Surrogate(torch.nn.Linear(3, 2)).jac([[0.0, 0.0, 0.0]] * 4).shape
+        (4, 2, 3)
+        """
         pts = self._points(x, "Surrogate.jac")
         if pts.single:
             return self._out(self._single(pts, "J").J, pts, drop=False)
         return finish(self._batch(pts, 1)[1], pts)
 
     def value_and_grad(self, x: ArrayLike) -> tuple:
-        """``(value, gradient)`` of a scalar surrogate from one forward and backward pass."""
+        """``(value, gradient)`` of a scalar surrogate from one forward and backward pass.
+
+        x (n_in,) -> (float, (n_in,)); x (N, n_in) -> ((N,), (N, n_in)); numpy or torch as given.
+        """
         pts = self._points(x, "Surrogate.value_and_grad")
         self._need_scalar("Surrogate.value_and_grad", "Surrogate.__call__ and Surrogate.jac")
         if pts.single:
@@ -557,7 +590,20 @@ class Surrogate:
         return finish(f, pts, drop=True), finish(df, pts, drop=True)
 
     def hess(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
-        """Hessian: n_out == 1: (n_in, n_in); else (n_out, n_in, n_in); batches add a leading N."""
+        """Hessian in physical units: (n_in, n_in) if n_out == 1 else (n_out, n_in, n_in); a batch
+        x (N, n_in) adds a leading N. numpy in -> numpy out; tensor in -> tensor on the device.
+
+        Warns :class:`SmoothnessWarning` (once) for piecewise-linear models.
+
+        Examples
+        --------
+        >>> import torch, surrogate_bridge as sb
+        >>> class Cube(torch.nn.Module):
+        ...     def forward(self, z):
+        ...         return (z ** 3).sum(-1)
+        >>> sb.Surrogate(Cube(), n_in=2).hess([1.0, 2.0]).tolist()
+        [[6.0, 0.0], [0.0, 12.0]]
+        """
         pts = self._points(x, "Surrogate.hess")
         self._warn_smooth("Surrogate.hess")
         drop = self._n_out == 1
@@ -566,10 +612,11 @@ class Surrogate:
         return finish(self._batch(pts, 2)[2], pts, drop=drop)
 
     def hessp(self, x: ArrayLike, p: ArrayLike) -> np.ndarray | torch.Tensor:
-        """Hessian-vector product of a scalar surrogate at one point: (n_in,).
+        """Hessian-vector product of a scalar surrogate at one point: x, p (n_in,) -> (n_in,).
 
         Served by the cached dense Hessian for up to 16 inputs (then a matrix-vector product,
-        ~1 us), else by one backward pass over the graph kept at ``x``.
+        ~1 us), else by one backward pass over the graph kept at ``x``. The ``hessp`` of
+        Newton-CG, trust-ncg, trust-krylov and trust-constr.
         """
         pts = self._points(x, "Surrogate.hessp")
         self._need_scalar("Surrogate.hessp", "Surrogate.lagrangian_hess")
@@ -597,9 +644,10 @@ class Surrogate:
         return self._out(self._engine.hvp(e.graph, pv), pts, drop=False)
 
     def lagrangian_hess(self, x: ArrayLike, v: ArrayLike) -> np.ndarray | torch.Tensor:
-        """``sum_i v_i * Hessian of output i`` at one point, (n_in, n_in), in one pass.
+        """``sum_i v_i * Hessian of output i`` at one point: x (n_in,), v (n_out,) -> (n_in, n_in).
 
-        A Hessian already cached at ``x`` serves it with no model pass.
+        One pass (a Hessian of ``v . f``), not n_out Hessians; a Hessian already cached at ``x``
+        serves it with no model pass. The ``hess(x, v)`` of a scipy ``NonlinearConstraint``.
         """
         pts = self._points(x, "Surrogate.lagrangian_hess")
         if not pts.single:
