@@ -118,33 +118,27 @@ def trained_v():
     reach |grad| < 1e-8."""
     g = np.linspace(-3, 3, 31)
     X = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
-    y = np.einsum("ni,ij,nj->n", X, P_SEED, X)[:, None]
-    xs, ys = StandardScaler().fit(X), MinMaxScaler().fit(y)
-    net = fit_full_batch(
-        mlp([2, 32, 32, 1], nn.Softplus, seed=0),
-        xs.transform(X),
-        ys.transform(y),
-        adam_steps=500,
-        lbfgs_steps=500,
-    )
-    return sb.Surrogate(net, xs, ys, domain=([-3, -3], [3, 3]), extrapolation="ignore")
+    return train_v(P_SEED, X, steps=500, domain=([-3, -3], [3, 3]))
 
 
 @pytest.fixture(scope="module")
 def trained_v10():
-    P = random_spd(10, seed=1)
-    rng = np.random.default_rng(1)
-    X = rng.uniform(-3, 3, size=(3000, 10))
+    X = np.random.default_rng(1).uniform(-3, 3, size=(3000, 10))
+    return train_v(random_spd(10, seed=1), X, steps=300)
+
+
+def train_v(P, X, steps, **kw):
+    """A softplus MLP fitted to V = x^T P x at the rows of X (Adam, then L-BFGS)."""
     y = np.einsum("ni,ij,nj->n", X, P, X)[:, None]
     xs, ys = StandardScaler().fit(X), MinMaxScaler().fit(y)
     net = fit_full_batch(
-        mlp([10, 32, 32, 1], nn.Softplus, seed=0),
+        mlp([X.shape[1], 32, 32, 1], nn.Softplus, seed=0),
         xs.transform(X),
         ys.transform(y),
-        adam_steps=300,
-        lbfgs_steps=300,
+        adam_steps=steps,
+        lbfgs_steps=steps,
     )
-    return sb.Surrogate(net, xs, ys, extrapolation="ignore")
+    return sb.Surrogate(net, xs, ys, extrapolation="ignore", **kw)
 
 
 # 10-D: V spans ~10x more, so f's rounding and the reachable |grad| are ~10x coarser

@@ -31,7 +31,7 @@ from .diagnostics import (
 )
 from .normalization import Affine, as_affine
 
-__all__ = ["PhysicalFunction", "Surrogate"]
+__all__ = ["PhysicalFunction", "Surrogate", "require_surrogate"]
 
 _DENSE_HESSP_MAX = 16  # up to this many inputs, hessp builds and caches the dense Hessian
 _PROBE_ROWS = 3
@@ -710,3 +710,12 @@ def _rows_independent(fn: PhysicalFunction, X: torch.Tensor) -> bool:
     for i in range(N):
         off[i, :, i, :] = 0
     return bool(off.abs().max() <= 1e-10 * max(float(J.abs().max()), 1.0))
+
+
+def require_surrogate(sur, where: str) -> None:
+    """The adapters' entry check: a ``Surrogate`` whose input count is known."""
+    if not isinstance(sur, Surrogate):
+        raise TypeError(
+            f"{where}: expected a surrogate_bridge.Surrogate, got {type(sur).__name__}."
+        )
+    sur._require_setup(where)

@@ -30,7 +30,7 @@ except ImportError as err:  # an optional extra
     ) from err
 
 from ..diagnostics import SmoothnessWarning, warn_low_precision
-from ..surrogate import Surrogate
+from ..surrogate import Surrogate, require_surrogate
 
 __all__ = ["CasadiFallbackWarning", "casadi_function"]
 
@@ -54,7 +54,9 @@ class _ShapeChecked:
         shape = tuple(int(s) for s in shape)
         n, cols = self._n_in, self._cols
         ok = {(n, cols), (n * cols,)} | ({(n,), (1, n)} if cols == 1 else set())
-        if shape not in ok and shape != (1, 1) * (n == 1):
+        if n * cols == 1:
+            ok.add(())  # a plain number for a one-input function
+        if shape not in ok:
             raise ValueError(
                 f"{self.name()}: x has shape {shape}, expected ({n}, {cols}) (a column of "
                 f"{n} inputs{'' if cols == 1 else f' for each of {cols} points'})."
@@ -205,14 +207,9 @@ def casadi_function(sur: Surrogate, name: str = "f", mode: str = "auto") -> ca.F
     >>> bool(abs(H([0.1, 0.2]) - sur.hess([0.1, 0.2])).full().max() < 1e-12)
     True
     """
-    if not isinstance(sur, Surrogate):
-        raise TypeError(f"casadi_function: expected a Surrogate, got {type(sur).__name__}.")
+    require_surrogate(sur, "casadi_function")
     if mode not in _MODES:
         raise ValueError(f"casadi_function: mode={mode!r} is not valid; use one of {_MODES}.")
-    if sur.n_in is None:
-        raise ValueError(
-            "casadi_function: the surrogate's input count is unknown; pass n_in= to Surrogate."
-        )
     warn_low_precision(sur, "casadi_function")
     if mode != "callback":
         from .casadi_symbolic import UnsupportedOperationError, translate

@@ -13,7 +13,7 @@ import scipy.optimize as so
 
 from ..convert import as_points
 from ..diagnostics import warn_low_precision
-from ..surrogate import Surrogate
+from ..surrogate import Surrogate, require_surrogate
 
 __all__ = ["ScipyODE", "minimize", "scipy_constraint", "scipy_ode"]
 
@@ -25,15 +25,6 @@ _SECOND_ORDER = frozenset(
 )
 _HESSP_OK = frozenset({"newton-cg", "trust-ncg", "trust-krylov", "trust-constr"})
 _HESSIAN_KINDS = ("dense", "hessp", "none")
-
-
-def _check_surrogate(sur, where: str) -> None:
-    if not isinstance(sur, Surrogate):
-        raise TypeError(
-            f"{where}: expected a surrogate_bridge.Surrogate, got {type(sur).__name__}."
-        )
-    if sur.n_in is None:
-        raise ValueError(f"{where}: the surrogate's input count is unknown; pass n_in= to it.")
 
 
 def _bound(b, m: int, name: str) -> np.ndarray:
@@ -77,7 +68,7 @@ def scipy_constraint(
     >>> con.jac(np.zeros(2)).shape, con.hess(np.zeros(2), np.ones(1)).shape
     ((1, 2), (2, 2))
     """
-    _check_surrogate(sur, "scipy_constraint")
+    require_surrogate(sur, "scipy_constraint")
     warn_low_precision(sur, "scipy_constraint")
     m = sur.n_out
     lo, hi = _bound(lb, m, "lb"), _bound(ub, m, "ub")
@@ -153,7 +144,7 @@ def scipy_ode(sur: Surrogate, *, time_input: bool = False) -> ScipyODE:
     >>> bool(abs(sol.y[0, -1] - np.exp(-1)) < 1e-8)
     True
     """
-    _check_surrogate(sur, "scipy_ode")
+    require_surrogate(sur, "scipy_ode")
     warn_low_precision(sur, "scipy_ode")
     states = sur.n_in - 1 if time_input else sur.n_in
     if sur.n_out != states:
@@ -190,7 +181,7 @@ def minimize(
     >>> bool(np.allclose(res.x, 1.0))
     True
     """
-    _check_surrogate(sur, "minimize")
+    require_surrogate(sur, "minimize")
     if sur.n_out != 1:
         raise ValueError(
             f"minimize: the objective must be scalar, but this surrogate has n_out = "

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..derivatives import rowwise
-from ..surrogate import Surrogate
+from ..surrogate import Surrogate, require_surrogate
 
 __all__ = ["GradientFlow", "SurrogateRHS", "gradient_flow", "ode_rhs"]
 
@@ -92,13 +92,6 @@ class GradientFlow(SurrogateRHS):
         return -g
 
 
-def _check_surrogate(sur, where: str) -> None:
-    if not isinstance(sur, Surrogate):
-        raise TypeError(f"{where}: expected a Surrogate, got {type(sur).__name__}.")
-    if sur.n_in is None:
-        raise ValueError(f"{where}: the surrogate's input count is unknown; pass n_in= to it.")
-
-
 def ode_rhs(sur: Surrogate, time_input: bool = False, *, trainable: bool = False) -> SurrogateRHS:
     """The surrogate as a torchdiffeq right-hand side ``f(t, y)``.
 
@@ -131,7 +124,7 @@ def ode_rhs(sur: Surrogate, time_input: bool = False, *, trainable: bool = False
     >>> y.shape, bool(abs(y[-1, 0, 0] - math.exp(-1)) < 1e-8)
     (torch.Size([2, 4, 1]), True)
     """
-    _check_surrogate(sur, "ode_rhs")
+    require_surrogate(sur, "ode_rhs")
     states = sur.n_in - 1 if time_input else sur.n_in
     if sur.n_out != states:
         hint = (
@@ -166,7 +159,7 @@ def gradient_flow(sur: Surrogate, *, trainable: bool = False) -> GradientFlow:
     >>> bool(y[-1].abs().max() < 1e-3)
     True
     """
-    _check_surrogate(sur, "gradient_flow")
+    require_surrogate(sur, "gradient_flow")
     if sur.n_out != 1:
         raise ValueError(
             f"gradient_flow: V must be scalar (n_out == 1); this surrogate has n_out = "
