@@ -8,6 +8,7 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
 import surrogate_bridge as sb
+from surrogate_bridge.physical import RowByRow
 
 
 def counting(model):
@@ -143,7 +144,7 @@ def test_models_of_other_shapes(model):
 
 def test_row_mixing_model_is_evaluated_point_by_point():
     sur = sb.Surrogate(MixesRows())
-    assert sur.function.rows == "vmap_rows"
+    assert isinstance(sur.function.rows, RowByRow)
     X = np.random.default_rng(0).normal(size=(5, 2))
     np.testing.assert_allclose(sur(X), [sur(x) for x in X], rtol=1e-12)
     np.testing.assert_allclose(sur.jac(X)[:, 0], np.tile(sur.jac(X[0])[0], (5, 1)), rtol=1e-12)
@@ -180,7 +181,7 @@ def test_parameter_free_without_n_in_errors_clearly():
 )
 def test_bad_input_named(scal, x, err, match):
     calls = []
-    scal._fn.register_forward_pre_hook(lambda *a: calls.append(1))
+    scal.function.register_forward_pre_hook(lambda *a: calls.append(1))
     with pytest.raises(err, match=match):
         scal.grad(x)
     assert not calls  # raised before any torch work

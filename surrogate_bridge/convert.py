@@ -88,18 +88,37 @@ def _raise_non_finite(bad: np.ndarray, where: str, name: str) -> None:
     raise ValueError(f"{where}: {name} has non-finite entries (NaN or Inf) at {listed}{more}.")
 
 
+def as_array(a, where: str, name: str, ndim: tuple[int, ...]) -> np.ndarray:
+    """Real, finite numbers of one of the ranks ``ndim``, as a private float64 copy.
+
+    The one validator of plain arrays (scaler vectors, training data, weight and direction
+    vectors): ``TypeError`` for a non-numeric kind, ``ValueError`` for a wrong rank or a
+    non-finite entry, each naming ``where`` and ``name``.
+    """
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as err:  # ragged lists and the like
+        raise TypeError(f"{where}: {name} could not be read as an array: {err}") from err
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(
+            f"{where}: {name} has dtype {arr.dtype} ({arr!r:.60}), expected real numbers."
+        )
+    if arr.ndim not in ndim:
+        ranks = " or ".join(f"{d}-D" for d in ndim)
+        raise ValueError(f"{where}: {name} must be {ranks}, got shape {arr.shape}.")
+    arr = np.array(arr, dtype=np.float64, copy=True)
+    _check_finite(arr, where, name)
+    return arr
+
+
 def as_vector(v, length: int, where: str, name: str) -> np.ndarray:
     """Validate a 1-D weight or direction vector (``p`` of hessp, ``v`` of lagrangian_hess)."""
-    if isinstance(v, torch.Tensor):
-        v = v.detach().cpu().numpy()
-    arr = np.asarray(v)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{where}: {name} has dtype {arr.dtype}, expected real numbers.")
-    arr = np.array(arr, dtype=np.float64, copy=True).reshape(-1) if arr.ndim == 0 else arr
+    arr = as_array(v, where, name, (0, 1)).reshape(-1)
     if arr.shape != (length,):
-        raise ValueError(f"{where}: {name} has shape {tuple(arr.shape)}, expected ({length},).")
-    _check_finite(arr.astype(np.float64), where, name)
-    return np.array(arr, dtype=np.float64)
+        raise ValueError(f"{where}: {name} has shape {arr.shape}, expected ({length},).")
+    return arr
 
 
 def to_torch(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -114,14 +133,19 @@ def to_host(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def finish(t: torch.Tensor, pts: Points, drop: int = 0):
-    """Shape a batched result ``(N, ...)`` for the caller: strip N for a single point, drop
-    ``drop`` trailing size-1 output axes, and return numpy or torch as the caller gave."""
+def finish(t, pts: Points, drop: bool = False):
+    """Shape a result with a leading point axis, ``(N, m, ...)`` as a tensor (batches) or a
+    numpy array (the single-point cache), for the caller: drop the output axis of a scalar
+    surrogate if ``drop``, strip N for a single point, and return numpy or torch as the caller
+    gave. numpy results are always fresh arrays: callers cannot edit a cached one."""
     if drop:
-        t = t.squeeze(1)
+        t = t[:, 0]
     if pts.single:
         t = t[0]
-    if pts.is_torch:
-        return t
-    out = to_host(t)
+    if isinstance(t, torch.Tensor):
+        if pts.is_torch:
+            return t
+        out = to_host(t)
+    else:
+        out = np.array(t)  # a copy
     return float(out) if out.ndim == 0 else out

@@ -29,7 +29,7 @@ except ImportError as err:  # an optional extra
         "surrogate_bridge's CasADi adapter needs casadi: pip install 'surrogate-bridge[casadi]'"
     ) from err
 
-from ..diagnostics import SmoothnessWarning, warn_low_precision
+from ..diagnostics import warn_low_precision, warn_nonsmooth
 from ..surrogate import Surrogate, require_surrogate
 
 __all__ = ["CasadiFallbackWarning", "casadi_function"]
@@ -227,12 +227,6 @@ def casadi_function(sur: Surrogate, name: str = "f", mode: str = "auto") -> ca.F
             )
         else:
             if nonsmooth:
-                warnings.warn(
-                    f"casadi_function: the model uses piecewise-linear operations "
-                    f"({', '.join(nonsmooth)}); its Hessian is zero almost everywhere, so "
-                    "IPOPT's exact Hessian carries no curvature from it.",
-                    SmoothnessWarning,
-                    stacklevel=2,
-                )
+                warn_nonsmooth(nonsmooth, "casadi_function", stacklevel=2)
             return _SymbolicFunction(f, sur.n_in)
     return _SurrogateCallback(sur, 1, 0, name, {})

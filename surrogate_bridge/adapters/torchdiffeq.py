@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..derivatives import rowwise
-from ..surrogate import Surrogate, require_surrogate
+from ..surrogate import Surrogate, require_surrogate, require_vector_field
 
 __all__ = ["GradientFlow", "SurrogateRHS", "gradient_flow", "ode_rhs"]
 
@@ -80,16 +80,12 @@ class GradientFlow(SurrogateRHS):
         self.n = sur.n_in
 
     def _field(self, t, Y: torch.Tensor) -> torch.Tensor:
-        # differentiable when the caller differentiates (odeint backprop, the adjoint's VJPs);
-        # under no_grad (the adjoint's forward solve) a state may still say requires_grad
-        outer = torch.is_grad_enabled()
+        # differentiable when the caller differentiates (odeint backprop, the adjoint's VJPs) with
+        # respect to the state or trainable parameters; plain values otherwise (the adjoint's
+        # forward solve runs under no_grad, where a state may still say requires_grad)
         trainable = any(p.requires_grad for p in self.function.parameters())
-        with torch.enable_grad():
-            through = outer and Y.requires_grad
-            Yg = Y if through else Y.detach().requires_grad_(True)
-            keep = outer and (through or trainable)
-            (g,) = torch.autograd.grad(self.function(Yg).sum(), Yg, create_graph=keep)
-        return -g
+        keep = torch.is_grad_enabled() and (Y.requires_grad or trainable)
+        return -rowwise(self.function, Y, 1, create_graph=keep)[1][:, 0, :]
 
 
 def ode_rhs(sur: Surrogate, time_input: bool = False, *, trainable: bool = False) -> SurrogateRHS:
@@ -124,19 +120,7 @@ def ode_rhs(sur: Surrogate, time_input: bool = False, *, trainable: bool = False
     >>> y.shape, bool(abs(y[-1, 0, 0] - math.exp(-1)) < 1e-8)
     (torch.Size([2, 4, 1]), True)
     """
-    require_surrogate(sur, "ode_rhs")
-    states = sur.n_in - 1 if time_input else sur.n_in
-    if sur.n_out != states:
-        hint = (
-            "Pass time_input=True if its first input is time."
-            if not time_input and sur.n_in == sur.n_out + 1
-            else "Use a surrogate that maps the state to its time derivative."
-        )
-        raise ValueError(
-            f"ode_rhs: a vector field needs as many outputs as states"
-            f"{' plus time as the first input' if time_input else ''}; the surrogate has "
-            f"n_in = {sur.n_in} and n_out = {sur.n_out}. {hint}"
-        )
+    require_vector_field(sur, "ode_rhs", time_input)
     return SurrogateRHS(sur, time_input, trainable)
 
 

@@ -5,24 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
-__all__ = ["Affine", "as_affine"]
+from .convert import as_array
 
-_FIT_KINDS = ("minmax", "standard")
+__all__ = ["FIT_KINDS", "Affine", "as_affine"]
+
+FIT_KINDS = ("minmax", "standard")  # what Affine.fit (and so sb.fit's string scalers) knows
 
 
 def _vector(a, name: str) -> np.ndarray:
-    arr = np.asarray(a, dtype=np.float64)
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim != 1:
-        raise ValueError(
-            f"Affine: {name} must be 1-D (one entry per feature), got shape {arr.shape}."
-        )
-    if not np.isfinite(arr).all():
-        raise ValueError(f"Affine: {name} has non-finite entries: {arr}.")
-    return arr
+    return as_array(a, "Affine", name, (0, 1)).reshape(-1)
 
 
 def _safe_scale(scale: np.ndarray) -> np.ndarray:
@@ -63,8 +55,20 @@ class Affine:
             raise ValueError(
                 f"Affine: scale has zero entries at {np.flatnonzero(self.scale == 0)}."
             )
-        self.data_min = None if data_min is None else _vector(data_min, "data_min")
-        self.data_max = None if data_max is None else _vector(data_max, "data_max")
+        if (data_min is None) != (data_max is None):
+            raise ValueError(
+                "Affine: data_min and data_max describe the data range together; pass both or "
+                "neither."
+            )
+        self.data_min = self.data_max = None
+        if data_min is not None:
+            lo, hi = _vector(data_min, "data_min"), _vector(data_max, "data_max")
+            if lo.shape != self.shift.shape or hi.shape != self.shift.shape or np.any(lo > hi):
+                raise ValueError(
+                    f"Affine: data_min and data_max need {self.n_features} entries each with "
+                    f"data_min <= data_max, got data_min={lo.tolist()}, data_max={hi.tolist()}."
+                )
+            self.data_min, self.data_max = lo, hi
 
     @property
     def n_features(self) -> int:
@@ -105,19 +109,17 @@ class Affine:
         >>> Affine.fit([[0.0], [4.0]], kind="minmax").scale.tolist()
         [4.0]
         """
-        X = np.asarray(X, dtype=np.float64)
+        X = as_array(X, "Affine.fit", "X", (1, 2))
         if X.ndim == 1:
             X = X[:, None]
-        if X.ndim != 2 or X.shape[0] == 0:
+        if X.shape[0] == 0:
             raise ValueError(f"Affine.fit: X must have shape (N, n_features), got {X.shape}.")
-        if not np.isfinite(X).all():
-            raise ValueError("Affine.fit: X has non-finite entries.")
         if kind == "minmax":
             lo, hi = X.min(axis=0), X.max(axis=0)
             return cls(lo, _safe_scale(hi - lo), data_min=lo, data_max=hi)
         if kind == "standard":
             return cls(X.mean(axis=0), _safe_scale(X.std(axis=0)))
-        raise ValueError(f"Affine.fit: kind={kind!r} is not supported; use one of {_FIT_KINDS}.")
+        raise ValueError(f"Affine.fit: kind={kind!r} is not supported; use one of {FIT_KINDS}.")
 
     @classmethod
     def from_sklearn(cls, scaler) -> Affine:
@@ -146,13 +148,6 @@ class Affine:
                 ".fit(X) on it first."
             )
         return reader(scaler)
-
-    # torch side -----------------------------------------------------------------------------
-    def tensors(self, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            torch.as_tensor(self.shift, dtype=dtype, device=device),
-            torch.as_tensor(self.scale, dtype=dtype, device=device),
-        )
 
 
 def _read_minmax(s) -> Affine:

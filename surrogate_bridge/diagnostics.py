@@ -18,8 +18,6 @@ __all__ = [
     "check_derivatives",
 ]
 
-EXTRAPOLATION_POLICIES = ("warn", "ignore", "raise")
-
 
 class SmoothnessWarning(UserWarning):
     """A second or higher derivative was asked of a piecewise-linear model: it is zero almost
@@ -50,8 +48,9 @@ def warn_low_precision(sur, where: str) -> None:
         )
 
 
-# torch functions whose second derivative is zero almost everywhere (nn modules call these)
-_PIECEWISE_LINEAR = frozenset(
+# torch functions (and aten ops) whose second derivative is zero almost everywhere: nn modules
+# call these, and the CasADi translator meets them as aten ops of the same names
+PIECEWISE_LINEAR = frozenset(
     {
         "relu",
         "relu_",
@@ -74,6 +73,18 @@ _PIECEWISE_LINEAR = frozenset(
 )
 
 
+def warn_nonsmooth(ops, where: str, stacklevel: int) -> None:
+    """The :class:`SmoothnessWarning` for a model that uses the piecewise-linear ``ops``."""
+    warnings.warn(
+        f"{where}: the model uses piecewise-linear operations ({', '.join(ops)}); its second "
+        "and higher derivatives are zero almost everywhere, whatever the true function's "
+        "curvature (IPOPT's exact Hessian and scipy's trust methods get no curvature from "
+        "them). Use a smooth activation (tanh, softplus, SiLU, GELU) for curvature information.",
+        SmoothnessWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 class _OpRecorder(TorchFunctionMode):
     """Records the names of the torch functions a forward pass calls."""
 
@@ -91,21 +102,7 @@ def piecewise_linear_ops(fn, x: torch.Tensor) -> list[str]:
     rec = _OpRecorder()
     with rec, torch.no_grad():
         fn(x)
-    return sorted(rec.names & _PIECEWISE_LINEAR)
-
-
-def check_domain(data: np.ndarray, lb: np.ndarray, ub: np.ndarray) -> str | None:
-    """A message naming the first point and feature outside [lb, ub], or None if all inside."""
-    tol = 1e-9 * np.maximum(ub - lb, 1.0)
-    out = (data < lb - tol) | (data > ub + tol)
-    if not out.any():
-        return None
-    i, j = np.argwhere(out)[0]
-    return (
-        f"x[{i}, {j}] = {data[i, j]:.6g} lies outside the training domain "
-        f"[{lb[j]:.6g}, {ub[j]:.6g}] of feature {j} ({int(out.any(axis=1).sum())} of "
-        f"{data.shape[0]} points outside); derivatives there are extrapolations."
-    )
+    return sorted(rec.names & PIECEWISE_LINEAR)
 
 
 @dataclass

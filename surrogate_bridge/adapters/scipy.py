@@ -13,7 +13,7 @@ import scipy.optimize as so
 
 from ..convert import as_points
 from ..diagnostics import warn_low_precision
-from ..surrogate import Surrogate, require_surrogate
+from ..surrogate import Surrogate, require_surrogate, require_vector_field
 
 __all__ = ["ScipyODE", "minimize", "scipy_constraint", "scipy_ode"]
 
@@ -144,20 +144,8 @@ def scipy_ode(sur: Surrogate, *, time_input: bool = False) -> ScipyODE:
     >>> bool(abs(sol.y[0, -1] - np.exp(-1)) < 1e-8)
     True
     """
-    require_surrogate(sur, "scipy_ode")
+    require_vector_field(sur, "scipy_ode", time_input)
     warn_low_precision(sur, "scipy_ode")
-    states = sur.n_in - 1 if time_input else sur.n_in
-    if sur.n_out != states:
-        extra = " plus time as the first input" if time_input else ""
-        raise ValueError(
-            f"scipy_ode: a vector field needs as many outputs as states{extra}; the surrogate "
-            f"has n_in = {sur.n_in} and n_out = {sur.n_out}. "
-            + (
-                "Pass time_input=True if its first input is time."
-                if not time_input and sur.n_in == sur.n_out + 1
-                else "Use a surrogate that maps the state to its time derivative."
-            )
-        )
     return ScipyODE(sur, time_input)
 
 

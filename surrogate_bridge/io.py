@@ -7,7 +7,6 @@ the domain, dtype, the scalers (for reference) and flags.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import zipfile
@@ -15,6 +14,7 @@ import zipfile
 import torch
 
 from .normalization import Affine
+from .physical import ExportError
 from .surrogate import Surrogate
 
 __all__ = ["load", "save"]
@@ -45,28 +45,20 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
     """
     if not isinstance(sur, Surrogate):
         raise TypeError(f"save: sur must be a Surrogate, got {type(sur).__name__}.")
-    module = copy.deepcopy(sur.function).cpu()
-    example = torch.zeros(2, sur.n_in, dtype=sur.dtype)
     try:
-        program = torch.export.export(
-            module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)
-        )
-    except Exception as err:  # torch.export raises many types; name what failed and why
-        raise ValueError(
-            f"save: torch.export could not capture the model ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). Models with data-dependent "
-            "Python control flow cannot be saved as a graph."
-        ) from err
+        program = sur.export(one_point=False)
+    except ExportError as err:
+        raise ValueError(f"save: {err}") from err
     lb_ub = sur.domain
     meta = {
         "format": _FORMAT,
         "n_in": sur.n_in,
         "n_out": sur.n_out,
         "dtype": str(sur.dtype),
-        "input_scaler": None if sur._in_aff is None else sur._in_aff.to_dict(),
-        "output_scaler": None if sur._out_aff is None else sur._out_aff.to_dict(),
+        "input_scaler": None if sur.input_scaler is None else sur.input_scaler.to_dict(),
+        "output_scaler": None if sur.output_scaler is None else sur.output_scaler.to_dict(),
         "domain": None if lb_ub is None else [lb_ub[0].tolist(), lb_ub[1].tolist()],
-        "nonsmooth": list(sur._nonsmooth),
+        "nonsmooth": list(sur.nonsmooth_ops),
         "extrapolation": sur.extrapolation,
     }
     torch.export.save(program, os.fspath(path), extra_files={_META: json.dumps(meta)})
@@ -116,19 +108,19 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
             f"load: {path!r} is a torch archive but was not written by surrogate_bridge.save "
             f"(no {_META} of format {_FORMAT})."
         )
-    sur = Surrogate(  # the graph is the physical function: no scalers on top
+    # the graph is the physical function: the scalers come along for reference only
+    scalers = {
+        k: None if meta[k] is None else Affine.from_dict(meta[k])
+        for k in ("input_scaler", "output_scaler")
+    }
+    return Surrogate.from_physical(
         program.module(),
+        n_in=meta["n_in"],
+        nonsmooth_ops=meta["nonsmooth"],  # the graph's aten ops hide the activations' names
         dtype=_DTYPES[meta["dtype"]],
         device=device,
         cache_size=cache_size,
         domain=meta["domain"],
-        n_in=meta["n_in"],
         extrapolation=meta["extrapolation"],
+        **scalers,
     )
-    sur._nonsmooth = list(meta["nonsmooth"])  # the graph's aten ops hide the activations' names
-    # kept for reference (and a later save); the computation already includes them
-    sur._in_aff, sur._out_aff = (
-        None if meta[k] is None else Affine.from_dict(meta[k])
-        for k in ("input_scaler", "output_scaler")
-    )
-    return sur

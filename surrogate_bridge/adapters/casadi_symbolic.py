@@ -11,7 +11,6 @@ against ~2 MB).
 
 from __future__ import annotations
 
-import copy
 import math
 import operator
 
@@ -19,13 +18,13 @@ import casadi as ca
 import numpy as np
 import torch
 
+from ..diagnostics import PIECEWISE_LINEAR
+from ..physical import ExportError
 from ..surrogate import Surrogate
 
 __all__ = ["UnsupportedOperationError", "translate"]
 
 aten = torch.ops.aten
-
-_PIECEWISE_LINEAR = {"relu", "leaky_relu", "hardtanh", "clamp", "clamp_min", "clamp_max"}
 
 
 class UnsupportedOperationError(NotImplementedError):
@@ -294,25 +293,13 @@ def _where(node) -> str:
     return trace[-1].strip() if trace else "the model's forward"
 
 
-def _export(sur: Surrogate):
-    fn = copy.deepcopy(sur.function).cpu().to(torch.float64)
-    # one point: a model written for unbatched input is called on it directly, a row-mixing
-    # model on a batch of one (no vmap in the captured graph)
-    fn.rows = {"vmap": "one", "vmap_rows": "batched"}.get(fn.rows, fn.rows)
-    example = torch.zeros(1, sur.n_in, dtype=torch.float64)
-    try:
-        return torch.export.export(fn, (example,))
-    except Exception as err:  # torch.export raises many types; say which step failed and why
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UnsupportedOperationError(
-            f"torch.export could not capture the model: {first}"
-        ) from err
-
-
 def translate(sur: Surrogate, name: str) -> tuple[ca.Function, list[str]]:
     """``casadi.Function(name, [x (n, 1)], [y (m, 1)])`` built from the surrogate's graph, and
     the names of the piecewise-linear operations met (for the smoothness warning)."""
-    program = _export(sur)
+    try:  # one point: no vmap in the captured graph
+        program = sur.export(one_point=True, dtype=torch.float64)
+    except ExportError as err:
+        raise UnsupportedOperationError(str(err)) from err
     state = {**program.state_dict, **program.constants}
     sig = program.graph_signature
     lifted = {
@@ -390,6 +377,6 @@ def _translate_node(node, env, nonsmooth):
             f"operation aten.{op_name} in {_where(node)} could not be translated ({err}); "
             "use mode='callback' for this model"
         ) from err
-    if op_name in _PIECEWISE_LINEAR:
+    if op_name in PIECEWISE_LINEAR:
         nonsmooth.add(op_name)
     return result

@@ -5,9 +5,9 @@ function of physical inputs; adapters hand it to scipy.optimize, CasADi and torc
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 
 from .adapters.scipy import minimize, scipy_constraint, scipy_ode
-from .cache import CacheInfo
 from .derivatives import derivatives
 from .diagnostics import (
     DerivativeReport,
@@ -19,16 +19,17 @@ from .diagnostics import (
 )
 from .io import load, save
 from .normalization import Affine
+from .points import CacheInfo
 from .surrogate import Surrogate
 from .threads import limit_threads
-from .training import fit
+from .training import fit, mlp
 
-# optional extras: imported on first use, so a missing casadi or torchdiffeq only matters there
+# optional extras, imported on first use: name -> (module, the package it needs)
 _LAZY = {
-    "casadi_function": "adapters.casadi",
-    "CasadiFallbackWarning": "adapters.casadi",
-    "ode_rhs": "adapters.torchdiffeq",
-    "gradient_flow": "adapters.torchdiffeq",
+    "casadi_function": ("adapters.casadi", "casadi"),
+    "CasadiFallbackWarning": ("adapters.casadi", "casadi"),
+    "ode_rhs": ("adapters.torchdiffeq", "torchdiffeq"),
+    "gradient_flow": ("adapters.torchdiffeq", "torchdiffeq"),
 }
 
 
@@ -36,7 +37,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         from importlib import import_module
 
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(import_module(f".{_LAZY[name][0]}", __name__), name)
     raise AttributeError(f"module 'surrogate_bridge' has no attribute {name!r}")
 
 
@@ -45,7 +46,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = [  # noqa: RUF022 (public names, then the lazily imported adapters)
+__all__ = [
     "Affine",
     "CacheInfo",
     "DerivativeReport",
@@ -61,11 +62,10 @@ __all__ = [  # noqa: RUF022 (public names, then the lazily imported adapters)
     "limit_threads",
     "load",
     "minimize",
+    "mlp",
     "save",
     "scipy_constraint",
     "scipy_ode",
-    "casadi_function",
-    "CasadiFallbackWarning",
-    "ode_rhs",
-    "gradient_flow",
 ]
+# adapters whose extra is installed: `from surrogate_bridge import *` never fails on a missing one
+__all__ += [name for name, (_, needs) in _LAZY.items() if find_spec(needs) is not None]

@@ -6,23 +6,22 @@ Batches and single points share one output convention: ``D^j f`` has shape
 * Row-wise reverse mode (models whose rows are independent, the usual case): one forward pass over
   the batch, then one backward pass per output component of the previous order over the *row sums*.
   Since row ``i`` of the output depends on row ``i`` of the input only, the gradient of a row sum is
-  every row's own gradient at once. Measured on a 2-64-64-1 tanh net, N = 10^4: Hessians 57 ms
-  against 94 ms for ``vmap(hessian)``; on 10-256-256-1, 1.2 s against 3.3 s.
-  Models that mix rows are wrapped per row with ``torch.func.vmap`` by the surrogate
-  (``surrogate.PhysicalFunction``), so this engine always sees independent rows.
+  every row's own gradient at once (against ``vmap(hessian)`` and the per-sample loop in
+  ``benchmarks/RESULTS.md``). Models that mix rows are wrapped per row with ``torch.func.vmap``
+  (``physical.RowByRow``), so this engine always sees independent rows.
 
-Single points (what solver callbacks ask for) go through :class:`PointEngine`: plain autograd on
-the frozen model, the Hessian from one forward over ``n`` (or ``m * n``) replicated rows and two
-backward passes (365 us against 509 us for a batched double backward and 2.3 ms for eager
-``torch.func.hessian`` on 2-64-64-1). All single-point work sits behind that one class, so a
-faster backend can replace it.
+Single points (what solver callbacks ask for) go through :class:`TorchPointRoute`, one of the
+routes behind ``points.PointEvaluator`` (the seam where a compiled route plugs in).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
+
+from .convert import to_host, to_torch
 
 __all__ = ["derivatives"]
 
@@ -78,44 +77,68 @@ def batch(fn: Fn, X: torch.Tensor, order: int, *, chunk: int):
     return [torch.cat([p[j] for p in parts]) for j in range(order + 1)]
 
 
-class PointEngine:
-    """Single-point value, gradient, Jacobian, Hessian and Hessian-vector products.
+class KeptGraph:
+    """The autograd graph of one point's gradient, kept for Hessian-vector products with no new
+    forward pass: ``mv(p)`` is one backward pass, ``hessian()`` n of them."""
 
-    Every method takes ``x`` of shape (n,) in the surrogate's dtype/device and returns tensors
-    ``y`` (m,), ``J`` (m, n), ``H`` (m, n, n). ``fn`` must treat rows independently.
+    def __init__(self, leaf: torch.Tensor, g: torch.Tensor) -> None:
+        self.leaf, self.g = leaf, g
+
+    def mv(self, p: np.ndarray) -> np.ndarray:
+        pt = to_torch(p, self.leaf.dtype, self.leaf.device)
+        with torch.enable_grad():
+            return to_host(_grad_or_zeros(self.g, self.leaf, pt, retain=True))
+
+    def hessian(self) -> np.ndarray:
+        n = self.leaf.shape[0]
+        eye = np.eye(n)
+        return np.stack([self.mv(eye[j]) for j in range(n)])[None, None]  # (1, 1, n, n)
+
+
+class TorchPointRoute:
+    """Single-point value, Jacobian, Hessian and Lagrangian Hessian by plain autograd on the
+    frozen model: numpy (n,) in, numpy out with a leading point axis, ``y`` (1, m), ``J``
+    (1, m, n), ``H`` (1, m, n, n), as batches. ``fn`` must treat rows independently.
+
+    Measured on 2-64-64-1 (see ``benchmarks/RESULTS.md``): eager ``torch.func`` costs 2-5x more
+    per call, so value and gradient come from one forward and backward, and the Hessian from one
+    forward over ``m * n`` replicated rows and two backward passes.
     """
 
-    def __init__(self, fn: Fn, n_in: int, n_out: int) -> None:
+    name = "torch"
+
+    def __init__(self, fn: Fn, n_in: int, n_out: int, dtype, device) -> None:
         self.fn, self.n, self.m = fn, n_in, n_out
+        self.dtype, self.device = dtype, device
 
-    def _one(self, z: torch.Tensor) -> torch.Tensor:
-        return self.fn(z[None])[0]  # fn returns (N, m): PhysicalFunction guarantees it
+    def _x(self, x: np.ndarray) -> torch.Tensor:
+        return to_torch(x, self.dtype, self.device)
 
-    def value(self, x: torch.Tensor) -> torch.Tensor:
+    def value(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self._one(x)
+            return to_host(self.fn(self._x(x)[None]))
 
-    def value_jac(self, x: torch.Tensor, keep_graph: bool = False):
-        """``(y, J, graph)``; ``graph`` (leaf, gradient with graph) only for m == 1 with
+    def value_jac(self, x: np.ndarray, keep_graph: bool = False):
+        """``(y, J, graph)``; ``graph`` a :class:`KeptGraph` only for m == 1 with
         ``keep_graph``, for later Hessian-vector products without another forward pass."""
         m, n = self.m, self.n
         with torch.enable_grad():
             if m == 1:
-                leaf = x.detach().requires_grad_(True)
-                y = self._one(leaf)
-                g = _grad_or_zeros(y[0], leaf, create_graph=keep_graph)
-                graph = (leaf, g) if keep_graph and g.requires_grad else None
-                return y.detach(), g.detach()[None], graph
-            X = x.detach().expand(m, n).clone().requires_grad_(True)
+                leaf = self._x(x).requires_grad_(True)
+                y = self.fn(leaf[None])
+                g = _grad_or_zeros(y[0, 0], leaf, create_graph=keep_graph)
+                graph = KeptGraph(leaf, g) if keep_graph and g.requires_grad else None
+                return to_host(y), to_host(g)[None, None], graph
+            X = self._x(x).expand(m, n).clone().requires_grad_(True)
             Y = _as_2d(self.fn(X), m)
             (J,) = torch.autograd.grad(Y.diagonal().sum(), X)  # row i: gradient of output i
-            return Y[0].detach(), J, None
+            return to_host(Y[:1]), to_host(J)[None], None
 
-    def hessian(self, x: torch.Tensor):
+    def hessian(self, x: np.ndarray):
         """``(y, J, H)`` from one forward pass over ``m * n`` replicated rows."""
         m, n = self.m, self.n
         with torch.enable_grad():
-            X = x.detach().expand(m * n, n).clone().requires_grad_(True)
+            X = self._x(x).expand(m * n, n).clone().requires_grad_(True)
             Y = _as_2d(self.fn(X), m * n)
             # replica (i, j) differentiates output i ...
             s = Y.view(m, n, m).diagonal(dim1=0, dim2=2).sum()
@@ -124,23 +147,16 @@ class PointEngine:
             # ... and then its own gradient's entry j, giving row j of Hessian i
             t = G3.diagonal(dim1=1, dim2=2).sum()
             H = _grad_or_zeros(t, X).view(m, n, n)
-        return Y[0].detach(), G3[:, 0, :].detach(), H
+        return to_host(Y[:1]), to_host(G3[:, 0, :])[None], to_host(H)[None]
 
-    def lagrangian_hessian(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def lagrangian_hessian(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         """``sum_i v_i * Hessian of output i`` (n, n): one forward over n rows, not m Hessians."""
         n = self.n
         with torch.enable_grad():
-            X = x.detach().expand(n, n).clone().requires_grad_(True)
-            s = (_as_2d(self.fn(X), n) @ v).sum()
+            X = self._x(x).expand(n, n).clone().requires_grad_(True)
+            s = (_as_2d(self.fn(X), n) @ self._x(v)).sum()
             (G,) = torch.autograd.grad(s, X, create_graph=True)
-            return _grad_or_zeros(G.diagonal().sum(), X)
-
-    @staticmethod
-    def hvp(graph, p: torch.Tensor) -> torch.Tensor:
-        """Hessian-vector product (n,) on a graph kept by :meth:`value_jac`."""
-        leaf, g = graph
-        with torch.enable_grad():
-            return _grad_or_zeros(g, leaf, p, retain=True)
+            return to_host(_grad_or_zeros(G.diagonal().sum(), X))
 
 
 def _grad_or_zeros(out, inp, grad_out=None, retain=False, create_graph=False) -> torch.Tensor:
@@ -212,3 +228,41 @@ def derivatives(
     if isinstance(order, bool) or not isinstance(order, int) or order < 0:
         raise ValueError(f"derivatives: order must be an int >= 0, got {order!r}.")
     return rowwise(fn, x, order, create_graph)
+
+
+class Engine:
+    """Every derivative request of a surrogate, sent by its route: a numpy single point to the
+    cached ``points.PointEvaluator`` (orders up to 2), batches and tensors to :func:`batch`.
+    Results carry a leading point axis, ``(N, m) + (n,) * j``; inputs are validated ``Points``."""
+
+    def __init__(self, fn: Fn, n: int, m: int, dtype, device) -> None:
+        self.fn, self.n, self.m = fn, n, m
+        self.dtype, self.device = dtype, device
+        self.route = TorchPointRoute(fn, n, m, dtype, device)
+        self.points = None  # a points.PointEvaluator over self.route, set by the surrogate
+
+    def _cached(self, pts) -> bool:
+        return pts.single and not pts.is_torch
+
+    def orders(self, pts, order: int, chunk: int) -> list:
+        """``[f, ..., D^order f]`` at the points."""
+        if self._cached(pts) and order <= 2:
+            e = self.points.get(pts.data[0], "yJH"[order])
+            return [e.y, e.J, e.H][: order + 1]
+        X = to_torch(pts.data, self.dtype, self.device)
+        if X.shape[0] == 0:  # an empty batch: empty results of the right shapes
+            return [X.new_zeros((0, self.m) + (self.n,) * j) for j in range(order + 1)]
+        return batch(self.fn, X, order, chunk=chunk)
+
+    def hessp(self, pts, p: np.ndarray):
+        """Hessian-vector product (n,) of a scalar function at one point."""
+        if self._cached(pts):
+            return self.points.hessp(pts.data[0], p)
+        return self.orders(pts, 2, 1)[2][0, 0] @ to_torch(p, self.dtype, self.device)
+
+    def lagrangian(self, pts, v: np.ndarray):
+        """``sum_i v_i * Hessian of output i`` (n, n) at one point."""
+        if self._cached(pts):
+            return self.points.lagrangian(pts.data[0], v)
+        H = self.orders(pts, 2, 1)[2][0]
+        return torch.einsum("i,ijk->jk", to_torch(v, self.dtype, self.device), H)

@@ -1,0 +1,127 @@
+"""The training domain: where the surrogate's values and derivatives are interpolations.
+
+Read from ``domain=(lb, ub)`` or from the data range that a ``MinMaxScaler`` or
+``Affine.fit(X, kind="minmax")`` recorded. Outside it the policy decides: warn once per surrogate
+(:class:`~.diagnostics.ExtrapolationWarning`), stay quiet, or raise
+:class:`~.diagnostics.ExtrapolationError`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from .convert import Points, to_host
+from .diagnostics import ExtrapolationError, ExtrapolationWarning
+from .normalization import Affine
+
+__all__ = ["EXTRAPOLATION_POLICIES", "Domain"]
+
+EXTRAPOLATION_POLICIES = ("warn", "ignore", "raise")
+_REL_TOL = 1e-9  # of the box width (at least 1): points on the boundary up to rounding are inside
+
+
+class Domain:
+    """Bounds ``lb <= x <= ub`` (or none known) and the policy for points outside them."""
+
+    def __init__(self, bounds, in_aff: Affine | None, n_in: int | None, policy: str) -> None:
+        self.policy = policy
+        self._warned = False
+        self.lb = self.ub = None
+        if bounds is None and in_aff is not None and in_aff.data_min is not None:
+            bounds = (in_aff.data_min, in_aff.data_max)
+        if bounds is not None:
+            self.lb, self.ub = _read(bounds)
+            self.require_features(n_in)
+
+    @property
+    def policy(self) -> str:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: str) -> None:
+        if policy not in EXTRAPOLATION_POLICIES:
+            raise ValueError(
+                f"Surrogate: extrapolation={policy!r} is not valid; use one of "
+                f"{EXTRAPOLATION_POLICIES}."
+            )
+        self._policy = policy
+
+    @property
+    def known(self) -> bool:
+        return self.lb is not None
+
+    def require_features(self, n_in: int | None) -> None:
+        if self.known and n_in is not None and self.lb.size != n_in:
+            raise ValueError(
+                f"Surrogate: domain has {self.lb.size} features, the surrogate takes {n_in}."
+            )
+
+    def outside(self, data: np.ndarray) -> str | None:
+        """A message naming the first point and feature outside the box, or None."""
+        tol = _REL_TOL * np.maximum(self.ub - self.lb, 1.0)
+        out = (data < self.lb - tol) | (data > self.ub + tol)
+        if not out.any():
+            return None
+        i, j = np.argwhere(out)[0]
+        return (
+            f"x[{i}, {j}] = {data[i, j]:.6g} lies outside the training domain "
+            f"[{self.lb[j]:.6g}, {self.ub[j]:.6g}] of feature {j} ({int(out.any(axis=1).sum())} "
+            f"of {data.shape[0]} points outside); derivatives there are extrapolations."
+        )
+
+    def check(self, pts: Points, where: str) -> None:
+        """Apply the policy to validated points (a no-op without bounds or when ignoring)."""
+        if not self.known or self._policy == "ignore":
+            return
+        data = pts.data
+        if isinstance(data, torch.Tensor):  # decide on the device; move only to name the point
+            lo, hi = (torch.as_tensor(b, dtype=data.dtype, device=data.device) for b in self.box())
+            tol = _REL_TOL * torch.clamp(hi - lo, min=1.0)
+            if not bool(((data < lo - tol) | (data > hi + tol)).any()):
+                return
+            data = to_host(data).astype(np.float64)
+        msg = self.outside(data)
+        if msg is None:
+            return
+        if self._policy == "raise":
+            raise ExtrapolationError(f"{where}: {msg}")
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{where}: {msg} (warned once per surrogate; extrapolation='raise' or 'ignore' "
+                "changes this)",
+                ExtrapolationWarning,
+                stacklevel=4,
+            )
+
+    def box(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return (self.lb.copy(), self.ub.copy()) if self.known else None
+
+    def bounds(self):
+        """``scipy.optimize.Bounds`` of the box, or a clear error when none is known."""
+        from scipy.optimize import Bounds
+
+        if not self.known:
+            raise ValueError(
+                "Surrogate.bounds: no training domain is known. Pass domain=(lb, ub) to "
+                "Surrogate, or use a MinMaxScaler / Affine.fit(X, kind='minmax') input scaler, "
+                "which records the data range."
+            )
+        return Bounds(self.lb.copy(), self.ub.copy())
+
+
+def _read(bounds) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        lb, ub = (np.asarray(b, dtype=np.float64).reshape(-1) for b in bounds)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"Surrogate: domain must be a pair (lb, ub) of arrays, got {bounds!r}."
+        ) from err
+    if lb.shape != ub.shape or np.isnan(lb).any() or np.isnan(ub).any() or np.any(lb > ub):
+        raise ValueError(
+            f"Surrogate: domain needs lb <= ub of equal length without NaN, got lb={lb}, ub={ub}."
+        )
+    return lb, ub

@@ -1,0 +1,215 @@
+"""The physical-units function: one pure torch module built from the user's model and scalers.
+
+    f_phys(x) = output_scaler.inverse( model( input_scaler(x) ) )
+
+built once from a private, frozen, eval-mode copy of the user's model in the chosen dtype and
+device; the user's model object is never touched.
+
+**Row handling is decided once, by probing.** The model is called on a 3-row probe batch. If that
+fails or returns the wrong shape, the model is taken as written for one unbatched point and
+wrapped in :class:`Pointwise` (``torch.func.vmap``). If it succeeds, the cross-row Jacobian blocks
+and one-row-at-a-time values are compared with the batched call: a model that mixes rows (batch
+statistics) is wrapped in :class:`RowByRow`. After this every row is independent, which every fast
+derivative route relies on (``derivatives.py``).
+
+**Export** (:func:`export`) captures the function with ``torch.export`` for ``io.save`` (a dynamic
+batch) and for the CasADi translator (one point, no ``vmap`` in the graph): each row wrapper says
+how it is called on one point.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from .diagnostics import piecewise_linear_ops
+from .normalization import Affine
+
+__all__ = ["ExportError", "PhysicalFunction", "build", "export"]
+
+_PROBE_ROWS = 3
+
+
+# row handling ------------------------------------------------------------------------------------
+class Batched(nn.Module):
+    """A model that takes (N, n) and keeps rows independent: called as it is."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z)
+
+    def one_point(self) -> nn.Module:
+        return self
+
+
+class Pointwise(Batched):
+    """A model written for one unbatched point (n,): vectorized with ``torch.func.vmap``."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.func.vmap(self.model)(z)
+
+    def one_point(self) -> nn.Module:
+        return _OnePoint(self.model)
+
+
+class RowByRow(Batched):
+    """A model that takes (N, n) but mixes rows (batch statistics): each point alone, as a
+    batch of one, through ``torch.func.vmap``."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.func.vmap(lambda r: self.model(r[None])[0])(z)
+
+    def one_point(self) -> nn.Module:
+        return Batched(self.model)  # a batch of one is exactly one point
+
+
+class _OnePoint(Batched):
+    """The single point of a (1, n) input, given to a model written for (n,): no vmap."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z[0]).reshape(1, -1)
+
+
+# the function ------------------------------------------------------------------------------------
+class PhysicalFunction(nn.Module):
+    """``x (N, n_in) -> y (N, n_out)`` in physical units; ``(n_in,) -> (n_out,)`` for one point.
+
+    ``rows`` is one of the row wrappers above, holding the frozen model; the scalers are buffers.
+    """
+
+    def __init__(self, rows: Batched, in_aff: Affine | None, out_aff: Affine | None) -> None:
+        super().__init__()
+        self.rows = rows
+        self.has_in, self.has_out = in_aff is not None, out_aff is not None
+        for prefix, aff in (("in", in_aff), ("out", out_aff)):
+            shift, scale = (np.zeros(1), np.ones(1)) if aff is None else (aff.shift, aff.scale)
+            self.register_buffer(f"{prefix}_shift", torch.as_tensor(shift))
+            self.register_buffer(f"{prefix}_scale", torch.as_tensor(scale))
+
+    @property
+    def model(self):
+        """The private frozen copy of the user's model (normalized units)."""
+        return self.rows.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 1:
+            return self.forward(x[None])[0]
+        z = (x - self.in_shift) / self.in_scale if self.has_in else x
+        y = self.rows(z)
+        if y.ndim == 1:
+            y = y[:, None]
+        return y * self.out_scale + self.out_shift if self.has_out else y
+
+    def _with_rows(self, rows: nn.Module) -> PhysicalFunction:
+        twin = copy.copy(self)  # shares buffers and the model; only the row wrapper differs
+        twin._modules = {**self._modules, "rows": rows}
+        return twin
+
+
+def frozen_copy(model, dtype: torch.dtype, device: torch.device):
+    """A private eval-mode copy in ``dtype`` on ``device`` whose parameters need no grad."""
+    if not isinstance(model, nn.Module):
+        return model  # a plain callable: nothing to copy or freeze
+    with warnings.catch_warnings():
+        # deep-copying a torch.export graph module makes torch warn about its own pytree API
+        warnings.filterwarnings("ignore", message=".*treespec.*", category=FutureWarning)
+        m = copy.deepcopy(model)
+    m = m.to(device=device, dtype=dtype).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    return m
+
+
+class Built:
+    """What probing found: the function, its output count and its piecewise-linear ops."""
+
+    def __init__(self, fn: PhysicalFunction, n_out: int, nonsmooth: tuple[str, ...]) -> None:
+        self.fn, self.n_out, self.nonsmooth = fn, n_out, nonsmooth
+
+
+def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype, device) -> Built:
+    """Probe ``model`` (already a frozen copy) once: how to call it, n_out, row independence,
+    smoothness. Raises ``ValueError`` naming what failed; leaves nothing behind on failure."""
+    gen = torch.Generator().manual_seed(0)
+    Z = torch.randn(_PROBE_ROWS, n_in, generator=gen, dtype=torch.float64)
+    X = Z if in_aff is None else Z * torch.as_tensor(in_aff.scale) + torch.as_tensor(in_aff.shift)
+    X = X.to(dtype).to(device)
+    rows, n_out, err = None, None, None
+    for wrapper in (Batched, Pointwise):
+        probe = PhysicalFunction(wrapper(model), in_aff, None).to(device, dtype)
+        try:
+            with torch.no_grad():
+                Y = probe(X)
+        except Exception as e:  # the model's own error, of any type, is reported
+            err = err or f"{type(e).__name__}: {e}"
+            continue
+        if isinstance(Y, torch.Tensor) and Y.ndim == 2 and Y.shape[0] == X.shape[0]:
+            rows, n_out = wrapper(model), int(Y.shape[1])
+            break
+        got = f"shape {tuple(Y.shape)}" if isinstance(Y, torch.Tensor) else type(Y).__name__
+        err = err or f"it returned {got} for {X.shape[0]} points"
+    if rows is None:
+        raise ValueError(
+            f"Surrogate: the model failed on a probe batch of shape ({_PROBE_ROWS}, {n_in}) "
+            f"and on one point of shape ({n_in},): {err}. Check n_in and the scalers' "
+            "feature counts against the model's input layer."
+        )
+    if out_aff is not None and out_aff.n_features != n_out:
+        raise ValueError(
+            f"Surrogate: output_scaler has {out_aff.n_features} features but the model "
+            f"returns {n_out} outputs."
+        )
+    fn = PhysicalFunction(rows, in_aff, out_aff).to(device=device, dtype=dtype)
+    if type(rows) is Batched and not _rows_independent(fn, X):
+        fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
+    return Built(fn, n_out, tuple(piecewise_linear_ops(fn, X)))
+
+
+def _rows_independent(fn: PhysicalFunction, X: torch.Tensor) -> bool:
+    """True if row i of fn(X) depends on row i of X alone (checked at random probe points):
+    cross-row Jacobian blocks vanish and one-row evaluation equals batched evaluation."""
+    with torch.no_grad():
+        Y = fn(X)
+        alone = torch.cat([fn(X[i : i + 1]) for i in range(X.shape[0])])
+    if not torch.allclose(Y, alone, rtol=1e-5, atol=1e-8):
+        return False
+    J = torch.autograd.functional.jacobian(fn, X)  # (N, m, N, n)
+    off = J.clone()
+    for i in range(X.shape[0]):
+        off[i, :, i, :] = 0
+    return bool(off.abs().max() <= 1e-10 * max(float(J.abs().max()), 1.0))
+
+
+# export ------------------------------------------------------------------------------------------
+class ExportError(ValueError):
+    """``torch.export`` could not capture the physical function; the message says why."""
+
+
+def export(
+    fn: PhysicalFunction, n_in: int, *, one_point: bool, dtype: torch.dtype
+) -> torch.export.ExportedProgram:
+    """Capture ``fn`` on the CPU in ``dtype`` with ``torch.export``.
+
+    ``one_point=True``: on a (1, n_in) input with each row wrapper's one-point form (no vmap in
+    the graph; the CasADi translator's input). Else a dynamic batch dimension (``io.save``).
+    """
+    module = fn._with_rows(fn.rows.one_point()) if one_point else fn
+    module = copy.deepcopy(module).cpu().to(dtype)
+    example = torch.zeros(1 if one_point else 2, n_in, dtype=dtype)
+    dynamic = None if one_point else ({0: torch.export.Dim("batch")},)
+    try:
+        return torch.export.export(module, (example,), dynamic_shapes=dynamic)
+    except Exception as err:  # torch.export raises many types: say what failed and why
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ExportError(
+            f"torch.export could not capture the model ({type(err).__name__}: {first}). Models "
+            "with data-dependent Python control flow cannot be captured as a graph."
+        ) from err

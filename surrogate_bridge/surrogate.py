@@ -1,0 +1,422 @@
+"""The ``Surrogate``: a trained torch model as a function of *physical* inputs, with exact
+derivatives. A facade: it validates and shapes; ``physical.py`` builds the function,
+``points.py`` answers single points (cache, fill policy, route), ``derivatives.py`` batches, and
+``domain.py`` applies the extrapolation policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from torch import nn
+
+from .convert import Points, as_points, as_vector, finish
+from .derivatives import Engine
+from .diagnostics import warn_nonsmooth
+from .domain import Domain
+from .normalization import Affine, as_affine
+from .physical import build, export, frozen_copy
+from .points import CacheInfo, PointEvaluator
+
+__all__ = ["Surrogate", "require_surrogate", "require_vector_field"]
+
+
+class Surrogate:
+    """A trained torch model as a function of physical inputs, with exact derivatives.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or callable
+        Normalized inputs (N, n_in) -> normalized outputs (N, n_out) or (N,); models written for
+        one point, or that mix rows, are run point by point (vmap). Used through a private
+        frozen copy: ``model`` itself is never changed.
+    input_scaler, output_scaler : Affine, fitted sklearn scaler, or None
+        ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``; None: identity.
+    dtype : torch.dtype
+        Working dtype (float64 by default: solver-grade derivatives).
+    device : str or torch.device, optional
+        "cpu" (default) or "cuda"; numpy results come back to the host.
+    cache_size : int
+        Distinct single points remembered (0 turns the cache off).
+    domain : (lb, ub), optional
+        The training domain in physical units; defaults to the data range recorded by a
+        ``MinMaxScaler`` or ``Affine.fit(X, kind="minmax")``.
+    n_in : int, optional
+        Input count, when neither a scaler nor a first ``nn.Linear`` layer tells it; else it is
+        learned from the first call.
+    extrapolation : {"warn", "ignore", "raise"}
+        Outside ``domain``: warn once, stay quiet, or raise :class:`ExtrapolationError`.
+    prefetch_grad : bool
+        A value request at a new point also computes the gradient (solvers ask for it next).
+
+    Notes
+    -----
+    numpy in -> numpy out; torch in -> torch out on the surrogate's device. Single numpy points
+    go through the cache; batches and tensors do not. Safe to share between threads.
+
+    Examples
+    --------
+    >>> import torch, surrogate_bridge as sb
+    >>> class Quadratic(torch.nn.Module):
+    ...     def forward(self, z):
+    ...         return (z ** 2).sum(-1)
+    >>> sur = sb.Surrogate(Quadratic(), sb.Affine([0.0, 0.0], [2.0, 2.0]), n_in=2)
+    >>> sur([2.0, 4.0])          # (1 + 4)
+    5.0
+    >>> sur.grad([2.0, 4.0]).tolist()   # d/dx (x/2)^2 = x/2
+    [1.0, 2.0]
+    >>> sur.hess([2.0, 4.0]).tolist()
+    [[0.5, 0.0], [0.0, 0.5]]
+    """
+
+    history: dict | None = None  # set by sb.fit: per-epoch losses, best epoch, early stop
+
+    def __init__(
+        self,
+        model: nn.Module | Callable,
+        input_scaler=None,
+        output_scaler=None,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+        cache_size: int = 128,
+        domain=None,
+        n_in: int | None = None,
+        extrapolation: str = "warn",
+        prefetch_grad: bool = True,
+    ) -> None:
+        _check_arguments(model, dtype, cache_size)
+        self.dtype, self.device = dtype, _device(device)
+        self._in_aff = as_affine(input_scaler, "Surrogate: input_scaler")
+        self._out_aff = as_affine(output_scaler, "Surrogate: output_scaler")
+        self._cache_policy = (cache_size, bool(prefetch_grad))
+        self.chunk_size = 16384  # rows per batched pass: bounds memory for any N
+        n_in = _infer_n_in(n_in, self._in_aff, model)
+        self._domain = Domain(domain, self._in_aff, n_in, extrapolation)
+        self._model = frozen_copy(model, dtype, self.device)
+        self._n_in: int | None = None
+        self._warned_smooth = False
+        if n_in is not None:
+            self._setup(n_in)
+
+    def _setup(self, n_in: int) -> None:
+        """Probe the model and build the function and its single-point evaluator; a failure
+        leaves the surrogate as it was."""
+        built = build(self._model, self._in_aff, self._out_aff, n_in, self.dtype, self.device)
+        self._domain.require_features(n_in)
+        engine = Engine(built.fn, n_in, built.n_out, self.dtype, self.device)
+        engine.points = PointEvaluator(engine.route, n_in, built.n_out, *self._cache_policy)
+        self._built, self._engine, self._n_in = built, engine, n_in
+
+    @classmethod
+    def from_physical(
+        cls, fn, *, n_in: int, input_scaler=None, output_scaler=None, nonsmooth_ops=(), **kwargs
+    ) -> Surrogate:
+        """A surrogate of ``fn``, already in physical units (``io.load``'s graph): the scalers are
+        for reference only, ``nonsmooth_ops`` replaces the probe's finding."""
+        sur = cls(fn, n_in=n_in, **kwargs)
+        sur._in_aff = as_affine(input_scaler, "Surrogate.from_physical: input_scaler")
+        sur._out_aff = as_affine(output_scaler, "Surrogate.from_physical: output_scaler")
+        sur._built.nonsmooth = tuple(nonsmooth_ops)
+        return sur
+
+    # the documented surface for io and adapters ---------------------------------------------
+    n_in = property(lambda self: self._n_in, doc="Number of inputs (None until known).")
+    n_out = property(lambda self: self._built.n_out if self._n_in else None, doc="Outputs.")
+    input_scaler = property(lambda self: self._in_aff, doc="The input Affine, or None.")
+    output_scaler = property(lambda self: self._out_aff, doc="The output Affine, or None.")
+    prefetch_grad = property(
+        lambda self: self._cache_policy[1], doc="Value requests fill gradients."
+    )
+
+    nonsmooth_ops = property(
+        lambda self: self._ready("Surrogate.nonsmooth_ops").nonsmooth,
+        doc="Names of the piecewise-linear operations the model calls (empty when smooth).",
+    )
+    function = property(
+        lambda self: self._ready("Surrogate.function").fn,
+        doc="The physical-units torch module: (N, n_in) -> (N, n_out), (n_in,) -> (n_out,).",
+    )
+    point_route = property(
+        lambda self: self._ready("Surrogate.point_route") and self._engine.points.route.name,
+        doc='The route that answers single numpy points ("torch").',
+    )
+    domain = property(lambda self: self._domain.box(), doc="(lb, ub) copies, or None.")
+    extrapolation = property(
+        lambda self: self._domain.policy,
+        lambda self, policy: setattr(self._domain, "policy", policy),
+        doc='What happens outside the domain: "warn", "ignore" or "raise".',
+    )
+
+    def export(self, *, one_point: bool = False, dtype: torch.dtype | None = None):
+        """The physical function captured by ``torch.export`` on the CPU for ``io.save`` (dynamic
+        batch) and the CasADi translator (``one_point``: one (1, n_in) point, no vmap)."""
+        self._require_setup("Surrogate.export")
+        fn = self._built.fn
+        return export(fn, self._n_in, one_point=one_point, dtype=dtype or self.dtype)
+
+    def __repr__(self) -> str:
+        return _describe(self)
+
+    def bounds(self):
+        """The training domain as ``scipy.optimize.Bounds``.
+
+        Examples
+        --------
+        >>> import torch, surrogate_bridge as sb
+        >>> sb.Surrogate(torch.nn.Linear(1, 1), domain=([0.0], [2.0])).bounds().ub.tolist()
+        [2.0]
+        """
+        return self._domain.bounds()
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, maxsize, currsize (like ``functools.lru_cache``) and model passes."""
+        self._require_setup("Surrogate.cache_info")
+        return self._engine.points.info()
+
+    def cache_clear(self) -> None:
+        if self._n_in is not None:
+            self._engine.points.clear()
+
+    # input handling ---------------------------------------------------------------------------
+    def _ready(self, where: str):
+        self._require_setup(where)
+        return self._built
+
+    def _require_setup(self, where: str) -> None:
+        if self._n_in is None:
+            raise ValueError(
+                f"{where}: the number of inputs is not known yet; pass n_in= to Surrogate or "
+                "evaluate it once (needed for models without scalers or a Linear layer)."
+            )
+
+    def _points_of(self, x, where: str, scalar_only: str | None = None) -> Points:
+        if self._n_in is None:  # a model that does not say its input count: learn it from x
+            shape = getattr(x, "shape", np.shape(x))
+            if len(shape) in (1, 2) and shape[-1] > 0:
+                self._setup(int(shape[-1]))
+            self._require_setup(where)
+        if scalar_only and self._built.n_out != 1:
+            raise ValueError(
+                f"{where} is for scalar surrogates (n_out == 1); this one has n_out = "
+                f"{self._built.n_out}. Use {scalar_only} instead."
+            )
+        pts = as_points(x, self._n_in, where)
+        self._domain.check(pts, where)
+        return pts
+
+    def _at_one_point(self, x, where: str, w, length: str, name: str, scalar_only=None):
+        """Validated one point and weight/direction vector ``w`` of ``self.<length>`` entries."""
+        pts = self._points_of(x, where, scalar_only)
+        if not pts.single:
+            raise ValueError(
+                f"{where}: x must be one point of shape ({self._n_in},), got "
+                f"{tuple(pts.data.shape)}; use Surrogate.hess for batches."
+            )
+        vec = as_vector(w, getattr(self, length), where, name)
+        self._warn_smooth(where)
+        return pts, vec
+
+    def _ask(self, x, where: str, order: int, scalar_only: str | None = None, drop=None) -> list:
+        """``[f, ..., D^order f]`` at validated ``x``, shaped for the caller (the output axis
+        dropped for scalar surrogates unless ``drop`` says otherwise)."""
+        pts = self._points_of(x, where, scalar_only)
+        if order >= 2:
+            self._warn_smooth(where)
+        drop = self._built.n_out == 1 if drop is None else drop
+        return [finish(t, pts, drop) for t in self._engine.orders(pts, order, self.chunk_size)]
+
+    def _warn_smooth(self, where: str) -> None:
+        if self._built.nonsmooth and not self._warned_smooth:
+            self._warned_smooth = True
+            warn_nonsmooth(self._built.nonsmooth, where, stacklevel=3)
+
+    # public evaluation ------------------------------------------------------------------------
+    def __call__(self, x: ArrayLike) -> float | np.ndarray | torch.Tensor:
+        """Value: x (n_in,) -> float if n_out == 1 else (n_out,); x (N, n_in) -> (N,) or (N, n_out).
+
+        Examples
+        --------
+        >>> import torch, surrogate_bridge as sb
+        >>> sb.Surrogate(torch.nn.Linear(2, 1))([[0.0, 0.0], [1.0, 1.0]]).shape
+        (2,)
+        """
+        return self._ask(x, "Surrogate.__call__", 0)[0]
+
+    def grad(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
+        """Gradient of a scalar surrogate in physical units: x (n_in,) -> (n_in,); (N, n_in) ->
+        (N, n_in). The ``jac`` of ``scipy.optimize.minimize(sur, x0, jac=sur.grad)``.
+
+        Examples
+        --------
+        >>> import torch, surrogate_bridge as sb
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> sur = sb.Surrogate(lin, sb.Affine([0.0, 0.0], [2.0, 4.0]))
+        >>> bool(abs(sur.grad([1.0, 1.0]) - lin.weight[0].detach().numpy() / [2, 4]).max() < 1e-7)
+        True
+        """
+        return self._ask(x, "Surrogate.grad", 1, scalar_only="Surrogate.jac")[1]
+
+    def jac(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
+        """Jacobian dy/dx in physical units: (n_in,) -> (n_out, n_in); (N, n_in) -> (N, n_out,
+        n_in). The residual Jacobian of ``scipy.optimize.least_squares(sur, x0, jac=sur.jac)``.
+
+        Examples
+        --------
+        >>> import torch, surrogate_bridge as sb
+        >>> sb.Surrogate(torch.nn.Linear(3, 2)).jac([[0.0, 0.0, 0.0]] * 4).shape
+        (4, 2, 3)
+        """
+        return self._ask(x, "Surrogate.jac", 1, drop=False)[1]
+
+    def value_and_grad(self, x: ArrayLike) -> tuple:
+        """``(value, gradient)`` of a scalar surrogate from one forward and backward pass:
+        x (n_in,) -> (float, (n_in,)); x (N, n_in) -> ((N,), (N, n_in)); numpy or torch as given.
+        """
+        only = "Surrogate.__call__ and Surrogate.jac"
+        return tuple(self._ask(x, "Surrogate.value_and_grad", 1, scalar_only=only))
+
+    def hess(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
+        """Hessian in physical units: (n_in, n_in) if n_out == 1 else (n_out, n_in, n_in); a batch
+        adds a leading N. Warns :class:`SmoothnessWarning` (once) for piecewise-linear models.
+
+        Examples
+        --------
+        >>> import torch, surrogate_bridge as sb
+        >>> class Cube(torch.nn.Module):
+        ...     def forward(self, z):
+        ...         return (z ** 3).sum(-1)
+        >>> sb.Surrogate(Cube(), n_in=2).hess([1.0, 2.0]).tolist()
+        [[6.0, 0.0], [0.0, 12.0]]
+        """
+        return self._ask(x, "Surrogate.hess", 2)[2]
+
+    def hessp(self, x: ArrayLike, p: ArrayLike) -> np.ndarray | torch.Tensor:
+        """Hessian-vector product of a scalar surrogate at one point: x, p (n_in,) -> (n_in,).
+        The ``hessp`` of Newton-CG, trust-ncg, trust-krylov and trust-constr."""
+        only = "Surrogate.lagrangian_hess"
+        pts, pv = self._at_one_point(x, "Surrogate.hessp", p, "n_in", "p", only)
+        return self._engine.hessp(pts, pv)
+
+    def lagrangian_hess(self, x: ArrayLike, v: ArrayLike) -> np.ndarray | torch.Tensor:
+        """``sum_i v_i * Hessian of output i`` at one point: x (n_in,), v (n_out,) -> (n_in, n_in),
+        in one pass (not n_out Hessians). The ``hess(x, v)`` of a scipy ``NonlinearConstraint``."""
+        pts, vv = self._at_one_point(x, "Surrogate.lagrangian_hess", v, "n_out", "v")
+        return self._engine.lagrangian(pts, vv)
+
+    def derivatives(self, x: ArrayLike, order: int = 2) -> list:
+        """``[f, Df, ..., D^order f]`` at x for any order >= 0; ``D^j f`` has shape
+        ``(n_out,) + (n_in,) * j``, the n_out axis dropped when n_out == 1; batches add N.
+
+        Examples
+        --------
+        >>> import torch, surrogate_bridge as sb
+        >>> class Cube(torch.nn.Module):
+        ...     def forward(self, z):
+        ...         return z ** 3
+        >>> f, d1, d2, d3 = sb.Surrogate(Cube(), n_in=1).derivatives([2.0], order=3)
+        >>> float(f), d1.tolist(), d2.tolist(), d3.tolist()
+        (8.0, [12.0], [[12.0]], [[[6.0]]])
+        """
+        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+            raise ValueError(f"Surrogate.derivatives: order must be an int >= 0, got {order!r}.")
+        return self._ask(x, "Surrogate.derivatives", order)
+
+
+def _describe(sur: Surrogate) -> str:
+    """The repr: scalers, domain, dtype, device, the single-point route and the cache size."""
+    box = sur.domain
+    shown = {
+        "n_in": sur.n_in,
+        "n_out": sur.n_out,
+        "input_scaler": sur.input_scaler,
+        "output_scaler": sur.output_scaler,
+        "domain": None if box is None else (box[0].tolist(), box[1].tolist()),
+        "dtype": sur.dtype,
+        "device": str(sur.device),
+        "point_route": sur.point_route if sur.n_in else None,
+        "cache_size": sur.cache_info().maxsize if sur.n_in else None,
+    }
+    kept = (f"{k}={v!r}" for k, v in shown.items() if v is not None or k.startswith("n_"))
+    return f"Surrogate({', '.join(kept)})"
+
+
+def _check_arguments(model, dtype, cache_size) -> None:
+    if isinstance(model, type):
+        raise TypeError(
+            f"Surrogate: model is the class {model.__name__}, not an instance of it; pass "
+            f"an instance, e.g. {model.__name__}(...)."
+        )
+    if not callable(model):
+        raise TypeError(
+            f"Surrogate: model must be a torch.nn.Module or callable, got {type(model).__name__}."
+        )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"Surrogate: dtype must be a floating torch.dtype, got {dtype!r}.")
+    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+        raise ValueError(f"Surrogate: cache_size must be an int >= 0, got {cache_size!r}.")
+
+
+def _device(device) -> torch.device:
+    """A validated torch.device; "cuda" -> "cuda:k" (the current one), so comparisons with
+    tensors' devices hold."""
+    try:
+        dev = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"Surrogate: device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:0'."
+        ) from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"Surrogate: device={device!r} but torch sees no CUDA device "
+                "(torch.cuda.is_available() is False); use device='cpu'."
+            )
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _infer_n_in(n_in, in_aff: Affine | None, model) -> int | None:
+    from_scaler = None if in_aff is None else in_aff.n_features
+    if n_in is not None:
+        if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in < 1:
+            raise ValueError(f"Surrogate: n_in must be a positive int, got {n_in!r}.")
+        if from_scaler is not None and from_scaler != n_in:
+            raise ValueError(f"Surrogate: n_in={n_in} but input_scaler has {from_scaler} features.")
+        return n_in
+    if from_scaler is not None:
+        return from_scaler
+    if isinstance(model, nn.Module):
+        return next((m.in_features for m in model.modules() if isinstance(m, nn.Linear)), None)
+    return None
+
+
+def require_surrogate(sur, where: str) -> None:
+    """The adapters' entry check: a ``Surrogate`` whose input count is known."""
+    if not isinstance(sur, Surrogate):
+        raise TypeError(
+            f"{where}: expected a surrogate_bridge.Surrogate, got {type(sur).__name__}."
+        )
+    sur._require_setup(where)
+
+
+def require_vector_field(sur, where: str, time_input: bool) -> None:
+    """The ODE adapters' entry check: n_out states from n_out (or, with time, n_out + 1) inputs."""
+    require_surrogate(sur, where)
+    if not isinstance(time_input, bool):
+        raise TypeError(f"{where}: time_input must be True or False, got {time_input!r}.")
+    if sur.n_out != sur.n_in - time_input:
+        hint = (
+            "Pass time_input=True if its first input is time."
+            if not time_input and sur.n_in == sur.n_out + 1
+            else "Use a surrogate that maps the state to its time derivative."
+        )
+        raise ValueError(
+            f"{where}: a vector field needs as many outputs as states"
+            f"{' plus time as the first input' if time_input else ''}; the surrogate has "
+            f"n_in = {sur.n_in} and n_out = {sur.n_out}. {hint}"
+        )
