@@ -27,14 +27,7 @@ import surrogate_bridge as sb
 
 
 def make(n, h, seed=0):
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(n, h),
-        torch.nn.Tanh(),
-        torch.nn.Linear(h, h),
-        torch.nn.Tanh(),
-        torch.nn.Linear(h, 1),
-    ).double()
+    net = sb.mlp((n, h, h, 1), "tanh", seed=seed)
     rng = np.random.default_rng(seed)
     ins = sb.Affine(rng.normal(size=n), rng.uniform(0.5, 2.0, n))
     outs = sb.Affine([1.0], [3.0])

@@ -28,14 +28,7 @@ import surrogate_bridge as sb
 
 
 def mlp(n, h, m, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(n, h),
-        torch.nn.Tanh(),
-        torch.nn.Linear(h, h),
-        torch.nn.Tanh(),
-        torch.nn.Linear(h, m),
-    ).double()
+    return sb.mlp((n, h, h, m), "tanh", seed=seed)
 
 
 class NumpyMLP:

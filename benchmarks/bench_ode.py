@@ -39,18 +39,7 @@ class HandRHS(torch.nn.Module):
 
 
 def field_rows(device, sizes, rows):
-    torch.manual_seed(0)
-    net = (
-        torch.nn.Sequential(
-            torch.nn.Linear(2, 64),
-            torch.nn.Tanh(),
-            torch.nn.Linear(64, 64),
-            torch.nn.Tanh(),
-            torch.nn.Linear(64, 2),
-        )
-        .double()
-        .to(device)
-    )
+    net = sb.mlp((2, 64, 64, 2), "tanh", seed=0).to(device)
     ins, outs = sb.Affine([0.1, -0.2], [2.0, 1.5]), sb.Affine([0.0, 0.1], [1.3, 0.7])
     rhs = sb.ode_rhs(sb.Surrogate(net, ins, outs, device=device, extrapolation="ignore"))
     hand = HandRHS(net, ins, outs).to(device)

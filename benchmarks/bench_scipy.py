@@ -43,14 +43,7 @@ def trained(P, n_samples, epochs):
     n = len(P)
     X = np.random.default_rng(1).uniform(-3, 3, (n_samples, n))
     V = np.einsum("ni,ij,nj->n", X, P, X)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(n, 32),
-        torch.nn.Softplus(),
-        torch.nn.Linear(32, 32),
-        torch.nn.Softplus(),
-        torch.nn.Linear(32, 1),
-    )
+    net = sb.mlp((n, 32, 32, 1), "softplus", seed=0, dtype=torch.float32)
     return sb.fit(
         net,
         X,
@@ -170,14 +163,7 @@ def radau(rows):
     rng = np.random.default_rng(0)
     X = rng.uniform(-2.5, 2.5, (2000, 2))
     F = np.stack([X[:, 1], -np.sin(X[:, 0]) - 0.2 * X[:, 1]], 1)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(2, 64),
-        torch.nn.Tanh(),
-        torch.nn.Linear(64, 64),
-        torch.nn.Tanh(),
-        torch.nn.Linear(64, 2),
-    )
+    net = sb.mlp((2, 64, 64, 2), "tanh", seed=0, dtype=torch.float32)
     sur = sb.fit(net, X, F, epochs=300, seed=0, progress=False, extrapolation="ignore")
     ode = sb.scipy_ode(sur)
     y = np.array([1.0, 0.0])

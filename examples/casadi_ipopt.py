@@ -45,14 +45,7 @@ def learn(n_samples: int, epochs: int) -> sb.Surrogate:
     rng = np.random.default_rng(0)
     XU = rng.uniform([-1.5, -2.0, -1.0], [1.5, 2.0, 1.0], size=(n_samples, 3))
     Y = true_step(XU[:, :2], XU[:, 2])
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(3, 32),
-        torch.nn.Tanh(),
-        torch.nn.Linear(32, 32),
-        torch.nn.Tanh(),
-        torch.nn.Linear(32, 2),
-    )
+    net = sb.mlp((3, 32, 32, 2), "tanh", seed=0, dtype=torch.float32)
     return sb.fit(net, XU, Y, epochs=epochs, seed=0, progress=False, extrapolation="ignore")
 
 

@@ -29,14 +29,7 @@ def field(x: np.ndarray) -> np.ndarray:
 def main(n_samples: int = 2000, epochs: int = 1500, n_traj: int = 256, png: str | None = None):
     rng = np.random.default_rng(0)
     X = rng.uniform([-2.5, -2.5], [2.5, 2.5], size=(n_samples, 2))
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(2, 64),
-        torch.nn.Tanh(),
-        torch.nn.Linear(64, 64),
-        torch.nn.Tanh(),
-        torch.nn.Linear(64, 2),
-    )
+    net = sb.mlp((2, 64, 64, 2), "tanh", seed=0, dtype=torch.float32)
     sur = sb.fit(net, X, field(X), epochs=epochs, seed=0, progress=False, extrapolation="ignore")
     rhs = sb.ode_rhs(sur)
 

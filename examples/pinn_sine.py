@@ -18,14 +18,7 @@ import surrogate_bridge as sb
 
 
 def main(adam_steps: int = 1000, lbfgs_steps: int = 500, n_points: int = 64) -> float:
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(1, 32),
-        torch.nn.Tanh(),
-        torch.nn.Linear(32, 32),
-        torch.nn.Tanh(),
-        torch.nn.Linear(32, 1),
-    ).double()
+    net = sb.mlp((1, 32, 32, 1), "tanh", seed=0)
     x = torch.linspace(0, 2 * math.pi, n_points, dtype=torch.float64)[:, None]
     x0 = torch.zeros(1, 1, dtype=torch.float64)
 

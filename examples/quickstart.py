@@ -1,9 +1,11 @@
 """Quickstart: a network trained on scaled data, minimized by scipy with exact derivatives.
 
 Fits a small tanh network to the Lyapunov function V(x) = x^T P x (the seed problem) on
-StandardScaler-normalized data, wraps it in a ``Surrogate`` so that value, gradient and Hessian
-are in physical units, prints them beside the analytic ones at a few points, and minimizes it
-with ``scipy.optimize.minimize(sur, x0, jac=sur.grad, hess=sur.hess, method="trust-exact")``.
+standardized data, wraps it in a ``Surrogate`` so that value, gradient and Hessian are in
+physical units, prints them beside the analytic ones at a few points, and minimizes it with
+``scipy.optimize.minimize(sur, x0, jac=sur.grad, hess=sur.hess, method="trust-exact")``.
+Needs only the base install; fitted sklearn scalers (``StandardScaler().fit(X)``) go into
+``sb.Surrogate`` exactly where the ``sb.Affine`` scalers go here.
 
 Prints: a table of V, grad V and Hessian (surrogate vs analytic) and the minimizer found.
 Run: ``python examples/quickstart.py`` (about 5 seconds on a laptop CPU).
@@ -14,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.optimize import minimize
-from sklearn.preprocessing import StandardScaler
 
 import surrogate_bridge as sb
 
@@ -23,17 +24,10 @@ P = np.array([[20.1892, -26.6218], [-26.6218, 38.0375]])
 
 def train(X: np.ndarray, y: np.ndarray, steps: int, seed: int = 0):
     """The user's side: scale the data, fit a network in normalized units."""
-    xs, ys = StandardScaler().fit(X), StandardScaler().fit(y)
+    xs, ys = sb.Affine.fit(X, kind="standard"), sb.Affine.fit(y, kind="standard")
     Z = torch.as_tensor(xs.transform(X))
     T = torch.as_tensor(ys.transform(y))
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(2, 32),
-        torch.nn.Tanh(),
-        torch.nn.Linear(32, 32),
-        torch.nn.Tanh(),
-        torch.nn.Linear(32, 1),
-    ).double()
+    net = sb.mlp((2, 32, 32, 1), "tanh", seed=seed)
     opt = torch.optim.LBFGS(net.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():

@@ -27,14 +27,7 @@ def train(n_grid: int, epochs: int) -> sb.Surrogate:
     g = np.linspace(-3, 3, n_grid)
     X = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
     V = np.einsum("ni,ij,nj->n", X, P, X)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(2, 32),
-        torch.nn.Softplus(),
-        torch.nn.Linear(32, 32),
-        torch.nn.Softplus(),
-        torch.nn.Linear(32, 1),
-    )
+    net = sb.mlp((2, 32, 32, 1), "softplus", seed=0, dtype=torch.float32)
     # minmax output: V's minimum (0) is the output shift, so f near the minimum has full precision
     return sb.fit(
         net,

@@ -20,14 +20,7 @@ P = np.array([[20.1892, -26.6218], [-26.6218, 38.0375]])
 
 
 def net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(2, 32),
-        torch.nn.Tanh(),
-        torch.nn.Linear(32, 32),
-        torch.nn.Tanh(),
-        torch.nn.Linear(32, 1),
-    )
+    return sb.mlp((2, 32, 32, 1), "tanh", seed=0, dtype=torch.float32)
 
 
 def main(epochs: int = 2000) -> dict[str, tuple[float, float]]:

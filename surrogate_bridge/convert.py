@@ -41,17 +41,8 @@ def as_points(x, n_in: int, where: str, name: str = "x") -> Points:
                 f"{where}: {name} has dtype {x.dtype}, expected a real floating or integer tensor."
             )
         arr = x
-    else:
-        try:
-            arr = np.asarray(x)
-        except (TypeError, ValueError) as err:  # ragged lists and the like
-            raise TypeError(f"{where}: {name} could not be read as an array: {err}") from err
-        if arr.dtype.kind not in "fiu":
-            raise TypeError(
-                f"{where}: {name} has dtype {arr.dtype}, expected real numbers (float or int). "
-                f"{_shape_hint(n_in)}"
-            )
-        arr = np.array(arr, dtype=np.float64, copy=True)  # private copy: the cache key owner
+    else:  # a private copy: the cache key's owner
+        arr = _real_copy(x, where, name, f" {_shape_hint(n_in)}")
     if arr.ndim == 0 and n_in == 1:
         arr = arr.reshape(1)
     if arr.ndim not in (1, 2):
@@ -68,6 +59,20 @@ def as_points(x, n_in: int, where: str, name: str = "x") -> Points:
     single = arr.ndim == 1
     data = arr.reshape(1, n_in) if single else arr
     return Points(data=data, single=single, is_torch=isinstance(x, torch.Tensor))
+
+
+def _real_copy(a, where: str, name: str, hint: str = "") -> np.ndarray:
+    """A float64 copy of real numbers (float, int); ``TypeError`` naming what came otherwise."""
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as err:  # ragged lists and the like
+        raise TypeError(f"{where}: {name} could not be read as an array: {err}") from err
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(
+            f"{where}: {name} has dtype {arr.dtype} ({a!r:.40}), expected real numbers (float "
+            f"or int).{hint}"
+        )
+    return np.array(arr, dtype=np.float64, copy=True)
 
 
 _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -97,18 +102,10 @@ def as_array(a, where: str, name: str, ndim: tuple[int, ...]) -> np.ndarray:
     """
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().numpy()
-    try:
-        arr = np.asarray(a)
-    except (TypeError, ValueError) as err:  # ragged lists and the like
-        raise TypeError(f"{where}: {name} could not be read as an array: {err}") from err
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(
-            f"{where}: {name} has dtype {arr.dtype} ({arr!r:.60}), expected real numbers."
-        )
+    arr = _real_copy(a, where, name)
     if arr.ndim not in ndim:
         ranks = " or ".join(f"{d}-D" for d in ndim)
         raise ValueError(f"{where}: {name} must be {ranks}, got shape {arr.shape}.")
-    arr = np.array(arr, dtype=np.float64, copy=True)
     _check_finite(arr, where, name)
     return arr
 

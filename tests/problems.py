@@ -115,3 +115,74 @@ def random_spd(n, seed=0):
     rng = np.random.default_rng(seed)
     Q, _ = np.linalg.qr(rng.normal(size=(n, n)))
     return Q @ np.diag(rng.uniform(0.5, 20.0, n)) @ Q.T
+
+
+# models of every shape the surrogate must handle ------------------------------------------------
+class FlatOutput(nn.Module):
+    """(N, n) -> (N,): sum z^2, Hessian 2 I."""
+
+    def forward(self, z):
+        return (z**2).sum(-1)
+
+
+class Unbatched(nn.Module):
+    """Written for one point (n,) -> scalar: z0^2 + 3 sin(z1)."""
+
+    def forward(self, z):
+        return z[0] ** 2 + 3 * torch.sin(z[1])
+
+    @staticmethod
+    def hessian(x):
+        return np.diag([2.0, -3 * np.sin(x[1])])
+
+
+class MixesRows(nn.Module):
+    """Uses batch statistics (a row's output depends on the others): evaluated point by point."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(2, 1).double()
+
+    def forward(self, z):
+        return self.lin(z) + (z - z.mean(0)).sum(-1, keepdim=True)
+
+
+A_DYN = np.array([[-0.5, 2.0], [-2.0, -0.3]])
+FIELD_SCALERS = dict(s=[1.0, -2.0], c=[3.0, 0.5], ys=[0.1, 0.2], yc=[4.0, 5.0])
+
+
+class LinearField(nn.Module):
+    """Normalized model of dx/dt = A x behind input scaler (s, c) and output scaler (ys, yc)."""
+
+    def __init__(self, A=A_DYN, s=(0.0,), c=(1.0,), ys=(0.0,), yc=(1.0,)):
+        super().__init__()
+        for name, v in dict(A=A, s=s, c=c, ys=ys, yc=yc).items():
+            self.register_buffer(name, torch.as_tensor(np.asarray(v, dtype=np.float64)))
+
+    def forward(self, z):
+        return (((z * self.c + self.s) @ self.A.T) - self.ys) / self.yc
+
+
+def linear_field_surrogate(**kw):
+    """sb.Surrogate of exactly dx/dt = A_DYN x behind non-trivial scalers."""
+    import surrogate_bridge as sb
+
+    f = FIELD_SCALERS
+    model = LinearField(A_DYN, f["s"], f["c"], f["ys"], f["yc"])
+    return sb.Surrogate(model, sb.Affine(f["s"], f["c"]), sb.Affine(f["ys"], f["yc"]), **kw)
+
+
+class DecayInTime(nn.Module):
+    """dx/dt = -(1 + t) x with inputs (t, x): x(t) = x0 exp(-(t + t^2 / 2))."""
+
+    def forward(self, z):
+        return -(1 + z[:, :1]) * z[:, 1:]
+
+
+def counting(model):
+    """The model plus a list that records every forward call's batch size (survives the
+    surrogate's deep copy: hooks are shared by reference)."""
+    calls = []
+    model.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    return model, calls

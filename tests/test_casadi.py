@@ -40,7 +40,12 @@ class Features(nn.Module):
         return torch.cat([d.view(-1, 3), e], dim=-1)
 
 
-def net_cases():
+CASE_NAMES = ["tanh-mlp", "softplus", "silu-gelu-elu", "features"]
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """Built when first used, not at import: a collection-only run builds nothing."""
     torch.manual_seed(0)
     return {
         "tanh-mlp": sb.Surrogate(
@@ -67,13 +72,10 @@ def net_cases():
     }
 
 
-CASES = net_cases()
-
-
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", list(CASES))
-def test_values_jacobian_hessian_match_surrogate(case, mode):
-    sur = CASES[case]
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_values_jacobian_hessian_match_surrogate(case, mode, cases):
+    sur = cases[case]
     F = sb.casadi_function(sur, mode=mode)
     n, m = sur.n_in, sur.n_out
     x = ca.MX.sym("x", n)
@@ -90,17 +92,17 @@ def test_values_jacobian_hessian_match_surrogate(case, mode):
         )
 
 
-def test_function_io_names_shapes_and_errors():
-    F = sb.casadi_function(CASES["tanh-mlp"], name="net", mode="symbolic")
+def test_function_io_names_shapes_and_errors(cases):
+    F = sb.casadi_function(cases["tanh-mlp"], name="net", mode="symbolic")
     assert (F.name(), F.name_in(0), F.name_out(0)) == ("net", "x", "y")
     assert F.size_in(0) == (2, 1) and F.size_out(0) == (3, 1)
     with pytest.raises(ValueError, match=r"net: x has shape \(3, 1\), expected \(2, 1\)"):
         F(ca.DM.zeros(3, 1))
-    C = sb.casadi_function(CASES["tanh-mlp"], mode="callback")
+    C = sb.casadi_function(cases["tanh-mlp"], mode="callback")
     with pytest.raises(ValueError, match=r"expected \(2, 1\)"):
         C(np.zeros(5))
     with pytest.raises(ValueError, match="mode='fast' is not valid"):
-        sb.casadi_function(CASES["tanh-mlp"], mode="fast")
+        sb.casadi_function(cases["tanh-mlp"], mode="fast")
 
 
 def seed_problem(mode):
@@ -156,15 +158,18 @@ def test_ipopt_trained_objective_with_bounds(trained, mode):
     assert np.linalg.norm(trained.grad(xo)) < 1e-6 and np.linalg.norm(xo) < 0.3
 
 
-def test_map_is_one_batched_call():
-    sur = CASES["softplus"]
+def test_map_is_one_batched_call(cases):
+    sur = cases["softplus"]
     calls = []
-    sur.function.register_forward_pre_hook(lambda mod, inp: calls.append(inp[0].shape[0]))
-    M = sb.casadi_function(sur, mode="callback").map(7)
-    X = np.random.default_rng(2).normal(size=(3, 7))
-    ref = sur(X.T)
-    calls.clear()
-    out = M(X)
+    hook = sur.function.register_forward_pre_hook(lambda m, inp: calls.append(inp[0].shape[0]))
+    try:
+        M = sb.casadi_function(sur, mode="callback").map(7)
+        X = np.random.default_rng(2).normal(size=(3, 7))
+        ref = sur(X.T)
+        calls.clear()
+        out = M(X)
+    finally:
+        hook.remove()  # the surrogate is shared by the module's other tests
     assert calls == [7]  # one torch call for 7 points
     np.testing.assert_allclose(np.array(out).ravel(), ref, rtol=1e-13)
     Xs = ca.MX.sym("X", 3, 7)
@@ -182,8 +187,8 @@ def test_map_is_one_batched_call():
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
-def test_generated_c_code_compiles_and_agrees(tmp_path):
-    sur = CASES["tanh-mlp"]
+def test_generated_c_code_compiles_and_agrees(tmp_path, cases):
+    sur = cases["tanh-mlp"]
     F = sb.casadi_function(sur, name="surr", mode="symbolic")
     x = ca.MX.sym("x", 2)
     J = ca.Function("surr_jac", [x], [ca.jacobian(F(x), x)])
@@ -216,7 +221,7 @@ def test_unsupported_operation_error_names_op_and_place():
         sb.casadi_function(sur, mode="symbolic")
 
 
-def test_auto_falls_back_with_warning():
+def test_auto_falls_back_with_warning(cases):
     sur = sb.Surrogate(CumSum())
     with pytest.warns(sb.CasadiFallbackWarning, match="cumsum"):
         F = sb.casadi_function(sur)
@@ -225,7 +230,7 @@ def test_auto_falls_back_with_warning():
     np.testing.assert_allclose(
         np.array(H([0.1, 0.2, 0.3])), sur.hess([0.1, 0.2, 0.3])[2], atol=TOL["deriv"]
     )
-    auto = sb.casadi_function(CASES["tanh-mlp"])  # translatable: no warning, native
+    auto = sb.casadi_function(cases["tanh-mlp"])  # translatable: no warning, native
     assert "Callback" not in type(auto).__name__
 
 

@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from problems import mlp
+from problems import MixesRows, Unbatched, mlp
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
@@ -117,20 +117,6 @@ def test_torch_archive_without_our_metadata(tmp_path):
 def test_save_rejects_non_surrogate(tmp_path):
     with pytest.raises(TypeError, match="must be a Surrogate"):
         sb.save(nn.Linear(2, 1), tmp_path / "x.pt2")
-
-
-class Unbatched(nn.Module):
-    def forward(self, z):
-        return z[0] ** 2 + 3 * torch.sin(z[1])
-
-
-class MixesRows(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(2, 1).double()
-
-    def forward(self, z):
-        return self.lin(z) + (z - z.mean(0)).sum(-1, keepdim=True)
 
 
 @pytest.mark.parametrize("model", [Unbatched(), MixesRows()], ids=["unbatched", "mixes-rows"])

@@ -3,11 +3,21 @@
 import numpy as np
 import pytest
 import torch
-from problems import P_SEED, ScaledQuadratic, fit_full_batch, mlp, random_spd
+from problems import (
+    A_DYN,
+    P_SEED,
+    DecayInTime,
+    ScaledQuadratic,
+    counting,
+    fit_full_batch,
+    linear_field_surrogate,
+    mlp,
+    random_spd,
+)
 from problems import scaled_quadratic_surrogate as quad_sur
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
-from scipy.optimize import Bounds, brentq, least_squares, minimize
+from scipy.optimize import brentq, least_squares, minimize
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
@@ -51,12 +61,6 @@ class Recorder:
             return method(x, *args)
 
         return call
-
-
-def counting(model):
-    calls = []
-    model.register_forward_hook(lambda mod, inp, out: calls.append(1))
-    return model, calls
 
 
 def run(sur, method, x0, rec=None):
@@ -105,9 +109,15 @@ def test_least_squares_vector_residual():
     # physical residual = 2 * L^T x + [1, -1] - ... : solve for the exact zero instead
     target = np.array([1.0, -1.0])
     x_star = np.linalg.solve(2 * L.T, -target)
-    res = least_squares(sur, [1.0, 1.0], jac=sur.jac, xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    jac_calls = []
+
+    def jac(x):
+        jac_calls.append(1)
+        return sur.jac(x)
+
+    res = least_squares(sur, [1.0, 1.0], jac=jac, xtol=1e-15, ftol=1e-15, gtol=1e-15)
     np.testing.assert_allclose(res.x, x_star, atol=TOL["x"])
-    assert res.njev > 0
+    assert len(jac_calls) == res.njev >= 1  # the exact Jacobian, not finite differences
 
 
 @pytest.fixture(scope="module")
@@ -177,25 +187,43 @@ def test_trained_mlp_all_methods_agree(case, starts, near, gtol, xtol, request):
     assert np.linalg.norm(x_star) < near  # the surrogate's own minimum, near the origin
 
 
-def test_facade_picks_derivatives(trained_v):
+@pytest.mark.parametrize(
+    ("method", "hessian", "wired"),
+    [
+        ("trust-exact", "dense", {"grad", "hess"}),
+        ("trust-ncg", "hessp", {"grad", "hessp"}),
+        ("Newton-CG", "hessp", {"grad", "hessp"}),
+        ("trust-constr", "none", {"grad"}),  # quasi-Newton Hessian: scipy's own
+        ("BFGS", "dense", {"grad"}),
+        ("Nelder-Mead", "dense", set()),
+    ],
+)
+def test_facade_wires_exactly_the_derivatives_the_method_uses(
+    trained_v, method, hessian, wired, monkeypatch
+):
     # not trust-krylov here: scipy 1.17's trlib keeps state between solves in one process (given
     # bit-identical callback values its iterates diverge after an earlier trust-krylov solve and
     # overflow), so its second use in this module would test scipy, not the bridge
-    for method, hessian in (
-        ("trust-exact", "dense"),
-        ("trust-ncg", "hessp"),
-        ("BFGS", "dense"),
-        ("Newton-CG", "hessp"),
-    ):
-        res = sb.minimize(
-            trained_v,
-            [1.0, -2.0],
-            method=method,
-            hessian=hessian,
-            options={"gtol": 1e-10} if method != "Newton-CG" else {"xtol": 1e-14},
-        )
-        assert np.linalg.norm(trained_v.grad(res.x)) < 1e-8, method
-        assert res.njev >= 1
+    used = {}
+
+    def counted(name):
+        method = getattr(trained_v, name)
+
+        def call(*args):
+            used[name] = used.get(name, 0) + 1
+            return method(*args)
+
+        return call
+
+    for name in ("grad", "hess", "hessp"):  # instance attributes shadow the methods
+        monkeypatch.setattr(trained_v, name, counted(name), raising=False)
+    opts = {"Newton-CG": {"xtol": 1e-14}, "Nelder-Mead": {}}.get(method, {"gtol": 1e-10})
+    res = sb.minimize(trained_v, [1.0, -2.0], method=method, hessian=hessian, options=opts)
+    assert set(used) == wired
+    if "hess" in wired:
+        assert used["hess"] == res.nhev
+    if method != "Nelder-Mead":
+        assert np.linalg.norm(trained_v.grad(res.x)) < 1e-7, method
 
 
 # constraints --------------------------------------------------------------------------------
@@ -295,6 +323,10 @@ def test_vector_constraint_lagrangian_hessian(objective):
     H = both.hess(x)
     np.testing.assert_allclose(con.hess(x, np.array([2.0, 3.0])), 3.0 * H[1], atol=1e-12)
     calls.clear()
+    rec = Recorder(both)  # every distinct x at which scipy asked the constraint anything
+    con = sb.scipy_constraint(both, lb=[1.0, -np.inf], ub=[np.inf, 100.0])
+    con.fun, con.jac, con.hess = rec.wrap("fun"), rec.wrap("jac"), rec.wrap("lagrangian_hess")
+    both.cache_clear()
     res = minimize(
         objective,
         [2.0, 2.0],
@@ -305,34 +337,15 @@ def test_vector_constraint_lagrangian_hessian(objective):
         options=TC_OPTS,
     )
     np.testing.assert_allclose(res.x, Pinv_a / (A_VEC @ Pinv_a), atol=TOL["x"])
-    # value, Jacobian and Lagrangian Hessian of the vector constraint: one pass per point
-    assert len(calls) <= both.cache_info().currsize + 1
+    # value, Jacobian and Lagrangian Hessian of the vector constraint: one pass per point (the
+    # hess call above already told the surrogate that second derivatives are wanted)
+    assert len(calls) == len(rec.seen)
 
 
 # solve_ivp ----------------------------------------------------------------------------------
-A_DYN = np.array([[-0.5, 2.0], [-2.0, -0.3]])
-
-
-class LinearField(nn.Module):
-    """Normalized model of dx/dt = A x behind input scaler (s, c) and output scaler (ys, yc)."""
-
-    def __init__(self, s, c, ys, yc):
-        super().__init__()
-        self.s, self.c, self.ys, self.yc = (torch.as_tensor(v) for v in (s, c, ys, yc))
-
-    def forward(self, z):
-        return (((z * self.c + self.s) @ torch.as_tensor(A_DYN).T) - self.ys) / self.yc
-
-
 @pytest.fixture
 def field():
-    s, c, ys, yc = (
-        np.array([1.0, -2.0]),
-        np.array([3.0, 0.5]),
-        np.array([0.1, 0.2]),
-        np.array([4.0, 5.0]),
-    )
-    return sb.Surrogate(LinearField(s, c, ys, yc), sb.Affine(s, c), sb.Affine(ys, yc))
+    return linear_field_surrogate()
 
 
 @pytest.mark.parametrize("method", ["Radau", "BDF", "LSODA", "RK45"])
@@ -358,13 +371,6 @@ def test_solve_ivp_matches_expm(field, method, vectorized):
     if method in ("Radau", "BDF"):
         assert sol.njev > 0
         np.testing.assert_allclose(ode.jac(0.0, y0), A_DYN, atol=1e-13)
-
-
-class DecayInTime(nn.Module):
-    """dx/dt = -(1 + t) x with inputs (t, x)."""
-
-    def forward(self, z):
-        return -(1 + z[:, :1]) * z[:, 1:]
 
 
 def test_time_input_ode():
@@ -432,8 +438,43 @@ def test_limit_threads_restores():
             pass
 
 
-def test_bounds_feed_lbfgsb(trained_v):
-    b = trained_v.bounds()
-    assert isinstance(b, Bounds)
-    res = minimize(trained_v, [2.9, -2.9], jac=trained_v.grad, method="L-BFGS-B", bounds=b)
-    assert np.all(res.x >= b.lb) and np.all(res.x <= b.ub)
+def test_bounds_are_the_training_domain_and_bind_at_the_true_constrained_minimum():
+    """The MinMaxScaler's data range becomes Bounds; the quadratic's minimum lies outside it, so
+    L-BFGS-B must stop on the boundary at the box-constrained minimum of x^T P x - 2 b^T x."""
+    data = np.array([[-1.0, -2.0], [3.0, 1.0]])  # the box [-1, 3] x [-2, 1]
+    b = np.array([40.0, -60.0])  # unconstrained minimum P^-1 b lies outside the box
+
+    class Shifted(nn.Module):  # x^T P x - 2 b^T x on normalized inputs, physical units out
+        def forward(self, z):
+            x = z * torch.as_tensor(data[1] - data[0]) + torch.as_tensor(data[0])
+            return ((x @ torch.as_tensor(P_SEED)) * x).sum(-1) - 2 * x @ torch.as_tensor(b)
+
+    sur = sb.Surrogate(Shifted(), MinMaxScaler().fit(data))
+    bounds = sur.bounds()
+    np.testing.assert_array_equal(bounds.lb, data[0])
+    np.testing.assert_array_equal(bounds.ub, data[1])
+    assert not np.all(
+        (data[0] <= np.linalg.solve(P_SEED, b)) & (np.linalg.solve(P_SEED, b) <= data[1])
+    )
+    res = minimize(
+        sur,
+        [0.0, 0.0],
+        jac=sur.grad,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"ftol": 1e-15, "gtol": 1e-12},
+    )
+    # the independent truth: the same problem in closed form, solved by projected KKT conditions
+    ref = minimize(
+        lambda x: x @ P_SEED @ x - 2 * b @ x,
+        [0.0, 0.0],
+        jac=lambda x: 2 * P_SEED @ x - 2 * b,
+        method="L-BFGS-B",
+        bounds=list(zip(data[0], data[1], strict=True)),
+        options={"ftol": 1e-15, "gtol": 1e-12},
+    )
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-8)
+    on_boundary = np.isclose(res.x, data[0]) | np.isclose(res.x, data[1])
+    assert on_boundary.any()
+    g = 2 * P_SEED @ res.x - 2 * b  # KKT: the free coordinates have zero gradient
+    np.testing.assert_allclose(g[~on_boundary], 0.0, atol=1e-6)

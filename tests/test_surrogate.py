@@ -3,20 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from problems import P_SEED, Quadratic, mlp
+from problems import P_SEED, FlatOutput, MixesRows, Quadratic, Unbatched, counting, mlp
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
 import surrogate_bridge as sb
 from surrogate_bridge.physical import RowByRow
-
-
-def counting(model):
-    """The model plus a list that records every forward call's batch size (survives the
-    surrogate's deep copy: hooks are shared by reference)."""
-    calls = []
-    model.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
-    return model, calls
 
 
 @pytest.fixture
@@ -79,8 +71,14 @@ def test_torch_in_torch_out(vec):
 
 
 def test_float32_surrogate():
-    sur = sb.Surrogate(mlp([2, 8, 1]), dtype=torch.float32)
-    assert sur.grad(np.array([0.1, 0.2])).dtype == np.float32
+    net = mlp([2, 8, 1])
+    s32, s64 = sb.Surrogate(net, dtype=torch.float32), sb.Surrogate(net)
+    x = np.array([0.1, 0.2])
+    g = s32.grad(x)
+    assert g.dtype == np.float32 and s32.hess(x).dtype == np.float32
+    assert isinstance(s32(x), float)  # one point's value: a Python float, as for float64
+    np.testing.assert_allclose(g, s64.grad(x), rtol=1e-5)  # float32 rounding, not another function
+    np.testing.assert_allclose(s32.hess(x), s64.hess(x), rtol=1e-4, atol=1e-6)
 
 
 def test_batched_equals_single_calls(vec):
@@ -113,31 +111,12 @@ def test_users_model_is_untouched():
     assert all(not p.requires_grad for p in sur.function.parameters())
 
 
-class FlatOutput(nn.Module):  # (N, n) -> (N,)
-    def forward(self, z):
-        return (z**2).sum(-1)
-
-
-class Unbatched(nn.Module):  # written for one point (n,) -> scalar
-    def forward(self, z):
-        return z[0] ** 2 + 3 * z[1]
-
-
-class MixesRows(nn.Module):  # uses batch statistics: evaluated point by point instead
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(2, 1).double()
-
-    def forward(self, z):
-        return self.lin(z) + (z - z.mean(0)).sum(-1, keepdim=True)
-
-
 @pytest.mark.parametrize("model", [FlatOutput(), Unbatched()], ids=["flat-output", "unbatched"])
 def test_models_of_other_shapes(model):
     sur = sb.Surrogate(model, n_in=2)
     x = np.array([1.5, -2.0])
     assert sur.n_out == 1
-    expect_H = np.diag([2.0, 2.0]) if isinstance(model, FlatOutput) else np.diag([2.0, 0.0])
+    expect_H = np.diag([2.0, 2.0]) if isinstance(model, FlatOutput) else model.hessian(x)
     np.testing.assert_allclose(sur.hess(x), expect_H, atol=1e-12)
     np.testing.assert_allclose(sur.hess(np.stack([x, x])), [expect_H] * 2, atol=1e-12)
 
@@ -334,11 +313,14 @@ def test_batches_bypass_cache(scal):
 
 
 def test_batched_memory_is_chunked():
-    sur = sb.Surrogate(mlp([2, 16, 1]))
+    model, calls = counting(mlp([2, 16, 1]))
+    sur = sb.Surrogate(model)
     sur.chunk_size = 7
     X = np.random.default_rng(0).normal(size=(30, 2))
     ref = sb.Surrogate(mlp([2, 16, 1])).hess(X)
+    calls.clear()
     np.testing.assert_allclose(sur.hess(X), ref, rtol=1e-12)
+    assert calls == [7, 7, 7, 7, 2]  # the model never saw more rows than a chunk
 
 
 # warnings -----------------------------------------------------------------------------------
@@ -393,8 +375,11 @@ def test_functional_relu_detected():
         sb.Surrogate(F(), n_in=2).derivatives([0.5, 0.5], order=2)
 
 
-def test_device_fixture_runs(device):
-    sur = sb.Surrogate(mlp([2, 8, 1]), device=device)
-    x = torch.tensor([[0.1, 0.2]], dtype=torch.float64, device=device)
-    assert sur.hess(x).device.type == device
-    assert isinstance(sur.hess(x.cpu().numpy()), np.ndarray)
+def test_device_results_match_cpu(device):
+    sur, ref = sb.Surrogate(mlp([2, 8, 1]), device=device), sb.Surrogate(mlp([2, 8, 1]))
+    X = np.random.default_rng(0).normal(size=(3, 2))
+    x = torch.tensor(X, dtype=torch.float64, device=device)
+    H = sur.hess(x)
+    assert H.device.type == device and H.dtype == torch.float64
+    np.testing.assert_allclose(H.cpu().numpy(), ref.hess(X), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(sur.hess(X[0]), ref.hess(X[0]), rtol=1e-12, atol=1e-15)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from problems import P_SEED, Quadratic
+from problems import A_DYN, P_SEED, DecayInTime, LinearField, Quadratic, linear_field_surrogate
 from scipy.linalg import expm
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
@@ -11,30 +11,15 @@ from torchdiffeq import odeint, odeint_adjoint
 import surrogate_bridge as sb
 
 TOL = {"dopri5": 1e-8, "rk4": 1e-6, "adjoint": 1e-6, "jac": 1e-12}
-A = np.array([[-0.5, 2.0], [-2.0, -0.3]])
-S, C, YS, YC = (
-    np.array([1.0, -2.0]),
-    np.array([3.0, 0.5]),
-    np.array([0.1, 0.2]),
-    np.array([4.0, 5.0]),
-)
-
-
-class LinearField(nn.Module):
-    """Normalized model of dx/dt = A x behind input (S, C) and output (YS, YC) scalers."""
-
-    def forward(self, z):
-        x = z * torch.as_tensor(C) + torch.as_tensor(S)
-        return (x @ torch.as_tensor(A).T - torch.as_tensor(YS)) / torch.as_tensor(YC)
 
 
 @pytest.fixture
 def linear(device):
-    return sb.Surrogate(LinearField(), sb.Affine(S, C), sb.Affine(YS, YC), device=device)
+    return linear_field_surrogate(device=device)
 
 
 def exact(y0, t):
-    return np.stack([y0 @ expm(tk * A).T for tk in t])
+    return np.stack([y0 @ expm(tk * A_DYN).T for tk in t])
 
 
 @pytest.mark.parametrize(("method", "opts"), [("dopri5", {}), ("rk4", {"step_size": 0.01})])
@@ -56,14 +41,9 @@ def test_adjoint_gradient_wrt_y0(linear):
     w = torch.tensor([2.0, -1.0], dtype=torch.float64)
     loss = (odeint_adjoint(rhs, y0, t, rtol=1e-10, atol=1e-12)[-1] @ w).sum()
     loss.backward()
-    analytic = expm(1.5 * A).T @ w.numpy()  # d(w . e^{tA} y0)/dy0
+    analytic = expm(1.5 * A_DYN).T @ w.numpy()  # d(w . e^{tA} y0)/dy0
     np.testing.assert_allclose(y0.grad.numpy(), np.tile(analytic, (2, 1)), atol=TOL["adjoint"])
     assert all(p.grad is None for p in rhs.parameters())  # frozen by default
-
-
-class DecayInTime(nn.Module):
-    def forward(self, z):  # inputs (t, x): dx/dt = -(1 + t) x
-        return -(1 + z[:, :1]) * z[:, 1:]
 
 
 def test_time_dependent_surrogate():
@@ -81,8 +61,10 @@ def test_jacobian_closed_form(linear, device):
     y = torch.zeros(5, 3, 2, dtype=torch.float64, device=device)
     J = rhs.jacobian(0.0, y)
     assert J.shape == (5, 3, 2, 2)
-    np.testing.assert_allclose(J.cpu().numpy(), np.broadcast_to(A, (5, 3, 2, 2)), atol=TOL["jac"])
-    np.testing.assert_allclose(rhs.jacobian(0.0, y[0, 0]).cpu().numpy(), A, atol=TOL["jac"])
+    np.testing.assert_allclose(
+        J.cpu().numpy(), np.broadcast_to(A_DYN, (5, 3, 2, 2)), atol=TOL["jac"]
+    )
+    np.testing.assert_allclose(rhs.jacobian(0.0, y[0, 0]).cpu().numpy(), A_DYN, atol=TOL["jac"])
 
 
 def test_gradient_flow_of_seed_v():
