@@ -1,4 +1,8 @@
+import hashlib
 import json
+import os
+import pickle
+import struct
 import subprocess
 import sys
 import zipfile
@@ -31,7 +35,7 @@ def saved(tmp_path):
     sur = sb.Surrogate(
         Custom().double(), MinMaxScaler().fit(X), StandardScaler().fit(X * 3), extrapolation="raise"
     )
-    path = tmp_path / "sur.pt2"
+    path = tmp_path / "sur.sbz"
     sb.save(sur, path)
     return sur, path
 
@@ -57,7 +61,7 @@ print(json.dumps({{"f": sur(X).tolist(), "J": sur.jac(X).tolist(), "H": sur.hess
 
 
 def test_round_trip_keeps_smoothness_warning(tmp_path):
-    path = tmp_path / "relu.pt2"
+    path = tmp_path / "relu.sbz"
     sb.save(sb.Surrogate(mlp([2, 4, 1], nn.ReLU)), path)
     loaded = sb.load(path)
     with pytest.warns(sb.SmoothnessWarning, match="relu"):
@@ -66,15 +70,15 @@ def test_round_trip_keeps_smoothness_warning(tmp_path):
 
 def test_float32_round_trip(tmp_path):
     sur = sb.Surrogate(mlp([2, 4, 1]), dtype=torch.float32)
-    sb.save(sur, tmp_path / "f32.pt2")
-    back = sb.load(tmp_path / "f32.pt2")
+    sb.save(sur, tmp_path / "f32.sbz")
+    back = sb.load(tmp_path / "f32.sbz")
     assert back.dtype == torch.float32
     assert back([0.1, 0.2]) == sur([0.1, 0.2])
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no file"):
-        sb.load(tmp_path / "nope.pt2")
+        sb.load(tmp_path / "nope.sbz")
 
 
 def test_foreign_file(tmp_path):
@@ -87,23 +91,160 @@ def test_foreign_file(tmp_path):
 def test_truncated_file(saved, tmp_path):
     _, path = saved
     data = path.read_bytes()
-    cut = tmp_path / "cut.pt2"
+    cut = tmp_path / "cut.sbz"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="surrogate_bridge file"):
         sb.load(cut)
 
 
-def test_corrupt_member(saved, tmp_path):
+def rewrite(path, out, edit, rehash=False):
+    """Copy the archive at ``path`` to ``out`` with ``edit(name, bytes) -> bytes`` applied to each
+    member; ``rehash`` also rewrites meta.json's SHA-256 entries, as a forger would."""
+    with zipfile.ZipFile(path) as src:
+        members = {n: edit(n, src.read(n)) for n in src.namelist()}
+    if rehash:
+        meta = json.loads(members["meta.json"])
+        meta["sha256"] = {n: hashlib.sha256(members[n]).hexdigest() for n in meta["sha256"]}
+        members["meta.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(out, "w") as dst:
+        for name, data in members.items():
+            dst.writestr(name, data)
+    return out
+
+
+class Payload:
+    """Unpickling this writes a marker file: proof that a loader ran code from the file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_crafted_torch_archive_never_runs_code(tmp_path):
+    marker = tmp_path / "pwned"
+    ep = torch.export.export(nn.Linear(2, 1).double(), (torch.zeros(1, 2, dtype=torch.float64),))
+    p = tmp_path / "evil.pt2"
+    torch.export.save(ep, p)
+
+    def poison(name, data):  # every weight and sample input becomes a pickle, flagged as one
+        if "/weights/weight_" in name or "sample_inputs" in name:
+            return pickle.dumps(Payload(marker))
+        if name.endswith("model_weights_config.json"):
+            cfg = json.loads(data)
+            for entry in cfg.get("config", {}).values():
+                entry["use_pickle"] = True
+            return json.dumps(cfg).encode()
+        return data
+
+    evil = rewrite(p, tmp_path / "evil2.pt2", poison)
+    with pytest.raises(ValueError, match="not written by surrogate_bridge.save"):
+        sb.load(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("member", "replace", "match"),
+    [
+        ("weights.safetensors", "pickle", "SHA-256"),
+        ("graph.json", "eval", "not an allowed operation"),
+        ("graph.json", "getattr", "not an allowed operation"),
+        ("weights.safetensors", "pickle-rehashed", "damaged or was edited"),
+    ],
+)
+def test_crafted_surrogate_files_never_run_code(saved, tmp_path, member, replace, match):
     _, path = saved
-    bad = tmp_path / "bad.pt2"
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
-        for item in src.infolist():
-            payload = src.read(item.filename)
-            if item.filename.endswith(".json") and "surrogate_bridge" not in item.filename:
-                payload = b"{corrupt"
-            dst.writestr(item, payload)
-    with pytest.raises(ValueError, match="could not be read"):
-        sb.load(bad)
+    marker = tmp_path / "pwned"
+
+    def edit(name, data):
+        if name != member:
+            return data
+        if replace.startswith("pickle"):
+            return pickle.dumps(Payload(marker))
+        graph = json.loads(data)
+        target = "builtins.eval" if replace == "eval" else "aten.__getattr__.default"
+        graph["nodes"][0][1] = target
+        return json.dumps(graph).encode()
+
+    out = rewrite(path, tmp_path / "evil.sbz", edit, rehash=replace != "pickle")
+    with pytest.raises(ValueError, match=match):
+        sb.load(out)
+    assert not marker.exists()
+
+
+def test_every_bit_flip_in_the_weights_is_refused(saved, tmp_path):
+    _, path = saved
+    with zipfile.ZipFile(path) as src:
+        weights = src.read("weights.safetensors")
+    (head,) = struct.unpack("<Q", weights[:8])
+    rng = np.random.default_rng(0)
+    for k, pos in enumerate(rng.integers(8 + head, len(weights), 50)):
+        bit = int(rng.integers(8))
+
+        def flip(name, data, pos=pos, bit=bit):
+            if name != "weights.safetensors":
+                return data
+            b = bytearray(data)
+            b[pos] ^= 1 << bit
+            return bytes(b)
+
+        with pytest.raises(ValueError, match="SHA-256"):
+            sb.load(rewrite(path, tmp_path / f"flip{k}.sbz", flip))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("dtype", "torch.int32", "dtype='torch.int32'"),
+        ("nonsmooth", None, "nonsmooth"),
+        ("n_in", 3, "does not give a working surrogate"),
+        ("format", 1, "format 1"),
+        ("rows", "sideways", "rows='sideways'"),
+        ("sha256", {}, "sha256 is incomplete"),
+    ],
+)
+def test_edited_metadata_gives_clear_errors(saved, tmp_path, key, value, match):
+    _, path = saved
+
+    def edit(name, data):
+        if name != "meta.json":
+            return data
+        meta = json.loads(data)
+        if value is None:
+            del meta[key]
+        else:
+            meta[key] = value
+        return json.dumps(meta).encode()
+
+    with pytest.raises(ValueError, match=match):
+        sb.load(rewrite(path, tmp_path / "edited.sbz", edit))
+
+
+def test_files_hold_no_paths_of_the_machine_that_wrote_them(saved):
+    _, path = saved
+    with zipfile.ZipFile(path) as zf:
+        text = b"".join(zf.read(n) for n in zf.namelist() if n.endswith(".json"))
+    for leak in (os.getcwd(), os.path.expanduser("~"), "site-packages", ".py", "File "):
+        assert leak.encode() not in text, leak
+
+
+def test_loaded_surrogate_translates_to_casadi(saved):
+    ca = pytest.importorskip("casadi")
+    sur, path = saved
+    back = sb.load(path)
+    F = sb.casadi_function(back, mode="symbolic")
+    x = np.array([0.3, -0.4])
+    np.testing.assert_allclose(np.array(F(x)).ravel(), sur(x), rtol=1e-13)
+    xs = ca.MX.sym("x", 2)
+    H = ca.Function("H", [xs], [ca.hessian(F(xs)[0], xs)[0]])(x)
+    np.testing.assert_allclose(np.array(H), sur.hess(x)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_save_into_missing_folder_is_clear(saved, tmp_path):
+    sur, _ = saved
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sb.save(sur, tmp_path / "no" / "such" / "dir" / "s.sbz")
 
 
 def test_torch_archive_without_our_metadata(tmp_path):
@@ -116,14 +257,14 @@ def test_torch_archive_without_our_metadata(tmp_path):
 
 def test_save_rejects_non_surrogate(tmp_path):
     with pytest.raises(TypeError, match="must be a Surrogate"):
-        sb.save(nn.Linear(2, 1), tmp_path / "x.pt2")
+        sb.save(nn.Linear(2, 1), tmp_path / "x.sbz")
 
 
 @pytest.mark.parametrize("model", [Unbatched(), MixesRows()], ids=["unbatched", "mixes-rows"])
 def test_point_by_point_models_round_trip(model, tmp_path):
     sur = sb.Surrogate(model, n_in=2)
-    sb.save(sur, tmp_path / "m.pt2")
-    back = sb.load(tmp_path / "m.pt2")
+    sb.save(sur, tmp_path / "m.sbz")
+    back = sb.load(tmp_path / "m.sbz")
     X = np.random.default_rng(0).normal(size=(4, 2))
     np.testing.assert_array_equal(back(X), sur(X))
     np.testing.assert_array_equal(back.hess(X), sur.hess(X))
