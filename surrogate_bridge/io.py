@@ -32,7 +32,7 @@ from torch import nn
 
 from .normalization import Affine
 from .physical import Batched, ExportError
-from .surrogate import Surrogate
+from .surrogate import Surrogate, check_device
 
 __all__ = ["load", "save"]
 
@@ -161,6 +161,7 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load: no file at {path!r}.")
+    check_device(device, "load")
     if not zipfile.is_zipfile(path):
         raise ValueError(
             f"load: {path!r} is not a surrogate_bridge file (not a zip archive; truncated or "

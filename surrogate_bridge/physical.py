@@ -103,6 +103,11 @@ class PhysicalFunction(nn.Module):
             return self.forward(x[None])[0]
         z = (x - self.in_shift) / self.in_scale if self.has_in else x
         y = self.rows(z)
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(
+                f"the model returned a {type(y).__name__}, expected one tensor of shape "
+                "(N, n_out) or (N,)"
+            )
         if y.ndim == 1:
             y = y[:, None]
         return y * self.out_scale + self.out_shift if self.has_out else y
@@ -120,7 +125,24 @@ def frozen_copy(model, dtype: torch.dtype, device: torch.device):
     with warnings.catch_warnings():
         # deep-copying a torch.export graph module makes torch warn about its own pytree API
         warnings.filterwarnings("ignore", message=".*treespec.*", category=FutureWarning)
-        m = copy.deepcopy(model)
+        # tensors computed from parameters and kept as plain attributes (the old
+        # nn.utils.weight_norm's weight) cannot be deep-copied; the copy gets them detached, and
+        # the hooks that compute them recompute them at every forward as before
+        memo = {
+            id(v): v.detach().clone()
+            for mod in model.modules()
+            for v in vars(mod).values()
+            if isinstance(v, torch.Tensor) and not v.is_leaf
+        }
+        try:
+            m = copy.deepcopy(model, memo)
+        except Exception as err:  # a lock, a file handle, a generator: anything uncopyable
+            raise TypeError(
+                f"Surrogate: the model could not be copied ({type(err).__name__}: {err}). The "
+                "surrogate works on a private copy so that your model is never changed; keep "
+                "objects such as locks, files or open connections out of the model (e.g. as "
+                "attributes of a wrapper class), or pass a plain function of z instead."
+            ) from err
     m = m.to(device=device, dtype=dtype).eval()
     for p in m.parameters():
         p.requires_grad_(False)

@@ -21,7 +21,7 @@ from .normalization import Affine, as_affine
 from .physical import build, export, frozen_copy
 from .points import CacheInfo, PointEvaluator
 
-__all__ = ["Surrogate", "require_surrogate", "require_vector_field"]
+__all__ = ["Surrogate", "check_device", "require_surrogate", "require_vector_field"]
 
 
 class Surrogate:
@@ -89,7 +89,7 @@ class Surrogate:
         prefetch_grad: bool = True,
     ) -> None:
         _check_arguments(model, dtype, cache_size)
-        self.dtype, self.device = dtype, _device(device)
+        self.dtype, self.device = dtype, check_device(device)
         self._in_aff = as_affine(input_scaler, "Surrogate: input_scaler")
         self._out_aff = as_affine(output_scaler, "Surrogate: output_scaler")
         self._cache_policy = (cache_size, bool(prefetch_grad))
@@ -360,19 +360,19 @@ def _check_arguments(model, dtype, cache_size) -> None:
         raise ValueError(f"Surrogate: cache_size must be an int >= 0, got {cache_size!r}.")
 
 
-def _device(device) -> torch.device:
+def check_device(device, where: str = "Surrogate") -> torch.device:
     """A validated torch.device; "cuda" -> "cuda:k" (the current one), so comparisons with
     tensors' devices hold."""
     try:
         dev = torch.device("cpu" if device is None else device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(
-            f"Surrogate: device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:0'."
+            f"{where}: device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:0'."
         ) from err
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
-                f"Surrogate: device={device!r} but torch sees no CUDA device "
+                f"{where}: device={device!r} but torch sees no CUDA device "
                 "(torch.cuda.is_available() is False); use device='cpu'."
             )
         if dev.index is None:
@@ -395,13 +395,14 @@ def _infer_n_in(n_in, in_aff: Affine | None, model) -> int | None:
     return None
 
 
-def require_surrogate(sur, where: str) -> None:
-    """The adapters' entry check: a ``Surrogate`` whose input count is known."""
+def require_surrogate(sur, where: str, ready: bool = True) -> None:
+    """The adapters' entry check: a ``Surrogate`` (whose input count is known, if ``ready``)."""
     if not isinstance(sur, Surrogate):
         raise TypeError(
             f"{where}: expected a surrogate_bridge.Surrogate, got {type(sur).__name__}."
         )
-    sur._require_setup(where)
+    if ready:
+        sur._require_setup(where)
 
 
 def require_vector_field(sur, where: str, time_input: bool) -> None:

@@ -29,12 +29,26 @@ except ImportError as err:  # an optional extra
         "surrogate_bridge's CasADi adapter needs casadi: pip install 'surrogate-bridge[casadi]'"
     ) from err
 
+from ..convert import as_array
 from ..diagnostics import warn_low_precision, warn_nonsmooth
 from ..surrogate import Surrogate, require_surrogate
 
 __all__ = ["CasadiFallbackWarning", "casadi_function"]
 
 _MODES = ("auto", "symbolic", "callback")
+# l4casadi's keywords, with where each belongs here
+_L4CASADI_HINTS = {
+    "device": "the device belongs to the Surrogate: sb.Surrogate(model, ..., device='cuda')",
+    "batched": "for N points use F.map(N): one batched torch call in callback mode",
+    "model_expects_batch_dim": "the Surrogate finds how to call the model by probing it",
+    "mutable": "see sb.casadi_function's docstring on updating weights",
+}
+# Callback-mode Functions, kept alive for the life of the process. CasADi holds only a raw
+# pointer to a Python Callback: one that Python frees makes every Function built on it fail
+# ("Callback object has been deleted", or a silent Invalid_Number_Detected inside IPOPT). Users
+# write F(x) inline and return only the solver from a helper, so the adapter keeps each one here,
+# one per (surrogate, name): memory is bounded by the surrogates in use, not by the calls.
+_ALIVE: dict[tuple[int, str], _SurrogateCallback] = {}
 
 
 class CasadiFallbackWarning(UserWarning):
@@ -47,6 +61,9 @@ class _ShapeChecked:
     def __call__(self, *args, **kwargs):
         if len(args) == 1 and not kwargs:
             self._check_shape(args[0])
+            if not isinstance(args[0], (ca.MX, ca.SX)):  # numbers: finite, as in every mode
+                x = args[0].full() if isinstance(args[0], ca.DM) else args[0]
+                as_array(x, self.name(), "x", (0, 1, 2))
         return super().__call__(*args, **kwargs)
 
     def _check_shape(self, x) -> None:
@@ -80,6 +97,7 @@ class _SurrogateCallback(_ShapeChecked, ca.Callback):
         self._n_in, self._m = sur.n_in, sur.n_out
         self._inames, self._onames = inames, onames
         self._children: list = []  # derivative callbacks must outlive CasADi's use of them
+        self._maps: dict[int, _SurrogateCallback] = {}
         self._sp = self._sparsities()
         self.construct(name, opts)
 
@@ -160,11 +178,12 @@ class _SurrogateCallback(_ShapeChecked, ca.Callback):
         """``F.map(N)``: the same function on N points (columns) in one batched torch call;
         other ``map`` signatures go to CasADi's own."""
         if len(args) == 1 and isinstance(args[0], int) and not kwargs and self._order == 0:
-            child = _SurrogateCallback(
-                self.sur, args[0] * self._cols, 0, f"{self.name()}_map{args[0]}", {}
-            )
-            self._children.append(child)
-            return child
+            if args[0] not in self._maps:  # one per N, kept alive with its parent
+                name = f"{self.name()}_map{args[0]}"
+                self._maps[args[0]] = _SurrogateCallback(
+                    self.sur, args[0] * self._cols, 0, name, {}
+                )
+            return self._maps[args[0]]
         return ca.Callback.map(self, *args, **kwargs)
 
 
@@ -176,7 +195,9 @@ class _SymbolicFunction(_ShapeChecked, ca.Function):
         self._n_in, self._cols = n_in, 1
 
 
-def casadi_function(sur: Surrogate, name: str = "f", mode: str = "auto") -> ca.Function:
+def casadi_function(
+    sur: Surrogate, name: str = "f", mode: str = "auto", **unexpected
+) -> ca.Function:
     """The surrogate as a ``casadi.Function`` with exact first and second derivatives.
 
     Parameters
@@ -194,7 +215,8 @@ def casadi_function(sur: Surrogate, name: str = "f", mode: str = "auto") -> ca.F
     -------
     casadi.Function
         Input x of shape (n_in, 1), output y of shape (n_out, 1); callable on DM, MX (and, in
-        symbolic mode, SX). In callback mode keep the returned object alive while CasADi uses it.
+        symbolic mode, SX). Callback-mode Functions stay alive as long as the process (one per
+        surrogate and name), so ``F(x)`` inline and solvers built in helpers are safe.
 
     Examples
     --------
@@ -208,6 +230,14 @@ def casadi_function(sur: Surrogate, name: str = "f", mode: str = "auto") -> ca.F
     True
     """
     require_surrogate(sur, "casadi_function")
+    for key in unexpected:
+        hint = _L4CASADI_HINTS.get(key, f"the keywords are name= and mode= (one of {_MODES})")
+        raise TypeError(f"casadi_function: unexpected keyword {key!r}; {hint}.")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise TypeError(
+            f"casadi_function: name must be a string that is a valid identifier (CasADi's rule "
+            f"for Function names), got {name!r}."
+        )
     if mode not in _MODES:
         raise ValueError(f"casadi_function: mode={mode!r} is not valid; use one of {_MODES}.")
     warn_low_precision(sur, "casadi_function")
@@ -229,4 +259,7 @@ def casadi_function(sur: Surrogate, name: str = "f", mode: str = "auto") -> ca.F
             if nonsmooth:
                 warn_nonsmooth(nonsmooth, "casadi_function", stacklevel=2)
             return _SymbolicFunction(f, sur.n_in)
-    return _SurrogateCallback(sur, 1, 0, name, {})
+    key = (id(sur), name)
+    if key not in _ALIVE:  # the callback holds sur, so id(sur) stays this surrogate's
+        _ALIVE[key] = _SurrogateCallback(sur, 1, 0, name, {})
+    return _ALIVE[key]

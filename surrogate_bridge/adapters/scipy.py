@@ -28,7 +28,17 @@ _HESSIAN_KINDS = ("dense", "hessp", "none")
 
 
 def _bound(b, m: int, name: str) -> np.ndarray:
-    arr = np.asarray(b, dtype=np.float64)
+    try:
+        arr = np.asarray(b, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"scipy_constraint: {name} must be a number or an array of {m} numbers, got {b!r}."
+        ) from err
+    if np.isnan(arr).any():
+        raise ValueError(
+            f"scipy_constraint: {name} has NaN entries ({arr}); use -np.inf / np.inf for a "
+            "side without a bound."
+        )
     if arr.ndim == 0:
         return np.full(m, float(arr))
     if arr.shape != (m,):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,19 +29,33 @@ class SurrogateRHS(nn.Module):
 
     def __init__(self, sur: Surrogate, time_input: bool, trainable: bool) -> None:
         super().__init__()
+        self.time_input, self._trainable = time_input, trainable
+        self.dtype, self.device = sur.dtype, sur.device
+        self.function, self.n = None, None
+        self._unbound = sur  # a model that does not say its size: learned from the first state
+        if sur.n_in is not None:
+            self._bind()
+
+    def _verify(self, sur: Surrogate) -> None:
+        require_vector_field(sur, "ode_rhs", self.time_input)
+
+    def _bind(self) -> None:
+        sur, self._unbound = self._unbound, None
+        self._verify(sur)
         fn = sur.function
-        if trainable:  # a private trainable copy: the surrogate itself stays frozen
+        if self._trainable:  # a private trainable copy: the surrogate itself stays frozen
             fn = copy.deepcopy(fn)
             for p in fn.parameters():
                 p.requires_grad_(True)
         self.function = fn
-        self.time_input = time_input
-        self.n = sur.n_out
-        self.dtype, self.device = sur.dtype, sur.device
+        self.n = sur.n_in - self.time_input
 
     def _check(self, y: torch.Tensor, where: str) -> None:
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"{where}: y must be a torch.Tensor, got {type(y).__name__}.")
+        if self._unbound is not None and y.ndim > 0:  # set up through the public call path
+            self._unbound(np.zeros(y.shape[-1] + self.time_input))
+            self._bind()
         if y.ndim == 0 or y.shape[-1] != self.n:
             raise ValueError(
                 f"{where}: y has shape {tuple(y.shape)}, expected (..., {self.n}) (the last "
@@ -77,7 +92,13 @@ class GradientFlow(SurrogateRHS):
 
     def __init__(self, sur: Surrogate, trainable: bool) -> None:
         super().__init__(sur, time_input=False, trainable=trainable)
-        self.n = sur.n_in
+
+    def _verify(self, sur: Surrogate) -> None:
+        if sur.n_out != 1:
+            raise ValueError(
+                f"gradient_flow: V must be scalar (n_out == 1); this surrogate has n_out = "
+                f"{sur.n_out}. For a vector field use sb.ode_rhs(sur)."
+            )
 
     def _field(self, t, Y: torch.Tensor) -> torch.Tensor:
         # differentiable when the caller differentiates (odeint backprop, the adjoint's VJPs) with
@@ -120,7 +141,7 @@ def ode_rhs(sur: Surrogate, time_input: bool = False, *, trainable: bool = False
     >>> y.shape, bool(abs(y[-1, 0, 0] - math.exp(-1)) < 1e-8)
     (torch.Size([2, 4, 1]), True)
     """
-    require_vector_field(sur, "ode_rhs", time_input)
+    require_surrogate(sur, "ode_rhs", ready=False)
     return SurrogateRHS(sur, time_input, trainable)
 
 
@@ -143,10 +164,5 @@ def gradient_flow(sur: Surrogate, *, trainable: bool = False) -> GradientFlow:
     >>> bool(y[-1].abs().max() < 1e-3)
     True
     """
-    require_surrogate(sur, "gradient_flow")
-    if sur.n_out != 1:
-        raise ValueError(
-            f"gradient_flow: V must be scalar (n_out == 1); this surrogate has n_out = "
-            f"{sur.n_out}. For a vector field use sb.ode_rhs(sur)."
-        )
+    require_surrogate(sur, "gradient_flow", ready=False)
     return GradientFlow(sur, trainable)
