@@ -17,11 +17,13 @@ routes behind ``points.PointEvaluator`` (the seam where a compiled route plugs i
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.util import find_spec
 
 import numpy as np
 import torch
 
 from .convert import to_host, to_torch
+from .routes import MeasuredRoute, RouteUnavailable
 
 __all__ = ["derivatives"]
 
@@ -235,11 +237,36 @@ class Engine:
     cached ``points.PointEvaluator`` (orders up to 2), batches and tensors to :func:`batch`.
     Results carry a leading point axis, ``(N, m) + (n,) * j``; inputs are validated ``Points``."""
 
-    def __init__(self, fn: Fn, n: int, m: int, dtype, device) -> None:
+    def __init__(self, fn: Fn, n: int, m: int, dtype, device, point_route: str = "auto") -> None:
         self.fn, self.n, self.m = fn, n, m
         self.dtype, self.device = dtype, device
-        self.route = TorchPointRoute(fn, n, m, dtype, device)
+        self.route = MeasuredRoute(
+            TorchPointRoute(fn, n, m, dtype, device), self._compiled, point_route
+        )
         self.points = None  # a points.PointEvaluator over self.route, set by the surrogate
+
+    def _compiled(self):
+        """The compiled single-point route (``adapters/casadi_route.py``), reached by name only
+        when casadi is installed: the core never imports casadi itself."""
+        if self.dtype != torch.float64 or self.device.type != "cpu":
+            raise RouteUnavailable(
+                f"it computes in float64 on the CPU; this surrogate is {self.dtype} on "
+                f"{self.device}"
+            )
+        if find_spec("casadi") is None:
+            raise RouteUnavailable(
+                "casadi is not installed (pip install 'surrogate-bridge[casadi]')"
+            )
+        from .adapters.casadi_route import CasadiPointRoute
+        from .physical import export
+
+        try:
+            program = export(self.fn, self.n, one_point=True, dtype=torch.float64)
+            return CasadiPointRoute(program, self.n, self.m)
+        except Exception as err:  # any translation failure leaves torch answering
+            raise RouteUnavailable(
+                f"the model did not translate ({type(err).__name__}: {err})"
+            ) from err
 
     def _cached(self, pts) -> bool:
         return pts.single and not pts.is_torch

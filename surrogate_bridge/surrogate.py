@@ -20,6 +20,7 @@ from .domain import Domain
 from .normalization import Affine, as_affine
 from .physical import build, export, frozen_copy
 from .points import CacheInfo, PointEvaluator
+from .routes import POINT_ROUTES
 
 __all__ = ["Surrogate", "check_device", "require_surrogate", "require_vector_field"]
 
@@ -51,11 +52,13 @@ class Surrogate:
         Outside ``domain``: warn once, stay quiet, or raise :class:`ExtrapolationError`.
     prefetch_grad : bool
         A value request at a new point also computes the gradient (solvers ask for it next).
+    point_route : {"auto", "torch", "casadi"}
+        Who answers single numpy points: chosen by timing both after 32 of them ("auto"), eager
+        torch, or the compiled CasADi translation (float64, CPU, translatable models).
 
     Notes
     -----
-    numpy in -> numpy out; torch in -> torch out on the surrogate's device. Single numpy points
-    go through the cache; batches and tensors do not. Safe to share between threads.
+    numpy in -> numpy out; torch in -> torch out on its device. Safe to share between threads.
 
     Examples
     --------
@@ -87,12 +90,13 @@ class Surrogate:
         n_in: int | None = None,
         extrapolation: str = "warn",
         prefetch_grad: bool = True,
+        point_route: str = "auto",
     ) -> None:
-        _check_arguments(model, dtype, cache_size)
+        _check_arguments(model, dtype, cache_size, point_route)
         self.dtype, self.device = dtype, check_device(device)
         self._in_aff = as_affine(input_scaler, "Surrogate: input_scaler")
         self._out_aff = as_affine(output_scaler, "Surrogate: output_scaler")
-        self._cache_policy = (cache_size, bool(prefetch_grad))
+        self._cache_policy, self._route_policy = (cache_size, bool(prefetch_grad)), point_route
         self.chunk_size = 16384  # rows per batched pass: bounds memory for any N
         n_in = _infer_n_in(n_in, self._in_aff, model)
         self._domain = Domain(domain, self._in_aff, n_in, extrapolation)
@@ -107,7 +111,7 @@ class Surrogate:
         leaves the surrogate as it was."""
         built = build(self._model, self._in_aff, self._out_aff, n_in, self.dtype, self.device)
         self._domain.require_features(n_in)
-        engine = Engine(built.fn, n_in, built.n_out, self.dtype, self.device)
+        engine = Engine(built.fn, n_in, built.n_out, self.dtype, self.device, self._route_policy)
         engine.points = PointEvaluator(engine.route, n_in, built.n_out, *self._cache_policy)
         self._built, self._engine, self._n_in = built, engine, n_in
 
@@ -123,7 +127,6 @@ class Surrogate:
         sur._built.nonsmooth = tuple(nonsmooth_ops)
         return sur
 
-    # the documented surface for io and adapters ---------------------------------------------
     n_in = property(lambda self: self._n_in, doc="Number of inputs (None until known).")
     n_out = property(lambda self: self._built.n_out if self._n_in else None, doc="Outputs.")
     input_scaler = property(lambda self: self._in_aff, doc="The input Affine, or None.")
@@ -141,8 +144,12 @@ class Surrogate:
         doc="The physical-units torch module: (N, n_in) -> (N, n_out), (n_in,) -> (n_out,).",
     )
     point_route = property(
-        lambda self: self._ready("Surrogate.point_route") and self._engine.points.route.name,
-        doc='The route that answers single numpy points ("torch").',
+        lambda self: self._ready("Surrogate.point_route") and self._engine.route.name,
+        doc='The route answering single numpy points ("torch", "casadi", or one per kind).',
+    )
+    point_route_report = property(
+        lambda self: self._ready("Surrogate.point_route_report") and self._engine.route.report,
+        doc="What the route choice measured: build and probe seconds, microseconds per kind.",
     )
     domain = property(lambda self: self._domain.box(), doc="(lb, ub) copies, or None.")
     extrapolation = property(
@@ -154,7 +161,7 @@ class Surrogate:
     def export(self, *, one_point: bool = False, dtype: torch.dtype | None = None):
         """The physical function captured by ``torch.export`` on the CPU for ``io.save`` (dynamic
         batch) and the CasADi translator (``one_point``: one (1, n_in) point, no vmap)."""
-        self._require_setup("Surrogate.export")
+        self._ready("Surrogate.export")
         fn = self._built.fn
         return export(fn, self._n_in, one_point=one_point, dtype=dtype or self.dtype)
 
@@ -174,31 +181,27 @@ class Surrogate:
 
     def cache_info(self) -> CacheInfo:
         """Hits, misses, maxsize, currsize (like ``functools.lru_cache``) and model passes."""
-        self._require_setup("Surrogate.cache_info")
-        return self._engine.points.info()
+        return self._ready("Surrogate.cache_info") and self._engine.points.info()
 
     def cache_clear(self) -> None:
         if self._n_in is not None:
             self._engine.points.clear()
 
-    # input handling ---------------------------------------------------------------------------
     def _ready(self, where: str):
-        self._require_setup(where)
-        return self._built
-
-    def _require_setup(self, where: str) -> None:
+        """What probing built; a clear error while the input count is unknown."""
         if self._n_in is None:
             raise ValueError(
                 f"{where}: the number of inputs is not known yet; pass n_in= to Surrogate or "
                 "evaluate it once (needed for models without scalers or a Linear layer)."
             )
+        return self._built
 
     def _points_of(self, x, where: str, scalar_only: str | None = None) -> Points:
         if self._n_in is None:  # a model that does not say its input count: learn it from x
             shape = getattr(x, "shape", np.shape(x))
             if len(shape) in (1, 2) and shape[-1] > 0:
                 self._setup(int(shape[-1]))
-            self._require_setup(where)
+            self._ready(where)
         if scalar_only and self._built.n_out != 1:
             raise ValueError(
                 f"{where} is for scalar surrogates (n_out == 1); this one has n_out = "
@@ -212,10 +215,8 @@ class Surrogate:
         """Validated one point and weight/direction vector ``w`` of ``self.<length>`` entries."""
         pts = self._points_of(x, where, scalar_only)
         if not pts.single:
-            raise ValueError(
-                f"{where}: x must be one point of shape ({self._n_in},), got "
-                f"{tuple(pts.data.shape)}; use Surrogate.hess for batches."
-            )
+            shape = tuple(pts.data.shape)
+            raise ValueError(f"{where}: x must be one point of shape ({self._n_in},), got {shape}.")
         vec = as_vector(w, getattr(self, length), where, name)
         self._warn_smooth(where)
         return pts, vec
@@ -344,7 +345,11 @@ def _describe(sur: Surrogate) -> str:
     return f"Surrogate({', '.join(kept)})"
 
 
-def _check_arguments(model, dtype, cache_size) -> None:
+def _check_arguments(model, dtype, cache_size, point_route) -> None:
+    if point_route not in POINT_ROUTES:
+        raise ValueError(
+            f"Surrogate: point_route={point_route!r} is not valid; use one of {POINT_ROUTES}."
+        )
     if isinstance(model, type):
         raise TypeError(
             f"Surrogate: model is the class {model.__name__}, not an instance of it; pass "
@@ -402,7 +407,7 @@ def require_surrogate(sur, where: str, ready: bool = True) -> None:
             f"{where}: expected a surrogate_bridge.Surrogate, got {type(sur).__name__}."
         )
     if ready:
-        sur._require_setup(where)
+        sur._ready(where)
 
 
 def require_vector_field(sur, where: str, time_input: bool) -> None:

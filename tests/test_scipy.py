@@ -24,6 +24,7 @@ from torch import nn
 import surrogate_bridge as sb
 
 TOL = {
+    "facade_grad": 5e-6,
     "x": 1e-6,  # the target distance to the analytic optimum
     "same": 1e-6,  # different methods/starts to the same surrogate minimum
     "ivp": 1e-8,  # solve_ivp against expm(tA) y0 at rtol 1e-11
@@ -86,6 +87,7 @@ def test_exact_quadratic_reaches_origin_one_pass_per_point(method, n):
         sb.Affine([5.0], [30.0]),
         domain=(-5 * np.ones(n), 5 * np.ones(n)),
         extrapolation="ignore",
+        point_route="torch",  # the hooks count torch passes (the routes: test_routes.py)
     )
     calls.clear()
     rec = Recorder(sur)
@@ -223,7 +225,9 @@ def test_facade_wires_exactly_the_derivatives_the_method_uses(
     if "hess" in wired:
         assert used["hess"] == res.nhev
     if method != "Nelder-Mead":
-        assert np.linalg.norm(trained_v.grad(res.x)) < 1e-7, method
+        # f carries ~1e-13 absolute rounding (summation order times the output scale, ~1e3):
+        # BFGS's line search stalls from many starts at |grad| ~1e-6, on either point route
+        assert np.linalg.norm(trained_v.grad(res.x)) < TOL["facade_grad"], method
 
 
 # constraints --------------------------------------------------------------------------------
@@ -316,7 +320,7 @@ def test_ball_constraint_trust_constr_and_slsqp(objective):
 
 def test_vector_constraint_lagrangian_hessian(objective):
     model, calls = counting(Both())
-    both = sb.Surrogate(model, n_in=2)
+    both = sb.Surrogate(model, n_in=2, point_route="torch")  # the hooks count torch passes
     con = sb.scipy_constraint(both, lb=[1.0, -np.inf], ub=[np.inf, 100.0])
     Pinv_a = np.linalg.solve(P_SEED, A_VEC)
     x = np.array([0.3, 0.4])

@@ -224,10 +224,10 @@ def test_model_not_callable():
         sb.Surrogate(42)
 
 
-# cache --------------------------------------------------------------------------------------
+# cache (on the torch route, whose passes the hooks count) ---------------------------------
 def test_value_then_grad_is_one_pass():
     model, calls = counting(mlp([2, 8, 1]))
-    sur = sb.Surrogate(model)
+    sur = sb.Surrogate(model, point_route="torch")
     calls.clear()
     x = np.array([0.1, 0.2])
     sur(x), sur.grad(x), sur(x), sur.grad(x)
@@ -238,7 +238,7 @@ def test_value_then_grad_is_one_pass():
 
 def test_prefetch_off_makes_value_only_pass():
     model, calls = counting(mlp([2, 8, 1]))
-    sur = sb.Surrogate(model, prefetch_grad=False)
+    sur = sb.Surrogate(model, point_route="torch", prefetch_grad=False)
     calls.clear()
     x = np.array([0.1, 0.2])
     sur(x), sur.grad(x)
@@ -252,7 +252,7 @@ def test_prefetch_off_makes_value_only_pass():
 )
 def test_second_order_requests_cost_one_pass_per_point(order):
     model, calls = counting(mlp([2, 8, 1]))
-    sur = sb.Surrogate(model)
+    sur = sb.Surrogate(model, point_route="torch")
     calls.clear()
     ask = {"y": sur, "J": sur.grad, "H": sur.hess, "p": lambda x: sur.hessp(x, [1.0, 2.0])}
     for i in range(4):
@@ -264,7 +264,7 @@ def test_second_order_requests_cost_one_pass_per_point(order):
 
 def test_cached_hessian_serves_hessp_and_lagrangian():
     model, calls = counting(mlp([2, 8, 1]))
-    sur = sb.Surrogate(model)
+    sur = sb.Surrogate(model, point_route="torch")
     x = np.array([0.1, 0.2])
     H = sur.hess(x)
     calls.clear()
@@ -275,7 +275,7 @@ def test_cached_hessian_serves_hessp_and_lagrangian():
 
 def test_large_n_hessp_uses_kept_graph():
     model, calls = counting(mlp([20, 8, 1], nn.Softplus))
-    sur = sb.Surrogate(model)
+    sur = sb.Surrogate(model, point_route="torch")
     x = np.linspace(-1, 1, 20)
     H = sur.hess(np.stack([x]))[0]
     calls.clear()
@@ -314,7 +314,7 @@ def test_batches_bypass_cache(scal):
 
 def test_batched_memory_is_chunked():
     model, calls = counting(mlp([2, 16, 1]))
-    sur = sb.Surrogate(model)
+    sur = sb.Surrogate(model, point_route="torch")
     sur.chunk_size = 7
     X = np.random.default_rng(0).normal(size=(30, 2))
     ref = sb.Surrogate(mlp([2, 16, 1])).hess(X)

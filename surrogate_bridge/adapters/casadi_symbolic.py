@@ -22,7 +22,7 @@ from ..diagnostics import PIECEWISE_LINEAR
 from ..physical import ExportError
 from ..surrogate import Surrogate
 
-__all__ = ["UnsupportedOperationError", "translate"]
+__all__ = ["UnsupportedOperationError", "translate", "translate_program"]
 
 aten = torch.ops.aten
 
@@ -300,6 +300,11 @@ def translate(sur: Surrogate, name: str) -> tuple[ca.Function, list[str]]:
         program = sur.export(one_point=True, dtype=torch.float64)
     except ExportError as err:
         raise UnsupportedOperationError(str(err)) from err
+    return translate_program(program, sur.n_in, sur.n_out, name)
+
+
+def translate_program(program, n_in: int, n_out: int, name: str) -> tuple[ca.Function, list[str]]:
+    """:func:`translate` of a one-point ``torch.export`` program of n_in inputs, n_out outputs."""
     state = {**program.state_dict, **program.constants}
     sig = program.graph_signature
     lifted = {
@@ -307,7 +312,7 @@ def translate(sur: Surrogate, name: str) -> tuple[ca.Function, list[str]]:
         **sig.inputs_to_buffers,
         **sig.inputs_to_lifted_tensor_constants,
     }
-    x = ca.MX.sym("x", sur.n_in)
+    x = ca.MX.sym("x", n_in)
     env: dict = {}
     nonsmooth: set[str] = set()
     output = None
@@ -323,7 +328,7 @@ def translate(sur: Surrogate, name: str) -> tuple[ca.Function, list[str]]:
         elif node.op == "output":
             output = node.args[0][0]
     y = env[output.name]
-    y = _reshape(y, (1, sur.n_out)) if y.shape != (1, sur.n_out) else y
+    y = _reshape(y, (1, n_out)) if y.shape != (1, n_out) else y
     f = ca.Function(name, [x], [y.T], ["x"], ["y"])
     return f, sorted(nonsmooth)
 

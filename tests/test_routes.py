@@ -1,0 +1,119 @@
+"""Single-point routes: every route gives the torch route's numbers (to 1e-12 relative) on the
+same points, and "auto" chooses by measuring, per kind of request."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from problems import mlp
+from torch import nn
+
+import surrogate_bridge as sb
+
+pytest.importorskip("casadi")
+
+TOL = {"rel": 1e-12}  # the issue's bar: every route agrees with torch to 1e-12 relative
+
+
+def models():
+    rng = np.random.default_rng(0)
+    return {
+        "tanh-scalers": (
+            mlp([2, 32, 32, 1], nn.Tanh, seed=0),
+            sb.Affine([0.5, -1.0], [2.0, 3.0]),
+            sb.Affine([10.0], [40.0]),
+        ),
+        "vector-silu": (
+            mlp([3, 16, 3], nn.SiLU, seed=1),
+            sb.Affine(rng.normal(size=3), [1, 2, 3]),
+            None,
+        ),
+        "wide-softplus-20": (
+            mlp([20, 24, 1], nn.Softplus, seed=2),
+            None,
+            None,
+        ),  # hessp: kept graph
+    }
+
+
+MODELS = models()
+
+
+def close(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return np.abs(a - b).max(initial=0) <= TOL["rel"] * max(np.abs(b).max(initial=0), 1e-300)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_casadi_route_agrees_with_torch_route(name):
+    model, ins, outs = MODELS[name]
+    t = sb.Surrogate(model, ins, outs, point_route="torch")
+    c = sb.Surrogate(model, ins, outs, point_route="casadi")
+    assert t.point_route == "torch" and c.point_route == "casadi"
+    X = np.random.default_rng(1).normal(size=(4, t.n_in))
+    for x in X:
+        for name in ("__call__", "jac", "hess"):
+            assert close(getattr(c, name)(x), getattr(t, name)(x)), name
+        if t.n_out == 1:
+            p = np.linspace(-1, 1, t.n_in)
+            assert close(c.grad(x), t.grad(x)) and close(c.hessp(x, p), t.hessp(x, p))
+            c.cache_clear(), t.cache_clear()  # hessp on a fresh point: from the kept graph
+            assert close(c.hessp(x, p), t.hessp(x, p))
+        else:
+            v = np.arange(1.0, t.n_out + 1)
+            assert close(c.lagrangian_hess(x, v), t.lagrangian_hess(x, v))
+            c.cache_clear(), t.cache_clear()
+            assert close(c.lagrangian_hess(x, v), t.lagrangian_hess(x, v))
+
+
+def test_auto_measures_after_32_points_and_keeps_the_faster_route_per_kind():
+    model, ins, outs = MODELS["tanh-scalers"]
+    sur = sb.Surrogate(model, ins, outs)
+    assert sur.point_route == "torch" and "measures after 32" in sur.point_route_report["note"]
+    X = np.random.default_rng(2).normal(size=(40, 2))
+    for x in X[:31]:
+        sur.value_and_grad(x)
+    assert "us" not in sur.point_route_report  # 31 single points: not yet
+    for x in X[31:]:
+        sur.hess(x)
+    report = sur.point_route_report
+    assert 0 < report["build_s"] and 0 < report["probe_s"] < 0.2  # the probe costs little
+    for kind, us in report["us"].items():
+        faster = min(us, key=us.get)
+        assert sur._engine.route.choice[kind].name == faster, kind
+    assert sur.point_route in repr(sur)
+    # whatever was chosen, the numbers are the torch route's
+    ref = sb.Surrogate(model, ins, outs, point_route="torch")
+    assert close(sur.hess(X[0] + 0.1), ref.hess(X[0] + 0.1))
+
+
+def test_float32_and_untranslatable_models_stay_on_torch():
+    s32 = sb.Surrogate(mlp([2, 8, 1], seed=0), dtype=torch.float32)
+    s32._engine.route.measure(np.zeros(2))
+    assert s32.point_route == "torch" and "float64 on the CPU" in s32.point_route_report["note"]
+    with pytest.raises(ValueError, match="float64 on the CPU"):
+        sb.Surrogate(mlp([2, 8, 1], seed=0), dtype=torch.float32, point_route="casadi")
+
+    class CumSum(nn.Module):  # no CasADi translation
+        def forward(self, z):
+            return torch.cumsum(z, dim=1)[:, -1:]
+
+    with pytest.raises(ValueError, match="did not translate.*cumsum"):
+        sb.Surrogate(CumSum(), n_in=2, point_route="casadi")
+
+
+def test_point_route_option_is_checked():
+    with pytest.raises(ValueError, match="auto.*torch.*casadi"):
+        sb.Surrogate(mlp([2, 4, 1]), point_route="fastest")
+
+
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda s: pickle.loads(pickle.dumps(s))])
+def test_copies_of_a_measured_surrogate_measure_again(clone):
+    model, ins, outs = MODELS["tanh-scalers"]
+    sur = sb.Surrogate(model, ins, outs, point_route="casadi")
+    x = np.array([0.2, -0.4])
+    c = clone(sur)
+    assert c.point_route == "casadi"
+    assert close(c.hess(x), sur.hess(x))
