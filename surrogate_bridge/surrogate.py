@@ -221,14 +221,15 @@ class Surrogate:
         self._warn_smooth(where)
         return pts, vec
 
-    def _ask(self, x, where: str, order: int, scalar_only: str | None = None, drop=None) -> list:
-        """``[f, ..., D^order f]`` at validated ``x``, shaped for the caller (the output axis
-        dropped for scalar surrogates unless ``drop`` says otherwise)."""
+    def _ask(self, x, where: str, order: int, scalar_only=None, drop=None, lowest=None) -> list:
+        """``[D^lowest f, ..., D^order f]`` (all orders by default) at validated ``x``, shaped for
+        the caller: the output axis dropped for scalar surrogates unless ``drop`` says not."""
         pts = self._points_of(x, where, scalar_only)
         if order >= 2:
             self._warn_smooth(where)
         drop = self._built.n_out == 1 if drop is None else drop
-        return [finish(t, pts, drop) for t in self._engine.orders(pts, order, self.chunk_size)]
+        found = self._engine.orders(pts, order, self.chunk_size)
+        return [finish(t, pts, drop) for t in found[(order if lowest is None else lowest) :]]
 
     def _warn_smooth(self, where: str) -> None:
         if self._built.nonsmooth and not self._warned_smooth:
@@ -259,7 +260,7 @@ class Surrogate:
         >>> bool(abs(sur.grad([1.0, 1.0]) - lin.weight[0].detach().numpy() / [2, 4]).max() < 1e-7)
         True
         """
-        return self._ask(x, "Surrogate.grad", 1, scalar_only="Surrogate.jac")[1]
+        return self._ask(x, "Surrogate.grad", 1, scalar_only="Surrogate.jac")[0]
 
     def jac(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
         """Jacobian dy/dx in physical units: (n_in,) -> (n_out, n_in); (N, n_in) -> (N, n_out,
@@ -271,14 +272,14 @@ class Surrogate:
         >>> sb.Surrogate(torch.nn.Linear(3, 2)).jac([[0.0, 0.0, 0.0]] * 4).shape
         (4, 2, 3)
         """
-        return self._ask(x, "Surrogate.jac", 1, drop=False)[1]
+        return self._ask(x, "Surrogate.jac", 1, drop=False)[0]
 
     def value_and_grad(self, x: ArrayLike) -> tuple:
         """``(value, gradient)`` of a scalar surrogate from one forward and backward pass:
         x (n_in,) -> (float, (n_in,)); x (N, n_in) -> ((N,), (N, n_in)); numpy or torch as given.
         """
         only = "Surrogate.__call__ and Surrogate.jac"
-        return tuple(self._ask(x, "Surrogate.value_and_grad", 1, scalar_only=only))
+        return tuple(self._ask(x, "Surrogate.value_and_grad", 1, scalar_only=only, lowest=0))
 
     def hess(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
         """Hessian in physical units: (n_in, n_in) if n_out == 1 else (n_out, n_in, n_in); a batch
@@ -293,7 +294,7 @@ class Surrogate:
         >>> sb.Surrogate(Cube(), n_in=2).hess([1.0, 2.0]).tolist()
         [[6.0, 0.0], [0.0, 12.0]]
         """
-        return self._ask(x, "Surrogate.hess", 2)[2]
+        return self._ask(x, "Surrogate.hess", 2)[0]
 
     def hessp(self, x: ArrayLike, p: ArrayLike) -> np.ndarray | torch.Tensor:
         """Hessian-vector product of a scalar surrogate at one point: x, p (n_in,) -> (n_in,).
@@ -324,7 +325,7 @@ class Surrogate:
         """
         if isinstance(order, bool) or not isinstance(order, int) or order < 0:
             raise ValueError(f"Surrogate.derivatives: order must be an int >= 0, got {order!r}.")
-        return self._ask(x, "Surrogate.derivatives", order)
+        return self._ask(x, "Surrogate.derivatives", order, lowest=0)
 
 
 def _describe(sur: Surrogate) -> str:

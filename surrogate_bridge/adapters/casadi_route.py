@@ -38,7 +38,7 @@ class _Call:
         for dst, src in zip(self.ins, inputs, strict=True):
             dst[:] = src
         self.trigger()
-        return [o.copy() for o in self.outs]
+        return [o.copy() for o in self.outs]  # the buffers are overwritten at the next call
 
     def __getstate__(self):  # buffers hold raw pointers: rebuilt from the Function
         return {"f": self.f}
@@ -90,8 +90,9 @@ class CasadiPointRoute:
 
     def value_jac(self, x: np.ndarray, keep_graph: bool = False):
         y, J = self._jac(x)
-        at = _AtPoint(self, x.copy()) if keep_graph and self.m == 1 else None
-        return y[None], J.reshape(self.n, self.m).T[None], at
+        at = _AtPoint(self, x) if keep_graph and self.m == 1 else None  # x: the cache's own copy
+        J = J.reshape(1, 1, self.n) if self.m == 1 else J.reshape(self.n, self.m).T[None]
+        return y[None], J, at
 
     def hessian(self, x: np.ndarray):
         y, J, H = self._hess(x)
