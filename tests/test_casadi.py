@@ -261,3 +261,50 @@ def test_piecewise_linear_translations(act):
     for pt in np.random.default_rng(4).uniform(-2, 2, (5, 2)):
         np.testing.assert_allclose(np.array(F(pt)).ravel(), sur(pt), atol=1e-14)
         np.testing.assert_allclose(np.array(J(pt)), sur.jac(pt), atol=1e-12)
+
+
+# the mode chosen by measuring, fallbacks of any kind, pickling --------------------------------
+def test_auto_mode_keeps_the_mode_it_measured_faster():
+    F = sb.casadi_function(sb.Surrogate(mlp([2, 16, 1], nn.Tanh)))
+    report = F.mode_report
+    assert (
+        F.mode == report["chosen"] == min(("symbolic", "callback"), key=lambda k: report[f"{k} us"])
+    )
+    assert report["measure s"] < 0.5
+
+
+class Conv(nn.Module):
+    """A rank-3 convolution: no symbolic translation yet."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 2).double()
+
+    def forward(self, z):
+        return self.conv(z[:, None, :]).sum((1, 2))[:, None]
+
+
+def test_auto_falls_back_for_a_translation_failure_of_any_kind():
+    sur = sb.Surrogate(Conv(), n_in=3)
+    with pytest.warns(sb.CasadiFallbackWarning, match="falling back"):
+        F = sb.casadi_function(sur)
+    assert F.mode == "callback"
+    np.testing.assert_allclose(np.array(F([0.1, 0.2, 0.3])).ravel(), sur([0.1, 0.2, 0.3]))
+    with pytest.raises(NotImplementedError, match="use mode='callback'"):
+        sb.casadi_function(sur, mode="symbolic")
+
+
+def test_symbolic_function_pickles_to_an_equal_function_and_callbacks_refuse_clearly():
+    import pickle
+
+    sur = sb.Surrogate(mlp([2, 8, 1], nn.Tanh))
+    S = sb.casadi_function(sur, mode="symbolic")
+    back = pickle.loads(pickle.dumps(S))
+    x = ca.MX.sym("x", 2)
+    for F in (S, back):
+        H = ca.Function("H", [x], [ca.hessian(F(x), x)[0]])
+        np.testing.assert_allclose(np.array(H([0.3, -0.2])), sur.hess([0.3, -0.2]), atol=1e-12)
+    with pytest.raises(ValueError, match="x has shape"):
+        back(np.zeros(3))  # the shape check survives the round trip
+    with pytest.raises(TypeError, match="cannot be pickled.*mode='symbolic'"):
+        pickle.dumps(sb.casadi_function(sur, mode="callback"))

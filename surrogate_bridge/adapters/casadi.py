@@ -18,6 +18,7 @@ warning that names the operation.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -36,6 +37,7 @@ from ..surrogate import Surrogate, require_surrogate
 __all__ = ["CasadiFallbackWarning", "casadi_function"]
 
 _MODES = ("auto", "symbolic", "callback")
+_MEASURE_POINTS = 3  # fresh points timed per mode by mode="auto", after one warm-up
 # l4casadi's keywords, with where each belongs here
 _L4CASADI_HINTS = {
     "device": "the device belongs to the Surrogate: sb.Surrogate(model, ..., device='cuda')",
@@ -153,6 +155,13 @@ class _SurrogateCallback(_ShapeChecked, ca.Callback):
         H = np.asarray(self.sur.hess(x)).reshape(-1, m, n, n)  # (cols, m, n, n): [k, i, j, q]
         return H.ravel()[self._h_order]
 
+    def __reduce__(self):
+        raise TypeError(
+            f"{self.name()}: a callback-mode casadi.Function runs the surrogate in this Python "
+            "process and cannot be pickled. Pickle the Surrogate and call sb.casadi_function "
+            "again where it is loaded, or use mode='symbolic' (a native, picklable Function)."
+        )
+
     def has_eval_buffer(self):
         return True
 
@@ -188,11 +197,18 @@ class _SurrogateCallback(_ShapeChecked, ca.Callback):
 
 
 class _SymbolicFunction(_ShapeChecked, ca.Function):
-    """A native CasADi Function with the shape-checking call."""
+    """A native CasADi Function with the shape-checking call; pickles as CasADi's own do."""
 
     def __init__(self, f: ca.Function, n_in: int) -> None:
         ca.Function.__init__(self, f)
         self._n_in, self._cols = n_in, 1
+
+    def __reduce__(self):
+        return (_unpickle_symbolic, (self.serialize(), self._n_in))
+
+
+def _unpickle_symbolic(data: str, n_in: int) -> _SymbolicFunction:
+    return _SymbolicFunction(ca.Function.deserialize(data), n_in)
 
 
 def casadi_function(
@@ -241,25 +257,77 @@ def casadi_function(
     if mode not in _MODES:
         raise ValueError(f"casadi_function: mode={mode!r} is not valid; use one of {_MODES}.")
     warn_low_precision(sur, "casadi_function")
-    if mode != "callback":
-        from .casadi_symbolic import UnsupportedOperationError, translate
+    if mode == "callback":
+        return _callback(sur, name, "callback")
+    from .casadi_symbolic import UnsupportedOperationError, translate
 
-        try:
-            f, nonsmooth = translate(sur, name)
-        except UnsupportedOperationError as err:
-            if mode == "symbolic":
+    try:
+        f, nonsmooth = translate(sur, name)
+    except Exception as err:  # any translation failure, of any type: auto falls back
+        if mode == "symbolic":
+            if isinstance(err, UnsupportedOperationError):
                 raise
-            warnings.warn(
-                f"casadi_function: falling back to mode='callback' (Python in the solver loop, "
-                f"no code generation): {err}",
-                CasadiFallbackWarning,
-                stacklevel=2,
-            )
-        else:
-            if nonsmooth:
-                warn_nonsmooth(nonsmooth, "casadi_function", stacklevel=2)
-            return _SymbolicFunction(f, sur.n_in)
+            raise UnsupportedOperationError(
+                f"the model did not translate ({type(err).__name__}: {err}); use "
+                "mode='callback' for this model"
+            ) from err
+        warnings.warn(
+            f"casadi_function: falling back to mode='callback' (Python in the solver loop, "
+            f"no code generation): {err}",
+            CasadiFallbackWarning,
+            stacklevel=2,
+        )
+        return _callback(sur, name, "callback (the model did not translate)")
+    if nonsmooth:
+        warn_nonsmooth(nonsmooth, "casadi_function", stacklevel=2)
+    sym = _SymbolicFunction(f, sur.n_in)
+    if mode == "symbolic":
+        sym.mode, sym.mode_report = "symbolic", {"chosen": "symbolic"}
+        return sym
+    return _faster(sym, _callback(sur, name, "callback"), sur)
+
+
+def _callback(sur: Surrogate, name: str, why: str) -> _SurrogateCallback:
     key = (id(sur), name)
     if key not in _ALIVE:  # the callback holds sur, so id(sur) stays this surrogate's
         _ALIVE[key] = _SurrogateCallback(sur, 1, 0, name, {})
-    return _ALIVE[key]
+    cb = _ALIVE[key]
+    cb.mode, cb.mode_report = "callback", {"chosen": why}
+    return cb
+
+
+def _faster(sym: ca.Function, cb: ca.Function, sur: Surrogate) -> ca.Function:
+    """The mode whose value, Jacobian and Hessian together cost less, timed at fresh points
+    (the callback's cache never answers). No mode wins everywhere: native MX on small nets,
+    torch (BLAS) on wide ones; measured in ``benchmarks/RESULTS.md``."""
+    t0 = time.perf_counter()
+    box = sur.domain
+    rng = np.random.default_rng(0)
+    lo, hi = box if box is not None else (-np.ones(sur.n_in), np.ones(sur.n_in))
+    points = rng.uniform(lo, hi, (2 * _MEASURE_POINTS + 1, sur.n_in))
+    costs = {"symbolic": _cost(sym, points[::2]), "callback": _cost(cb, points[1::2])}
+    chosen = min(costs, key=costs.get)
+    F = sym if chosen == "symbolic" else cb
+    F.mode = chosen
+    F.mode_report = {
+        "chosen": chosen,
+        **{f"{k} us": v for k, v in costs.items()},
+        "measure s": time.perf_counter() - t0,
+    }
+    return F
+
+
+def _cost(F: ca.Function, points: np.ndarray) -> float:
+    """Microseconds for F, its Jacobian and its (summed outputs') Hessian at a point: the best
+    over the points after the first (a warm-up)."""
+    x = ca.MX.sym("x", points.shape[1])
+    y = F(x)
+    fns = [F, ca.Function("J", [x], [ca.jacobian(y, x)]),
+           ca.Function("H", [x], [ca.hessian(ca.sum1(y), x)[0]])]  # fmt: skip
+    best = np.inf
+    for p in points:
+        t = time.perf_counter()
+        for fn in fns:
+            fn(p)
+        best = min(best, time.perf_counter() - t)
+    return best * 1e6
