@@ -37,6 +37,32 @@ def timeit(fn, *, min_time: float = 0.2, repeats: int = 5, warmup: int = 3) -> f
     return statistics.median(per)
 
 
+def interleaved(fns: dict, *, min_time: float = 0.05, repeats: int = 7, warmup: int = 3) -> dict:
+    """Median seconds per call of each callable, timed in alternating rounds, so that a machine
+    whose speed drifts (a shared one) does not favour whichever was timed first."""
+    counts = {}
+    for key, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        n = 1
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            if time.perf_counter() - t0 > min_time or n > 1e6:
+                break
+            n *= 4
+        counts[key] = n
+    per = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(counts[key]):
+                fn()
+            per[key].append((time.perf_counter() - t0) / counts[key])
+    return {key: statistics.median(v) for key, v in per.items()}
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

@@ -22,7 +22,7 @@ __all__ = ["POINT_ROUTES", "MeasuredRoute", "RouteUnavailable"]
 
 POINT_ROUTES = ("auto", "torch", "casadi")
 _AUTO_AFTER = 32  # single-point computations before "auto" measures
-_REPEATS = 5  # timed calls per route and kind (the minimum is kept), after one warm-up
+_REPEATS = 7  # timed calls per route and kind (the minimum is kept), after one warm-up
 _AGREE = 1e-10  # relative to the result's size: a translation that differs more is not used
 
 
@@ -123,7 +123,9 @@ class MeasuredRoute:
             if not all(_agree(a, b) for a, b in zip(ref, got, strict=True)):
                 timings[kind] = "disagree: kept torch"
                 continue
-            us = {r.name: _best_us(lambda r=r, call=call: call(r)) for r in (self.torch, compiled)}
+            us = _best_us(
+                {r.name: (lambda r=r, call=call: call(r)) for r in (self.torch, compiled)}
+            )
             timings[kind] = us
             self.choice[kind] = compiled if us[compiled.name] < us["torch"] else self.torch
         self.report.update(
@@ -139,10 +141,13 @@ def _agree(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.abs(a - b).max(initial=0.0) <= _AGREE * max(np.abs(a).max(initial=0.0), 1.0))
 
 
-def _best_us(call: Callable[[], object]) -> float:
-    best = np.inf
+def _best_us(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """The best of ``_REPEATS`` timed calls of each, in alternating rounds: a machine whose speed
+    drifts (a shared one) does not favour whichever was timed first."""
+    best = dict.fromkeys(calls, np.inf)
     for _ in range(_REPEATS):
-        t = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e6
+        for key, call in calls.items():
+            t = time.perf_counter()
+            call()
+            best[key] = min(best[key], time.perf_counter() - t)
+    return {key: b * 1e6 for key, b in best.items()}
