@@ -30,9 +30,10 @@ from functools import cache
 import torch
 from torch import nn
 
+from .arguments import check_device
 from .normalization import Affine
 from .physical import Batched, ExportError
-from .surrogate import Surrogate, check_device
+from .surrogate import Surrogate
 
 __all__ = ["load", "save"]
 

@@ -124,7 +124,8 @@ class Affine:
     @classmethod
     def from_sklearn(cls, scaler) -> Affine:
         """Read a fitted sklearn ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler`` or
-        ``RobustScaler`` from its fitted attributes (sklearn itself is not imported).
+        ``RobustScaler``, or a ``Pipeline`` of them (composed into one Affine), from their fitted
+        attributes (sklearn itself is not imported).
 
         Examples
         --------
@@ -138,8 +139,17 @@ class Affine:
             if reader is not None:
                 break
         else:
+            name = type(scaler).__name__
+            if type(scaler).__module__.startswith("sklearn"):
+                raise TypeError(
+                    f"Affine.from_sklearn: {name} is not an affine per-feature scaler "
+                    "(z = (x - shift) / scale), so it cannot be baked into the surrogate as one. "
+                    "Write the transform as torch code inside the model (the surrogate then "
+                    "differentiates through it), or scale with one of "
+                    f"{sorted(_SKLEARN_READERS)}."
+                )
             raise TypeError(
-                f"Affine.from_sklearn: {type(scaler).__name__} is not supported; use one of "
+                f"Affine.from_sklearn: {name} is not supported; use one of "
                 f"{sorted(_SKLEARN_READERS)}, an Affine, or None."
             )
         if not hasattr(scaler, "n_features_in_"):
@@ -178,7 +188,22 @@ def _read_robust(s) -> Affine:
     return Affine(center, scale)
 
 
+def _read_pipeline(p) -> Affine:
+    """Affine steps in sequence compose into one: (((x - s1) / c1) - s2) / c2 is
+    (x - (s1 + s2 c1)) / (c1 c2). The data range is the first step's, if it recorded one."""
+    steps = [est for _, est in p.steps if est not in (None, "passthrough")]
+    if not steps:
+        raise TypeError("Affine.from_sklearn: the Pipeline has no steps to read.")
+    parts = [Affine.from_sklearn(est) for est in steps]
+    shift, scale = parts[0].shift, parts[0].scale
+    for a in parts[1:]:
+        shift, scale = shift + a.shift * scale, scale * a.scale
+    first = parts[0]
+    return Affine(shift, scale, data_min=first.data_min, data_max=first.data_max)
+
+
 _SKLEARN_READERS: dict[str, Callable[[object], Affine]] = {
+    "Pipeline": _read_pipeline,
     "MinMaxScaler": _read_minmax,
     "StandardScaler": _read_standard,
     "MaxAbsScaler": _read_maxabs,

@@ -13,16 +13,16 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
+from .arguments import check_arguments, check_device, infer_n_in
 from .convert import Points, as_points, as_vector, finish
 from .derivatives import Engine
 from .diagnostics import warn_nonsmooth
 from .domain import Domain
-from .normalization import Affine, as_affine
+from .normalization import as_affine
 from .physical import build, export, frozen_copy
 from .points import CacheInfo, PointEvaluator
-from .routes import POINT_ROUTES
 
-__all__ = ["Surrogate", "check_device", "require_surrogate", "require_vector_field"]
+__all__ = ["Surrogate", "Vectorized", "require_surrogate", "require_vector_field"]
 
 
 class Surrogate:
@@ -92,13 +92,13 @@ class Surrogate:
         prefetch_grad: bool = True,
         point_route: str = "auto",
     ) -> None:
-        _check_arguments(model, dtype, cache_size, point_route)
+        check_arguments(model, dtype, cache_size, point_route)
         self.dtype, self.device = dtype, check_device(device)
         self._in_aff = as_affine(input_scaler, "Surrogate: input_scaler")
         self._out_aff = as_affine(output_scaler, "Surrogate: output_scaler")
         self._cache_policy, self._route_policy = (cache_size, bool(prefetch_grad)), point_route
         self.chunk_size = 16384  # rows per batched pass: bounds memory for any N
-        n_in = _infer_n_in(n_in, self._in_aff, model)
+        n_in = infer_n_in(n_in, self._in_aff, model)
         self._domain = Domain(domain, self._in_aff, n_in, extrapolation)
         self._model = frozen_copy(model, dtype, self.device)
         self._n_in: int | None = None
@@ -152,6 +152,7 @@ class Surrogate:
         doc="What the route choice measured: build and probe seconds, microseconds per kind.",
     )
     domain = property(lambda self: self._domain.box(), doc="(lb, ub) copies, or None.")
+    vectorized = property(lambda self: Vectorized(self), doc="scipy's x (n, S) -> (S,) form.")
     extrapolation = property(
         lambda self: self._domain.policy,
         lambda self, policy: setattr(self._domain, "policy", policy),
@@ -184,11 +185,9 @@ class Surrogate:
         return self._ready("Surrogate.cache_info") and self._engine.points.info()
 
     def cache_clear(self) -> None:
-        if self._n_in is not None:
-            self._engine.points.clear()
+        self._n_in is None or self._engine.points.clear()
 
-    def _ready(self, where: str):
-        """What probing built; a clear error while the input count is unknown."""
+    def _ready(self, where: str):  # what probing built; a clear error while n_in is unknown
         if self._n_in is None:
             raise ValueError(
                 f"{where}: the number of inputs is not known yet; pass n_in= to Surrogate or "
@@ -328,6 +327,30 @@ class Surrogate:
         return self._ask(x, "Surrogate.derivatives", order, lowest=0)
 
 
+class Vectorized:
+    """scipy's vectorized convention: x of shape (n_in, S) -> (S,) values, or (n_out, S) for
+    vector outputs; one batched call. ``differential_evolution(sur.vectorized, bounds,
+    vectorized=True)``; picklable, so process workers can take it too.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, surrogate_bridge as sb
+    >>> sur = sb.Surrogate(torch.nn.Linear(2, 1))
+    >>> sur.vectorized(np.zeros((2, 5))).shape
+    (5,)
+    """
+
+    def __init__(self, sur: Surrogate) -> None:
+        self.sur = sur
+
+    def __call__(self, x):
+        x = np.asarray(x)
+        if x.ndim == 1:  # scipy's single-point calls
+            return self.sur(x)
+        out = self.sur(x.T)
+        return out.T if out.ndim == 2 else out
+
+
 def _describe(sur: Surrogate) -> str:
     """The repr: scalers, domain, dtype, device, the single-point route and the cache size."""
     box = sur.domain
@@ -344,61 +367,6 @@ def _describe(sur: Surrogate) -> str:
     }
     kept = (f"{k}={v!r}" for k, v in shown.items() if v is not None or k.startswith("n_"))
     return f"Surrogate({', '.join(kept)})"
-
-
-def _check_arguments(model, dtype, cache_size, point_route) -> None:
-    if point_route not in POINT_ROUTES:
-        raise ValueError(
-            f"Surrogate: point_route={point_route!r} is not valid; use one of {POINT_ROUTES}."
-        )
-    if isinstance(model, type):
-        raise TypeError(
-            f"Surrogate: model is the class {model.__name__}, not an instance of it; pass "
-            f"an instance, e.g. {model.__name__}(...)."
-        )
-    if not callable(model):
-        raise TypeError(
-            f"Surrogate: model must be a torch.nn.Module or callable, got {type(model).__name__}."
-        )
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"Surrogate: dtype must be a floating torch.dtype, got {dtype!r}.")
-    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-        raise ValueError(f"Surrogate: cache_size must be an int >= 0, got {cache_size!r}.")
-
-
-def check_device(device, where: str = "Surrogate") -> torch.device:
-    """A validated torch.device; "cuda" -> "cuda:k" (the current one), so comparisons with
-    tensors' devices hold."""
-    try:
-        dev = torch.device("cpu" if device is None else device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"{where}: device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:0'."
-        ) from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"{where}: device={device!r} but torch sees no CUDA device "
-                "(torch.cuda.is_available() is False); use device='cpu'."
-            )
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
-def _infer_n_in(n_in, in_aff: Affine | None, model) -> int | None:
-    from_scaler = None if in_aff is None else in_aff.n_features
-    if n_in is not None:
-        if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in < 1:
-            raise ValueError(f"Surrogate: n_in must be a positive int, got {n_in!r}.")
-        if from_scaler is not None and from_scaler != n_in:
-            raise ValueError(f"Surrogate: n_in={n_in} but input_scaler has {from_scaler} features.")
-        return n_in
-    if from_scaler is not None:
-        return from_scaler
-    if isinstance(model, nn.Module):
-        return next((m.in_features for m in model.modules() if isinstance(m, nn.Linear)), None)
-    return None
 
 
 def require_surrogate(sur, where: str, ready: bool = True) -> None:

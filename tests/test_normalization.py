@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
 
 import surrogate_bridge as sb
@@ -97,3 +98,24 @@ def test_bad_affine(kwargs, match):
 def test_unknown_fit_kind_lists_valid():
     with pytest.raises(ValueError, match="minmax.*standard"):
         sb.Affine.fit([[1.0]], kind="robust")
+
+
+def test_affine_pipeline_composes_into_one_affine(data):
+    from sklearn.pipeline import make_pipeline
+
+    pipe = make_pipeline(MinMaxScaler(), StandardScaler()).fit(data)
+    a = sb.Affine.from_sklearn(pipe)
+    np.testing.assert_allclose(a.transform(data), pipe.transform(data), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(a.data_min, data.min(0))  # the MinMax step's range
+    sur = sb.Surrogate(torch.nn.Identity(), pipe, n_in=data.shape[1])
+    np.testing.assert_allclose(sur(data[:3]), pipe.transform(data[:3]), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["QuantileTransformer", "PowerTransformer", "Normalizer"])
+def test_non_affine_transforms_are_refused_with_what_to_do(data, name):
+    import sklearn.preprocessing as skp
+
+    kwargs = {"n_quantiles": 10} if name == "QuantileTransformer" else {}
+    est = getattr(skp, name)(**kwargs).fit(data)
+    with pytest.raises(TypeError, match=f"{name} is not an affine.*torch code inside the model"):
+        sb.Affine.from_sklearn(est)

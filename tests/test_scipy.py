@@ -482,3 +482,15 @@ def test_bounds_are_the_training_domain_and_bind_at_the_true_constrained_minimum
     assert on_boundary.any()
     g = 2 * P_SEED @ res.x - 2 * b  # KKT: the free coordinates have zero gradient
     np.testing.assert_allclose(g[~on_boundary], 0.0, atol=1e-6)
+
+
+def test_vectorized_convention_with_differential_evolution(objective):
+    from scipy.optimize import differential_evolution
+
+    X = np.random.default_rng(0).normal(size=(2, 7))
+    np.testing.assert_allclose(objective.vectorized(X), [objective(x) for x in X.T], rtol=1e-14)
+    bounds = [(-2.0, 2.0), (-2.0, 2.0)]
+    res = differential_evolution(
+        objective.vectorized, bounds, vectorized=True, updating="deferred", seed=0, tol=1e-12
+    )
+    assert np.linalg.norm(res.x) < 1e-4  # x^T P x: the minimum at the origin

@@ -1,0 +1,67 @@
+"""The Surrogate's constructor arguments, checked before any torch work: each error names the
+argument, what was expected and what came."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .normalization import Affine
+from .routes import POINT_ROUTES
+
+__all__ = ["check_arguments", "check_device", "infer_n_in"]
+
+
+def check_arguments(model, dtype, cache_size, point_route) -> None:
+    if point_route not in POINT_ROUTES:
+        raise ValueError(
+            f"Surrogate: point_route={point_route!r} is not valid; use one of {POINT_ROUTES}."
+        )
+    if isinstance(model, type):
+        raise TypeError(
+            f"Surrogate: model is the class {model.__name__}, not an instance of it; pass "
+            f"an instance, e.g. {model.__name__}(...)."
+        )
+    if not callable(model):
+        raise TypeError(
+            f"Surrogate: model must be a torch.nn.Module or callable, got {type(model).__name__}."
+        )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"Surrogate: dtype must be a floating torch.dtype, got {dtype!r}.")
+    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+        raise ValueError(f"Surrogate: cache_size must be an int >= 0, got {cache_size!r}.")
+
+
+def check_device(device, where: str = "Surrogate") -> torch.device:
+    """A validated torch.device; "cuda" -> "cuda:k" (the current one), so comparisons with
+    tensors' devices hold."""
+    try:
+        dev = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"{where}: device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:0'."
+        ) from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{where}: device={device!r} but torch sees no CUDA device "
+                "(torch.cuda.is_available() is False); use device='cpu'."
+            )
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def infer_n_in(n_in, in_aff: Affine | None, model) -> int | None:
+    from_scaler = None if in_aff is None else in_aff.n_features
+    if n_in is not None:
+        if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in < 1:
+            raise ValueError(f"Surrogate: n_in must be a positive int, got {n_in!r}.")
+        if from_scaler is not None and from_scaler != n_in:
+            raise ValueError(f"Surrogate: n_in={n_in} but input_scaler has {from_scaler} features.")
+        return n_in
+    if from_scaler is not None:
+        return from_scaler
+    if isinstance(model, nn.Module):
+        return next((m.in_features for m in model.modules() if isinstance(m, nn.Linear)), None)
+    return None
