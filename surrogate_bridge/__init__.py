@@ -18,6 +18,7 @@ from .diagnostics import (
     check_derivatives,
 )
 from .io import load, save
+from .multistart import multistart
 from .normalization import Affine
 from .points import CacheInfo
 from .surrogate import Surrogate
@@ -63,6 +64,7 @@ __all__ = [
     "load",
     "minimize",
     "mlp",
+    "multistart",
     "save",
     "scipy_constraint",
     "scipy_ode",
