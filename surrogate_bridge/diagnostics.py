@@ -60,6 +60,8 @@ PIECEWISE_LINEAR = frozenset(
         "hardtanh",
         "hardtanh_",
         "prelu",
+        "hardsigmoid",
+        "hardsigmoid_",
         "rrelu",
         "rrelu_",
         "threshold",

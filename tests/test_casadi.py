@@ -308,3 +308,87 @@ def test_symbolic_function_pickles_to_an_equal_function_and_callbacks_refuse_cle
         back(np.zeros(3))  # the shape check survives the round trip
     with pytest.raises(TypeError, match="cannot be pickled.*mode='symbolic'"):
         pickle.dumps(sb.casadi_function(sur, mode="callback"))
+
+
+# translation breadth: every layer exact against the surrogate --------------------------------
+class Norms(nn.Module):
+    def forward(self, z):
+        both = torch.concat([z, z**2], dim=-1).sum(-1, keepdim=True)
+        return both + torch.linalg.vector_norm(z + 2.0, dim=-1, keepdim=True)
+
+
+def _between(layer, n_in=2, width=4):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(n_in, width), layer, nn.Tanh(), nn.Linear(width, 1)).double()
+    if isinstance(layer, nn.BatchNorm1d):  # non-trivial running statistics, then eval
+        with torch.no_grad():
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+        net.eval()
+    return sb.Surrogate(net, sb.Affine([0.3, -0.2], [2.0, 0.5]), sb.Affine([1.0], [3.0]))
+
+
+LAYERS = {
+    "layer_norm": lambda: _between(nn.LayerNorm(4)),
+    "batch_norm": lambda: _between(nn.BatchNorm1d(4)),
+    "selu": lambda: _between(nn.SELU()),
+    # alpha a power of two: torch's own CELU gradient rounds 1/alpha to float32 (2e-9 relative
+    # error at alpha = 0.7 against exp(x / alpha)); the translation is exact either way
+    "celu": lambda: _between(nn.CELU(0.5)),
+    "mish": lambda: _between(nn.Mish()),
+    "log_sigmoid": lambda: _between(nn.LogSigmoid()),
+    "hardswish": lambda: _between(nn.Hardswish()),
+    "hardsigmoid": lambda: _between(nn.Hardsigmoid()),
+    "prelu": lambda: _between(nn.PReLU(4, init=0.2)),
+    "concat+vector_norm": lambda: sb.Surrogate(Norms(), n_in=2),
+}
+PIECEWISE = {"hardsigmoid", "prelu"}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_layer_translates_exactly(name):
+    import warnings
+
+    sur = LAYERS[name]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sb.SmoothnessWarning)
+        F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 2)
+    J = ca.Function("J", [x], [ca.jacobian(F(x), x)])
+    H = ca.Function("H", [x], [ca.hessian(F(x), x)[0]])
+    for p in np.random.default_rng(0).uniform(-1.5, 1.5, (4, 2)):
+        if name == "hardsigmoid":  # torch has no second derivative of it: differences of grad
+            h = np.stack([(sur.grad(p + e) - sur.grad(p - e)) / 2e-6 for e in 1e-6 * np.eye(2)])
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", sb.SmoothnessWarning)
+                h = sur.hess(p)
+        scale = max(1.0, abs(sur(p)))
+        np.testing.assert_allclose(np.array(F(p)).ravel(), sur(p), rtol=1e-12, atol=1e-12 * scale)
+        # torch's own hardsigmoid gradient is 1/6 rounded to float32 (3e-8 relative); the
+        # translation has the exact slope
+        grad_tol = 1e-7 if name == "hardsigmoid" else 1e-12
+        np.testing.assert_allclose(np.array(J(p)).ravel(), sur.grad(p), rtol=grad_tol, atol=1e-12)
+        hess_tol = 1e-7 if name == "hardsigmoid" else 1e-12  # central differences: ~1e-9 noise
+        np.testing.assert_allclose(np.array(H(p)), h, rtol=1e-10, atol=hess_tol)
+    if name in PIECEWISE:
+        with pytest.warns(sb.SmoothnessWarning):
+            sb.casadi_function(sur, mode="symbolic")
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+@pytest.mark.parametrize("name", ["layer_norm", "batch_norm"])
+def test_normalization_layers_generate_c_that_compiles(name, tmp_path):
+    sur = LAYERS[name]()
+    F = sb.casadi_function(sur, mode="symbolic")
+    src = F.generate(f"{name}.c", {"with_header": False})
+    import os
+
+    os.replace(src, tmp_path / src)
+    so = tmp_path / f"{name}.so"
+    subprocess.run(
+        ["gcc", "-fPIC", "-shared", "-O1", str(tmp_path / src), "-o", str(so)], check=True
+    )
+    G = ca.external("f", str(so))
+    p = np.array([0.4, -0.7])
+    np.testing.assert_allclose(np.array(G(p)).ravel(), sur(p), rtol=1e-12)

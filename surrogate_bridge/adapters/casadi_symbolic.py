@@ -126,6 +126,58 @@ def _clamp(out, x, lo=None, hi=None):
     return x if hi is None else ca.fmin(x, hi)
 
 
+def _softplus0(x):
+    """log(1 + e^x) without overflow for large x."""
+    return ca.fmax(x, 0) + ca.log1p(ca.exp(-ca.fabs(x)))
+
+
+def _row_stats(x):
+    """Mean and (biased) variance of each row of a CasADi matrix, broadcast back to its shape."""
+    n = x.shape[1]
+    mu = ca.repmat(ca.sum2(x) / n, 1, n)
+    var = ca.repmat(ca.sum2((x - mu) ** 2) / n, 1, n)
+    return mu, var
+
+
+def _layer_norm(out, x, shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    if len(shape) != 1:
+        raise ValueError("layer_norm over more than the last dimension")
+    mu, var = _row_stats(x)
+    y = (x - mu) / ca.sqrt(var + eps)
+    if weight is not None:
+        y = y * _fit(weight, y.shape)
+    return y if bias is None else y + _fit(bias, y.shape)
+
+
+def _batch_norm(out, x, weight, bias, mean, var, training, momentum, eps, cudnn_enabled=True):
+    if training:
+        raise ValueError(
+            "batch_norm in training mode (batch statistics); the surrogate's copy is eval"
+        )
+    y = (x - _fit(mean, x.shape)) / ca.sqrt(_fit(var, x.shape) + eps)
+    if weight is not None:
+        y = y * _fit(weight, y.shape)
+    return y if bias is None else y + _fit(bias, y.shape)
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+
+def _celu(out, x, alpha=1.0):
+    return ca.if_else(x > 0, x, alpha * (ca.exp(x / alpha) - 1))
+
+
+def _prelu(out, x, weight):
+    return ca.fmax(x, 0) + _fit(weight, x.shape) * ca.fmin(x, 0)
+
+
+def _vector_norm(out, x, ord=2, dim=None, keepdim=False, dtype=None, *, rank):
+    if ord != 2:
+        raise ValueError(f"linalg_vector_norm of order {ord} (only 2 is translated)")
+    dim = [dim] if isinstance(dim, int) else dim
+    return ca.sqrt(_reduce("sum")(out, x**2, dim, keepdim, rank=rank))
+
+
 def _matmul(out, a, b, *, ranks):
     ra, rb = ranks
     if rb == 1:  # (.., k) @ (k,) -> contract with the row b^T
@@ -244,6 +296,20 @@ _OPS = {
     aten.mean.dim: (_reduce("mean"), "rank"),
     aten.mean.default: (_reduce("mean"), "rank"),
     aten.cat.default: (_cat, "ranks"),
+    aten.concat.default: (_cat, "ranks"),
+    aten.layer_norm.default: (_layer_norm, None),
+    aten.batch_norm.default: (_batch_norm, None),
+    aten.selu.default: (
+        lambda out, x: _SELU_SCALE * ca.if_else(x > 0, x, _SELU_ALPHA * (ca.exp(x) - 1)),
+        None,
+    ),
+    aten.celu.default: (_celu, None),
+    aten.mish.default: (lambda out, x: x * ca.tanh(_softplus0(x)), None),
+    aten.log_sigmoid.default: (lambda out, x: -_softplus0(-x), None),
+    aten.hardswish.default: (lambda out, x: x * ca.fmin(ca.fmax(x + 3, 0), 6) / 6, None),
+    aten.hardsigmoid.default: (lambda out, x: ca.fmin(ca.fmax(x / 6 + 0.5, 0), 1), None),
+    aten.prelu.default: (_prelu, None),
+    aten.linalg_vector_norm.default: (_vector_norm, "rank"),
     aten.stack.default: (_stack, "ranks"),
     aten.slice.Tensor: (_slice, "rank"),
     aten.select.int: (_select, "rank"),
