@@ -60,3 +60,12 @@ def test_neural_ode(tmp_path):
 def test_neural_ode_without_png():
     median, worst = load("neural_ode").main(n_samples=500, epochs=300, n_traj=16)
     assert median <= worst < 0.5
+
+
+def test_global_design(tmp_path):
+    pytest.importorskip("matplotlib")
+    res = load("global_design").main(
+        n_samples=600, epochs=600, n_starts=64, png=str(tmp_path / "minima.png")
+    )
+    assert res.converged.all() and len(res.minima) >= 1
+    assert (tmp_path / "minima.png").stat().st_size > 0
