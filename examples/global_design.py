@@ -49,11 +49,12 @@ def main(n_samples: int = 2000, epochs: int = 3000, n_starts: int = 256, png: st
         except ImportError:
             print("matplotlib is not installed: no plot")
         else:
-            g = np.linspace(-5, 5, 121)
-            G = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+            lo, hi = sur.domain  # the training data's range: no extrapolation on the plot
+            g1, g2 = np.linspace(lo[0], hi[0], 121), np.linspace(lo[1], hi[1], 121)
+            G = np.stack(np.meshgrid(g1, g2), -1).reshape(-1, 2)
             fig, ax = plt.subplots(figsize=(5.5, 5))
             levels = np.geomspace(0.5, 800, 18)
-            ax.contour(g, g, sur(G).reshape(121, 121), levels=levels, cmap="viridis")
+            ax.contour(g1, g2, sur(G).reshape(121, 121), levels=levels, cmap="viridis")
             ax.scatter(*res.minima.T, s=20 + 3 * res.minima_count, c="C3", label="minima found")
             ax.scatter(*TRUE_MINIMA.T, marker="x", c="k", label="true minima")
             ax.set(xlabel="x1", ylabel="x2", title="surrogate contours and its local minima")
