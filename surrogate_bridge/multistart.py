@@ -193,21 +193,17 @@ def _size(lb, ub, X) -> float:
 
 
 def _merge(X, funs, converged, radius):
-    """Converged end points within ``radius`` of a better one are the same minimum."""
-    order = [i for i in np.argsort(funs) if converged[i]]
-    centers, values, counts = [], [], []
-    for i in order:
-        for k, c in enumerate(centers):
-            if np.linalg.norm(X[i] - c) <= radius:
-                counts[k] += 1
-                break
+    """Converged end points within ``radius`` of a better one are the same minimum (distances
+    to every minimum found so far in one array operation per point)."""
+    n = X.shape[1]
+    centers = np.empty((0, n))
+    values, counts = [], []
+    for i in (i for i in np.argsort(funs) if converged[i]):
+        near = np.flatnonzero(np.linalg.norm(centers - X[i], axis=1) <= radius)
+        if near.size:
+            counts[near[0]] += 1
         else:
-            centers.append(X[i].copy())
+            centers = np.vstack([centers, X[i]])
             values.append(funs[i])
             counts.append(1)
-    n = X.shape[1]
-    return (
-        np.array(centers).reshape(-1, n),
-        np.array(values, dtype=np.float64),
-        np.array(counts, dtype=np.int64),
-    )
+    return centers, np.array(values, dtype=np.float64), np.array(counts, dtype=np.int64)
