@@ -141,6 +141,9 @@ def finish(t, pts: Points, drop: bool = False):
     numpy array (the single-point cache), for the caller: drop the output axis of a scalar
     surrogate if ``drop``, strip N for a single point, and return numpy or torch as the caller
     gave. numpy results are always fresh arrays: callers cannot edit a cached one."""
+    if pts.single and not pts.is_torch and type(t) is np.ndarray:  # the solvers' path, direct
+        out = t[0, 0] if drop else t[0]
+        return float(out) if out.ndim == 0 else out.copy()
     if drop:
         t = t[:, 0]
     if pts.single:
