@@ -102,9 +102,9 @@ class TorchPointRoute:
     frozen model: numpy (n,) in, numpy out with a leading point axis, ``y`` (1, m), ``J``
     (1, m, n), ``H`` (1, m, n, n), as batches. ``fn`` must treat rows independently.
 
-    Measured on 2-64-64-1 (see ``benchmarks/RESULTS.md``): eager ``torch.func`` costs 2-5x more
-    per call, so value and gradient come from one forward and backward, and the Hessian from one
-    forward over ``m * n`` replicated rows and two backward passes.
+    Value and gradient come from one forward and backward, and the Hessian from one forward over
+    ``m * n`` replicated rows and two backward passes (a raw ``torch.autograd.functional.hessian``
+    costs more: the ``raw torch`` rows of ``benchmarks/RESULTS.md``).
     """
 
     name = "torch"

@@ -101,7 +101,7 @@ class PointEvaluator:
 
     def hessp(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Hessian-vector product (n,) of a scalar surrogate: the cached dense Hessian for up to
-        16 inputs (a matrix-vector product, ~1 us), else one backward pass on the kept graph."""
+        16 inputs (a matrix-vector product), else one backward pass on the kept graph."""
         with self._lock:
             e, key = self._entry(x)
             if e.H is not None or self.n <= _DENSE_HESSP_MAX:

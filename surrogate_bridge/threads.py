@@ -1,7 +1,7 @@
 """Opt-in single-threaded execution for small problems.
 
-Measured here: with two torch threads, per-point surrogate calls ran 3-10x slower under load, and
-OpenBLAS's default threads made L-BFGS-B solves 2-5x slower. Nothing here changes global settings
+Small solves can run several times slower with more threads than a loaded machine has free cores
+(the threads table of ``benchmarks/RESULTS.md``, bench_scipy). Nothing here changes global settings
 unless asked, and everything is restored on exit.
 """
 

@@ -9,7 +9,7 @@ Two modes behind one call, :func:`casadi_function`:
   GPU). Its derivatives are callbacks too, each exact: value -> Jacobian -> Hessian, chained
   through ``get_jacobian``, so ``ca.jacobian``, ``ca.hessian`` and IPOPT's exact Lagrangian Hessian
   see true second derivatives (a callback without them makes CasADi fall back to approximations,
-  and IPOPT needs 2-3x the iterations). ``F.map(N)`` returns the same family evaluated on N
+  and IPOPT needs more iterations). ``F.map(N)`` returns the same family evaluated on N
   points in one batched torch call, with block-diagonal derivative sparsity.
 
 ``"auto"`` (the default) is symbolic when every operation translates, else callback with a

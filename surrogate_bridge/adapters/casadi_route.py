@@ -1,11 +1,11 @@
 """A compiled single-point route: the surrogate's CasADi translation, called through
-``Function.buffer()`` (numpy arrays in place, no DM conversion: ~1 us of dispatch).
+``Function.buffer()`` (numpy arrays in place, no DM conversion).
 
 Built once per surrogate from its one-point ``torch.export`` graph: value, value+Jacobian,
 value+Jacobian+Hessian, the Lagrangian Hessian and (scalar outputs) the Hessian-vector product,
-each a CasADi Function over the translation inlined into one expression graph (measured here:
-inlining takes value+gradient from ~28 to ~19 us and the Hessian from ~67 to ~40 us on a
-2-64-64-1 net; ``jacobian(gradient)`` is the fastest Hessian of those tried). It answers the
+each a CasADi Function over the translation inlined into one expression graph (faster than a
+call node in the forms tried, as was ``jacobian(gradient)`` for the Hessian; the route's cost
+against a numpy floor is in ``benchmarks/RESULTS.md``). It answers the
 same calls with the same shapes as ``derivatives.TorchPointRoute``; ``routes.MeasuredRoute``
 decides, by timing both, which one answers each kind of request.
 """

@@ -4,9 +4,8 @@ The physical-units function (scalers included) is captured by ``torch.export`` o
 each aten operation becomes a CasADi expression through the ``_OPS`` dispatch dict. Tensors are
 CasADi matrices in torch's layout: a 2-D tensor (a, b) is an (a, b) matrix, a 1-D tensor (k,) a
 (1, k) row, a scalar (1, 1); higher ranks are not translated. Weights enter as dense ``DM``
-constants of ``mtimes``: matrix-valued MX, not a scalar SX expansion (measured here for a
-10-256-256-1 tanh net, the SX Hessian took ~13x longer and its generated C was ~100 MB
-against ~2 MB).
+constants of ``mtimes``: matrix-valued MX, not a scalar SX expansion (the ``hand SX`` rows of
+``benchmarks/RESULTS.md``: its Hessian costs 3.03x the MX one on a 10-256-256-1 net).
 """
 
 from __future__ import annotations
