@@ -16,8 +16,8 @@ import torch
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
-def timeit(fn, *, min_time: float = 0.2, repeats: int = 5, warmup: int = 3) -> float:
-    """Median seconds per call over ``repeats`` rounds of at least ``min_time`` each."""
+def _calls_per_round(fn, min_time: float, warmup: int) -> int:
+    """Warm ``fn`` up, then find how many calls take at least ``min_time``."""
     for _ in range(warmup):
         fn()
     n = 1
@@ -25,9 +25,14 @@ def timeit(fn, *, min_time: float = 0.2, repeats: int = 5, warmup: int = 3) -> f
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
-        if time.perf_counter() - t0 > min_time / 5 or n > 1e6:
-            break
+        if time.perf_counter() - t0 > min_time or n > 1e6:
+            return n
         n *= 4
+
+
+def timeit(fn, *, min_time: float = 0.2, repeats: int = 5, warmup: int = 3) -> float:
+    """Median seconds per call over ``repeats`` rounds of at least ``min_time`` each."""
+    n = _calls_per_round(fn, min_time / 5, warmup)
     per = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -40,19 +45,7 @@ def timeit(fn, *, min_time: float = 0.2, repeats: int = 5, warmup: int = 3) -> f
 def interleaved(fns: dict, *, min_time: float = 0.05, repeats: int = 7, warmup: int = 3) -> dict:
     """Median seconds per call of each callable, timed in alternating rounds, so that a machine
     whose speed drifts (a shared one) does not favour whichever was timed first."""
-    counts = {}
-    for key, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        n = 1
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            if time.perf_counter() - t0 > min_time or n > 1e6:
-                break
-            n *= 4
-        counts[key] = n
+    counts = {key: _calls_per_round(fn, min_time, warmup) for key, fn in fns.items()}
     per = {key: [] for key in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
