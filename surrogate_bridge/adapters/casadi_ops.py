@@ -1,0 +1,337 @@
+"""The aten operations the CasADi translator knows, each a function of CasADi matrices.
+
+Tensors are CasADi matrices in torch's layout: a 2-D tensor (a, b) is an (a, b) matrix, a 1-D
+tensor (k,) a (1, k) row, a scalar (1, 1); higher ranks are not translated. ``OPS`` maps each
+aten overload to ``(handler, extra)``, where ``extra`` says whether the handler also takes the
+rank of its first argument (``"rank"``) or of every argument (``"ranks"``). A handler that cannot
+translate its arguments raises ``ValueError``, which the translator reports with the op's place.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import casadi as ca
+import numpy as np
+import torch
+
+__all__ = ["OPS", "reshape", "shape2"]
+
+aten = torch.ops.aten
+
+
+# shapes -----------------------------------------------------------------------------------------
+def shape2(shape) -> tuple[int, int]:
+    """The CasADi (rows, cols) of a torch shape: (a, b) -> (a, b); (k,) -> (1, k); () -> (1, 1)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return shape
+    if len(shape) == 1:
+        return (1, shape[0])
+    if len(shape) == 0:
+        return (1, 1)
+    raise ValueError(f"rank-{len(shape)} tensor {shape}")
+
+
+def _fit(v, shape2):
+    """Broadcast a CasADi value (or Python number) to ``shape2`` (torch broadcasting)."""
+    if not isinstance(v, (ca.MX, ca.DM)):
+        return v
+    r, c = v.shape
+    R, C = shape2
+    if (r, c) == (R, C) or (r, c) == (1, 1):
+        return v
+    return ca.repmat(v, R // r if r != R else 1, C // c if c != C else 1)
+
+
+def reshape(v, shape2):
+    """Row-major (torch) reshape of a CasADi matrix: vec(M^T) is M's row-major order."""
+    R, C = shape2
+    if v.shape == (R, C):
+        return v
+    return ca.reshape(v.T, C, R).T
+
+
+def _dim(d: int, rank: int) -> int:
+    return d + rank if d < 0 else d
+
+
+# operations ------------------------------------------------------------------------------------
+def _linear(out, x, W, b=None):
+    y = ca.mtimes(x, W.T)
+    return y if b is None else y + _fit(b, y.shape)
+
+
+def _binary(fn):
+    def op(out, a, b, alpha=1):
+        a, b = _fit(a, out), _fit(b, out)
+        return fn(a, b * alpha if alpha != 1 else b)
+
+    return op
+
+
+def _reduce(kind):
+    def op(out, x, dims=None, keepdim=False, dtype=None, *, rank):
+        dims = set(range(rank)) if not dims else {_dim(d, rank) for d in dims}
+        n = 1
+        # a rank-2 tensor's dim 0 is the matrix's rows; the last torch dim is always its columns
+        if rank == 2 and 0 in dims:
+            n, x = n * x.shape[0], ca.sum1(x)
+        if rank == 1 or 1 in dims:
+            n, x = n * x.shape[1], ca.sum2(x)
+        if kind == "mean":
+            x = x / n
+        return reshape(x, out)
+
+    return op
+
+
+def _softplus(out, x, beta=1, threshold=20):
+    bx = beta * x
+    return ca.if_else(bx > threshold, x, ca.log1p(ca.exp(bx)) / beta)
+
+
+def _elu(out, x, alpha=1.0, scale=1.0, input_scale=1.0):
+    return ca.if_else(x > 0, scale * x, scale * alpha * (ca.exp(x * input_scale) - 1))
+
+
+def _gelu(out, x, approximate="none"):
+    if approximate == "tanh":
+        return 0.5 * x * (1 + ca.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + ca.erf(x / math.sqrt(2)))
+
+
+def _leaky_relu(out, x, slope=0.01):
+    return ca.fmax(x, 0) + slope * ca.fmin(x, 0)
+
+
+def _hardtanh(out, x, lo=-1.0, hi=1.0):
+    return ca.fmin(ca.fmax(x, lo), hi)
+
+
+def _clamp(out, x, lo=None, hi=None):
+    if lo is not None:
+        x = ca.fmax(x, lo)
+    return x if hi is None else ca.fmin(x, hi)
+
+
+def _softplus0(x):
+    """log(1 + e^x) without overflow for large x."""
+    return ca.fmax(x, 0) + ca.log1p(ca.exp(-ca.fabs(x)))
+
+
+def _row_stats(x):
+    """Mean and (biased) variance of each row of a CasADi matrix, broadcast back to its shape."""
+    n = x.shape[1]
+    mu = ca.repmat(ca.sum2(x) / n, 1, n)
+    var = ca.repmat(ca.sum2((x - mu) ** 2) / n, 1, n)
+    return mu, var
+
+
+def _layer_norm(out, x, shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    if len(shape) != 1:
+        raise ValueError("layer_norm over more than the last dimension")
+    mu, var = _row_stats(x)
+    y = (x - mu) / ca.sqrt(var + eps)
+    if weight is not None:
+        y = y * _fit(weight, y.shape)
+    return y if bias is None else y + _fit(bias, y.shape)
+
+
+def _batch_norm(out, x, weight, bias, mean, var, training, momentum, eps, cudnn_enabled=True):
+    if training:
+        raise ValueError(
+            "batch_norm in training mode (batch statistics); the surrogate's copy is eval"
+        )
+    y = (x - _fit(mean, x.shape)) / ca.sqrt(_fit(var, x.shape) + eps)
+    if weight is not None:
+        y = y * _fit(weight, y.shape)
+    return y if bias is None else y + _fit(bias, y.shape)
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+
+def _celu(out, x, alpha=1.0):
+    return ca.if_else(x > 0, x, alpha * (ca.exp(x / alpha) - 1))
+
+
+def _prelu(out, x, weight):
+    return ca.fmax(x, 0) + _fit(weight, x.shape) * ca.fmin(x, 0)
+
+
+def _vector_norm(out, x, ord=2, dim=None, keepdim=False, dtype=None, *, rank):
+    if ord != 2:
+        raise ValueError(f"linalg_vector_norm of order {ord} (only 2 is translated)")
+    dim = [dim] if isinstance(dim, int) else dim
+    return ca.sqrt(_reduce("sum")(out, x**2, dim, keepdim, rank=rank))
+
+
+def _matmul(out, a, b, *, ranks):
+    ra, rb = ranks
+    if rb == 1:  # (.., k) @ (k,) -> contract with the row b^T
+        return reshape(ca.mtimes(a, b.T), out)
+    if ra == 1:
+        return reshape(ca.mtimes(a, b), out)
+    return ca.mtimes(a, b)
+
+
+def _cat(out, tensors, dim=0, *, ranks):
+    d = _dim(dim, ranks[0])
+    if ranks[0] == 2 and d == 0:
+        return ca.vertcat(*tensors)
+    return ca.horzcat(*tensors)
+
+
+def _stack(out, tensors, dim=0, *, ranks):
+    d = _dim(dim, ranks[0] + 1)
+    if ranks[0] == 0:
+        return ca.horzcat(*tensors)
+    if ranks[0] == 1:  # (1, k) rows: stacked as rows (dim 0) or as columns (dim 1)
+        return ca.vertcat(*tensors) if d == 0 else ca.horzcat(*[t.T for t in tensors])
+    raise ValueError(f"stack of rank-{ranks[0]} tensors")
+
+
+def _slice(out, x, dim=0, start=None, end=None, step=1, *, rank):
+    d = _dim(dim, rank)
+    size = x.shape[1] if (rank == 1 or d == 1) else x.shape[0]
+    s = slice(*slice(start, end, step).indices(size))
+    idx = list(range(s.start, s.stop, s.step))
+    return x[:, idx] if (rank == 1 or d == 1) else x[idx, :]
+
+
+def _select(out, x, dim, index, *, rank):
+    d = _dim(dim, rank)
+    if rank == 1:
+        return x[0, index]
+    return x[:, index].T if d == 1 else x[index, :]
+
+
+def _index(out, x, indices, *, rank):
+    *lead, idx = indices
+    if any(i is not None for i in lead) or idx is None:
+        raise ValueError("only indexing of the last dimension is translated")
+    cols = [int(i) for i in np.asarray(idx).reshape(-1)]
+    return x[:, cols]
+
+
+def _transpose(out, x, *dims):
+    return x.T
+
+
+def _identity(out, x, *args, **kwargs):
+    return x
+
+
+def _view(out, x, *args, **kwargs):
+    return reshape(x, out)
+
+
+def _expand(out, x, *args, **kwargs):
+    return _fit(x, out)
+
+
+# op -> (handler, extra keyword: "rank" | "ranks" | None)
+OPS = {
+    aten.linear.default: (_linear, None),
+    aten.addmm.default: (
+        lambda out, b, x, w, beta=1, alpha=1: beta * _fit(b, out) + alpha * ca.mtimes(x, w),
+        None,
+    ),
+    aten.mm.default: (lambda out, a, b: ca.mtimes(a, b), None),
+    aten.matmul.default: (_matmul, "ranks"),
+    aten.mv.default: (lambda out, a, b: reshape(ca.mtimes(a, b.T), out), None),
+    aten.t.default: (_transpose, None),
+    aten.transpose.int: (_transpose, None),
+    aten.permute.default: (_transpose, None),
+    aten.numpy_T.default: (_transpose, None),
+    aten.add.Tensor: (_binary(operator.add), None),
+    aten.add.Scalar: (_binary(operator.add), None),
+    aten.sub.Tensor: (_binary(operator.sub), None),
+    aten.sub.Scalar: (_binary(operator.sub), None),
+    aten.rsub.Scalar: (lambda out, a, b, alpha=1: b - alpha * a, None),
+    aten.mul.Tensor: (_binary(operator.mul), None),
+    aten.mul.Scalar: (_binary(operator.mul), None),
+    aten.div.Tensor: (_binary(operator.truediv), None),
+    aten.div.Scalar: (_binary(operator.truediv), None),
+    aten.neg.default: (lambda out, x: -x, None),
+    aten.pow.Tensor_Scalar: (lambda out, x, p: x**p, None),
+    aten.pow.Tensor_Tensor: (lambda out, x, p: _fit(x, out) ** _fit(p, out), None),
+    aten.square.default: (lambda out, x: x**2, None),
+    aten.sqrt.default: (lambda out, x: ca.sqrt(x), None),
+    aten.rsqrt.default: (lambda out, x: 1 / ca.sqrt(x), None),
+    aten.exp.default: (lambda out, x: ca.exp(x), None),
+    aten.log.default: (lambda out, x: ca.log(x), None),
+    aten.log1p.default: (lambda out, x: ca.log1p(x), None),
+    aten.expm1.default: (lambda out, x: ca.expm1(x), None),
+    aten.sin.default: (lambda out, x: ca.sin(x), None),
+    aten.cos.default: (lambda out, x: ca.cos(x), None),
+    aten.tanh.default: (lambda out, x: ca.tanh(x), None),
+    aten.sigmoid.default: (lambda out, x: 1 / (1 + ca.exp(-x)), None),
+    aten.silu.default: (lambda out, x: x / (1 + ca.exp(-x)), None),
+    aten.softplus.default: (_softplus, None),
+    aten.elu.default: (_elu, None),
+    aten.gelu.default: (_gelu, None),
+    aten.erf.default: (lambda out, x: ca.erf(x), None),
+    aten.abs.default: (lambda out, x: ca.fabs(x), None),
+    aten.relu.default: (lambda out, x: ca.fmax(x, 0), None),
+    aten.leaky_relu.default: (_leaky_relu, None),
+    aten.hardtanh.default: (_hardtanh, None),
+    aten.clamp.default: (_clamp, None),
+    aten.clamp_min.default: (lambda out, x, lo: ca.fmax(x, lo), None),
+    aten.clamp_max.default: (lambda out, x, hi: ca.fmin(x, hi), None),
+    aten.sum.dim_IntList: (_reduce("sum"), "rank"),
+    aten.sum.default: (_reduce("sum"), "rank"),
+    aten.mean.dim: (_reduce("mean"), "rank"),
+    aten.mean.default: (_reduce("mean"), "rank"),
+    aten.cat.default: (_cat, "ranks"),
+    aten.concat.default: (_cat, "ranks"),
+    aten.layer_norm.default: (_layer_norm, None),
+    aten.batch_norm.default: (_batch_norm, None),
+    aten.selu.default: (
+        lambda out, x: _SELU_SCALE * ca.if_else(x > 0, x, _SELU_ALPHA * (ca.exp(x) - 1)),
+        None,
+    ),
+    aten.celu.default: (_celu, None),
+    aten.mish.default: (lambda out, x: x * ca.tanh(_softplus0(x)), None),
+    aten.log_sigmoid.default: (lambda out, x: -_softplus0(-x), None),
+    aten.hardswish.default: (lambda out, x: x * ca.fmin(ca.fmax(x + 3, 0), 6) / 6, None),
+    aten.hardsigmoid.default: (lambda out, x: ca.fmin(ca.fmax(x / 6 + 0.5, 0), 1), None),
+    aten.prelu.default: (_prelu, None),
+    aten.linalg_vector_norm.default: (_vector_norm, "rank"),
+    aten.stack.default: (_stack, "ranks"),
+    aten.slice.Tensor: (_slice, "rank"),
+    aten.select.int: (_select, "rank"),
+    aten.index.Tensor: (_index, "rank"),
+    aten.view.default: (_view, None),
+    aten.reshape.default: (_view, None),
+    aten._unsafe_view.default: (_view, None),
+    aten.unsqueeze.default: (_view, None),
+    aten.squeeze.dim: (_view, None),
+    aten.squeeze.dims: (_view, None),
+    aten.squeeze.default: (_view, None),
+    aten.flatten.using_ints: (_view, None),
+    aten.expand.default: (_expand, None),
+    aten.clone.default: (_identity, None),
+    aten.alias.default: (_identity, None),
+    aten.detach.default: (_identity, None),
+    aten.contiguous.default: (_identity, None),
+    aten._to_copy.default: (_identity, None),
+    aten.lift_fresh_copy.default: (_identity, None),
+    aten.dropout.default: (_identity, None),  # eval mode: the identity
+}
+# dtype/device moves are the identity here (everything is float64 in CasADi)
+for _overload in aten.to.overloads():
+    OPS[getattr(aten.to, _overload)] = (_identity, None)
+# run-time checks torch.export records: they compute nothing
+for _check in (
+    "_assert_tensor_metadata",
+    "_assert_async",
+    "_assert_scalar",
+    "sym_constrain_range",
+    "sym_constrain_range_for_size",
+):
+    if hasattr(aten, _check):
+        for _overload in getattr(aten, _check).overloads():
+            OPS[getattr(getattr(aten, _check), _overload)] = (lambda out, *a, **k: None, None)
