@@ -7,6 +7,7 @@ function of physical inputs; adapters hand it to scipy.optimize, CasADi and torc
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 
+from . import lyapunov
 from .adapters.scipy import minimize, scipy_constraint, scipy_ode
 from .derivatives import derivatives
 from .diagnostics import (
@@ -62,6 +63,7 @@ __all__ = [
     "fit",
     "limit_threads",
     "load",
+    "lyapunov",
     "minimize",
     "mlp",
     "multistart",

@@ -17,33 +17,35 @@ from scipy.optimize import Bounds, OptimizeResult, minimize
 from .convert import as_points
 from .surrogate import Surrogate, require_surrogate
 
-__all__ = ["multistart"]
+__all__ = ["joint_lbfgsb", "multistart", "read_box"]
 
 _METHODS = ("L-BFGS-B",)
 _ROUNDS = 8  # joint rounds at most; each restarts L-BFGS-B on the starts not yet converged
 
 
-def _box(sur: Surrogate, bounds, n: int) -> tuple[np.ndarray, np.ndarray]:
+def read_box(bounds, n: int, where: str, domain=None) -> tuple[np.ndarray, np.ndarray]:
+    """``bounds`` (``scipy.optimize.Bounds`` or n (min, max) pairs) as float64 (lb, ub); None
+    gives ``domain`` (a surrogate's training domain) or a clear error."""
     if bounds is None:
-        if sur.domain is None:
+        if domain is None:
             raise ValueError(
-                "multistart: no bounds given and no training domain known; pass bounds= (or "
+                f"{where}: no bounds given and no training domain known; pass bounds= (or "
                 "x0), or give the Surrogate a domain."
             )
-        return sur.domain
+        return domain
     if isinstance(bounds, Bounds):
         lb, ub = np.broadcast_to(bounds.lb, n), np.broadcast_to(bounds.ub, n)
     else:
         try:
             lb, ub = np.asarray(bounds, dtype=np.float64).reshape(n, 2).T
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             raise ValueError(
-                f"multistart: bounds must be scipy.optimize.Bounds or {n} (min, max) pairs, got "
+                f"{where}: bounds must be scipy.optimize.Bounds or {n} (min, max) pairs, got "
                 f"{bounds!r}."
             ) from err
     lb, ub = np.array(lb, dtype=np.float64), np.array(ub, dtype=np.float64)
     if np.isnan(lb).any() or np.isnan(ub).any() or np.any(lb > ub):
-        raise ValueError(f"multistart: bounds need lb <= ub without NaN, got lb={lb}, ub={ub}.")
+        raise ValueError(f"{where}: bounds need lb <= ub without NaN, got lb={lb}, ub={ub}.")
     return lb, ub
 
 
@@ -117,7 +119,7 @@ def multistart(
             "scipy.optimize.minimize(sur, x0, jac=sur.grad, constraints=...) over starts."
         )
     n = sur.n_in
-    lb, ub = _box(sur, bounds, n)
+    lb, ub = read_box(bounds, n, "multistart", sur.domain)
     if x0 is None:
         if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
             raise ValueError(f"multistart: n_starts must be a positive int, got {n_starts!r}.")
@@ -132,7 +134,7 @@ def multistart(
     active = np.arange(S)
     nit = nfev = 0
     for _ in range(_ROUNDS):
-        res = _joint(sur, X[active], lb, ub, tol, max_iter)
+        res = joint_lbfgsb(sur.value_and_grad, X[active], lb, ub, tol, max_iter)
         X[active] = res.x.reshape(-1, n)
         nit, nfev = nit + res.nit, nfev + res.nfev
         active = active[_projected_gradient(sur, X[active], lb, ub) > tol]
@@ -162,19 +164,23 @@ def multistart(
     )
 
 
-def _joint(sur, X, lb, ub, tol, max_iter) -> OptimizeResult:
+def joint_lbfgsb(value_and_grad, X, lb, ub, tol=1e-5, max_iter=1000) -> OptimizeResult:
+    """One L-BFGS-B run over the stacked starts ``X`` (S, n): ``value_and_grad`` maps (S, n) to
+    ((S,), (S, n)) in one batched call; ``lb``, ``ub`` are (n,) or per start (S, n) (equal
+    bounds fix a coordinate, e.g. to search one face of a box)."""
     S, n = X.shape
 
     def fun(z):
-        f, g = sur.value_and_grad(z.reshape(S, n))  # one batched pass for every start
+        f, g = value_and_grad(z.reshape(S, n))  # one batched pass for every start
         return float(np.sum(f)), np.asarray(g, dtype=np.float64).ravel()
 
+    box = np.broadcast_to(lb, (S, n)).ravel(), np.broadcast_to(ub, (S, n)).ravel()
     return minimize(
         fun,
         X.ravel(),
         jac=True,
         method="L-BFGS-B",
-        bounds=Bounds(np.tile(lb, S), np.tile(ub, S)),
+        bounds=Bounds(*box),
         # no ftol: a decrease of the summed objective says nothing about one start's progress
         options={"gtol": tol, "ftol": 0.0, "maxiter": max_iter, "maxcor": 10},
     )

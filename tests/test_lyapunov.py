@@ -1,0 +1,193 @@
+"""sb.lyapunov: falsification and regions of attraction, against closed forms, dense grids and
+simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from problems import A_DYN, P_SEED, linear_field_surrogate, scaled_quadratic_surrogate
+
+import surrogate_bridge as sb
+
+# reversed Van der Pol: x1' = -x2, x2' = x1 - (1 - x1^2) x2; stable origin, bounded region
+VDP_BOX = [(-2.5, 2.5), (-3.5, 3.5)]
+VDP_A = np.array([[0.0, -1.0], [1.0, -1.0]])  # its linearization at the origin
+VDP_P = scipy.linalg.solve_continuous_lyapunov(VDP_A.T, -np.eye(2))
+
+
+def vdp_torch(x):
+    return torch.stack([-x[:, 1], x[:, 0] - (1 - x[:, 0] ** 2) * x[:, 1]], -1)
+
+
+def vdp_numpy(X):
+    return np.stack([-X[:, 1], X[:, 0] - (1 - X[:, 0] ** 2) * X[:, 1]], 1)
+
+
+class VdP(torch.nn.Module):
+    def forward(self, x):
+        return vdp_torch(x)
+
+
+def grid_level(v, vdot, X, box, radius):
+    """Ground truth on a dense grid: the least V over grid points that break the decrease
+    condition outside the ball, or that lie on the box's faces."""
+    lb, ub = np.array(box).T
+    bad = (np.linalg.norm(X, axis=1) >= radius) & (vdot >= 0)
+    face = np.any((X == lb) | (X == ub), axis=1)
+    return min(v[bad].min(initial=np.inf), v[face].min())
+
+
+def vdp_grid(k1=1001, k2=1401):
+    g1, g2 = np.meshgrid(np.linspace(*VDP_BOX[0], k1), np.linspace(*VDP_BOX[1], k2))
+    return np.stack([g1.ravel(), g2.ravel()], 1)
+
+
+# ---------------------------------------------------------------------------------------------
+def test_hurwitz_linear_system_is_certified_on_a_box():
+    """x' = A x with A Hurwitz and P from the Lyapunov equation: no counterexample, and the
+    worst margins are positive; both surrogates sit behind non-trivial scalers."""
+    P = scipy.linalg.solve_continuous_lyapunov(A_DYN.T, -np.eye(2))
+    V, f = scaled_quadratic_surrogate(P), linear_field_surrogate()
+    res = sb.lyapunov.falsify(V, f, [(-3, 3), (-3, 3)], seed=0)
+    assert res.certified and res.counterexamples.shape == (0, 2)
+    assert res.worst["positivity"] > 0 and res.worst["decrease"] > 0
+    # the worst decrease margin sits on the excluded ball, where -Vdot = |x|^2 exactly
+    x = res.worst_x["decrease"]
+    assert np.isclose(res.worst["decrease"], x @ x, rtol=1e-9)
+
+
+def test_seed_problem_counterexamples_truly_violate():
+    """The seed P with dynamics for which x^T P x is not decreasing everywhere: the
+    counterexamples each break V-dot < 0 by the closed form 2 x^T P A x."""
+    V, f = scaled_quadratic_surrogate(P_SEED), linear_field_surrogate()
+    res = sb.lyapunov.falsify(V, f, [(-2, 2), (-2, 2)], seed=1, n_samples=1024)
+    assert not res.certified
+    C = res.counterexamples
+    assert len(C) > 10 and set(res.violated) == {"decrease"}
+    vdot = 2 * np.einsum("ij,jk,ik->i", C, P_SEED, C @ A_DYN.T)
+    assert np.all(vdot >= 0)
+    assert np.allclose(res.margins, -vdot, rtol=1e-9, atol=1e-9)
+    assert np.all(np.linalg.norm(C, axis=1) >= 0.04 * (1 - 1e-12))  # outside the ball
+    assert np.all(np.abs(C) <= 2)
+    # the worst (most normalized violation) comes first: along the eigenvector of the largest
+    # eigenvalue of A^T P + P A, where V-dot / |x|^2 reaches that eigenvalue
+    x = C[0]
+    top = np.linalg.eigvalsh(A_DYN.T @ P_SEED + P_SEED @ A_DYN).max()
+    assert np.isclose(-res.margins[0] / (x @ x), top, rtol=1e-6)
+
+
+def test_positivity_counterexamples_and_the_level_restriction():
+    """An indefinite V breaks positivity; restricted to a sublevel set, only points inside it
+    are reported."""
+    P = np.array([[1.0, 0.0], [0.0, -0.5]])
+    V, f = scaled_quadratic_surrogate(P), linear_field_surrogate()
+    res = sb.lyapunov.falsify(V, f, [(-1, 1), (-1, 1)], seed=0, n_samples=512)
+    pos = res.counterexamples[np.isin(res.violated, ["positivity", "both"])]
+    assert len(pos) and np.all(np.einsum("ij,jk,ik->i", pos, P, pos) <= 0)
+    assert res.worst["positivity"] < 0
+    inside = sb.lyapunov.falsify(V, f, [(-1, 1), (-1, 1)], seed=0, n_samples=512, level=0.1)
+    v = np.einsum("ij,jk,ik->i", inside.counterexamples, P, inside.counterexamples)
+    assert np.all(v <= 0.1 + 1e-12)
+
+
+def test_region_of_attraction_van_der_pol_against_a_dense_grid_and_simulation():
+    """The quadratic V of the linearization: level within 3% below the grid's truth and never
+    above it; every simulated point inside converges."""
+    Pt = torch.as_tensor(VDP_P)
+    V = sb.Surrogate(lambda x: ((x @ Pt) * x).sum(-1), n_in=2)
+    roa = sb.lyapunov.region_of_attraction(V, VdP(), VDP_BOX, seed=0, simulate=64)
+    X = vdp_grid()
+    v = np.einsum("ij,jk,ik->i", X, VDP_P, X)
+    vdot = 2 * np.einsum("ij,jk,ik->i", X, VDP_P, vdp_numpy(X))
+    truth = grid_level(v, vdot, X, VDP_BOX, 0.07)
+    assert 0.97 * truth <= roa.level <= truth
+    assert roa.limit == "decrease" and roa.certified
+    x = roa.x_limit  # the limiting point is on the level set, where V-dot = 0
+    assert np.isclose(x @ VDP_P @ x, roa.level, rtol=1e-9)
+    assert abs(2 * x @ VDP_P @ vdp_numpy(x[None])[0]) < 1e-6
+    assert roa.simulation.n_converged == 64
+    inside = roa.sample(200, seed=1)
+    assert roa.contains(inside).all() and np.all(
+        np.einsum("ij,jk,ik->i", inside, VDP_P, inside) <= roa.level
+    )
+
+
+def test_region_of_attraction_with_a_trained_V_and_ode_rhs_dynamics():
+    """V learned by sb.fit from samples, the dynamics given as an sb.ode_rhs module of a
+    surrogate: the level against a dense grid of the learned V (never above, within 3%)."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform([-2.5, -3.5], [2.5, 3.5], (600, 2))
+    y = np.einsum("ij,jk,ik->i", X, VDP_P, X)
+    V = sb.fit(
+        sb.mlp([2, 24, 24, 1], seed=0),
+        X,
+        y,
+        epochs=1500,
+        seed=0,
+        progress=False,
+        domain=np.array(VDP_BOX).T,
+    )
+    rhs = sb.ode_rhs(sb.Surrogate(VdP(), n_in=2))
+    roa = sb.lyapunov.region_of_attraction(V, rhs, VDP_BOX, seed=0, simulate=32, exclude_radius=0.2)
+    G = vdp_grid(401, 561)
+    v, g = V(G), V.grad(G)
+    truth = grid_level(v, np.einsum("ij,ij->i", g, vdp_numpy(G)), G, VDP_BOX, 0.2)
+    assert 0.97 * truth <= roa.level <= truth
+    assert roa.certified and roa.simulation.fraction == 1.0
+    # the learned V is close to the quadratic one, and so is its region
+    assert abs(roa.level / 2.3045 - 1) < 0.15
+
+
+def test_decay_and_a_shifted_equilibrium():
+    """x' = -(x - e) + (x - e)^3 around e, V = |x - e|^2: V-dot = -2 r^2 + 2 sum (x-e)^4; with
+    decay, the level is where the decrease first fails along an axis: 2 s^2 (1 - s^2) = decay s^2
+    along an axis, i.e. s^2 = 1 - decay / 2."""
+    e = np.array([0.5, -1.0])
+    et = torch.as_tensor(e)
+    V = sb.Surrogate(lambda x: ((x - et) ** 2).sum(-1), n_in=2)
+    field = lambda x: -(x - et) + (x - et) ** 3  # noqa: E731
+    box = [(-1.5, 2.5), (-3, 1)]
+    for decay in (0.0, 0.5):
+        roa = sb.lyapunov.region_of_attraction(V, field, box, equilibrium=e, decay=decay, seed=0)
+        assert np.isclose(roa.level, 1 - decay / 2, rtol=1e-6), (decay, roa)
+        assert roa.limit == "decrease"
+    # a box smaller than the region: the box limits the level (V's least value on a face)
+    roa = sb.lyapunov.region_of_attraction(V, field, [(0, 1.2), (-1.6, -0.3)], equilibrium=e)
+    assert roa.limit == "box" and np.isclose(roa.level, 0.5**2, rtol=1e-9)  # the face x0 = 0
+    assert np.allclose(roa.x_limit, [0.0, -1.0], atol=1e-6)
+
+
+def test_simulation_counts_convergence_honestly():
+    sim = sb.lyapunov.simulate(lambda x: x, [[0.1, 0.0], [0.0, 0.0]], t_final=5.0)
+    assert sim.converged.tolist() == [False, True] and sim.fraction == 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(f=lambda x: x[:, :1]), "f must map the 2 states"),
+        (dict(bounds=[(-1, np.inf), (-1, 1)]), "finite box"),
+        (dict(equilibrium=[0.0]), "equilibrium must be 2 finite numbers"),
+        (dict(exclude_radius=-1.0), "exclude_radius must be a number >= 0"),
+        (dict(decay=-0.1), "decay must be a number >= 0"),
+        (dict(n_starts=1.5), "n_starts must be an int"),
+        (dict(level=float("nan")), "level must be a finite number"),
+        (dict(f=3), "f must be a Surrogate"),
+    ],
+)
+def test_errors_name_the_argument(kwargs, message):
+    V = sb.Surrogate(lambda x: (x**2).sum(-1), n_in=2)
+    args = dict(f=lambda x: -x, bounds=[(-1, 1), (-1, 1)]) | kwargs
+    with pytest.raises((ValueError, TypeError), match=message):
+        sb.lyapunov.falsify(V, args.pop("f"), args.pop("bounds"), **args)
+
+
+def test_refuses_vector_V_and_non_autonomous_dynamics():
+    with pytest.raises(ValueError, match="V must be scalar"):
+        sb.lyapunov.falsify(sb.Surrogate(torch.nn.Linear(2, 2)), lambda x: -x, [(-1, 1)] * 2)
+    timed = sb.ode_rhs(sb.Surrogate(torch.nn.Linear(3, 2)), time_input=True)
+    V = sb.Surrogate(lambda x: (x**2).sum(-1), n_in=2)
+    with pytest.raises(ValueError, match="autonomous"):
+        sb.lyapunov.falsify(V, timed, [(-1, 1)] * 2)
