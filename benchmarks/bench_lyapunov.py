@@ -131,8 +131,11 @@ def scipy_loop(V, f, box, starts, rng):
     def vdot_grad(x):
         return V.hess(x) @ f(x) + f.jac(x).T @ V.grad(x)
 
+    def outside(x):
+        return x @ x - RADIUS**2
+
     cons = [{"type": "ineq", "fun": vdot, "jac": vdot_grad},
-            {"type": "ineq", "fun": lambda x: x @ x - RADIUS**2, "jac": lambda x: 2 * x}]  # fmt: skip
+            {"type": "ineq", "fun": outside, "jac": lambda x: 2 * x}]  # fmt: skip
     for x0 in starts:
         r = minimize(V, x0, jac=V.grad, method="SLSQP", bounds=list(zip(lb, ub, strict=True)),
                      constraints=cons, options={"ftol": 1e-12, "maxiter": 200})  # fmt: skip
@@ -164,11 +167,11 @@ def main(quick: bool = False) -> None:
         t0 = time.perf_counter()
         level_loop = scipy_loop(V, f, box, starts, np.random.default_rng(2))
         t_loop = time.perf_counter() - t0
-        rows.append([f"{n}-D", roa.level, roa.limit, t_roa, t_whole, whole.n_violations,
-                     t_inside, inside.n_violations, level_loop, t_loop, t_loop / t_roa])  # fmt: skip
+        rows.append([f"{n}-D", roa.level, roa.limit, t_roa, t_whole, whole.n_violations, t_inside,
+                     inside.n_violations, level_loop, t_loop, t_loop / t_roa])  # fmt: skip
         matched = None
         for k in (11, 21, 41, 81, 161, 321, 641, 1281, 2561, 5121):
-            if k ** n > 5e8:
+            if k**n > 5e8:
                 break
             level_grid, t_grid = grid_level(V, f, box, k, budget)
             if level_grid is None:

@@ -31,7 +31,8 @@ import torch
 from scipy.optimize import minimize
 from scipy.stats import qmc
 
-from .multistart import joint_lbfgsb, read_box
+from .joint import joint_lbfgsb
+from .multistart import read_box
 from .surrogate import Surrogate, require_surrogate
 
 __all__ = ["Falsification", "Region", "Simulation", "falsify", "region_of_attraction", "simulate"]

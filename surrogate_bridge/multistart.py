@@ -1,26 +1,25 @@
 """Many starts at once: every start optimized jointly, one batched evaluation per iteration.
 
-The sum of independent objectives has their gradients as its gradient, so L-BFGS-B on the
-stacked starts (S x n variables) costs one batched value-and-gradient of the surrogate per
-iteration instead of S Python round trips (BoTorch's ``gen_candidates_scipy`` does the same).
-The joint problem's projected-gradient test is the largest over the starts, so a start the round
-ends with is converged to scipy's own ``gtol`` on its own problem; starts that are not (the
-round ran out of iterations, or the joint line search stopped) get another round on their own,
-so converged starts stop costing work. Distinct local minima are then merged within a tolerance.
+``sb.multistart`` draws or takes the starts, runs one of the joint solvers of ``joint.py``
+(joint L-BFGS-B, batched projected Newton, joint trust-constr for general constraints), judges
+every start on its own problem (its projected gradient, or its Lagrangian gradient and
+constraint violation, against ``tol``), gives unconverged starts further rounds on their own, so
+converged starts stop costing work, and merges the end points into distinct local minima.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import Bounds, OptimizeResult, minimize
+from scipy.optimize import Bounds, OptimizeResult
 
 from .convert import as_points
+from .joint import joint_lbfgsb, joint_trust_constr, projected_gradient, projected_newton
 from .surrogate import Surrogate, require_surrogate
 
-__all__ = ["joint_lbfgsb", "multistart", "read_box"]
+__all__ = ["multistart", "read_box"]
 
-_METHODS = ("L-BFGS-B",)
-_ROUNDS = 8  # joint rounds at most; each restarts L-BFGS-B on the starts not yet converged
+_METHODS = ("L-BFGS-B", "newton", "trust-constr")
+_ROUNDS = 8  # joint rounds at most; each restarts the solver on the starts not yet converged
 
 
 def read_box(bounds, n: int, where: str, domain=None) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +54,7 @@ def multistart(
     *,
     bounds=None,
     n_starts: int = 64,
-    method: str = "L-BFGS-B",
+    method: str | None = None,
     constraints=(),
     tol: float = 1e-5,
     seed: int | None = None,
@@ -74,14 +73,20 @@ def multistart(
         Box constraints; by default the training domain (``sur.bounds()``).
     n_starts : int
         Starts drawn when ``x0`` is not given.
-    method : {"L-BFGS-B"}
-        Joint L-BFGS-B over the stacked starts.
-    constraints : ()
-        General constraints are not supported yet (an error says so).
+    method : {"L-BFGS-B", "newton", "trust-constr"}, optional
+        "L-BFGS-B" (the default without constraints): joint L-BFGS-B over the stacked starts.
+        "newton": batched projected Newton with exact Hessians and a line search per start
+        (fewer iterations; each pays a batched Hessian). "trust-constr" (the default, and the
+        only method, with ``constraints``): joint trust-constr with exact sparse derivatives.
+    constraints : scipy constraint(s), optional
+        ``NonlinearConstraint`` (``sb.scipy_constraint(con_sur, lb, ub)`` is evaluated for all
+        starts in one batched call; other callables need an exact ``jac`` and are called per
+        start), ``LinearConstraint``, or ``{"type": "eq" | "ineq", "fun", "jac"}`` dicts, each
+        written for one point and applied to every start.
     tol : float
-        Every start's projected gradient ends below this: L-BFGS-B's ``gtol``, by default
-        scipy's own (1e-5). Far below the function's rounding (an output shift of 100 leaves f
-        ~1e-14 of resolution) no line search can make progress.
+        Every start's projected gradient (with constraints: its Lagrangian gradient and its
+        constraint violation) ends below this: scipy's ``gtol``, by default L-BFGS-B's (1e-5).
+        Far below the function's rounding no line search can make progress.
     seed : int, optional
         Seeds the drawn starts.
     max_iter : int
@@ -95,8 +100,8 @@ def multistart(
         ``x``, ``fun``: the best minimum; ``success``: every start converged; ``xs`` (S, n)
         and ``funs`` (S,): every start's end point and value; ``converged`` (S,) bool;
         ``minima`` (k, n), ``minima_fun`` (k,), ``minima_count`` (k,): the distinct local minima
-        sorted by value, with how many starts reached each; ``nit`` (iterations over all rounds)
-        and ``nfev`` (batched evaluations).
+        sorted by value, with how many starts reached each; ``nit`` (iterations over all rounds;
+        for "newton" the most any start took), ``nfev`` (batched evaluations) and ``method``.
 
     Examples
     --------
@@ -111,37 +116,26 @@ def multistart(
     require_surrogate(sur, "multistart")
     if sur.n_out != 1:
         raise ValueError(f"multistart: the objective must be scalar; n_out = {sur.n_out}.")
+    method = method if method is not None else ("trust-constr" if constraints else "L-BFGS-B")
     if method not in _METHODS:
         raise ValueError(f"multistart: method={method!r} is not available; use one of {_METHODS}.")
-    if constraints:
-        raise NotImplementedError(
-            "multistart: general constraints are not supported yet; use bounds, or loop "
-            "scipy.optimize.minimize(sur, x0, jac=sur.grad, constraints=...) over starts."
+    if constraints and method != "trust-constr":
+        raise ValueError(
+            f"multistart: constraints need method='trust-constr' (got {method!r}); L-BFGS-B and "
+            "newton take bounds only."
         )
     n = sur.n_in
     lb, ub = read_box(bounds, n, "multistart", sur.domain)
-    if x0 is None:
-        if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
-            raise ValueError(f"multistart: n_starts must be a positive int, got {n_starts!r}.")
-        if not (np.isfinite(lb).all() and np.isfinite(ub).all()):
-            raise ValueError("multistart: drawing starts needs finite bounds; pass x0 instead.")
-        X = np.random.default_rng(seed).uniform(lb, ub, (n_starts, n))
+    X = _starts(x0, n_starts, lb, ub, n, seed)
+    if method == "newton":
+        X, converged, nit, nfev = projected_newton(sur, X, lb, ub, tol, max_iter)
+        nit = int(nit.max(initial=0))
+    elif method == "trust-constr":
+        X, converged, nit, nfev = _constrained(sur, X, lb, ub, constraints, tol, max_iter)
     else:
-        pts = as_points(x0, n, "multistart", "x0")
-        X = np.array(pts.data.cpu() if pts.is_torch else pts.data, dtype=np.float64)
-        X = np.clip(X, lb, ub)
-    S = X.shape[0]
-    active = np.arange(S)
-    nit = nfev = 0
-    for _ in range(_ROUNDS):
-        res = joint_lbfgsb(sur.value_and_grad, X[active], lb, ub, tol, max_iter)
-        X[active] = res.x.reshape(-1, n)
-        nit, nfev = nit + res.nit, nfev + res.nfev
-        active = active[_projected_gradient(sur, X[active], lb, ub) > tol]
-        if active.size == 0:
-            break
-    funs = np.asarray(sur(X), dtype=np.float64)
-    converged = _projected_gradient(sur, X, lb, ub) <= tol
+        X, converged, nit, nfev = _lbfgsb(sur, X, lb, ub, tol, max_iter)
+    S = len(X)
+    funs = np.asarray(sur(X), dtype=np.float64).reshape(S)
     minima, minima_fun, counts = _merge(X, funs, converged, merge_tol * _size(lb, ub, X))
     best = (
         int(np.argmin(np.where(converged, funs, np.inf)))
@@ -152,7 +146,7 @@ def multistart(
         x=X[best].copy(),
         fun=float(funs[best]),
         success=bool(converged.all()),
-        message=f"{int(converged.sum())} of {S} starts converged to |projected grad| <= {tol:g}",
+        message=f"{int(converged.sum())} of {S} starts converged ({method}, tol {tol:g})",
         xs=X,
         funs=funs,
         converged=converged,
@@ -161,36 +155,56 @@ def multistart(
         minima_count=counts,
         nit=nit,
         nfev=nfev,
+        method=method,
     )
 
 
-def joint_lbfgsb(value_and_grad, X, lb, ub, tol=1e-5, max_iter=1000) -> OptimizeResult:
-    """One L-BFGS-B run over the stacked starts ``X`` (S, n): ``value_and_grad`` maps (S, n) to
-    ((S,), (S, n)) in one batched call; ``lb``, ``ub`` are (n,) or per start (S, n) (equal
-    bounds fix a coordinate, e.g. to search one face of a box)."""
-    S, n = X.shape
-
-    def fun(z):
-        f, g = value_and_grad(z.reshape(S, n))  # one batched pass for every start
-        return float(np.sum(f)), np.asarray(g, dtype=np.float64).ravel()
-
-    box = np.broadcast_to(lb, (S, n)).ravel(), np.broadcast_to(ub, (S, n)).ravel()
-    return minimize(
-        fun,
-        X.ravel(),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=Bounds(*box),
-        # no ftol: a decrease of the summed objective says nothing about one start's progress
-        options={"gtol": tol, "ftol": 0.0, "maxiter": max_iter, "maxcor": 10},
-    )
+def _starts(x0, n_starts, lb, ub, n, seed) -> np.ndarray:
+    if x0 is None:
+        if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
+            raise ValueError(f"multistart: n_starts must be a positive int, got {n_starts!r}.")
+        if not (np.isfinite(lb).all() and np.isfinite(ub).all()):
+            raise ValueError("multistart: drawing starts needs finite bounds; pass x0 instead.")
+        return np.random.default_rng(seed).uniform(lb, ub, (n_starts, n))
+    pts = as_points(x0, n, "multistart", "x0")
+    X = np.array(pts.data.cpu() if pts.is_torch else pts.data, dtype=np.float64)
+    return np.clip(X.reshape(-1, n), lb, ub)
 
 
-def _projected_gradient(sur, X, lb, ub) -> np.ndarray:
-    """Each start's largest gradient component that a feasible step could still reduce."""
-    g = np.asarray(sur.grad(X), dtype=np.float64).reshape(X.shape)
-    pg = np.where((X <= lb) & (g > 0) | (X >= ub) & (g < 0), 0.0, g)
-    return np.abs(pg).max(axis=1)
+def _lbfgsb(sur, X, lb, ub, tol, max_iter):
+    """Joint rounds: a round restarts L-BFGS-B on the starts not yet converged."""
+    active, nit, nfev = np.arange(len(X)), 0, 0
+    for _ in range(_ROUNDS):
+        res = joint_lbfgsb(sur.value_and_grad, X[active], lb, ub, tol, max_iter)
+        X[active] = res.x.reshape(-1, X.shape[1])
+        nit, nfev = nit + res.nit, nfev + res.nfev
+        active = active[_pg(sur, X[active], lb, ub) > tol]
+        if active.size == 0:
+            break
+    return X, _pg(sur, X, lb, ub) <= tol, nit, nfev
+
+
+def _constrained(sur, X, lb, ub, constraints, tol, max_iter):
+    """Joint trust-constr rounds; a start is converged when its own Lagrangian gradient and
+    constraint violation are within ``tol``."""
+    active, nit, nfev = np.arange(len(X)), 0, 0
+    converged = np.zeros(len(X), dtype=bool)
+    for _ in range(_ROUNDS):
+        Xe, optimality, violation, res = joint_trust_constr(
+            sur, X[active], lb, ub, constraints, tol, max_iter
+        )
+        X[active] = Xe
+        nit, nfev = nit + res.nit, nfev + res.nfev
+        ok = (optimality <= tol) & (violation <= tol)
+        converged[active[ok]] = True
+        active = active[~ok]
+        if active.size == 0:
+            break
+    return X, converged, nit, nfev
+
+
+def _pg(sur, X, lb, ub) -> np.ndarray:
+    return projected_gradient(X, np.asarray(sur.grad(X), dtype=np.float64).reshape(X.shape), lb, ub)
 
 
 def _size(lb, ub, X) -> float:

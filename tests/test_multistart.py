@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from problems import P_SEED, ScaledQuadratic
-from scipy.optimize import minimize
+from scipy.optimize import LinearConstraint, minimize
 from torch import nn
 
 import surrogate_bridge as sb
@@ -36,8 +36,9 @@ def himmelblau():
     return sb.Surrogate(model, sb.Affine(s, c), sb.Affine(ys, yc), domain=([-5, -5], [5, 5]))
 
 
-def test_himmelblau_behind_scalers_every_minimum_from_256_starts():
-    res = sb.multistart(himmelblau(), n_starts=256, seed=0)
+@pytest.mark.parametrize("method", ["L-BFGS-B", "newton"])
+def test_himmelblau_behind_scalers_every_minimum_from_256_starts(method):
+    res = sb.multistart(himmelblau(), n_starts=256, seed=0, method=method)
     assert res.success and res.converged.all()
     assert len(res.minima) == 4 and res.minima_count.sum() == 256
     for m in HIMMELBLAU_MINIMA:
@@ -46,10 +47,12 @@ def test_himmelblau_behind_scalers_every_minimum_from_256_starts():
     assert res.fun == pytest.approx(0.0, abs=1e-9)
 
 
-def test_bounds_are_kept_and_bind_at_the_box_constrained_minimum():
+@pytest.mark.parametrize("method", ["L-BFGS-B", "newton"])
+def test_bounds_are_kept_and_bind_at_the_box_constrained_minimum(method):
     sur = sb.Surrogate(ScaledQuadratic(P_SEED, [0.0, 0.0], [1.0, 1.0], [0.0], [1.0]), n_in=2)
     lb, ub = np.array([1.0, 0.5]), np.array([3.0, 2.0])  # the minimum (origin) lies outside
-    res = sb.multistart(sur, bounds=list(zip(lb, ub, strict=True)), n_starts=32, seed=1)
+    box = list(zip(lb, ub, strict=True))
+    res = sb.multistart(sur, bounds=box, n_starts=32, seed=1, method=method)
     assert np.all(res.xs >= lb) and np.all(res.xs <= ub)
     ref = minimize(lambda x: x @ P_SEED @ x, [2.0, 1.0], jac=lambda x: 2 * P_SEED @ x,
                    method="L-BFGS-B", bounds=list(zip(lb, ub, strict=True)),
@@ -75,7 +78,14 @@ def test_every_start_reaches_what_scipy_reaches_from_it():
     ("kwargs", "err", "match"),
     [
         (dict(method="BFGS"), ValueError, "L-BFGS-B"),
-        (dict(constraints=[object()]), NotImplementedError, "not supported yet"),
+        (dict(constraints=[object()]), TypeError, "NonlinearConstraint"),
+        (dict(constraints=[{"type": "ineq"}]), ValueError, "callable 'fun'"),
+        (dict(constraints=[{"type": "ineq", "fun": lambda x: x[0]}]), ValueError, "exact jac"),
+        (
+            dict(constraints=[{"type": "ineq", "fun": sum}], method="newton"),
+            ValueError,
+            "trust-constr",
+        ),
         (dict(bounds=[(1, 0), (0, 1)]), ValueError, "lb <= ub"),
         (dict(bounds=[(0, 1)]), ValueError, "2 \\(min, max\\) pairs"),
         (dict(n_starts=0), ValueError, "n_starts must be a positive int"),
@@ -93,3 +103,72 @@ def test_vector_surrogate_and_unknown_domain_are_refused():
         sb.multistart(sb.Surrogate(sb.mlp((2, 4, 2), seed=0)), bounds=[(0, 1)] * 2)
     with pytest.raises(ValueError, match="no bounds given"):
         sb.multistart(sb.Surrogate(sb.mlp((2, 4, 1), seed=0)))
+
+
+def test_newton_takes_one_step_on_a_quadratic_and_stops_converged_starts():
+    """Exact Hessians: a quadratic is solved in one Newton step from every start; a start that
+    begins converged costs no iteration."""
+    sur = sb.Surrogate(ScaledQuadratic(P_SEED, [0.1, 0.2], [2.0, 3.0], [1.0], [5.0]),
+                       sb.Affine([0.1, 0.2], [2.0, 3.0]), sb.Affine([1.0], [5.0]))  # fmt: skip
+    x0 = np.vstack([np.random.default_rng(0).uniform(-3, 3, (15, 2)), np.zeros((1, 2))])
+    res = sb.multistart(sur, x0, bounds=[(-4, 4)] * 2, method="newton", tol=1e-10)
+    assert res.success and res.nit == 1
+    np.testing.assert_allclose(res.xs, 0.0, atol=1e-10)
+
+
+# general constraints ---------------------------------------------------------------------------
+class Disk(nn.Module):
+    """|x - c|^2 of physical x behind scalers: a surrogate constraint."""
+
+    def __init__(self, s, k, c):
+        super().__init__()
+        for name, v in dict(s=s, k=k, c=c).items():
+            self.register_buffer(name, torch.as_tensor(np.asarray(v, dtype=np.float64)))
+
+    def forward(self, z):
+        return (((z * self.k + self.s) - self.c) ** 2).sum(-1, keepdim=True)
+
+
+def test_constrained_starts_reach_what_scipy_reaches_from_each():
+    """Himmelblau in the disk |x - (1, 0)| <= 3 (a surrogate constraint, batched), above the
+    line x1 + x2 >= -2 (linear) and below x2 <= 3 - x1^2 / 20 (a dict). Nearly every start's
+    joint end point is scipy trust-constr's own answer from that start or a better one (the
+    joint trust region is shared, so a path may differ), and every end point is a local
+    minimum by scipy's own test: trust-constr started there stays there."""
+    sur = himmelblau()
+    s, k = [0.3, -0.2], [2.0, 3.0]
+    disk = sb.Surrogate(Disk(s, k, [1.0, 0.0]), sb.Affine(s, k))
+    cap = {"type": "ineq", "fun": lambda x: 3.0 - x[1] - 0.05 * x[0] ** 2,
+           "jac": lambda x: np.array([-0.1 * x[0], -1.0])}  # fmt: skip
+    cons = [sb.scipy_constraint(disk, -np.inf, 9.0), LinearConstraint([[1.0, 1.0]], -2.0, np.inf),
+            cap]  # fmt: skip
+    x0 = np.random.default_rng(5).uniform(-2, 4, (24, 2))
+    res = sb.multistart(sur, x0, bounds=[(-5, 5)] * 2, constraints=cons, tol=1e-8)
+    assert res.method == "trust-constr" and res.success
+    X = res.xs
+    assert np.all(((X - [1.0, 0.0]) ** 2).sum(1) <= 9 + 1e-7) and np.all(X.sum(1) >= -2 - 1e-7)
+    assert np.all(X[:, 1] <= 3 - 0.05 * X[:, 0] ** 2 + 1e-7)
+    same = 0
+    for x, end, f_end in zip(x0, X, res.funs, strict=True):
+        kw = dict(jac=sur.grad, hess=sur.hess, method="trust-constr", constraints=cons,
+                  bounds=[(-5, 5)] * 2, options={"gtol": 1e-8})  # fmt: skip
+        one = minimize(sur, x, **kw)
+        same += np.linalg.norm(end - one.x) <= 1e-5 or f_end <= one.fun + 1e-9
+        np.testing.assert_allclose(minimize(sur, end, **kw).x, end, atol=1e-5)
+    assert same >= len(x0) - 2
+    # the best is Himmelblau's minimum (3, 2), which satisfies every constraint
+    np.testing.assert_allclose(res.x, [3.0, 2.0], atol=1e-6)
+
+
+def test_constrained_minimum_on_the_boundary_matches_the_kkt_point():
+    """min x^T P x s.t. a^T x >= 1 (the seed P): the analytic optimum P^-1 a / (a^T P^-1 a)
+    from every start."""
+    sur = sb.Surrogate(ScaledQuadratic(P_SEED, [0.0, 0.0], [1.0, 1.0], [0.0], [1.0]), n_in=2)
+    a = np.array([1.0, 2.0])
+    lin = sb.Surrogate(lambda x: x @ torch.as_tensor(a)[:, None], n_in=2)
+    res = sb.multistart(sur, np.random.default_rng(0).uniform(-3, 3, (16, 2)),
+                        bounds=[(-3, 3)] * 2, constraints=sb.scipy_constraint(lin, 1.0, np.inf),
+                        tol=1e-10)  # fmt: skip
+    w = np.linalg.solve(P_SEED, a)
+    np.testing.assert_allclose(res.xs, np.tile(w / (a @ w), (16, 1)), atol=1e-7)
+    assert len(res.minima) == 1 and res.minima_count[0] == 16

@@ -1,0 +1,244 @@
+"""Joint solvers for many independent starts: each iteration one batched evaluation for all.
+
+Three routes, used by :func:`surrogate_bridge.multistart` (and ``lyapunov``):
+
+- :func:`joint_lbfgsb`: scipy's L-BFGS-B on the stacked starts (S x n variables). The sum of
+  independent objectives has their gradients as its gradient, so one batched value-and-gradient
+  serves every start (BoTorch's ``gen_candidates_scipy`` does the same). Its curvature pairs and
+  line search are shared, so a start's path differs from its own solve.
+- :func:`projected_newton`: a batched projected Newton method (Bertsekas) with per-start line
+  searches: exact batched Hessians, eigenvalues mirrored to keep descent directions, each start
+  converging (and leaving the batch) on its own.
+- :func:`joint_trust_constr`: scipy's trust-constr on the stacked starts for general
+  constraints, with block-diagonal sparse Jacobians and Hessians. The joint Lagrangian's gradient
+  is the starts' own gradients side by side, so its stopping test (``gtol`` on its largest entry
+  and on the largest constraint violation) holds for every start on its own problem.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import BFGS, Bounds, LinearConstraint, NonlinearConstraint, OptimizeResult
+from scipy.optimize import minimize as scipy_minimize
+
+from .surrogate import Surrogate
+
+__all__ = ["joint_lbfgsb", "joint_trust_constr", "projected_gradient", "projected_newton"]
+
+_ARMIJO = 1e-4
+_BACKTRACKS = 40
+
+
+def joint_lbfgsb(value_and_grad, X, lb, ub, tol=1e-5, max_iter=1000) -> OptimizeResult:
+    """One L-BFGS-B run over the stacked starts ``X`` (S, n): ``value_and_grad`` maps (S, n) to
+    ((S,), (S, n)) in one batched call; ``lb``, ``ub`` are (n,) or per start (S, n) (equal
+    bounds fix a coordinate, e.g. to search one face of a box)."""
+    S, n = X.shape
+
+    def fun(z):
+        f, g = value_and_grad(z.reshape(S, n))  # one batched pass for every start
+        return float(np.sum(f)), np.asarray(g, dtype=np.float64).ravel()
+
+    box = np.broadcast_to(lb, (S, n)).ravel(), np.broadcast_to(ub, (S, n)).ravel()
+    return scipy_minimize(
+        fun,
+        X.ravel(),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=Bounds(*box),
+        # no ftol: a decrease of the summed objective says nothing about one start's progress
+        options={"gtol": tol, "ftol": 0.0, "maxiter": max_iter, "maxcor": 10},
+    )
+
+
+def projected_gradient(X, g, lb, ub) -> np.ndarray:
+    """Each start's largest gradient entry that a feasible step could still reduce: L-BFGS-B's
+    ``gtol`` test, per start."""
+    pg = np.where((X <= lb) & (g > 0) | (X >= ub) & (g < 0), 0.0, g)
+    return np.abs(pg).max(axis=1)
+
+
+def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
+    """Batched projected Newton from every row of ``X`` (S, n) in the box [lb, ub].
+
+    Per iteration, for the starts not yet converged: one batched pass for values, gradients and
+    Hessians; on the free variables (those not held at a bound by their gradient) the Newton
+    step of the Hessian with its eigenvalues mirrored and floored (``|lambda|``, so saddles and
+    maxima repel); a projected Armijo backtracking line search per start, each trial one
+    batched value pass over the starts still searching. A start stops when its projected
+    gradient is at most ``tol``, or when no step decreases it (rounding).
+
+    Returns (X, converged (S,), iterations (S,), batched passes).
+    """
+    X = np.clip(np.array(X, dtype=np.float64), lb, ub)
+    S, n = X.shape
+    converged = np.zeros(S, dtype=bool)
+    nit = np.zeros(S, dtype=np.int64)
+    passes = 0
+    active = np.arange(S)
+    for _ in range(max_iter):
+        f, g, H = (np.asarray(a, dtype=np.float64) for a in sur.derivatives(X[active], order=2))
+        f, g, H = f.reshape(-1), g.reshape(-1, n), H.reshape(-1, n, n)
+        passes += 1
+        done = projected_gradient(X[active], g, lb, ub) <= tol
+        converged[active[done]] = True
+        keep = ~done
+        active, f, g, H = active[keep], f[keep], g[keep], H[keep]
+        if not active.size:
+            break
+        nit[active] += 1
+        Xa = X[active]
+        held = (Xa <= lb) & (g > 0) | (Xa >= ub) & (g < 0)
+        free = ~held
+        Hr = np.where(free[:, :, None] & free[:, None, :], H, 0.0)
+        Hr[:, np.arange(n), np.arange(n)] += held  # unit diagonal on held variables
+        w, Q = np.linalg.eigh(Hr)
+        scale = np.abs(w).max(axis=1, keepdims=True)
+        w = np.maximum(np.abs(w), 1e-10 * scale + 1e-300)
+        gf = np.where(free, g, 0.0)
+        d = -np.einsum("sij,sj->si", Q, np.einsum("sji,sj->si", Q, gf) / w)
+        alpha = np.ones(len(active))
+        searching = np.ones(len(active), dtype=bool)
+        new = Xa.copy()
+        for _ in range(_BACKTRACKS):
+            idx = np.flatnonzero(searching)
+            trial = np.clip(Xa[idx] + alpha[idx, None] * d[idx], lb, ub)
+            ft = np.asarray(sur(trial), dtype=np.float64).reshape(-1)
+            passes += 1
+            decrease = np.einsum("si,si->s", g[idx], trial - Xa[idx])
+            ok = (ft <= f[idx] + _ARMIJO * decrease) & (decrease < 0)
+            new[idx[ok]] = trial[ok]
+            searching[idx[ok]] = False
+            alpha[idx[~ok]] /= 2
+            if not searching.any():
+                break
+        X[active] = new
+        active = active[~searching]  # no decrease within rounding: these stop here
+    return X, converged, nit, passes
+
+
+def joint_trust_constr(sur: Surrogate, X, lb, ub, constraints, tol=1e-8, max_iter=1000):
+    """scipy's trust-constr over the stacked starts ``X`` (S, n) with ``constraints`` (scipy's
+    ``NonlinearConstraint``/``LinearConstraint`` or ``{"type", "fun", "jac"}`` dicts, each for
+    one point) applied to every start. Surrogate constraints (``sb.scipy_constraint``) are
+    evaluated for all starts in one batched call; other callables once per start.
+
+    Returns (X, per-start optimality (S,), per-start constraint violation (S,), the result).
+    """
+    S, n = X.shape
+    joint = [_stacked(c, S, n) for c in _as_constraints(constraints, n)]
+
+    def fun(z):
+        f, g = sur.value_and_grad(z.reshape(S, n))
+        return float(np.sum(f)), np.asarray(g, dtype=np.float64).ravel()
+
+    def hess(z):
+        return _block_diagonal(np.asarray(sur.hess(z.reshape(S, n)), dtype=np.float64))
+
+    res = scipy_minimize(
+        fun,
+        X.ravel(),
+        jac=True,
+        hess=hess,
+        method="trust-constr",
+        constraints=[c for c, _ in joint],
+        bounds=Bounds(np.tile(lb, S), np.tile(ub, S)),
+        options={"gtol": tol, "xtol": 1e-14, "maxiter": max_iter},
+    )
+    Xe = np.clip(res.x.reshape(S, n), lb, ub)
+    optimality = np.abs(np.asarray(res.lagrangian_grad).reshape(S, n)).max(axis=1)
+    violation = np.zeros(S)
+    for _, violation_of in joint:
+        violation = np.maximum(violation, violation_of(Xe))
+    return Xe, optimality, violation, res
+
+
+def _as_constraints(constraints, n):
+    """scipy's forms (one constraint, a sequence of them, dicts) as a list of Linear and
+    Nonlinear constraints."""
+    if isinstance(constraints, (dict, NonlinearConstraint, LinearConstraint)):
+        constraints = [constraints]
+    out = []
+    for c in constraints:
+        if isinstance(c, dict):
+            kind = c.get("type")
+            if kind not in ("eq", "ineq") or not callable(c.get("fun")):
+                raise ValueError(
+                    "multistart: a dict constraint needs 'type' ('eq' or 'ineq') and a callable "
+                    f"'fun'; got {c!r}."
+                )
+            args = tuple(c.get("args", ()))
+            fn, jac = c["fun"], c.get("jac")
+            f1 = lambda x, fn=fn, args=args: np.atleast_1d(fn(x, *args))  # noqa: E731
+            j1 = None if jac is None else (lambda x, jac=jac, args=args: jac(x, *args))
+            out.append(NonlinearConstraint(f1, 0.0, 0.0 if kind == "eq" else np.inf, jac=j1))
+        elif isinstance(c, (NonlinearConstraint, LinearConstraint)):
+            out.append(c)
+        else:
+            raise TypeError(
+                "multistart: constraints must be scipy NonlinearConstraint / LinearConstraint "
+                f"objects or {{'type', 'fun', 'jac'}} dicts, got {type(c).__name__}."
+            )
+    for c in out:
+        if isinstance(c, NonlinearConstraint) and not callable(c.jac):
+            raise ValueError(
+                "multistart: every nonlinear constraint needs an exact jac (a callable); "
+                "sb.scipy_constraint(sur, lb, ub) gives one for a surrogate."
+            )
+    return out
+
+
+def _stacked(c, S, n):
+    """The constraint for the stacked starts, and a per-start violation function."""
+    if isinstance(c, LinearConstraint):
+        A = np.atleast_2d(sparse.csr_array(c.A).toarray() if sparse.issparse(c.A) else c.A)
+        m = A.shape[0]
+        lo, hi = np.broadcast_to(c.lb, m), np.broadcast_to(c.ub, m)
+        big = sparse.kron(sparse.eye(S), sparse.csr_array(A), format="csr")
+        stacked = LinearConstraint(big, np.tile(lo, S), np.tile(hi, S))
+        return stacked, lambda Xe: _violation(Xe @ A.T, lo, hi)
+    owner = getattr(c.jac, "__self__", None)
+    batched = isinstance(owner, Surrogate)
+    m = owner.n_out if batched else np.atleast_1d(c.fun(np.zeros(n))).size
+    lo, hi = np.broadcast_to(c.lb, m), np.broadcast_to(c.ub, m)
+
+    def values(Z):
+        if batched:
+            return np.asarray(owner(Z), dtype=np.float64).reshape(S, m)
+        return np.stack([np.atleast_1d(c.fun(z)) for z in Z])
+
+    def fun(z):
+        return values(z.reshape(S, n)).ravel()
+
+    def jac(z):
+        Z = z.reshape(S, n)
+        J = owner.jac(Z) if batched else np.stack([np.atleast_2d(c.jac(x)) for x in Z])
+        return _block_diagonal(np.asarray(J, dtype=np.float64).reshape(S, m, n))
+
+    if batched:
+
+        def hess(z, v):
+            H = np.asarray(owner.hess(z.reshape(S, n)), dtype=np.float64).reshape(S, m, n, n)
+            return _block_diagonal(np.einsum("si,sijk->sjk", v.reshape(S, m), H))
+
+    elif callable(c.hess):
+
+        def hess(z, v):
+            Z, V = z.reshape(S, n), v.reshape(S, m)
+            return _block_diagonal(np.stack([c.hess(x, w) for x, w in zip(Z, V, strict=True)]))
+
+    else:
+        hess = BFGS()
+    stacked = NonlinearConstraint(fun, np.tile(lo, S), np.tile(hi, S), jac=jac, hess=hess)
+    return stacked, lambda Xe: _violation(values(Xe), lo, hi)
+
+
+def _violation(values, lo, hi) -> np.ndarray:
+    return np.maximum(np.maximum(lo - values, values - hi), 0.0).max(axis=1)
+
+
+def _block_diagonal(blocks: np.ndarray):
+    """(S, a, b) blocks as a sparse (S a, S b) block-diagonal matrix, without copies per block."""
+    S, a, b = blocks.shape
+    return sparse.bsr_array((blocks, np.arange(S), np.arange(S + 1)), shape=(S * a, S * b))
