@@ -7,7 +7,7 @@ function of physical inputs; adapters hand it to scipy.optimize, CasADi and torc
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 
-from . import lyapunov
+from . import distributed, lyapunov
 from .adapters.scipy import minimize, scipy_constraint, scipy_ode
 from .derivatives import derivatives
 from .diagnostics import (
@@ -60,6 +60,7 @@ __all__ = [
     "__version__",
     "check_derivatives",
     "derivatives",
+    "distributed",
     "fit",
     "limit_threads",
     "load",

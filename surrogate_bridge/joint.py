@@ -24,7 +24,13 @@ from scipy.optimize import minimize as scipy_minimize
 
 from .surrogate import Surrogate
 
-__all__ = ["joint_lbfgsb", "joint_trust_constr", "projected_gradient", "projected_newton"]
+__all__ = [
+    "joint_lbfgsb",
+    "joint_trust_constr",
+    "lockstep_lbfgsb",
+    "projected_gradient",
+    "projected_newton",
+]
 
 _ARMIJO = 1e-4
 _BACKTRACKS = 40
@@ -50,6 +56,59 @@ def joint_lbfgsb(value_and_grad, X, lb, ub, tol=1e-5, max_iter=1000) -> Optimize
         # no ftol: a decrease of the summed objective says nothing about one start's progress
         options={"gtol": tol, "ftol": 0.0, "maxiter": max_iter, "maxcor": 10},
     )
+
+
+def lockstep_lbfgsb(value_and_grad, X, lb, ub, tol=1e-5, max_iter=15000):
+    """scipy's own L-BFGS-B from every row of ``X`` (S, n), in lock step: each start keeps its
+    own state and path (as ``minimize(..., method="L-BFGS-B")`` from that start, with its
+    default ``ftol``, ``maxcor`` and ``maxls``); whenever starts ask for a value and gradient,
+    they are answered together by one batched call. Drives the reverse-communication routine
+    (``setulb``) that ``scipy.optimize.minimize`` itself drives (scipy >= 1.15).
+
+    Returns (X, converged (S,) as scipy's ``success``, iterations (S,), batched calls).
+    """
+    from scipy.optimize import _lbfgsb
+
+    S, n = X.shape
+    m, maxls = 10, 20
+    factr = 2.2204460492503131e-09 / np.finfo(float).eps  # scipy's default ftol
+    lo_ok, hi_ok = np.isfinite(lb), np.isfinite(ub)
+    nbd = np.where(lo_ok & hi_ok, 2, np.where(lo_ok, 1, np.where(hi_ok, 3, 0))).astype(np.int32)
+    low, up = np.where(lo_ok, lb, 0.0), np.where(hi_ok, ub, 0.0)
+    x = np.clip(np.array(X, dtype=np.float64), lb, ub)
+    f = [np.array(0.0) for _ in range(S)]
+    g = np.zeros((S, n))
+    wa = np.zeros((S, 2 * m * n + 5 * n + 11 * m * m + 8 * m))
+    iwa = np.zeros((S, 3 * n), dtype=np.int32)
+    task, ln_task = np.zeros((S, 2), dtype=np.int32), np.zeros((S, 2), dtype=np.int32)
+    lsave, isave = np.zeros((S, 4), dtype=np.int32), np.zeros((S, 44), dtype=np.int32)
+    dsave = np.zeros((S, 29))
+    nit = np.zeros(S, dtype=np.int64)
+    calls, pending = 0, range(S)
+    while True:
+        asking = []
+        for s in pending:
+            while True:
+                state = wa[s], iwa[s], task[s], lsave[s], isave[s], dsave[s]
+                _lbfgsb.setulb(m, x[s], low, up, nbd, f[s], g[s], factr, tol, *state, maxls,
+                               ln_task[s])  # fmt: skip
+                if task[s, 0] == 3:  # wants f and g at x[s]
+                    asking.append(s)
+                    break
+                if task[s, 0] != 1:  # converged, or stopped
+                    break
+                nit[s] += 1  # a new iterate
+                if nit[s] >= max_iter:
+                    task[s] = (5, 504)
+        if not asking:
+            break
+        values, grads = value_and_grad(x[asking])
+        calls += 1
+        for i, s in enumerate(asking):
+            f[s][()] = values[i]
+        g[asking] = np.asarray(grads, dtype=np.float64).reshape(len(asking), n)
+        pending = asking
+    return x, task[:, 0] == 4, nit, calls
 
 
 def projected_gradient(X, g, lb, ub) -> np.ndarray:

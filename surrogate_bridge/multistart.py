@@ -13,7 +13,13 @@ import numpy as np
 from scipy.optimize import Bounds, OptimizeResult
 
 from .convert import as_points
-from .joint import joint_lbfgsb, joint_trust_constr, projected_gradient, projected_newton
+from .joint import (
+    joint_lbfgsb,
+    joint_trust_constr,
+    lockstep_lbfgsb,
+    projected_gradient,
+    projected_newton,
+)
 from .surrogate import Surrogate, require_surrogate
 
 __all__ = ["multistart", "read_box"]
@@ -74,9 +80,12 @@ def multistart(
     n_starts : int
         Starts drawn when ``x0`` is not given.
     method : {"L-BFGS-B", "newton", "trust-constr"}, optional
-        "L-BFGS-B" (the default without constraints): joint L-BFGS-B over the stacked starts.
+        "L-BFGS-B" (the default without constraints): scipy's L-BFGS-B from every start, in
+        lock step: each start follows exactly the path ``scipy.optimize.minimize(...,
+        method="L-BFGS-B")`` takes from it, while each round of requests is one batched call.
         "newton": batched projected Newton with exact Hessians and a line search per start
-        (fewer iterations; each pays a batched Hessian). "trust-constr" (the default, and the
+        (fewer iterations; each pays a batched Hessian; it may end in another basin than
+        L-BFGS-B from the same start). "trust-constr" (the default, and the
         only method, with ``constraints``): joint trust-constr with exact sparse derivatives.
     constraints : scipy constraint(s), optional
         ``NonlinearConstraint`` (``sb.scipy_constraint(con_sur, lb, ub)`` is evaluated for all
@@ -84,9 +93,10 @@ def multistart(
         start), ``LinearConstraint``, or ``{"type": "eq" | "ineq", "fun", "jac"}`` dicts, each
         written for one point and applied to every start.
     tol : float
-        Every start's projected gradient (with constraints: its Lagrangian gradient and its
-        constraint violation) ends below this: scipy's ``gtol``, by default L-BFGS-B's (1e-5).
-        Far below the function's rounding no line search can make progress.
+        scipy's ``gtol``, by default L-BFGS-B's (1e-5): a start is converged when its projected
+        gradient (with constraints: its Lagrangian gradient and its constraint violation) is
+        below it; L-BFGS-B starts also stop, successfully, as scipy's do, when an iteration
+        reduces f by less than its default ``ftol``.
     seed : int, optional
         Seeds the drawn starts.
     max_iter : int
@@ -100,8 +110,9 @@ def multistart(
         ``x``, ``fun``: the best minimum; ``success``: every start converged; ``xs`` (S, n)
         and ``funs`` (S,): every start's end point and value; ``converged`` (S,) bool;
         ``minima`` (k, n), ``minima_fun`` (k,), ``minima_count`` (k,): the distinct local minima
-        sorted by value, with how many starts reached each; ``nit`` (iterations over all rounds;
-        for "newton" the most any start took), ``nfev`` (batched evaluations) and ``method``.
+        sorted by value, with how many starts reached each; ``nit`` (the most iterations any
+        start took; trust-constr: the joint iterations), ``nfev`` (batched evaluations) and
+        ``method``.
 
     Examples
     --------
@@ -134,6 +145,7 @@ def multistart(
         X, converged, nit, nfev = _constrained(sur, X, lb, ub, constraints, tol, max_iter)
     else:
         X, converged, nit, nfev = _lbfgsb(sur, X, lb, ub, tol, max_iter)
+        nit = int(np.max(nit, initial=0))
     S = len(X)
     funs = np.asarray(sur(X), dtype=np.float64).reshape(S)
     minima, minima_fun, counts = _merge(X, funs, converged, merge_tol * _size(lb, ub, X))
@@ -172,9 +184,14 @@ def _starts(x0, n_starts, lb, ub, n, seed) -> np.ndarray:
 
 
 def _lbfgsb(sur, X, lb, ub, tol, max_iter):
-    """Joint rounds: a round restarts L-BFGS-B on the starts not yet converged."""
+    """scipy's L-BFGS-B per start in lock step (each start's own path, its own ``success``);
+    where scipy's reverse-communication routine differs (scipy < 1.15), joint rounds."""
+    try:
+        return lockstep_lbfgsb(sur.value_and_grad, X, lb, ub, tol, max_iter)
+    except (ImportError, AttributeError, TypeError):
+        pass
     active, nit, nfev = np.arange(len(X)), 0, 0
-    for _ in range(_ROUNDS):
+    for _ in range(_ROUNDS):  # a round restarts L-BFGS-B on the starts not yet converged
         res = joint_lbfgsb(sur.value_and_grad, X[active], lb, ub, tol, max_iter)
         X[active] = res.x.reshape(-1, X.shape[1])
         nit, nfev = nit + res.nit, nfev + res.nfev

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from problems import P_SEED, ScaledQuadratic
+from problems import P_SEED, ScaledQuadratic, counting
 from scipy.optimize import LinearConstraint, minimize
 from torch import nn
 
@@ -62,16 +62,31 @@ def test_bounds_are_kept_and_bind_at_the_box_constrained_minimum(method):
 
 
 def test_every_start_reaches_what_scipy_reaches_from_it():
-    P = np.array([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]])
-    s, c = [0.1, 0.2, 0.3], [2.0, 1.0, 3.0]
-    model = ScaledQuadratic(P, s, c, [1.0], [2.0])
-    sur = sb.Surrogate(model, sb.Affine(s, c), sb.Affine([1.0], [2.0]))
-    x0 = np.random.default_rng(3).uniform(-4, 4, (20, 3))
-    res = sb.multistart(sur, x0, bounds=[(-5, 5)] * 3, tol=1e-10)
-    for x, end in zip(x0, res.xs, strict=True):
-        one = minimize(sur, x, jac=sur.grad, method="L-BFGS-B", bounds=[(-5, 5)] * 3,
-                       options={"gtol": 1e-10, "ftol": 1e-15})  # fmt: skip
-        np.testing.assert_allclose(end, one.x, atol=TOL["x"])
+    """L-BFGS-B in lock step: every start follows scipy's own path from it, so each end point,
+    value, iteration count and status is scipy's, on a multimodal surrogate too."""
+    sur = himmelblau()
+    x0 = np.random.default_rng(3).uniform(-5, 5, (40, 2))
+    res = sb.multistart(sur, x0, bounds=[(-5, 5)] * 2)
+    for x, end, f_end in zip(x0, res.xs, res.funs, strict=True):
+        one = minimize(sur, x, jac=sur.grad, method="L-BFGS-B", bounds=[(-5, 5)] * 2)
+        np.testing.assert_allclose(end, one.x, rtol=0, atol=1e-12)
+        assert f_end == pytest.approx(one.fun, rel=1e-12, abs=1e-12)
+    assert res.converged.all() and res.nit == max(
+        minimize(sur, x, jac=sur.grad, method="L-BFGS-B", bounds=[(-5, 5)] * 2).nit for x in x0
+    )
+
+
+def test_lock_step_costs_one_batched_call_per_round_of_requests():
+    """The model sees one batch per round (the starts still running), never one point at a
+    time; converged starts stop costing work."""
+    model, calls = counting(Himmelblau([0.5, -0.3], [4.0, 3.0], [100.0], [50.0]))
+    sur = sb.Surrogate(model, sb.Affine([0.5, -0.3], [4.0, 3.0]), sb.Affine([100.0], [50.0]),
+                       domain=([-5, -5], [5, 5]), point_route="torch")  # fmt: skip
+    calls.clear()
+    res = sb.multistart(sur, n_starts=64, seed=0)
+    rounds = calls[: res.nfev]
+    assert rounds[0] == 64 and sorted(rounds, reverse=True) == rounds  # shrinking batches
+    assert len(rounds) == res.nfev < 64
 
 
 @pytest.mark.parametrize(
