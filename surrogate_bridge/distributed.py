@@ -61,7 +61,7 @@ def evaluate(client, sur: Surrogate, X, method: str = "hess", *, chunk_size: int
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != sur.n_in:
         raise ValueError(f"distributed.evaluate: X must have shape (N, {sur.n_in}), got {X.shape}.")
-    remote = client.scatter(sur, broadcast=True)
+    remote = client.scatter(sur, broadcast=True, hash=False)  # a key of its own
     chunks = [X[i : i + chunk_size] for i in range(0, len(X), chunk_size)]
     futures = [client.submit(_apply, remote, c, method, kwargs, pure=False) for c in chunks]
     parts = client.gather(futures)
@@ -82,7 +82,7 @@ def multistart(client, sur: Surrogate, seeds: Iterable[int], **kwargs) -> list:
     >>> best = min(results, key=lambda r: r.fun)  # doctest: +SKIP
     """
     require_surrogate(sur, "distributed.multistart")
-    remote = client.scatter(sur, broadcast=True)
+    remote = client.scatter(sur, broadcast=True, hash=False)  # a key of its own
     futures = [client.submit(_one_batch, remote, s, kwargs, pure=False) for s in seeds]
     return client.gather(futures)
 

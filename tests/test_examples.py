@@ -81,3 +81,10 @@ def test_lyapunov_roa(tmp_path, capsys):
     assert abs(roa.level / ref.level - 1) < 0.2
     assert (tmp_path / "roa.png").stat().st_size > 0
     assert "learned V: level" in capsys.readouterr().out
+
+
+def test_distributed_hessians(capsys):
+    pytest.importorskip("dask.distributed")
+    H, results = load("distributed_hessians").main(n_points=20_000, n_seeds=2, epochs=200)
+    assert H.shape == (20_000, 2, 2) and len(results) == 2
+    assert "points/s on 2 workers" in capsys.readouterr().out
