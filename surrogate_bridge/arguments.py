@@ -62,6 +62,13 @@ def infer_n_in(n_in, in_aff: Affine | None, model) -> int | None:
         return n_in
     if from_scaler is not None:
         return from_scaler
-    if isinstance(model, nn.Module):
-        return next((m.in_features for m in model.modules() if isinstance(m, nn.Linear)), None)
+    if isinstance(model, nn.Module):  # the first Linear layer, scripted or traced ones too
+        return next(
+            (
+                int(m.in_features)
+                for m in model.modules()
+                if isinstance(m, nn.Linear) or getattr(m, "original_name", None) == "Linear"
+            ),
+            None,
+        )
     return None

@@ -29,9 +29,11 @@ from torch import nn
 from .diagnostics import piecewise_linear_ops
 from .normalization import Affine
 
-__all__ = ["ExportError", "PhysicalFunction", "build", "export"]
+__all__ = ["ExportError", "PhysicalFunction", "build", "export", "from_torchscript"]
 
 _PROBE_ROWS = 3
+# deep-copying a torch.export graph module makes torch warn about its own pytree API
+_TREESPEC = ".*treespec.*"
 
 
 # row handling ------------------------------------------------------------------------------------
@@ -123,8 +125,7 @@ def frozen_copy(model, dtype: torch.dtype, device: torch.device):
     if not isinstance(model, nn.Module):
         return model  # a plain callable: nothing to copy or freeze
     with warnings.catch_warnings():
-        # deep-copying a torch.export graph module makes torch warn about its own pytree API
-        warnings.filterwarnings("ignore", message=".*treespec.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
         # tensors computed from parameters and kept as plain attributes (the old
         # nn.utils.weight_norm's weight) cannot be deep-copied; the copy gets them detached, and
         # the hooks that compute them recompute them at every forward as before
@@ -145,9 +146,54 @@ def frozen_copy(model, dtype: torch.dtype, device: torch.device):
             ) from err
     m = m.to(device=device, dtype=dtype).eval()
     for p in m.parameters():
-        p.requires_grad_(False)
-        p.grad = None
+        if p.is_leaf:  # a TorchScript copy's parameters are not leaves: they stay as they are
+            p.requires_grad_(False)
+            p.grad = None
     return m
+
+
+def from_torchscript(model, n_in: int | None):
+    """A TorchScript module (``torch.jit.script``, ``trace`` or ``load``) as an ordinary torch
+    module, so that every route works on it: its graph is converted by torch's TorchScript
+    converter into an ``ExportedProgram`` whose ``module()`` is a plain ``nn.Module`` (the
+    same operations and weights). Where conversion fails, the script module itself is run (a
+    private copy; autograd through TorchScript gives exact derivatives), and ``export`` (save,
+    symbolic CasADi) says why it cannot capture it. Anything else is returned as it is."""
+    if not isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+        return model
+    if n_in is None:
+        raise ValueError(
+            "Surrogate: a TorchScript model does not say its input count here; pass n_in= (or "
+            "an input_scaler)."
+        )
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    example = torch.zeros(_PROBE_ROWS, n_in, dtype=dtype)
+    try:
+        from torch._export.converter import TS2EPConverter
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the converter's notes about its own internals
+            return TS2EPConverter(model, (example,)).convert().module()
+    except Exception as err:  # the converter raises many types: keep the reason for export
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return _Scripted(model, f"{type(err).__name__}: {first}")
+
+
+class _Scripted(nn.Module):
+    """A TorchScript module that torch's converter could not turn into a graph: run as it is
+    (a private copy, with its parameters kept out of autograd's leaf set by the copy)."""
+
+    def __init__(self, script, reason: str) -> None:
+        super().__init__()
+        self.script, self.reason = copy.deepcopy(script), reason
+
+    def forward(self, z):
+        return self.script(z)
+
+    def _apply(self, fn, recurse=True):
+        with warnings.catch_warnings():  # .to() reads .grad of the copy's non-leaf parameters
+            warnings.filterwarnings("ignore", message=".*non-leaf Tensor.*", category=UserWarning)
+            return super()._apply(fn, recurse)
 
 
 class Built:
@@ -223,8 +269,16 @@ def export(
     ``one_point=True``: on a (1, n_in) input with each row wrapper's one-point form (no vmap in
     the graph; the CasADi translator's input). Else a dynamic batch dimension (``io.save``).
     """
+    if isinstance(fn.model, _Scripted):
+        raise ExportError(
+            "the TorchScript model could not be converted to a torch graph "
+            f"({fn.model.reason}); save and symbolic CasADi need one. Callback mode and every "
+            "derivative work; or pass the original nn.Module (before torch.jit.script/trace)."
+        )
     module = fn._with_rows(fn.rows.one_point()) if one_point else fn
-    module = copy.deepcopy(module).cpu().to(dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
+        module = copy.deepcopy(module).cpu().to(dtype)
     example = torch.zeros(1 if one_point else 2, n_in, dtype=dtype)
     dynamic = None if one_point else ({0: torch.export.Dim("batch")},)
     try:

@@ -19,7 +19,7 @@ from .derivatives import Engine
 from .diagnostics import warn_nonsmooth
 from .domain import Domain
 from .normalization import as_affine
-from .physical import build, export, frozen_copy
+from .physical import build, export, from_torchscript, frozen_copy
 from .points import CacheInfo, PointEvaluator
 
 __all__ = ["Surrogate", "Vectorized", "require_surrogate", "require_vector_field"]
@@ -100,7 +100,7 @@ class Surrogate:
         self.chunk_size = 16384  # rows per batched pass: bounds memory for any N
         n_in = infer_n_in(n_in, self._in_aff, model)
         self._domain = Domain(domain, self._in_aff, n_in, extrapolation)
-        self._model = frozen_copy(model, dtype, self.device)
+        self._model = frozen_copy(from_torchscript(model, n_in), dtype, self.device)
         self._n_in: int | None = None
         self._warned_smooth = False
         if n_in is not None:
