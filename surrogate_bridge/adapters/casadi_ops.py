@@ -1,9 +1,13 @@
 """The aten operations the CasADi translator knows, each a function of CasADi matrices.
 
 Tensors are CasADi matrices in torch's layout: a 2-D tensor (a, b) is an (a, b) matrix, a 1-D
-tensor (k,) a (1, k) row, a scalar (1, 1); higher ranks are not translated. ``OPS`` maps each
-aten overload to ``(handler, extra)``, where ``extra`` says whether the handler also takes the
-rank of its first argument (``"rank"``) or of every argument (``"ranks"``). A handler that cannot
+tensor (k,) a (1, k) row, a scalar (1, 1); a tensor of higher rank (a batch of one image or
+signal, (1, C, L) or (1, C, H, W)) is its row-major flattening, a (1, numel) row, so that a
+convolution is one (sparse) matrix product built once from its weights, elementwise operations
+apply as they are, and views and flattening are the identity. ``OPS`` maps each aten overload to
+``(handler, extra)``, where ``extra`` says whether the handler also takes the rank of its first
+argument (``"rank"``), of every argument (``"ranks"``), or the shapes of its arguments
+(``"shapes"``). A handler that cannot
 translate its arguments raises ``ValueError``, which the translator reports with the op's place.
 """
 
@@ -15,6 +19,7 @@ import operator
 import casadi as ca
 import numpy as np
 import torch
+from scipy import sparse
 
 __all__ = ["OPS", "reshape", "shape2"]
 
@@ -23,15 +28,14 @@ aten = torch.ops.aten
 
 # shapes -----------------------------------------------------------------------------------------
 def shape2(shape) -> tuple[int, int]:
-    """The CasADi (rows, cols) of a torch shape: (a, b) -> (a, b); (k,) -> (1, k); () -> (1, 1)."""
+    """The CasADi (rows, cols) of a torch shape: (a, b) -> (a, b); (k,) -> (1, k); () -> (1, 1);
+    rank 3 and more -> (1, numel), the row-major flattening."""
     shape = tuple(int(s) for s in shape)
     if len(shape) == 2:
         return shape
-    if len(shape) == 1:
-        return (1, shape[0])
     if len(shape) == 0:
         return (1, 1)
-    raise ValueError(f"rank-{len(shape)} tensor {shape}")
+    return (1, math.prod(shape))
 
 
 def _fit(v, shape2):
@@ -72,8 +76,14 @@ def _binary(fn):
 
 
 def _reduce(kind):
-    def op(out, x, dims=None, keepdim=False, dtype=None, *, rank):
+    def op(out, x, dims=None, keepdim=False, dtype=None, *, shapes):
+        shape = shapes[0]
+        rank = len(shape)
         dims = set(range(rank)) if not dims else {_dim(d, rank) for d in dims}
+        if rank > 2:  # a flattened (1, ...) tensor: the reduction as a matrix built by torch
+            reduce = torch.sum if kind == "sum" else torch.mean
+            dims -= {0}  # a batch of one: reducing it changes nothing
+            return ca.mtimes(x, ca.DM(_matrix_of(lambda B: reduce(B, tuple(dims)), shape)))
         n = 1
         # a rank-2 tensor's dim 0 is the matrix's rows; the last torch dim is always its columns
         if rank == 2 and 0 in dims:
@@ -85,6 +95,17 @@ def _reduce(kind):
         return reshape(x, out)
 
     return op
+
+
+def _matrix_of(linear, shape) -> np.ndarray:
+    """The matrix M with ``flat(linear(t)) = flat(t) @ M`` for a (1, ...) tensor ``t`` of
+    ``shape``: ``linear`` applied by torch to every unit tensor at once (the batch axis)."""
+    if shape[0] != 1:
+        raise ValueError(f"a batch of {shape[0]} (one point is translated)")
+    numel = math.prod(shape)
+    basis = torch.eye(numel, dtype=torch.float64).reshape(numel, *shape[1:])
+    with torch.no_grad():
+        return linear(basis).reshape(numel, -1).numpy()
 
 
 def _softplus(out, x, beta=1, threshold=20):
@@ -139,15 +160,52 @@ def _layer_norm(out, x, shape, weight=None, bias=None, eps=1e-5, cudnn_enable=Tr
     return y if bias is None else y + _fit(bias, y.shape)
 
 
-def _batch_norm(out, x, weight, bias, mean, var, training, momentum, eps, cudnn_enabled=True):
+def _batch_norm(out, x, weight, bias, mean, var, training, momentum, eps, cudnn_enabled=True, *,
+                shapes):  # fmt: skip
     if training:
         raise ValueError(
             "batch_norm in training mode (batch statistics); the surrogate's copy is eval"
         )
-    y = (x - _fit(mean, x.shape)) / ca.sqrt(_fit(var, x.shape) + eps)
+    shape = shapes[0]
+    fit = _fit
+    if len(shape) > 2:  # (1, C, ...) flattened: each channel's constant over its positions
+        if shape[0] != 1:
+            raise ValueError(f"batch_norm of a batch of {shape[0]} (one point is translated)")
+        fit = _per_channel(math.prod(shape[2:]))
+    y = (x - fit(mean, x.shape)) / ca.sqrt(fit(var, x.shape) + eps)
     if weight is not None:
-        y = y * _fit(weight, y.shape)
-    return y if bias is None else y + _fit(bias, y.shape)
+        y = y * fit(weight, y.shape)
+    return y if bias is None else y + fit(bias, y.shape)
+
+
+def _per_channel(per: int):
+    """Broadcast of a per-channel constant (C,) over a flattened (1, C, ...) tensor."""
+
+    def fit(v, _shape):
+        if not isinstance(v, ca.DM):
+            raise ValueError("per-channel statistics and weights must be constants")
+        return ca.DM(np.repeat(np.asarray(v).ravel(), per)).T
+
+    return fit
+
+
+def _conv(op):
+    """A convolution (``op``: aten.convolution, conv1d, conv2d, ...) of one point as
+    ``x_flat @ M + b``: M (numel_in, numel_out), sparse, holds the convolution of every unit
+    input, computed once by torch itself from the weights (so every stride, padding, dilation
+    and group setting is torch's)."""
+
+    def handler(out, x, weight, bias=None, *settings, shapes):
+        if not isinstance(weight, ca.DM) or not (bias is None or isinstance(bias, ca.DM)):
+            raise ValueError("convolution weights must be constants")
+        W = torch.as_tensor(np.asarray(weight).reshape(shapes[1]))
+        M = _matrix_of(lambda B: op(B, W, None, *settings), shapes[0])
+        y = ca.mtimes(x, ca.DM(sparse.csc_matrix(M)))
+        if bias is None:
+            return y
+        return y + _per_channel(M.shape[1] // np.asarray(bias).size)(bias, y.shape)
+
+    return handler
 
 
 _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
@@ -161,11 +219,11 @@ def _prelu(out, x, weight):
     return ca.fmax(x, 0) + _fit(weight, x.shape) * ca.fmin(x, 0)
 
 
-def _vector_norm(out, x, ord=2, dim=None, keepdim=False, dtype=None, *, rank):
+def _vector_norm(out, x, ord=2, dim=None, keepdim=False, dtype=None, *, shapes):
     if ord != 2:
         raise ValueError(f"linalg_vector_norm of order {ord} (only 2 is translated)")
     dim = [dim] if isinstance(dim, int) else dim
-    return ca.sqrt(_reduce("sum")(out, x**2, dim, keepdim, rank=rank))
+    return ca.sqrt(_reduce("sum")(out, x**2, dim, keepdim, shapes=shapes))
 
 
 def _matmul(out, a, b, *, ranks):
@@ -281,14 +339,20 @@ OPS = {
     aten.clamp.default: (_clamp, None),
     aten.clamp_min.default: (lambda out, x, lo: ca.fmax(x, lo), None),
     aten.clamp_max.default: (lambda out, x, hi: ca.fmin(x, hi), None),
-    aten.sum.dim_IntList: (_reduce("sum"), "rank"),
-    aten.sum.default: (_reduce("sum"), "rank"),
-    aten.mean.dim: (_reduce("mean"), "rank"),
-    aten.mean.default: (_reduce("mean"), "rank"),
+    aten.sum.dim_IntList: (_reduce("sum"), "shapes"),
+    aten.sum.default: (_reduce("sum"), "shapes"),
+    aten.mean.dim: (_reduce("mean"), "shapes"),
+    aten.mean.default: (_reduce("mean"), "shapes"),
     aten.cat.default: (_cat, "ranks"),
     aten.concat.default: (_cat, "ranks"),
     aten.layer_norm.default: (_layer_norm, None),
-    aten.batch_norm.default: (_batch_norm, None),
+    aten.batch_norm.default: (_batch_norm, "shapes"),
+    aten.convolution.default: (_conv(aten.convolution.default), "shapes"),
+    aten.conv1d.default: (_conv(aten.conv1d.default), "shapes"),
+    aten.conv2d.default: (_conv(aten.conv2d.default), "shapes"),
+    aten.conv3d.default: (_conv(aten.conv3d.default), "shapes"),
+    aten.conv1d.padding: (_conv(aten.conv1d.padding), "shapes"),
+    aten.conv2d.padding: (_conv(aten.conv2d.padding), "shapes"),
     aten.selu.default: (
         lambda out, x: _SELU_SCALE * ca.if_else(x > 0, x, _SELU_ALPHA * (ca.exp(x) - 1)),
         None,
@@ -299,7 +363,7 @@ OPS = {
     aten.hardswish.default: (lambda out, x: x * ca.fmin(ca.fmax(x + 3, 0), 6) / 6, None),
     aten.hardsigmoid.default: (lambda out, x: ca.fmin(ca.fmax(x / 6 + 0.5, 0), 1), None),
     aten.prelu.default: (_prelu, None),
-    aten.linalg_vector_norm.default: (_vector_norm, "rank"),
+    aten.linalg_vector_norm.default: (_vector_norm, "shapes"),
     aten.stack.default: (_stack, "ranks"),
     aten.slice.Tensor: (_slice, "rank"),
     aten.select.int: (_select, "rank"),

@@ -3,9 +3,10 @@
 The physical-units function (scalers included) is captured by ``torch.export`` on one point, and
 each aten operation becomes a CasADi expression through the ``OPS`` dispatch dict. Tensors are
 CasADi matrices in torch's layout: a 2-D tensor (a, b) is an (a, b) matrix, a 1-D tensor (k,) a
-(1, k) row, a scalar (1, 1); higher ranks are not translated. Weights enter as dense ``DM``
-constants of ``mtimes``: matrix-valued MX, not a scalar SX expansion (the ``hand SX`` rows of
-``benchmarks/RESULTS.md``: its Hessian costs 3.03x the MX one on a 10-256-256-1 net).
+(1, k) row, a scalar (1, 1); a tensor of higher rank its row-major flattening (``casadi_ops``).
+Weights enter as ``DM`` constants of ``mtimes`` (dense, or sparse for convolutions):
+matrix-valued MX, not a scalar SX expansion (the ``hand SX`` rows of ``benchmarks/RESULTS.md``:
+its Hessian costs 3.03x the MX one on a 10-256-256-1 net).
 """
 
 from __future__ import annotations
@@ -80,6 +81,29 @@ def translate_program(program, n_in: int, n_out: int, name: str) -> tuple[ca.Fun
     return f, sorted(nonsmooth)
 
 
+def _no_silent_broadcast(node, extra) -> None:
+    """A tensor of rank 3 or more is a flat row here: broadcasting another tensor over it (a
+    per-channel (1, C, 1) term) would repeat it in the wrong order, so only equal shapes and
+    single numbers combine with it (convolution and batch_norm place their constants
+    themselves)."""
+    meta = node.meta.get("val")
+    if extra == "shapes" or not isinstance(meta, torch.Tensor) or meta.ndim < 3:
+        return
+    if node.target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+        return
+    for a in node.args:
+        if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor):
+            shape = tuple(a.meta["val"].shape)
+            if a.meta["val"].numel() not in (1, meta.numel()) or (
+                a.meta["val"].numel() == meta.numel()
+                and shape != tuple(meta.shape)
+                and a.meta["val"].ndim >= 3
+            ):
+                raise ValueError(
+                    f"broadcasting a {shape} tensor to rank-{meta.ndim} shape {tuple(meta.shape)}"
+                )
+
+
 def _translate_node(node, env, nonsmooth):
     target = node.target
     entry = OPS.get(target)
@@ -113,6 +137,11 @@ def _translate_node(node, env, nonsmooth):
             kwargs.pop(k, None)
         if extra == "rank":
             kwargs["rank"] = rank(node.args[0])
+        elif extra == "shapes":
+            kwargs["shapes"] = [
+                tuple(a.meta["val"].shape) if isinstance(a, torch.fx.Node) else None
+                for a in node.args
+            ]
         elif extra == "ranks":
             first = node.args[0]
             kwargs["ranks"] = (
@@ -120,6 +149,7 @@ def _translate_node(node, env, nonsmooth):
                 if isinstance(first, (list, tuple))
                 else [rank(a) for a in node.args[:2]]
             )
+        _no_silent_broadcast(node, extra)
         args = [val(a) for a in node.args]
         if target is aten.index.Tensor:
             args[1] = [None if i is None else np.asarray(ca.DM(i)).ravel() for i in args[1]]
