@@ -22,7 +22,7 @@ from .io import load, save
 from .multistart import multistart
 from .normalization import Affine
 from .points import CacheInfo
-from .surrogate import Surrogate
+from .surrogate import Surrogate, update_weights
 from .threads import limit_threads
 from .training import fit, mlp
 
@@ -71,6 +71,7 @@ __all__ = [
     "save",
     "scipy_constraint",
     "scipy_ode",
+    "update_weights",
 ]
 # adapters whose extra is installed: `from surrogate_bridge import *` never fails on a missing one
 __all__ += [name for name, (_, needs) in _LAZY.items() if find_spec(needs) is not None]

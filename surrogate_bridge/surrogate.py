@@ -22,7 +22,13 @@ from .normalization import as_affine
 from .physical import build, export, from_torchscript, frozen_copy
 from .points import CacheInfo, PointEvaluator
 
-__all__ = ["Surrogate", "Vectorized", "require_surrogate", "require_vector_field"]
+__all__ = [
+    "Surrogate",
+    "Vectorized",
+    "require_surrogate",
+    "require_vector_field",
+    "update_weights",
+]
 
 
 class Surrogate:
@@ -367,6 +373,49 @@ def _describe(sur: Surrogate) -> str:
     }
     kept = (f"{k}={v!r}" for k, v in shown.items() if v is not None or k.startswith("n_"))
     return f"Surrogate({', '.join(kept)})"
+
+
+def update_weights(sur: Surrogate, source) -> None:
+    """Load new weights into a surrogate: ``source`` is a model of the same architecture or its
+    ``state_dict``. Scalers and settings stay; the cache is cleared and the single-point route
+    measured again. Everything that calls back into the surrogate sees the new weights at its
+    next evaluation without being rebuilt: CasADi callback Functions and the IPOPT solvers
+    built on them (``F.update(source)`` is this), scipy callbacks, ``sb.ode_rhs`` right-hand
+    sides. Symbolic CasADi Functions hold their weights as constants: rebuild those. The model
+    ``source`` is only read.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, surrogate_bridge as sb
+    >>> sur = sb.Surrogate(torch.nn.Linear(2, 1))
+    >>> new = torch.nn.Linear(2, 1)
+    >>> sb.update_weights(sur, new)
+    >>> bool(np.isclose(sur([1.0, 2.0]), new(torch.tensor([1.0, 2.0])).item()))
+    True
+    """
+    require_surrogate(sur, "update_weights")
+    if not isinstance(sur._model, nn.Module):
+        raise TypeError("update_weights: this surrogate's model is a plain function: no weights.")
+    state = source.state_dict() if isinstance(source, nn.Module) else source
+    if not hasattr(state, "items"):
+        raise TypeError(
+            f"update_weights: source must be a torch model or its state_dict, got "
+            f"{type(source).__name__}."
+        )
+    own = sur._model.state_dict()
+    moved = {
+        k: torch.as_tensor(v).to(own[k].device, own[k].dtype) if k in own else v
+        for k, v in state.items()
+    }
+    try:
+        with torch.no_grad():
+            sur._model.load_state_dict(moved, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"update_weights: the new weights do not fit the surrogate's model: "
+            f"{str(err).splitlines()[0]} (same architecture, same parameter names and shapes)"
+        ) from err
+    sur._setup(sur.n_in)
 
 
 def require_surrogate(sur, where: str, ready: bool = True) -> None:

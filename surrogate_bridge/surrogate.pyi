@@ -13,7 +13,13 @@ from torch import nn
 from .normalization import Affine
 from .points import CacheInfo
 
-__all__ = ["Surrogate", "Vectorized", "require_surrogate", "require_vector_field"]
+__all__ = [
+    "Surrogate",
+    "Vectorized",
+    "require_surrogate",
+    "require_vector_field",
+    "update_weights",
+]
 
 class Surrogate:
     history: dict | None
@@ -118,3 +124,4 @@ class Vectorized:
 
 def require_surrogate(sur: Any, where: str, ready: bool = True) -> None: ...
 def require_vector_field(sur: Any, where: str, time_input: bool) -> None: ...
+def update_weights(sur: Surrogate, source: nn.Module | Any) -> None: ...

@@ -427,3 +427,32 @@ def test_normalization_layers_generate_c_that_compiles(name, tmp_path):
     G = ca.external("f", str(so))
     p = np.array([0.4, -0.7])
     np.testing.assert_allclose(np.array(G(p)).ravel(), sur(p), rtol=1e-12)
+
+
+def test_callback_weights_update_inside_an_existing_ipopt_solver():
+    """Online model updates (l4casadi's mutable): F.update swaps new weights into the solver
+    already built on the callback; its next solve is a fresh solver's with the new model."""
+    old, new = mlp([2, 8, 1], nn.Tanh, seed=0), mlp([2, 8, 1], nn.Tanh, seed=1)
+    kept = {k: v.clone() for k, v in new.state_dict().items()}
+    sur = sb.Surrogate(old, point_route="torch")
+    F = sb.casadi_function(sur, mode="callback")
+    x = ca.MX.sym("x", 2)
+    opts = {"ipopt.print_level": 0, "print_time": 0, "ipopt.sb": "yes"}
+
+    def solver(G):
+        return ca.nlpsol("S", "ipopt", {"x": x, "f": G(x) + ca.sumsqr(x - 0.3)}, opts)
+
+    S = solver(F)
+    before = S(x0=[0.5, 0.5], lbx=-2, ubx=2)
+    F.update(new)
+    after = S(x0=[0.5, 0.5], lbx=-2, ubx=2)
+    ref = solver(sb.casadi_function(sb.Surrogate(new), mode="symbolic"))(x0=[0.5, 0.5], lbx=-2,
+                                                                         ubx=2)  # fmt: skip
+    assert S.stats()["success"]
+    np.testing.assert_allclose(np.array(after["x"]), np.array(ref["x"]), atol=1e-8)
+    assert np.abs(np.array(after["x"]) - np.array(before["x"])).max() > 1e-3
+    assert all(torch.equal(v, kept[k]) for k, v in new.state_dict().items())  # only read
+    with pytest.raises(ValueError, match="do not fit the surrogate's model"):
+        F.update(mlp([2, 4, 1], nn.Tanh))
+    with pytest.raises(TypeError, match="holds its weights as constants"):
+        sb.casadi_function(sur, mode="symbolic").update(new)

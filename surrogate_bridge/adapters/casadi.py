@@ -18,6 +18,7 @@ warning that names the operation.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 
@@ -32,7 +33,7 @@ except ImportError as err:  # an optional extra
 
 from ..convert import as_array
 from ..diagnostics import warn_low_precision, warn_nonsmooth
-from ..surrogate import Surrogate, require_surrogate
+from ..surrogate import Surrogate, require_surrogate, update_weights
 
 __all__ = ["CasadiFallbackWarning", "casadi_function"]
 
@@ -206,6 +207,13 @@ class _SymbolicFunction(_ShapeChecked, ca.Function):
     def __reduce__(self):
         return (_unpickle_symbolic, (self.serialize(), self._n_in))
 
+    def update(self, source) -> None:
+        raise TypeError(
+            "a symbolic CasADi Function holds its weights as constants; build a new one "
+            "(casadi_function again), or use mode='callback', whose F.update(source) swaps "
+            "weights into the solvers already built on it"
+        )
+
 
 def _unpickle_symbolic(data: str, n_in: int) -> _SymbolicFunction:
     return _SymbolicFunction(ca.Function.deserialize(data), n_in)
@@ -232,7 +240,9 @@ def casadi_function(
     casadi.Function
         Input x of shape (n_in, 1), output y of shape (n_out, 1); callable on DM, MX (and, in
         symbolic mode, SX). Callback-mode Functions stay alive as long as the process (one per
-        surrogate and name), so ``F(x)`` inline and solvers built in helpers are safe.
+        surrogate and name), so ``F(x)`` inline and solvers built in helpers are safe; their
+        ``F.update(model_or_state_dict)`` swaps new weights into the solvers already built on
+        them (``sb.update_weights``). Symbolic Functions hold their weights as constants.
 
     Examples
     --------
@@ -293,6 +303,7 @@ def _callback(sur: Surrogate, name: str, why: str) -> _SurrogateCallback:
         _ALIVE[key] = _SurrogateCallback(sur, 1, 0, name, {})
     cb = _ALIVE[key]
     cb.mode, cb.mode_report = "callback", {"chosen": why}
+    cb.update = functools.partial(update_weights, sur)  # new weights, same solvers
     return cb
 
 
