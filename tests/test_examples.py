@@ -88,3 +88,18 @@ def test_distributed_hessians(capsys):
     H, results = load("distributed_hessians").main(n_points=20_000, n_seeds=2, epochs=200)
     assert H.shape == (20_000, 2, 2) and len(results) == 2
     assert "points/s on 2 workers" in capsys.readouterr().out
+
+
+def test_casadi_codegen(capsys):
+    pytest.importorskip("casadi")
+    sur, x_mx, x_c = load("casadi_codegen").main(n_samples=400, epochs=200)
+    assert {"layer_norm", "batch_norm"} <= {n.split(".")[0] for n in _aten_ops(sur)}
+    assert abs(np.sum((x_mx - [0.0, 1.0]) ** 2)) <= 1.0 + 1e-6  # feasible
+    if x_c is not None:  # a C compiler was found: the compiled NLP gives the same optimum
+        np.testing.assert_allclose(x_c, x_mx, atol=1e-10)
+        assert "compiled C" in capsys.readouterr().out
+
+
+def _aten_ops(sur):
+    graph = sur.export(one_point=True).graph
+    return [str(n.target).removeprefix("aten.") for n in graph.nodes if n.op == "call_function"]
