@@ -46,7 +46,7 @@ class CacheInfo(NamedTuple):
     passes: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """What is known at one point."""
 

@@ -50,11 +50,20 @@ class MeasuredRoute:
         self.report = {"policy": self.policy, "chosen": "torch"}
         if self.policy == "auto":
             self.report["note"] = f"measures after {_AUTO_AFTER} single points"
+        if self._pending is None:
+            self._bind()
+
+    def _bind(self) -> None:
+        """Once the choice is final, each kind is the chosen route's own method (an instance
+        attribute, found before the class's counting one): no per-call bookkeeping."""
+        for kind in self.KINDS:
+            setattr(self, kind, getattr(self.choice[kind], kind))
 
     def _adopt_compiled(self) -> None:
         self._pending = None
         self.choice = dict.fromkeys(self.KINDS, self._build())
         self.report = {"policy": "casadi", "chosen": "casadi"}
+        self._bind()
 
     # a copy starts again where it runs (the engine that builds may not be restored yet when
     # this is: a reference cycle, so the build waits for the first call)
@@ -108,6 +117,7 @@ class MeasuredRoute:
             compiled = self._build()
         except RouteUnavailable as err:
             self.report.update(chosen="torch", note=f"compiled route unavailable: {err}")
+            self._bind()
             return
         t1 = time.perf_counter()
         v = np.linspace(1.0, 2.0, self.torch.m)
@@ -135,6 +145,7 @@ class MeasuredRoute:
             us=timings,
             note=f"measured after {_AUTO_AFTER} single points" if self.policy == "auto" else "",
         )
+        self._bind()
 
 
 def _agree(a: np.ndarray, b: np.ndarray) -> bool:

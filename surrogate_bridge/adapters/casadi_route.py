@@ -35,8 +35,11 @@ class _Call:
             self.buf.set_res(i, memoryview(a))
 
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        for dst, src in zip(self.ins, inputs, strict=True):
-            dst[:] = src
+        if len(inputs) == 1:  # the common case, without a loop
+            self.ins[0][:] = inputs[0]
+        else:
+            for dst, src in zip(self.ins, inputs, strict=True):
+                dst[:] = src
         self.trigger()
         return [o.copy() for o in self.outs]  # the buffers are overwritten at the next call
 
