@@ -191,3 +191,56 @@ def test_refuses_vector_V_and_non_autonomous_dynamics():
     V = sb.Surrogate(lambda x: (x**2).sum(-1), n_in=2)
     with pytest.raises(ValueError, match="autonomous"):
         sb.lyapunov.falsify(V, timed, [(-1, 1)] * 2)
+
+
+# certificates: interval bounds with branch and bound -------------------------------------------
+@pytest.mark.parametrize("act", ["tanh", "softplus", "sigmoid"])
+def test_interval_bounds_enclose_values_and_derivatives(act):
+    """On random boxes, every sampled point's value and Jacobian lie inside the bounds."""
+    from surrogate_bridge.intervals import IntervalProgram
+
+    rng = np.random.default_rng(0)
+    sur = sb.Surrogate(sb.mlp((3, 8, 8, 2), act, seed=1), sb.Affine([0.1, 0.2, 0.3], [2, 1, 3]),
+                       sb.Affine([1.0, -1.0], [3.0, 0.5]))  # fmt: skip
+    program = IntervalProgram(sur.export(one_point=True))
+    center = rng.uniform(-2, 2, (20, 3))
+    half = rng.uniform(0.01, 0.5, (20, 3))
+    iv = program(torch.as_tensor(center - half), torch.as_tensor(center + half))
+    for b in range(20):
+        X = center[b] + half[b] * rng.uniform(-1, 1, (50, 3))
+        Y, J = sur(X), sur.jac(X)
+        tol = 1e-12
+        assert np.all(Y >= iv.lo[b].numpy() - tol) and np.all(Y <= iv.hi[b].numpy() + tol)
+        assert np.all(J >= iv.dlo[b].numpy() - tol) and np.all(J <= iv.dhi[b].numpy() + tol)
+
+
+def test_certificate_proves_a_hurwitz_system_and_refuses_the_seed_problem():
+    P = scipy.linalg.solve_continuous_lyapunov(A_DYN.T, -np.eye(2))
+    f = linear_field_surrogate()
+    proof = sb.lyapunov.certify(scaled_quadratic_surrogate(P), f, [(-3, 3), (-3, 3)])
+    assert proof.proven and proof.unresolved.shape == (0, 2, 2)
+    seed = sb.lyapunov.certify(scaled_quadratic_surrogate(P_SEED), f, [(-2, 2), (-2, 2)],
+                               max_boxes=20_000)  # fmt: skip
+    assert not seed.proven
+    # the unresolved boxes hold the falsifier's counterexamples
+    C = sb.lyapunov.falsify(scaled_quadratic_surrogate(P_SEED), f, [(-2, 2), (-2, 2)],
+                            seed=1, n_samples=512).counterexamples  # fmt: skip
+    lo, hi = seed.unresolved[:, 0], seed.unresolved[:, 1]
+    inside = np.all((C[:, None] >= lo - 1e-12) & (C[:, None] <= hi + 1e-12), axis=2).any(1)
+    assert inside.all()
+
+
+def test_certificate_of_the_van_der_pol_region_just_below_and_above_its_level():
+    Pt = torch.as_tensor(VDP_P)
+    V = sb.Surrogate(lambda x: ((x @ Pt) * x).sum(-1), n_in=2)
+    level = sb.lyapunov.region_of_attraction(V, VdP(), VDP_BOX, seed=0).level
+    below = sb.lyapunov.certify(V, VdP(), VDP_BOX, level=0.98 * level)
+    above = sb.lyapunov.certify(V, VdP(), VDP_BOX, level=1.02 * level)
+    assert below.proven and not above.proven
+    # soundness against a dense grid: nothing in the proven set breaks the decrease condition
+    X = vdp_grid(501, 701)
+    v = np.einsum("ij,jk,ik->i", X, VDP_P, X)
+    vdot = 2 * np.einsum("ij,jk,ik->i", X, VDP_P, vdp_numpy(X))
+    assert not np.any((v <= 0.98 * level) & (np.linalg.norm(X, axis=1) >= 0.07) & (vdot >= 0))
+    with pytest.raises(ValueError, match="cannot bound the model"):
+        sb.lyapunov.certify(sb.Surrogate(lambda x: torch.sin(x).sum(-1), n_in=2), VdP(), VDP_BOX)

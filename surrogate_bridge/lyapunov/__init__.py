@@ -18,10 +18,22 @@ V's minimum on the box's faces and V's minimum over the counterexamples (local S
 ``min V s.t. d(x) <= 0`` refine the sampled ones), confirmed by :func:`falsify` on the set.
 
 This is **falsification, not proof**: "certified" means that no counterexample was found.
+:func:`certify` proves the conditions on a region instead, by interval bounds of the exact
+derivatives with branch and bound over boxes (small smooth nets in low dimension).
 """
 
+from .certify import Certificate, certify
 from .falsify import falsify
 from .region import region_of_attraction, simulate
 from .results import Falsification, Region, Simulation
 
-__all__ = ["Falsification", "Region", "Simulation", "falsify", "region_of_attraction", "simulate"]
+__all__ = [
+    "Certificate",
+    "Falsification",
+    "Region",
+    "Simulation",
+    "certify",
+    "falsify",
+    "region_of_attraction",
+    "simulate",
+]
