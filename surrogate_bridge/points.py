@@ -99,6 +99,13 @@ class PointEvaluator:
             self._fills[need](e, key)
             return e
 
+    def value_and_grad(self, x: np.ndarray) -> tuple:
+        """(value, gradient) of a scalar surrogate at one validated point, shaped for scipy."""
+        with self._lock:
+            e, key = self._entry(x)
+            self._fills["J"](e, key)
+            return float(e.y[0, 0]), e.J[0, 0].copy()
+
     def hessp(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Hessian-vector product (n,) of a scalar surrogate: the cached dense Hessian for up to
         16 inputs (a matrix-vector product), else one backward pass on the kept graph."""

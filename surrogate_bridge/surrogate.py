@@ -137,9 +137,7 @@ class Surrogate:
     n_out = property(lambda self: self._built.n_out if self._n_in else None, doc="Outputs.")
     input_scaler = property(lambda self: self._in_aff, doc="The input Affine, or None.")
     output_scaler = property(lambda self: self._out_aff, doc="The output Affine, or None.")
-    prefetch_grad = property(
-        lambda self: self._cache_policy[1], doc="Value requests fill gradients."
-    )
+    prefetch_grad = property(lambda self: self._cache_policy[1], doc="Values fill gradients.")
 
     nonsmooth_ops = property(
         lambda self: self._ready("Surrogate.nonsmooth_ops").nonsmooth,
@@ -168,8 +166,7 @@ class Surrogate:
     def export(self, *, one_point: bool = False, dtype: torch.dtype | None = None):
         """The physical function captured by ``torch.export`` on the CPU for ``io.save`` (dynamic
         batch) and the CasADi translator (``one_point``: one (1, n_in) point, no vmap)."""
-        self._ready("Surrogate.export")
-        fn = self._built.fn
+        fn = self._ready("Surrogate.export").fn
         return export(fn, self._n_in, one_point=one_point, dtype=dtype or self.dtype)
 
     def __repr__(self) -> str:
@@ -283,8 +280,11 @@ class Surrogate:
         """``(value, gradient)`` of a scalar surrogate from one forward and backward pass:
         x (n_in,) -> (float, (n_in,)); x (N, n_in) -> ((N,), (N, n_in)); numpy or torch as given.
         """
-        only = "Surrogate.__call__ and Surrogate.jac"
-        return tuple(self._ask(x, "Surrogate.value_and_grad", 1, scalar_only=only, lowest=0))
+        only, where = "Surrogate.__call__ and Surrogate.jac", "Surrogate.value_and_grad"
+        if type(x) is np.ndarray and x.ndim == 1:  # the solvers' path: the cache, directly
+            pts = self._points_of(x, where, only)
+            return self._engine.points.value_and_grad(pts.data[0])
+        return tuple(self._ask(x, where, 1, scalar_only=only, lowest=0))
 
     def hess(self, x: ArrayLike) -> np.ndarray | torch.Tensor:
         """Hessian in physical units: (n_in, n_in) if n_out == 1 else (n_out, n_in, n_in); a batch
