@@ -160,6 +160,10 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
         gf = np.where(free, g, 0.0)
         d = -np.einsum("sij,sj->si", Q, np.einsum("sji,sj->si", Q, gf) / w)
         alpha = np.ones(len(active))
+        # far from a minimum the mirrored Newton step overshoots: after a failed full step the
+        # next trial goes no further than a tenth of the box (fewer batched backtracks)
+        reach = np.abs(d / np.maximum(ub - lb, 1e-300)).max(1)
+        short = np.minimum(0.5, 0.1 / np.maximum(reach, 1e-300))
         searching = np.ones(len(active), dtype=bool)
         new = Xa.copy()
         snapped = np.where(held, np.where(g > 0, lb, ub), Xa)  # held variables on their bound
@@ -172,7 +176,7 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
             ok = (ft <= f[idx] + _ARMIJO * decrease) & (decrease < 0)
             new[idx[ok]] = trial[ok]
             searching[idx[ok]] = False
-            alpha[idx[~ok]] /= 2
+            alpha[idx[~ok]] = np.minimum(alpha[idx[~ok]] / 2, short[idx[~ok]])
             if not searching.any():
                 break
         X[active] = new
