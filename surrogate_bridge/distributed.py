@@ -47,9 +47,14 @@ def evaluate(client, sur: Surrogate, X, method: str = "hess", *, chunk_size: int
 
     Examples
     --------
-    >>> from dask.distributed import Client, LocalCluster  # doctest: +SKIP
-    >>> with Client(LocalCluster(n_workers=2, threads_per_worker=1)) as client:  # doctest: +SKIP
-    ...     H = sb.distributed.evaluate(client, sur, X, "hess", chunk_size=250_000)
+    >>> import numpy as np, torch, surrogate_bridge as sb
+    >>> from dask.distributed import Client, LocalCluster
+    >>> sur = sb.Surrogate(torch.nn.Linear(2, 1))
+    >>> with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+    ...     with Client(cluster) as client:
+    ...         H = sb.distributed.evaluate(client, sur, np.zeros((10, 2)), "hess", chunk_size=4)
+    >>> H.shape
+    (10, 2, 2)
     """
     require_surrogate(sur, "distributed.evaluate")
     if method not in _METHODS:
@@ -78,8 +83,17 @@ def multistart(client, sur: Surrogate, seeds: Iterable[int], **kwargs) -> list:
 
     Examples
     --------
-    >>> results = sb.distributed.multistart(client, sur, range(16), n_starts=256)  # doctest: +SKIP
-    >>> best = min(results, key=lambda r: r.fun)  # doctest: +SKIP
+    >>> import torch, surrogate_bridge as sb
+    >>> from dask.distributed import Client, LocalCluster
+    >>> class Wells(torch.nn.Module):
+    ...     def forward(self, z):
+    ...         return ((z ** 2 - 1) ** 2).sum(-1)
+    >>> sur = sb.Surrogate(Wells(), n_in=1)
+    >>> with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+    ...     with Client(cluster) as client:
+    ...         runs = sb.distributed.multistart(client, sur, range(3), bounds=[(-2, 2)])
+    >>> [len(r.minima) for r in runs]
+    [2, 2, 2]
     """
     require_surrogate(sur, "distributed.multistart")
     remote = client.scatter(sur, broadcast=True, hash=False)  # a key of its own

@@ -123,8 +123,9 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
     Per iteration, for the starts not yet converged: one batched pass for values, gradients and
     Hessians; on the free variables (those not held at a bound by their gradient) the Newton
     step of the Hessian with its eigenvalues mirrored and floored (``|lambda|``, so saddles and
-    maxima repel); a projected Armijo backtracking line search per start, each trial one
-    batched value pass over the starts still searching. A start stops when its projected
+    maxima repel); a projected Armijo backtracking line search per start (after a failed full
+    step the next trial reaches at most a tenth of the box), each trial one batched value pass
+    over the starts still searching. A start stops when its projected
     gradient is at most ``tol``, or when no step decreases it (rounding).
 
     Returns (X, converged (S,), iterations (S,), batched passes).
