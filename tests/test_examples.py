@@ -73,12 +73,13 @@ def test_global_design(tmp_path):
 
 def test_lyapunov_roa(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    roa, ref, box = load("lyapunov_roa").main(
+    roa, ref, box, proof = load("lyapunov_roa").main(
         n_samples=300, epochs=600, n_sim=16, png=str(tmp_path / "roa.png")
     )
     assert not box.certified  # V is only a local Lyapunov function on this box
     assert roa.certified and roa.simulation.fraction == 1.0
     assert abs(roa.level / ref.level - 1) < 0.2
+    assert proof.proven
     assert (tmp_path / "roa.png").stat().st_size > 0
     assert "learned V: level" in capsys.readouterr().out
 

@@ -138,6 +138,9 @@ def test_region_of_attraction_with_a_trained_V_and_ode_rhs_dynamics():
     assert roa.certified and roa.simulation.fraction == 1.0
     # the learned V is close to the quadratic one, and so is its region
     assert abs(roa.level / 2.3045 - 1) < 0.15
+    # and the learned tanh net is proven a Lyapunov function just inside its estimated region
+    proof = sb.lyapunov.certify(V, rhs, VDP_BOX, level=0.95 * roa.level, exclude_radius=0.2)
+    assert proof.proven, proof
 
 
 def test_decay_and_a_shifted_equilibrium():

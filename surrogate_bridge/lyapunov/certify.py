@@ -72,7 +72,7 @@ def certify(
     V, f, bounds, level, equilibrium, exclude_radius, decay
         As in :func:`falsify`.
     min_width : float, optional
-        Boxes are split no finer than this; by default ``exclude_radius / 32``.
+        Boxes are split no finer than this; by default ``exclude_radius / 256``.
     max_boxes : int
         Boxes bounded in all before giving up (``proven=False``).
 
@@ -97,7 +97,7 @@ def certify(
     cond = Conditions(V, f, equilibrium, decay, where)
     lb, ub, radius = settings(V, bounds, exclude_radius, where)
     count(max_boxes, "max_boxes", where)
-    min_width = radius / 32 if min_width is None else float(min_width)
+    min_width = radius / 256 if min_width is None else float(min_width)
     if not min_width > 0:
         raise ValueError(f"{where}: min_width must be > 0 (or an exclude_radius > 0).")
     try:
