@@ -16,6 +16,20 @@ import torch
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+class Behind(torch.nn.Module):
+    """An exact physical function g behind scalers: normalized z -> normalized g(z * c + s), so
+    that every method benchmarked works on the same function in physical units."""
+
+    def __init__(self, g, s, c, ys, yc):
+        super().__init__()
+        self.g = g
+        for name, v in dict(s=s, c=c, ys=ys, yc=yc).items():
+            self.register_buffer(name, torch.as_tensor(np.asarray(v, dtype=np.float64)))
+
+    def forward(self, z):
+        return (self.g(z * self.c + self.s) - self.ys) / self.yc
+
+
 def _calls_per_round(fn, min_time: float, warmup: int) -> int:
     """Warm ``fn`` up, then find how many calls take at least ``min_time``."""
     for _ in range(warmup):

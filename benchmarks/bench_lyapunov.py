@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 import scipy.linalg
 import torch
-from _common import machine, table, write_section
+from _common import Behind, machine, table, write_section
 from scipy.optimize import minimize
 from torch import nn
 
@@ -58,19 +58,6 @@ def linearization(n):
             A[2 * i + 1, 2 * ((i + 1) % m)] += 0.2
     assert np.linalg.eigvals(A).real.max() < 0
     return A
-
-
-class Behind(nn.Module):
-    """An exact physical function g behind scalers: normalized z -> normalized g(x)."""
-
-    def __init__(self, g, s, c, ys, yc):
-        super().__init__()
-        self.g = g
-        for name, v in dict(s=s, c=c, ys=ys, yc=yc).items():
-            self.register_buffer(name, torch.as_tensor(np.asarray(v, dtype=np.float64)))
-
-    def forward(self, z):
-        return (self.g(z * self.c + self.s) - self.ys) / self.yc
 
 
 class Quadratic(nn.Module):

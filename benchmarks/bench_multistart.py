@@ -23,24 +23,10 @@ import time
 
 import numpy as np
 import torch
-from _common import machine, table, write_section
+from _common import Behind, machine, table, write_section
 from scipy.optimize import minimize
-from torch import nn
 
 import surrogate_bridge as sb
-
-
-class Exact(nn.Module):
-    """f(physical x) from normalized z, its value normalized again."""
-
-    def __init__(self, f, s, c, ys, yc):
-        super().__init__()
-        self.f = f
-        for name, v in dict(s=s, c=c, ys=ys, yc=yc).items():
-            self.register_buffer(name, torch.as_tensor(np.asarray(v, dtype=np.float64)))
-
-    def forward(self, z):
-        return ((self.f(z * self.c + self.s) - self.ys) / self.yc)[:, None]
 
 
 def himmelblau(x):
@@ -53,7 +39,7 @@ def rastrigin(x):
 
 def problem(f, n, half):
     s, c = np.full(n, 0.1), np.full(n, half / 2)
-    sur = sb.Surrogate(Exact(f, s, c, [5.0], [20.0]), sb.Affine(s, c), sb.Affine([5.0], [20.0]),
+    sur = sb.Surrogate(Behind(f, s, c, [5.0], [20.0]), sb.Affine(s, c), sb.Affine([5.0], [20.0]),
                        domain=(-half * np.ones(n), half * np.ones(n)))  # fmt: skip
     return sur
 

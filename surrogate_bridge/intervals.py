@@ -326,8 +326,6 @@ def _map_nodes_kw(kwargs, env):
     return {k: _map_nodes([v], env)[0] for k, v in kwargs.items()}
 
 
-def box_r2(lo, hi, center) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounds of |x - center|^2 over boxes."""
-    a, b = lo - center, hi - center
-    near = torch.where((a <= 0) & (b >= 0), 0.0, torch.minimum(a**2, b**2)).sum(-1)
-    return near, torch.maximum(a**2, b**2).sum(-1)
+def box_r2(lo, hi, center) -> torch.Tensor:
+    """The largest |x - center|^2 over each box."""
+    return torch.maximum((lo - center) ** 2, (hi - center) ** 2).sum(-1)

@@ -1,11 +1,14 @@
 """Joint solvers for many independent starts: each iteration one batched evaluation for all.
 
-Three routes, used by :func:`surrogate_bridge.multistart` (and ``lyapunov``):
+The routes of :func:`surrogate_bridge.multistart` (and ``lyapunov``):
 
+- :func:`lockstep_lbfgsb`: scipy's own L-BFGS-B per start, driven in lock step: every start
+  follows the path its own ``minimize`` call would, and each round of requests is one batched
+  call (scipy >= 1.15; ``LOCKSTEP`` says whether this scipy has the routine).
 - :func:`joint_lbfgsb`: scipy's L-BFGS-B on the stacked starts (S x n variables). The sum of
   independent objectives has their gradients as its gradient, so one batched value-and-gradient
-  serves every start (BoTorch's ``gen_candidates_scipy`` does the same). Its curvature pairs and
-  line search are shared, so a start's path differs from its own solve.
+  serves every start. Its curvature pairs and line search are shared, so a start's path differs
+  from its own solve; per-start bounds let it search faces of a box.
 - :func:`projected_newton`: a batched projected Newton method (Bertsekas) with per-start line
   searches: exact batched Hessians, eigenvalues mirrored to keep descent directions, each start
   converging (and leaving the batch) on its own.
@@ -18,6 +21,7 @@ Three routes, used by :func:`surrogate_bridge.multistart` (and ``lyapunov``):
 from __future__ import annotations
 
 import numpy as np
+import scipy
 from scipy import sparse
 from scipy.optimize import BFGS, Bounds, LinearConstraint, NonlinearConstraint, OptimizeResult
 from scipy.optimize import minimize as scipy_minimize
@@ -25,6 +29,7 @@ from scipy.optimize import minimize as scipy_minimize
 from .surrogate import Surrogate
 
 __all__ = [
+    "LOCKSTEP",
     "joint_lbfgsb",
     "joint_trust_constr",
     "lockstep_lbfgsb",
@@ -34,6 +39,8 @@ __all__ = [
 
 _ARMIJO = 1e-4
 _BACKTRACKS = 40
+# the signature of scipy's L-BFGS-B reverse-communication routine that lock step drives
+LOCKSTEP = tuple(int(v) for v in scipy.__version__.split(".")[:2]) >= (1, 15)
 
 
 def joint_lbfgsb(value_and_grad, X, lb, ub, tol=1e-5, max_iter=1000) -> OptimizeResult:

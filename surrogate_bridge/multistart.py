@@ -1,10 +1,11 @@
-"""Many starts at once: every start optimized jointly, one batched evaluation per iteration.
+"""Many starts at once: one batched evaluation serves every start at each step.
 
-``sb.multistart`` draws or takes the starts, runs one of the joint solvers of ``joint.py``
-(joint L-BFGS-B, batched projected Newton, joint trust-constr for general constraints), judges
-every start on its own problem (its projected gradient, or its Lagrangian gradient and
-constraint violation, against ``tol``), gives unconverged starts further rounds on their own, so
-converged starts stop costing work, and merges the end points into distinct local minima.
+``sb.multistart`` draws or takes the starts, runs one of the solvers of ``joint.py`` (scipy's
+L-BFGS-B per start in lock step, batched projected Newton, joint trust-constr for general
+constraints), judges every start on its own problem (scipy's own test, its projected gradient,
+or its Lagrangian gradient and constraint violation, against ``tol``), gives unconverged starts
+further rounds on their own where the solver is joint, so converged starts stop costing work,
+and merges the end points into distinct local minima.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from scipy.optimize import Bounds, OptimizeResult
 
 from .convert import as_points
 from .joint import (
+    LOCKSTEP,
     joint_lbfgsb,
     joint_trust_constr,
     lockstep_lbfgsb,
@@ -186,10 +188,8 @@ def _starts(x0, n_starts, lb, ub, n, seed) -> np.ndarray:
 def _lbfgsb(sur, X, lb, ub, tol, max_iter):
     """scipy's L-BFGS-B per start in lock step (each start's own path, its own ``success``);
     where scipy's reverse-communication routine differs (scipy < 1.15), joint rounds."""
-    try:
+    if LOCKSTEP:
         return lockstep_lbfgsb(sur.value_and_grad, X, lb, ub, tol, max_iter)
-    except (ImportError, AttributeError, TypeError):
-        pass
     active, nit, nfev = np.arange(len(X)), 0, 0
     for _ in range(_ROUNDS):  # a round restarts L-BFGS-B on the starts not yet converged
         res = joint_lbfgsb(sur.value_and_grad, X[active], lb, ub, tol, max_iter)

@@ -101,10 +101,8 @@ class PointEvaluator:
 
     def value_and_grad(self, x: np.ndarray) -> tuple:
         """(value, gradient) of a scalar surrogate at one validated point, shaped for scipy."""
-        with self._lock:
-            e, key = self._entry(x)
-            self._fills["J"](e, key)
-            return float(e.y[0, 0]), e.J[0, 0].copy()
+        e = self.get(x, "J")
+        return float(e.y[0, 0]), e.J[0, 0].copy()
 
     def hessp(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Hessian-vector product (n,) of a scalar surrogate: the cached dense Hessian for up to

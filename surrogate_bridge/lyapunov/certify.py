@@ -138,7 +138,7 @@ def certify(
 
 def _settled(pv, pf, lo, hi, eq, v_eq, radius, level, decay) -> torch.Tensor:
     """Boxes needing no split: inside the ball, above the level, or both conditions proven."""
-    _, far = box_r2(lo, hi, eq)
+    far = box_r2(lo, hi, eq)
     v = pv(lo, hi)
     fx = pf(lo, hi)
     glo, ghi = v.dlo[:, 0, :], v.dhi[:, 0, :]

@@ -90,6 +90,19 @@ class Conditions:
 
         return value_and_grad
 
+    def values(self, X: np.ndarray) -> np.ndarray:
+        """V alone at numpy points (no margins, no graph)."""
+        with torch.no_grad():
+            Xt = torch.as_tensor(X, dtype=self.dtype, device=self.device)
+            return self.V.function(Xt).reshape(-1).cpu().numpy().astype(np.float64)
+
+    def with_gradients(self, X: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(V, decrease margin, grad V, grad of the margin) at numpy points, in one pass."""
+        Xt = torch.as_tensor(X, dtype=self.dtype, device=self.device).requires_grad_(True)
+        v, _, d, _ = self._torch(Xt, create_graph=True)
+        gv, gd = (torch.autograd.grad(t.sum(), Xt, retain_graph=True)[0] for t in (v, d))
+        return tuple(t.detach().cpu().numpy() for t in (v, d, gv, gd))
+
     def value_and_grad_V(self, X):
         Xt = torch.as_tensor(X, dtype=self.dtype, device=self.device).requires_grad_(True)
         v = self.V.function(Xt).reshape(-1)

@@ -93,11 +93,12 @@ def falsify(
 def search(cond, lb, ub, radius, n_starts, n_samples, seed, level, keep) -> Falsification:
     start = time.perf_counter()
     X = sobol(lb, ub, n_samples, seed)
+    drawn = len(X)
     v, p, d, r2 = cond.evaluate(X)
     inside = in_region(v, r2, radius, level)
     X, v, p, d, r2 = X[inside], v[inside], p[inside], d[inside], r2[inside]
     floor = max(radius**2, 1e-300) * 1e-6
-    found = [X]
+    found, sampled = [X], len(X)
     if len(X) and n_starts:
         scale = max(float(np.median(np.abs(d / np.maximum(r2, floor)))), 1e-12)
         weight = 1e3 * scale / max(abs(level - cond.v_eq) if level is not None else 1.0, 1e-12) ** 2
@@ -107,6 +108,7 @@ def search(cond, lb, ub, radius, n_starts, n_samples, seed, level, keep) -> Fals
             end = joint_lbfgsb(vg, X[order], lb, ub, tol=1e-9 * scale, max_iter=200).x
             found.append(_into_region(cond, end.reshape(-1, cond.n), lb, ub, radius, level))
     C = np.concatenate(found)
+    evaluated = drawn + len(C) - sampled  # the sample and the searches' end points
     # the independent re-check: the surrogates' own numpy calls decide what is reported
     cv, cp, cd = cond.plain(C) if len(C) else (np.empty(0),) * 3
     r2c = ((C - cond.eq) ** 2).sum(-1)
@@ -132,7 +134,7 @@ def search(cond, lb, ub, radius, n_starts, n_samples, seed, level, keep) -> Fals
         worst=worst,
         worst_x=worst_x,
         n_violations=len(Cb),
-        n_evaluated=n_samples + len(C) - int(inside.sum()),
+        n_evaluated=evaluated,
         seconds=time.perf_counter() - start,
     )
 
@@ -152,14 +154,14 @@ def _into_region(cond, X, lb, ub, radius, level) -> np.ndarray:
     X = np.clip(X, lb, ub)
     if level is None:
         return X
-    v = cond.evaluate(X)[0]
+    v = cond.values(X)
     out = v > level
     if out.any():
         lo, hi = np.zeros(int(out.sum())), np.ones(int(out.sum()))
         D = X[out] - cond.eq
         for _ in range(50):
             mid = (lo + hi) / 2
-            below = cond.evaluate(cond.eq + D * mid[:, None])[0] <= level
+            below = cond.values(cond.eq + D * mid[:, None]) <= level
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
         X[out] = cond.eq + D * lo[:, None]
     return X

@@ -126,7 +126,7 @@ def _boundary_minimum(cond, lb, ub, n_starts, n_samples, seed):
         for side in (lb[i], ub[i]):
             F = rng.uniform(lb, ub, (per_face, n))
             F[:, i] = side
-            best = np.argsort(cond.evaluate(F)[0])[: max(1, n_starts // (2 * n))]
+            best = np.argsort(cond.values(F))[: max(1, n_starts // (2 * n))]
             lo, hi = lb.copy(), ub.copy()
             lo[i] = hi[i] = side
             starts.append(F[best])
@@ -141,7 +141,7 @@ def _boundary_minimum(cond, lb, ub, n_starts, n_samples, seed):
         tol=1e-10,
         max_iter=500,
     ).x.reshape(S.shape)
-    v = cond.evaluate(end)[0]
+    v = cond.values(end)
     i = int(np.argmin(v))
     return float(v[i]), end[i]
 
@@ -166,19 +166,19 @@ def _least_violation(cond, B, p, lb, ub, radius):
 
 
 def _refine(cond, x0, lb, ub, radius):
-    one = lambda x: [t[0] for t in cond.evaluate(np.asarray(x)[None])]  # noqa: E731
+    """``min V s.t. decrease margin <= 0, |x - x*| >= radius`` by SLSQP from ``x0``; V, the
+    margin and their gradients come from one pass per point (SLSQP asks for them apart)."""
+    last: dict = {}
 
-    def grad_of(index):
-        def g(x):
-            Xt = torch.as_tensor(x[None], dtype=cond.dtype, device=cond.device)
-            out = cond._torch(Xt.requires_grad_(True), create_graph=True)
-            (gx,) = torch.autograd.grad(out[index].sum(), Xt)
-            return gx[0].cpu().numpy()
-
-        return g
+    def at(x):
+        key = x.tobytes()
+        if key not in last:
+            last.clear()
+            last[key] = [a[0] for a in cond.with_gradients(x[None])]
+        return last[key]  # V, margin, grad V, grad margin
 
     cons = [
-        {"type": "ineq", "fun": lambda x: -one(x)[2], "jac": lambda x: -grad_of(2)(x)},
+        {"type": "ineq", "fun": lambda x: -at(x)[1], "jac": lambda x: -at(x)[3]},
         {
             "type": "ineq",
             "fun": lambda x: float(((x - cond.eq) ** 2).sum() - radius**2),
@@ -186,9 +186,9 @@ def _refine(cond, x0, lb, ub, radius):
         },
     ]
     res = minimize(
-        lambda x: one(x)[0],
+        lambda x: float(at(x)[0]),
         x0,
-        jac=grad_of(0),
+        jac=lambda x: at(x)[2],
         method="SLSQP",
         bounds=list(zip(lb, ub, strict=True)),
         constraints=cons,
