@@ -456,3 +456,27 @@ def test_callback_weights_update_inside_an_existing_ipopt_solver():
         F.update(mlp([2, 4, 1], nn.Tanh))
     with pytest.raises(TypeError, match="holds its weights as constants"):
         sb.casadi_function(sur, mode="symbolic").update(new)
+
+
+class ConvThenLayerNorm(nn.Module):
+    """LayerNorm over the last axis of a convolution's (1, C, L) output: on the flat row that
+    the translator holds it would normalize over C * L, so the translator refuses it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.norm = nn.Conv1d(1, 2, 2), nn.LayerNorm(3)
+        self.double()
+
+    def forward(self, z):
+        return self.norm(self.conv(z[:, None, :])).transpose(1, 2).sum((1, 2))[:, None]
+
+
+def test_shape_dependent_ops_on_flattened_tensors_are_refused_not_mistranslated():
+    sur = sb.Surrogate(ConvThenLayerNorm(), n_in=4)
+    with pytest.raises(NotImplementedError, match="layer_norm.*rank 3 or more"):
+        sb.casadi_function(sur, mode="symbolic")
+    with pytest.warns(sb.CasadiFallbackWarning):
+        F = sb.casadi_function(sur)
+    x = np.array([0.1, -0.4, 0.7, 0.2])
+    np.testing.assert_allclose(float(F(x)), sur(x), rtol=1e-14)

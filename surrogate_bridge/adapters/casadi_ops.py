@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
-__all__ = ["OPS", "reshape", "shape2"]
+__all__ = ["FLAT_SAFE", "OPS", "VIEWS", "reshape", "shape2"]
 
 aten = torch.ops.aten
 
@@ -399,3 +399,21 @@ for _check in (
     if hasattr(aten, _check):
         for _overload in getattr(aten, _check).overloads():
             OPS[getattr(getattr(aten, _check), _overload)] = (lambda out, *a, **k: None, None)
+
+# operations that are correct on a flattened tensor of rank 3 or more: views (the row-major
+# order stays), and elementwise ones on equal shapes or with single numbers
+VIEWS = {
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.unsqueeze.default,
+    aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.flatten.using_ints,
+    aten.clone.default, aten.alias.default, aten.detach.default, aten.contiguous.default,
+    aten._to_copy.default, aten.lift_fresh_copy.default, aten.dropout.default,
+    *(getattr(aten.to, o) for o in aten.to.overloads()),
+}  # fmt: skip
+FLAT_SAFE = VIEWS | {
+    op for op, (handler, extra) in OPS.items()
+    if extra is None and op not in (
+        aten.linear.default, aten.addmm.default, aten.mm.default, aten.mv.default,
+        aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default,
+        aten.layer_norm.default, aten.prelu.default, aten.expand.default,
+    )
+}  # fmt: skip

@@ -11,6 +11,8 @@ its Hessian costs 3.72x the MX one on a 10-256-256-1 net).
 
 from __future__ import annotations
 
+import math
+
 import casadi as ca
 import numpy as np
 import torch
@@ -18,7 +20,7 @@ import torch
 from ..diagnostics import PIECEWISE_LINEAR
 from ..physical import ExportError
 from ..surrogate import Surrogate
-from .casadi_ops import OPS, reshape, shape2
+from .casadi_ops import FLAT_SAFE, OPS, VIEWS, reshape, shape2
 
 __all__ = ["UnsupportedOperationError", "translate", "translate_program"]
 
@@ -81,27 +83,30 @@ def translate_program(program, n_in: int, n_out: int, name: str) -> tuple[ca.Fun
     return f, sorted(nonsmooth)
 
 
-def _no_silent_broadcast(node, extra) -> None:
-    """A tensor of rank 3 or more is a flat row here: broadcasting another tensor over it (a
-    per-channel (1, C, 1) term) would repeat it in the wrong order, so only equal shapes and
-    single numbers combine with it (convolution and batch_norm place their constants
-    themselves)."""
+def _flat_safe(node, extra) -> None:
+    """A tensor of rank 3 or more is a flat row here, so only operations that do not depend on
+    its shape may touch it: elementwise ones (``FLAT_SAFE``) on equal shapes or with single
+    numbers, views, and the handlers that are told the shapes (convolution, batch_norm, sum,
+    mean). Anything else (a per-channel broadcast, layer_norm over its last axis, a transpose,
+    indexing) would compute the wrong thing: it is refused by name."""
+    if extra == "shapes":
+        return
     meta = node.meta.get("val")
-    if extra == "shapes" or not isinstance(meta, torch.Tensor) or meta.ndim < 3:
+    out = tuple(meta.shape) if isinstance(meta, torch.Tensor) else ()
+    shapes = [
+        tuple(a.meta["val"].shape)
+        for a in node.args
+        if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor)
+    ]
+    if max(map(len, [out, *shapes])) < 3:
         return
-    if node.target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+    if node.target not in FLAT_SAFE:
+        raise ValueError(f"{node.target} on a tensor of rank 3 or more (shapes {shapes})")
+    if node.target in VIEWS:
         return
-    for a in node.args:
-        if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor):
-            shape = tuple(a.meta["val"].shape)
-            if a.meta["val"].numel() not in (1, meta.numel()) or (
-                a.meta["val"].numel() == meta.numel()
-                and shape != tuple(meta.shape)
-                and a.meta["val"].ndim >= 3
-            ):
-                raise ValueError(
-                    f"broadcasting a {shape} tensor to rank-{meta.ndim} shape {tuple(meta.shape)}"
-                )
+    for shape in shapes:
+        if math.prod(shape) != 1 and shape != out:
+            raise ValueError(f"broadcasting a {shape} tensor to rank-{len(out)} shape {out}")
 
 
 def _translate_node(node, env, nonsmooth):
@@ -149,7 +154,7 @@ def _translate_node(node, env, nonsmooth):
                 if isinstance(first, (list, tuple))
                 else [rank(a) for a in node.args[:2]]
             )
-        _no_silent_broadcast(node, extra)
+        _flat_safe(node, extra)
         args = [val(a) for a in node.args]
         if target is aten.index.Tensor:
             args[1] = [None if i is None else np.asarray(ca.DM(i)).ravel() for i in args[1]]
