@@ -67,16 +67,27 @@ def rowwise(fn: Fn, X: torch.Tensor, order: int, create_graph: bool) -> list[tor
 
 
 def batch(fn: Fn, X: torch.Tensor, order: int, *, chunk: int):
-    """Chunked ``[f, ..., D^order f]`` over a batch: memory stays bounded for any N."""
-    parts = []
-    for start in range(0, X.shape[0], chunk):
+    """Chunked ``[f, ..., D^order f]`` over a batch (N >= 1 rows).
+
+    Memory stays bounded for any N: beyond the results themselves, which are allocated once and
+    filled chunk by chunk, only one chunk's working set is alive at a time.
+    """
+    N, out = X.shape[0], None
+    for start in range(0, N, chunk):
         Xc = X[start : start + chunk]
         if order == 0:
             with torch.no_grad():
-                parts.append([_as_2d(fn(Xc), Xc.shape[0])])
+                part = [_as_2d(fn(Xc), Xc.shape[0])]
         else:
-            parts.append(rowwise(fn, Xc, order, create_graph=False))
-    return [torch.cat([p[j] for p in parts]) for j in range(order + 1)]
+            part = rowwise(fn, Xc, order, create_graph=False)
+        if N <= chunk:
+            return part
+        if out is None:
+            out = [p.new_empty((N, *p.shape[1:])) for p in part]
+        for whole, p in zip(out, part, strict=True):
+            whole[start : start + Xc.shape[0]] = p
+        del part
+    return out
 
 
 class KeptGraph:

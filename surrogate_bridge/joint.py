@@ -132,8 +132,12 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
     step of the Hessian with its eigenvalues mirrored and floored (``|lambda|``, so saddles and
     maxima repel); a projected Armijo backtracking line search per start (after a failed full
     step the next trial reaches at most a tenth of the box), each trial one batched value pass
-    over the starts still searching. A start stops when its projected
-    gradient is at most ``tol``, or when no step decreases it (rounding).
+    over the starts still searching. Near a minimum the value's rounding (an output scaler's
+    offset, say) can hide a true decrease: where the Hessian is positive definite on the free
+    variables and the full Newton step is tiny (at most 1e-6 of the box) but fails Armijo, the
+    step is taken if it halves the projected gradient (one batched gradient pass), so Newton
+    keeps converging quadratically below the value's rounding. A start stops when its
+    projected gradient is at most ``tol``, or when no step decreases it (rounding).
 
     Returns (X, converged (S,), iterations (S,), batched passes).
     """
@@ -155,6 +159,7 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
             break
         nit[active] += 1
         Xa = X[active]
+        pg = projected_gradient(Xa, g, lb, ub)
         # Bertsekas' epsilon-active set: a variable this close to a bound that its gradient
         # pushes against is held there (else its projected Newton step may not descend)
         eps = np.minimum(1e-3 * (ub - lb), np.abs(Xa - np.clip(Xa - g, lb, ub)).max(1)[:, None])
@@ -163,6 +168,7 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
         Hr = np.where(free[:, :, None] & free[:, None, :], H, 0.0)
         Hr[:, np.arange(n), np.arange(n)] += held  # unit diagonal on held variables
         w, Q = np.linalg.eigh(Hr)
+        convex = w.min(axis=1) > 0
         scale = np.abs(w).max(axis=1, keepdims=True)
         w = np.maximum(np.abs(w), 1e-10 * scale + 1e-300)
         gf = np.where(free, g, 0.0)
@@ -182,6 +188,13 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
             passes += 1
             decrease = np.einsum("si,si->s", g[idx], trial - Xa[idx])
             ok = (ft <= f[idx] + _ARMIJO * decrease) & (decrease < 0)
+            if alpha[idx].min() == 1.0:  # the full step: below the value's rounding?
+                tiny = ~ok & convex[idx] & (reach[idx] <= 1e-6)
+                if tiny.any():
+                    gt = np.asarray(sur.grad(trial[tiny]), dtype=np.float64).reshape(-1, n)
+                    passes += 1
+                    halves = projected_gradient(trial[tiny], gt, lb, ub) <= 0.5 * pg[idx[tiny]]
+                    ok[np.flatnonzero(tiny)[halves]] = True
             new[idx[ok]] = trial[ok]
             searching[idx[ok]] = False
             alpha[idx[~ok]] = np.minimum(alpha[idx[~ok]] / 2, short[idx[~ok]])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from problems import P_SEED, ScaledQuadratic, counting
-from scipy.optimize import LinearConstraint, minimize
+from scipy.optimize import LinearConstraint, differential_evolution, minimize
 from torch import nn
 
 import surrogate_bridge as sb
@@ -30,10 +30,11 @@ class Himmelblau(nn.Module):
         return ((f - self.ys) / self.yc)[:, None]
 
 
-def himmelblau():
+def himmelblau(device="cpu"):
     s, c, ys, yc = [0.5, -0.3], [4.0, 3.0], [100.0], [50.0]
     model = Himmelblau(s, c, ys, yc)
-    return sb.Surrogate(model, sb.Affine(s, c), sb.Affine(ys, yc), domain=([-5, -5], [5, 5]))
+    return sb.Surrogate(model, sb.Affine(s, c), sb.Affine(ys, yc), domain=([-5, -5], [5, 5]),
+                        device=device)  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["L-BFGS-B", "newton"])
@@ -144,6 +145,19 @@ class Disk(nn.Module):
         return (((z * self.k + self.s) - self.c) ** 2).sum(-1, keepdim=True)
 
 
+def test_newton_converges_below_the_values_rounding():
+    """Himmelblau's output scaler has an offset of 100, so near a minimum the value rounds at
+    about 1e-14 and no Armijo test can see a decrease there; Newton's tiny full steps are then
+    judged by the projected gradient, and every start reaches a gradient of 1e-10."""
+    sur = himmelblau()
+    x0 = np.random.default_rng(7).uniform(-5, 5, (64, 2))
+    res = sb.multistart(sur, x0, method="newton", tol=1e-10)
+    assert res.success and res.converged.all()
+    assert np.abs(sur.grad(res.xs)).max() <= 1e-10
+    for m in HIMMELBLAU_MINIMA:  # and they are Himmelblau's minima, to the digits given
+        assert np.linalg.norm(res.minima - m, axis=1).min() < 1e-6
+
+
 def test_constrained_starts_reach_what_scipy_reaches_from_each():
     """Himmelblau in the disk |x - (1, 0)| <= 3 (a surrogate constraint, batched), above the
     line x1 + x2 >= -2 (linear) and below x2 <= 3 - x1^2 / 20 (a dict). Nearly every start's
@@ -230,3 +244,32 @@ def test_trained_rastrigin_best_matches_a_dense_grid(n, k):
     assert polish.fun >= res.fun - 1e-9
     assert np.linalg.norm(polish.x - res.x) < 1e-4 or abs(polish.fun - res.fun) < 1e-9
     assert len(res.minima) > 8  # many local minima found
+
+
+@pytest.mark.parametrize("method", ["L-BFGS-B", "newton", "trust-constr"])
+def test_starts_on_the_surrogates_device_end_where_cpu_starts_end(device, method):
+    """Each batched evaluation runs on the surrogate's device: a GPU surrogate's starts end
+    where the CPU surrogate's end (float64 on both; a matrix product may round differently)."""
+    x0 = np.random.default_rng(7).uniform(-5, 5, (64, 2))
+
+    def solve(where):
+        disk = sb.Surrogate(Disk([0.0, 0.0], [1.0, 1.0], [1.0, 0.0]), n_in=2, device=where)
+        cons = sb.scipy_constraint(disk, -np.inf, 9.0) if method == "trust-constr" else ()
+        return sb.multistart(himmelblau(where), x0, method=method, constraints=cons, tol=1e-6)
+
+    here, ref = solve(device), solve("cpu")
+    assert here.converged.all() and ref.converged.all()
+    np.testing.assert_allclose(here.xs, ref.xs, atol=1e-6)
+    np.testing.assert_allclose(here.minima, ref.minima, atol=1e-6)
+    np.testing.assert_array_equal(here.minima_count, ref.minima_count)
+
+
+def test_vectorized_convention_on_the_surrogates_device(device):
+    """scipy's vectorized convention, x (n, S) -> (S,), with the batch evaluated on the
+    device: differential_evolution finds a Himmelblau minimum."""
+    sur = himmelblau(device)
+    X = np.random.default_rng(0).uniform(-5, 5, (2, 9))
+    np.testing.assert_allclose(sur.vectorized(X), himmelblau().vectorized(X), rtol=1e-13)
+    res = differential_evolution(sur.vectorized, [(-5, 5)] * 2, vectorized=True, seed=1,
+                                 updating="deferred", tol=1e-10, polish=False)  # fmt: skip
+    assert np.linalg.norm(HIMMELBLAU_MINIMA - res.x, axis=1).min() < 1e-3

@@ -307,6 +307,29 @@ def test_cache_size_bound_and_clear(scal):
     assert off.cache_info().currsize == 0
 
 
+@pytest.mark.cuda
+def test_cuda_memory_beyond_the_results_does_not_grow_with_n():
+    """Chunking bounds GPU memory: beyond the input and the results (allocated once, filled
+    chunk by chunk), 16 times the points take no more memory than one chunk's work."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    sur = sb.Surrogate(mlp([2, 64, 64, 1]), device="cuda")
+    sur.chunk_size = 4096
+
+    def extra(N):
+        X = torch.randn(N, 2, dtype=torch.float64, device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        y, g, H = sur.derivatives(X, order=2)
+        torch.cuda.synchronize()
+        results = sum(t.numel() * t.element_size() for t in (y, g, H))
+        return torch.cuda.max_memory_allocated() - base - results
+
+    one, many = extra(4 * 4096), extra(64 * 4096)
+    assert many <= one * 1.25 + 2**20, (one, many)
+
+
 def test_batches_bypass_cache(scal):
     scal(np.zeros((5, 2)))
     assert scal.cache_info().currsize == 0
