@@ -37,11 +37,10 @@ def rastrigin(x):
     return (x**2 - 2 * torch.cos(2 * torch.pi * x) + 2).sum(-1)
 
 
-def problem(f, n, half):
+def problem(f, n, half, device="cpu"):
     s, c = np.full(n, 0.1), np.full(n, half / 2)
-    sur = sb.Surrogate(Behind(f, s, c, [5.0], [20.0]), sb.Affine(s, c), sb.Affine([5.0], [20.0]),
-                       domain=(-half * np.ones(n), half * np.ones(n)))  # fmt: skip
-    return sur
+    return sb.Surrogate(Behind(f, s, c, [5.0], [20.0]), sb.Affine(s, c), sb.Affine([5.0], [20.0]),
+                        domain=(-half * np.ones(n), half * np.ones(n)), device=device)  # fmt: skip
 
 
 def loop(sur, starts, bounds):

@@ -247,3 +247,24 @@ def test_certificate_of_the_van_der_pol_region_just_below_and_above_its_level():
     assert not np.any((v <= 0.98 * level) & (np.linalg.norm(X, axis=1) >= 0.07) & (vdot >= 0))
     with pytest.raises(ValueError, match="cannot bound the model"):
         sb.lyapunov.certify(sb.Surrogate(lambda x: torch.sin(x).sum(-1), n_in=2), VdP(), VDP_BOX)
+
+
+def test_surrogates_on_a_device_give_the_cpu_results(device):
+    """V and f on the device (the batched margins run there): the seed problem's
+    counterexamples and the Van der Pol region are the CPU's, and the proof holds."""
+    V, f = scaled_quadratic_surrogate(P_SEED, device=device), linear_field_surrogate(device=device)
+    here = sb.lyapunov.falsify(V, f, [(-2, 2), (-2, 2)], seed=1, n_samples=256)
+    ref = sb.lyapunov.falsify(scaled_quadratic_surrogate(P_SEED), linear_field_surrogate(),
+                              [(-2, 2), (-2, 2)], seed=1, n_samples=256)  # fmt: skip
+    assert not here.certified and len(here.counterexamples) == len(ref.counterexamples)
+    np.testing.assert_allclose(here.counterexamples, ref.counterexamples, atol=1e-6)
+    Pt = torch.as_tensor(VDP_P, device=device)
+    Vq = sb.Surrogate(lambda x: ((x @ Pt) * x).sum(-1), n_in=2, device=device)
+    roa = sb.lyapunov.region_of_attraction(Vq, VdP(), VDP_BOX, seed=0, simulate=16)
+    Pc = torch.as_tensor(VDP_P)
+    cpu = sb.lyapunov.region_of_attraction(sb.Surrogate(lambda x: ((x @ Pc) * x).sum(-1), n_in=2),
+                                           VdP(), VDP_BOX, seed=0)  # fmt: skip
+    assert roa.level == pytest.approx(cpu.level, rel=1e-9)
+    assert roa.simulation.n_converged == 16
+    cert = sb.lyapunov.certify(Vq, VdP(), VDP_BOX, level=0.95 * roa.level, exclude_radius=0.15)
+    assert cert.proven

@@ -1,0 +1,215 @@
+"""At scale on each device: batched Hessians for N = 1e4..1e7 points, and 1e4 starts at once.
+
+(a) Batched Hessians (``sur.derivatives(X, order=2)``: values, gradients and Hessians of N
+torch points on the surrogate's device) of tanh MLPs 2-64-64-1 and 10-256-256-1 behind the
+surrogate's own route, for N = 1e4, 1e5, 1e6 and 1e7 on every device present, at the default
+chunk (``sur.chunk_size``: 4096 rows on the CPU, 16384 on a GPU) and at a chunk 4 (CPU) or 8
+(GPU) times larger. Points per second, and the peak memory beyond the input and the results:
+on a GPU from ``torch.cuda``'s allocator statistics, on the CPU the growth of the process's
+resident memory sampled every millisecond (an estimate: the C allocator keeps freed pages).
+Chunking keeps that figure flat in N. On the CPU a net's next N (ten times the points) is
+skipped where it would take over ``CPU_BUDGET_S``.
+
+(b) ``sb.multistart`` from 1e4 starts (Himmelblau 2-D and the Rastrigin-like 10-D function of
+``bench_multistart.py``, exact surrogates behind scalers) with lock-step L-BFGS-B and batched
+Newton, on every device present; against the scipy loop (L-BFGS-B with exact gradients, from
+the first 256 starts, timed and scaled to 1e4; CPU surrogate), with the minima found and how
+many of those 256 starts ended at the loop's own end point (to 1e-6) or lower.
+
+Fairness: float64 everywhere; caches cleared before every timed multistart (batches never use
+the cache); GPU work synchronized before a clock is read; each timing the median of 3 runs (1
+where one run takes over 5 s). Run: ``python benchmarks/bench_device.py [--quick]``; on a GPU
+machine ``bash benchmarks/gpu.sh`` runs this with the CUDA tests in one go.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+from _common import machine, table, write_section
+from bench_multistart import agreement, himmelblau, loop, problem, rastrigin
+
+import surrogate_bridge as sb
+
+CPU_BUDGET_S = 60.0
+NETS = ((2, 64), (10, 256))
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, device: str) -> float:
+    times = []
+    for _ in range(3):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if times[-1] > 5.0:
+            break
+    return statistics.median(times)
+
+
+class RssPeak:
+    """The peak growth of this process's resident memory while the block runs, sampled."""
+
+    def __enter__(self):
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+        self.growth = self.peak - self.base
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def hessian_rows(device: str, sizes, rows: list) -> None:
+    for n, h in NETS:
+        sur = sb.Surrogate(sb.mlp((n, h, h, 1), "tanh", seed=0), device=device)
+        chunks = (sur.chunk_size, (8 if device == "cuda" else 4) * sur.chunk_size)
+        for chunk in chunks:
+            sur.chunk_size = chunk
+            for N in sizes:
+                X = torch.rand(N, n, dtype=torch.float64, device=device) * 2 - 1
+                sur.derivatives(X[:64], order=2)  # warm-up
+                if device == "cpu":
+                    with RssPeak() as rss:
+                        out = sur.derivatives(X, order=2)
+                    held = sum(t.numel() * t.element_size() for t in out)
+                    extra = (rss.growth - held) / 2**20
+                    del out
+                else:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                    out = sur.derivatives(X, order=2)
+                    torch.cuda.synchronize()
+                    held = sum(t.numel() * t.element_size() for t in out)
+                    extra = (torch.cuda.max_memory_allocated() - base - held) / 2**20
+                    del out
+                t = _median_time(lambda X=X, s=sur: s.derivatives(X, order=2), device)
+                results_mb = N * (1 + n + n * n) * 8 / 2**20
+                rows.append([f"{n}-{h}-{h}-1", device, chunk, N, t, N / t, results_mb, extra])
+                del X
+                if device == "cpu" and t * 10 > CPU_BUDGET_S:  # the next N would take longer
+                    break
+
+
+def multistart_rows(device: str, S: int, rows: list, refs: dict) -> None:
+    for name, f, n, half in (("Himmelblau 2-D", himmelblau, 2, 5.0),
+                             ("Rastrigin 10-D", rastrigin, 10, 3.0)):  # fmt: skip
+        sur = problem(f, n, half)
+        bounds = list(zip(*sur.domain, strict=True))
+        starts = np.random.default_rng(S).uniform(-half, half, (S, n))
+        if name not in refs:  # the scipy loop, once, on the CPU surrogate
+            loop(sur, np.random.default_rng(0).uniform(-half, half, (40, n)), bounds)  # warm-up
+            head = starts[:256]
+            sur.cache_clear()
+            t0 = time.perf_counter()
+            ref = loop(sur, head, bounds)
+            refs[name] = (ref, (time.perf_counter() - t0) * S / len(head))
+        ref, t_loop = refs[name]
+        if device != "cpu":
+            sur = problem(f, n, half, device=device)
+        sb.multistart(sur, starts[:8], bounds=bounds, method="newton")  # warm-up
+        for method in ("L-BFGS-B", "newton"):
+            sur.cache_clear()
+            _sync(device)
+            t0 = time.perf_counter()
+            r = sb.multistart(sur, starts, bounds=bounds, method=method)
+            _sync(device)
+            t = time.perf_counter() - t0
+            same = agreement(r.xs[:256], r.funs[:256], ref)
+            rows.append([name, device, S, method, t, t_loop, t_loop / t, r.nit, r.nfev,
+                         int(r.converged.sum()), len(r.minima), f"{same}/{len(ref)}"])  # fmt: skip
+
+
+def _verdicts(hess: list, starts: list) -> str:
+    lines = []
+    for net in sorted({r[0] for r in hess}):
+        for dev in devices():
+            mine = [r for r in hess if r[0] == net and r[1] == dev]
+            if not mine:
+                continue
+            best = max(mine, key=lambda r: r[5])
+            lines.append(
+                f"- {net} on {dev}: up to {best[5]:.3g} Hessian points/s (N = {best[3]:.0e}, "
+                f"chunk {best[2]}), largest N run {max(r[3] for r in mine):.0e}."
+            )
+            chunks = sorted({r[2] for r in mine})
+            both = [N for N in {r[3] for r in mine} if all(
+                any(r[2] == c and r[3] == N for r in mine) for c in chunks)]  # fmt: skip
+            if len(chunks) == 2 and both:
+                N = max(both)
+                a, b = (next(r[5] for r in mine if r[2] == c and r[3] == N) for c in chunks)
+                lines.append(f"  - at N = {N:.0e}, chunk {chunks[0]} runs {a / b:.2f}x the rate "
+                             f"of chunk {chunks[1]}.")  # fmt: skip
+            for chunk in chunks:
+                extra = [r[7] for r in mine if r[2] == chunk]
+                how = "allocated" if dev == "cuda" else "resident, sampled"
+                if extra:
+                    lines.append(
+                        f"  - chunk {chunk}: memory beyond the input and results ({how}) "
+                        f"{min(extra):.0f}-{max(extra):.0f} MiB over N = "
+                        f"{min(r[3] for r in mine):.0e}..{max(r[3] for r in mine):.0e}."
+                    )
+    for r in starts:
+        lines.append(
+            f"- {r[0]}, {r[2]} starts on {r[1]}, {r[3]}: {r[6]:.1f}x faster than the scipy loop; "
+            f"{r[9]}/{r[2]} converged, {r[10]} minima, {r[11]} of the loop's starts same or "
+            "better."
+        )
+    return "\n".join(lines)
+
+
+def main(quick: bool = False) -> None:
+    torch.set_num_threads(torch.get_num_interop_threads())
+    hess, starts, refs = [], [], {}
+    for device in devices():
+        hessian_rows(device, [10**k for k in range(4, 6 if quick else 8)], hess)
+    S = 1024 if quick else 10**4
+    for device in devices():
+        multistart_rows(device, S, starts, refs)
+    body = f"Machine: {machine()}\n\n"
+    body += "(a) Batched Hessians (values, gradients and Hessians of N torch points):\n\n"
+    body += table(["net", "device", "chunk", "N", "s", "points/s", "results MiB",
+                   "peak beyond input and results MiB"], hess)  # fmt: skip
+    body += (
+        f"\n\n(b) Multistart from {S} starts; the scipy loop timed on the first 256 starts and"
+        f" scaled to {S}:\n\n"
+    )
+    body += table(["problem", "device", "starts", "method", "s", "scipy loop s", "speed-up",
+                   "iterations", "batched passes", "converged", "minima",
+                   "same/better (first 256)"], starts)  # fmt: skip
+    body += "\n\nRead from these numbers:\n\n" + _verdicts(hess, starts)
+    write_section("bench_device", body)
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)
