@@ -28,6 +28,7 @@ __all__ = ["multistart", "read_box"]
 
 _METHODS = ("L-BFGS-B", "newton", "trust-constr")
 _ROUNDS = 8  # joint rounds at most; each restarts the solver on the starts not yet converged
+_FTOL = 2.2204460492503131e-09  # scipy L-BFGS-B's default ftol: the relative decrease it resolves
 
 
 def read_box(bounds, n: int, where: str, domain=None) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +85,9 @@ def multistart(
     method : {"L-BFGS-B", "newton", "trust-constr"}, optional
         "L-BFGS-B" (the default without constraints): scipy's L-BFGS-B from every start, in
         lock step: each start follows exactly the path ``scipy.optimize.minimize(...,
-        method="L-BFGS-B")`` takes from it, while each round of requests is one batched call.
+        method="L-BFGS-B")`` takes from it, while each round of requests is one batched call;
+        where scipy's ``ftol`` test stops a start with its projected gradient above ``tol``,
+        that start goes on from there with a fresh memory.
         "newton": batched projected Newton with exact Hessians and a line search per start
         (fewer iterations; each pays a batched Hessian; it may end in another basin than
         L-BFGS-B from the same start). "trust-constr" (the default, and the
@@ -187,9 +190,29 @@ def _starts(x0, n_starts, lb, ub, n, seed) -> np.ndarray:
 
 def _lbfgsb(sur, X, lb, ub, tol, max_iter):
     """scipy's L-BFGS-B per start in lock step (each start's own path, its own ``success``);
-    where scipy's reverse-communication routine differs (scipy < 1.15), joint rounds."""
+    where scipy's reverse-communication routine differs (scipy < 1.15), joint rounds.
+
+    scipy's ``ftol`` test can stop a start far from any stationary point (a line search that
+    barely moved after a poor quasi-Newton update: ``success`` with a gradient of 30 was seen
+    on Himmelblau). Such a start, its projected gradient above ``tol``, is restarted from where
+    it stopped with a fresh memory; it counts as converged once that gradient is within
+    ``tol``, or when a restart lowers its value by no more than ``ftol`` allows (rounding)."""
     if LOCKSTEP:
-        return lockstep_lbfgsb(sur.value_and_grad, X, lb, ub, tol, max_iter)
+        X, converged, nit, calls = lockstep_lbfgsb(sur.value_and_grad, X, lb, ub, tol, max_iter)
+        pg, calls = _pg(sur, X, lb, ub), calls + 1
+        stalled = np.flatnonzero(converged & (pg > tol))
+        for _ in range(_ROUNDS):
+            if not stalled.size:
+                break
+            f0 = np.asarray(sur(X[stalled]), dtype=np.float64).reshape(-1)
+            Xr, ok, its, more = lockstep_lbfgsb(sur.value_and_grad, X[stalled].copy(), lb, ub,
+                                                tol, max_iter)  # fmt: skip
+            f1, pg = np.asarray(sur(Xr), dtype=np.float64).reshape(-1), _pg(sur, Xr, lb, ub)
+            X[stalled], converged[stalled], calls = Xr, ok, calls + more + 3
+            nit[stalled] += its
+            moved = f0 - f1 > _FTOL * np.maximum(np.maximum(np.abs(f0), np.abs(f1)), 1.0)
+            stalled = stalled[ok & (pg > tol) & moved]
+        return X, converged, nit, calls
     active, nit, nfev = np.arange(len(X)), 0, 0
     for _ in range(_ROUNDS):  # a round restarts L-BFGS-B on the starts not yet converged
         res = joint_lbfgsb(sur.value_and_grad, X[active], lb, ub, tol, max_iter)
