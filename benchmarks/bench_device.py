@@ -5,9 +5,9 @@ torch points on the surrogate's device) of tanh MLPs 2-64-64-1 and 10-256-256-1 
 surrogate's own route, for N = 1e4, 1e5, 1e6 and 1e7 on every device present, at the default
 chunk (``sur.chunk_size``: 4096 rows on the CPU, 16384 on a GPU) and at a chunk 4 (CPU) or 8
 (GPU) times larger. Points per second, and the peak memory beyond the input and the results:
-on a GPU from ``torch.cuda``'s allocator statistics, on the CPU the growth of the process's
-resident memory sampled every millisecond (an estimate: the C allocator keeps freed pages).
-Chunking keeps that figure flat in N. On the CPU a net's next N (ten times the points) is
+on a GPU from ``torch.cuda``'s allocator statistics, on the CPU the growth of the peak
+resident memory of a fresh process over the call (``ru_maxrss``). Chunking keeps that figure
+flat in N. On the CPU a net's next N (ten times the points) is
 skipped where it would take over ``CPU_BUDGET_S``.
 
 (b) ``sb.multistart`` from 1e4 starts (Himmelblau 2-D and the Rastrigin-like 10-D function of
@@ -24,10 +24,9 @@ machine ``bash benchmarks/gpu.sh`` runs this with the CUDA tests in one go.
 
 from __future__ import annotations
 
-import os
 import statistics
+import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -63,30 +62,25 @@ def _median_time(fn, device: str) -> float:
     return statistics.median(times)
 
 
-class RssPeak:
-    """The peak growth of this process's resident memory while the block runs, sampled."""
-
-    def __enter__(self):
-        self.base = self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-        self.growth = self.peak - self.base
+_PEAK = """
+import resource, sys, torch, surrogate_bridge as sb
+n, h, chunk, N = map(int, sys.argv[1:])
+sur = sb.Surrogate(sb.mlp((n, h, h, 1), "tanh", seed=0))
+sur.chunk_size = chunk
+X = torch.rand(N, n, dtype=torch.float64) * 2 - 1
+sur.derivatives(X[:64], order=2)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = sur.derivatives(X, order=2)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print((grown - sum(t.numel() * t.element_size() for t in out)) / 2**20)
+"""
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def cpu_peak_mib(n: int, h: int, chunk: int, N: int) -> float:
+    """Peak resident memory beyond the input and the results, in a fresh process (so that no
+    memory the C allocator kept from earlier work hides the growth)."""
+    args = [sys.executable, "-c", _PEAK, str(n), str(h), str(chunk), str(N)]
+    return float(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
 
 
 def hessian_rows(device: str, sizes, rows: list) -> None:
@@ -99,11 +93,7 @@ def hessian_rows(device: str, sizes, rows: list) -> None:
                 X = torch.rand(N, n, dtype=torch.float64, device=device) * 2 - 1
                 sur.derivatives(X[:64], order=2)  # warm-up
                 if device == "cpu":
-                    with RssPeak() as rss:
-                        out = sur.derivatives(X, order=2)
-                    held = sum(t.numel() * t.element_size() for t in out)
-                    extra = (rss.growth - held) / 2**20
-                    del out
+                    extra = cpu_peak_mib(n, h, chunk, N)
                 else:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
@@ -172,7 +162,7 @@ def _verdicts(hess: list, starts: list) -> str:
                              f"of chunk {chunks[1]}.")  # fmt: skip
             for chunk in chunks:
                 extra = [r[7] for r in mine if r[2] == chunk]
-                how = "allocated" if dev == "cuda" else "resident, sampled"
+                how = "allocated" if dev == "cuda" else "peak resident"
                 if extra:
                     lines.append(
                         f"  - chunk {chunk}: memory beyond the input and results ({how}) "
