@@ -6,8 +6,8 @@ surrogate's own route, for N = 1e4, 1e5, 1e6 and 1e7 on every device present, at
 chunk (``sur.chunk_size``: 4096 rows on the CPU, 16384 on a GPU) and at a chunk 4 (CPU) or 8
 (GPU) times larger. Points per second, and the peak memory beyond the input and the results:
 on a GPU from ``torch.cuda``'s allocator statistics, on the CPU the growth of the peak
-resident memory of a fresh process over the call (``ru_maxrss``). Chunking keeps that figure
-flat in N. On the CPU a net's next N (ten times the points) is
+resident memory of a fresh process over the call (``VmHWM``). Chunking keeps that figure flat
+in N. On the CPU a net's next N (ten times the points) is
 skipped where it would take over ``CPU_BUDGET_S``.
 
 (b) ``sb.multistart`` from 1e4 starts (Himmelblau 2-D and the Rastrigin-like 10-D function of
@@ -63,22 +63,26 @@ def _median_time(fn, device: str) -> float:
 
 
 _PEAK = """
-import resource, sys, torch, surrogate_bridge as sb
+import re, sys, torch, surrogate_bridge as sb
+def hwm():  # this process's peak resident memory (its own address space's: reset by exec)
+    with open("/proc/self/status") as fh:
+        return int(re.search(r"VmHWM:\\s*(\\d+) kB", fh.read()).group(1)) * 1024
 n, h, chunk, N = map(int, sys.argv[1:])
 sur = sb.Surrogate(sb.mlp((n, h, h, 1), "tanh", seed=0))
 sur.chunk_size = chunk
-X = torch.rand(N, n, dtype=torch.float64) * 2 - 1
+X = torch.empty(N, n, dtype=torch.float64).uniform_(-1, 1)  # in place: no transient copies
 sur.derivatives(X[:64], order=2)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 out = sur.derivatives(X, order=2)
-grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+grown = hwm() - before
 print((grown - sum(t.numel() * t.element_size() for t in out)) / 2**20)
 """
 
 
 def cpu_peak_mib(n: int, h: int, chunk: int, N: int) -> float:
     """Peak resident memory beyond the input and the results, in a fresh process (so that no
-    memory the C allocator kept from earlier work hides the growth)."""
+    memory the C allocator kept from earlier work hides the growth; ``ru_maxrss`` would carry
+    the parent's peak over ``fork``, ``VmHWM`` starts afresh at ``exec``)."""
     args = [sys.executable, "-c", _PEAK, str(n), str(h), str(chunk), str(N)]
     return float(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
 
@@ -90,7 +94,7 @@ def hessian_rows(device: str, sizes, rows: list) -> None:
         for chunk in chunks:
             sur.chunk_size = chunk
             for N in sizes:
-                X = torch.rand(N, n, dtype=torch.float64, device=device) * 2 - 1
+                X = torch.empty(N, n, dtype=torch.float64, device=device).uniform_(-1, 1)
                 sur.derivatives(X[:64], order=2)  # warm-up
                 if device == "cpu":
                     extra = cpu_peak_mib(n, h, chunk, N)
