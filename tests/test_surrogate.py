@@ -307,6 +307,18 @@ def test_cache_size_bound_and_clear(scal):
     assert off.cache_info().currsize == 0
 
 
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_chunks_fill_every_order_as_one_pass_would(order):
+    """Results allocated once and filled chunk by chunk (a last, shorter chunk too) equal one
+    pass over all rows, for every order and a vector output."""
+    sur = sb.Surrogate(mlp([3, 8, 2]))
+    X = torch.randn(23, 3, dtype=torch.float64)
+    whole = sur.derivatives(X, order=order)
+    sur.chunk_size = 5
+    for a, b in zip(sur.derivatives(X, order=order), whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+
+
 @pytest.mark.cuda
 def test_cuda_memory_beyond_the_results_does_not_grow_with_n():
     """Chunking bounds GPU memory: beyond the input and the results (allocated once, filled
