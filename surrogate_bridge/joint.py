@@ -181,14 +181,14 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
         searching = np.ones(len(active), dtype=bool)
         new = Xa.copy()
         snapped = np.where(held, np.where(g > 0, lb, ub), Xa)  # held variables on their bound
-        for _ in range(_BACKTRACKS):
+        for trial_no in range(_BACKTRACKS):
             idx = np.flatnonzero(searching)
             trial = np.clip(snapped[idx] + alpha[idx, None] * d[idx], lb, ub)
             ft = np.asarray(sur(trial), dtype=np.float64).reshape(-1)
             passes += 1
             decrease = np.einsum("si,si->s", g[idx], trial - Xa[idx])
             ok = (ft <= f[idx] + _ARMIJO * decrease) & (decrease < 0)
-            if alpha[idx].min() == 1.0:  # the full step: below the value's rounding?
+            if trial_no == 0:  # the full step: below the value's rounding?
                 tiny = ~ok & convex[idx] & (reach[idx] <= 1e-6)
                 if tiny.any():
                     gt = np.asarray(sur.grad(trial[tiny]), dtype=np.float64).reshape(-1, n)
