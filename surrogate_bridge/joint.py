@@ -72,7 +72,9 @@ def lockstep_lbfgsb(value_and_grad, X, lb, ub, tol=1e-5, max_iter=15000):
     they are answered together by one batched call. Drives the reverse-communication routine
     (``setulb``) that ``scipy.optimize.minimize`` itself drives (scipy >= 1.15).
 
-    Returns (X, converged (S,) as scipy's ``success``, iterations (S,), batched calls).
+    Returns (X, converged (S,) as scipy's ``success``, iterations (S,), batched calls, values
+    (S,) and gradients (S, n) at X: those the routine holds for its last iterate, so judging
+    the end points costs no further call).
     """
     from scipy.optimize import _lbfgsb
 
@@ -115,7 +117,7 @@ def lockstep_lbfgsb(value_and_grad, X, lb, ub, tol=1e-5, max_iter=15000):
             f[s][()] = values[i]
         g[asking] = np.asarray(grads, dtype=np.float64).reshape(len(asking), n)
         pending = asking
-    return x, task[:, 0] == 4, nit, calls
+    return x, task[:, 0] == 4, nit, calls, np.array([float(v) for v in f]), g
 
 
 def projected_gradient(X, g, lb, ub) -> np.ndarray:
@@ -139,10 +141,11 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
     keeps converging quadratically below the value's rounding. A start stops when its
     projected gradient is at most ``tol``, or when no step decreases it (rounding).
 
-    Returns (X, converged (S,), iterations (S,), batched passes).
+    Returns (X, converged (S,), iterations (S,), batched passes, values (S,) at X).
     """
     X = np.clip(np.array(X, dtype=np.float64), lb, ub)
     S, n = X.shape
+    fX = np.empty(S)
     converged = np.zeros(S, dtype=bool)
     nit = np.zeros(S, dtype=np.int64)
     passes = 0
@@ -151,6 +154,7 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
         f, g, H = (np.asarray(a, dtype=np.float64) for a in sur.derivatives(X[active], order=2))
         f, g, H = f.reshape(-1), g.reshape(-1, n), H.reshape(-1, n, n)
         passes += 1
+        fX[active] = f
         done = projected_gradient(X[active], g, lb, ub) <= tol
         converged[active[done]] = True
         keep = ~done
@@ -195,7 +199,7 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
                     passes += 1
                     halves = projected_gradient(trial[tiny], gt, lb, ub) <= 0.5 * pg[idx[tiny]]
                     ok[np.flatnonzero(tiny)[halves]] = True
-            new[idx[ok]] = trial[ok]
+            new[idx[ok]], fX[active[idx[ok]]] = trial[ok], ft[ok]
             searching[idx[ok]] = False
             alpha[idx[~ok]] = np.minimum(alpha[idx[~ok]] / 2, short[idx[~ok]])
             if not searching.any():
@@ -207,7 +211,7 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
         g = np.asarray(sur.grad(X[rest]), dtype=np.float64).reshape(-1, n)
         converged[rest] = projected_gradient(X[rest], g, lb, ub) <= tol
         passes += 1
-    return X, converged, nit, passes
+    return X, converged, nit, passes, fX
 
 
 def joint_trust_constr(sur: Surrogate, X, lb, ub, constraints, tol=1e-8, max_iter=1000):

@@ -116,8 +116,9 @@ def multistart(
         and ``funs`` (S,): every start's end point and value; ``converged`` (S,) bool;
         ``minima`` (k, n), ``minima_fun`` (k,), ``minima_count`` (k,): the distinct local minima
         sorted by value, with how many starts reached each; ``nit`` (the most iterations any
-        start took; trust-constr: the joint iterations), ``nfev`` (batched evaluations) and
-        ``method``.
+        start took; trust-constr: the joint iterations), ``nfev`` (batched evaluations, all of
+        them: L-BFGS-B and newton report the values they hold at the end points, trust-constr
+        adds one pass for them) and ``method``.
 
     Examples
     --------
@@ -143,16 +144,18 @@ def multistart(
     n = sur.n_in
     lb, ub = read_box(bounds, n, "multistart", sur.domain)
     X = _starts(x0, n_starts, lb, ub, n, seed)
+    funs = None  # the end points' values, where the optimizer holds them
     if method == "newton":
-        X, converged, nit, nfev = projected_newton(sur, X, lb, ub, tol, max_iter)
+        X, converged, nit, nfev, funs = projected_newton(sur, X, lb, ub, tol, max_iter)
         nit = int(nit.max(initial=0))
     elif method == "trust-constr":
         X, converged, nit, nfev = _constrained(sur, X, lb, ub, constraints, tol, max_iter)
     else:
-        X, converged, nit, nfev = _lbfgsb(sur, X, lb, ub, tol, max_iter)
+        X, converged, nit, nfev, funs = _lbfgsb(sur, X, lb, ub, tol, max_iter)
         nit = int(np.max(nit, initial=0))
     S = len(X)
-    funs = np.asarray(sur(X), dtype=np.float64).reshape(S)
+    if funs is None:
+        funs = np.asarray(sur(X), dtype=np.float64).reshape(S)
     minima, minima_fun, counts = _merge(X, funs, converged, merge_tol * _size(lb, ub, X))
     best = (
         int(np.argmin(np.where(converged, funs, np.inf)))
@@ -198,21 +201,19 @@ def _lbfgsb(sur, X, lb, ub, tol, max_iter):
     it stopped with a fresh memory; it counts as converged once that gradient is within
     ``tol``, or when a restart lowers its value by no more than ``ftol`` allows (rounding)."""
     if LOCKSTEP:
-        X, converged, nit, calls = lockstep_lbfgsb(sur.value_and_grad, X, lb, ub, tol, max_iter)
-        pg, calls = _pg(sur, X, lb, ub), calls + 1
-        stalled = np.flatnonzero(converged & (pg > tol))
+        X, converged, nit, calls, f, g = lockstep_lbfgsb(sur.value_and_grad, X, lb, ub, tol,
+                                                         max_iter)  # fmt: skip
+        stalled = np.flatnonzero(converged & (projected_gradient(X, g, lb, ub) > tol))
         for _ in range(_ROUNDS):
             if not stalled.size:
                 break
-            f0 = np.asarray(sur(X[stalled]), dtype=np.float64).reshape(-1)
-            Xr, ok, its, more = lockstep_lbfgsb(sur.value_and_grad, X[stalled].copy(), lb, ub,
-                                                tol, max_iter)  # fmt: skip
-            f1, pg = np.asarray(sur(Xr), dtype=np.float64).reshape(-1), _pg(sur, Xr, lb, ub)
-            X[stalled], converged[stalled], calls = Xr, ok, calls + more + 3
+            Xr, ok, its, more, fr, gr = lockstep_lbfgsb(sur.value_and_grad, X[stalled].copy(),
+                                                        lb, ub, tol, max_iter)  # fmt: skip
+            moved = f[stalled] - fr > _FTOL * np.maximum(np.maximum(abs(f[stalled]), abs(fr)), 1)
+            X[stalled], f[stalled], converged[stalled], calls = Xr, fr, ok, calls + more
             nit[stalled] += its
-            moved = f0 - f1 > _FTOL * np.maximum(np.maximum(np.abs(f0), np.abs(f1)), 1.0)
-            stalled = stalled[ok & (pg > tol) & moved]
-        return X, converged, nit, calls
+            stalled = stalled[ok & (projected_gradient(Xr, gr, lb, ub) > tol) & moved]
+        return X, converged, nit, calls, f
     active, nit, nfev = np.arange(len(X)), 0, 0
     for _ in range(_ROUNDS):  # a round restarts L-BFGS-B on the starts not yet converged
         res = joint_lbfgsb(sur.value_and_grad, X[active], lb, ub, tol, max_iter)
@@ -221,7 +222,7 @@ def _lbfgsb(sur, X, lb, ub, tol, max_iter):
         active = active[_pg(sur, X[active], lb, ub) > tol]
         if active.size == 0:
             break
-    return X, _pg(sur, X, lb, ub) <= tol, nit, nfev
+    return X, _pg(sur, X, lb, ub) <= tol, nit, nfev, None
 
 
 def _constrained(sur, X, lb, ub, constraints, tol, max_iter):

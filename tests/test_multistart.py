@@ -110,12 +110,44 @@ def test_lock_step_costs_one_batched_call_per_round_of_requests():
                        domain=([-5, -5], [5, 5]), point_route="torch")  # fmt: skip
     calls.clear()
     res = sb.multistart(sur, n_starts=64, seed=0)
-    assert len(calls) == res.nfev + 1 < 64 and max(calls) == 64  # + 1: the end points' values
+    # every call counted; the end points' values are those the solver holds (no further call)
+    assert len(calls) == res.nfev < 64 and max(calls) == 64
     X0 = np.random.default_rng(0).uniform(-5, 5, (64, 2))
     calls.clear()
-    *_, n_calls = lockstep_lbfgsb(sur.value_and_grad, X0, -5.0 * np.ones(2), 5.0 * np.ones(2))
+    n_calls = lockstep_lbfgsb(sur.value_and_grad, X0, -5.0 * np.ones(2), 5.0 * np.ones(2))[3]
     assert calls[0] == 64 and sorted(calls, reverse=True) == calls  # shrinking batches
     assert len(calls) == n_calls
+    calls.clear()
+    res = sb.multistart(sur, n_starts=64, seed=0, method="newton")
+    assert len(calls) == res.nfev
+
+
+@pytest.mark.parametrize("method", ["L-BFGS-B", "newton"])
+def test_reported_values_are_the_function_at_the_end_points(method):
+    """The values the solvers hand back (no pass of their own) are the surrogate's at each
+    start's end point, also where a restart moved a start that scipy stopped short."""
+    s, c = [0.1, 0.1], [2.5, 2.5]  # the scalers under which scipy stops start 9323 short
+    sur = sb.Surrogate(Himmelblau(s, c, [5.0], [20.0]), sb.Affine(s, c), sb.Affine([5.0], [20.0]))
+    X0 = np.random.default_rng(10000).uniform(-5, 5, (10000, 2))[9300:9400]
+    res = sb.multistart(sur, X0, bounds=[(-5, 5)] * 2, method=method)
+    assert res.converged.all()
+    np.testing.assert_allclose(res.funs, np.asarray(sur(res.xs)).reshape(-1), rtol=1e-14, atol=0)
+
+
+def test_lock_step_hands_back_the_restored_iterate_after_a_failed_line_search():
+    """Where a line search fails (a gradient that does not match the values' noise), scipy's
+    routine restores the previous iterate: the values and gradients handed back are those of
+    the point handed back."""
+
+    def value_and_grad(X):
+        return (X**2).sum(1) + 1e-3 * np.sin(1e4 * X).sum(1), 2 * X
+
+    X0 = np.random.default_rng(0).uniform(-1, 1, (50, 3))
+    X, ok, _, _, f, g = lockstep_lbfgsb(value_and_grad, X0, -2 * np.ones(3), 2 * np.ones(3), 1e-12)
+    assert not ok.all()  # some ended abnormally
+    f_at, g_at = value_and_grad(X)
+    np.testing.assert_allclose(f, f_at, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(g, g_at)
 
 
 @pytest.mark.parametrize(
