@@ -252,27 +252,48 @@ class Engine:
         self.fn, self.n, self.m = fn, n, m
         self.dtype, self.device = dtype, device
         self.route = MeasuredRoute(
-            TorchPointRoute(fn, n, m, dtype, device), self._compiled, point_route
+            TorchPointRoute(fn, n, m, dtype, device),
+            {"numpy": self._numpy_route, "casadi": self._casadi_route},
+            point_route,
         )
         self.points = None  # a points.PointEvaluator over self.route, set by the surrogate
 
-    def _compiled(self):
-        """The compiled single-point route (``adapters/casadi_route.py``), reached by name only
-        when casadi is installed: the core never imports casadi itself."""
+    def _program(self):
+        """The one-point float64 ``torch.export`` graph that the other routes are read from."""
         if self.dtype != torch.float64 or self.device.type != "cpu":
             raise RouteUnavailable(
                 f"it computes in float64 on the CPU; this surrogate is {self.dtype} on "
                 f"{self.device}"
             )
+        from .physical import export
+
+        try:
+            return export(self.fn, self.n, one_point=True, dtype=torch.float64)
+        except Exception as err:
+            why = f"{type(err).__name__}: {err}"
+            raise RouteUnavailable(f"the model did not export ({why})") from err
+
+    def _numpy_route(self):
+        """The numpy route for layer chains (``chain.py``)."""
+        from .chain import ChainPointRoute
+
+        program = self._program()
+        try:
+            return ChainPointRoute(program, self.n, self.m)
+        except ValueError as err:  # not a chain: other routes answer
+            raise RouteUnavailable(f"not a layer chain ({err})") from err
+
+    def _casadi_route(self):
+        """The compiled CasADi route (``adapters/casadi_route.py``), reached by name only when
+        casadi is installed: the core never imports casadi itself."""
         if find_spec("casadi") is None:
             raise RouteUnavailable(
                 "casadi is not installed (pip install 'surrogate-bridge[casadi]')"
             )
+        program = self._program()
         from .adapters.casadi_route import CasadiPointRoute
-        from .physical import export
 
         try:
-            program = export(self.fn, self.n, one_point=True, dtype=torch.float64)
             return CasadiPointRoute(program, self.n, self.m)
         except Exception as err:  # any translation failure leaves torch answering
             raise RouteUnavailable(

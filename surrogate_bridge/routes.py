@@ -1,14 +1,16 @@
 """Which route answers single points, chosen by measuring, per kind of request.
 
-No route wins everywhere (``benchmarks/RESULTS.md``): the compiled CasADi route is several times
-faster than eager torch on small nets, where per-call overhead dominates, and slower on wide ones,
-where CasADi's dense products (plain loops, no BLAS) lose to torch's. So under
-``point_route="auto"`` a surrogate starts on torch, and once it has computed ``_AUTO_AFTER``
-single points (a solver at work; casual use never pays) it builds the compiled route, checks that
-both agree on the current point, times both there for each kind of request (value,
-value+Jacobian, Hessian, Lagrangian Hessian) and keeps the faster for each. What it measured is
-``Surrogate.point_route_report``. ``"torch"`` never builds the compiled route; ``"casadi"``
-builds it at once and uses it for every kind (an error if it cannot be built).
+No route wins everywhere (``benchmarks/RESULTS.md``): eager torch pays a per-call overhead that
+dominates small nets; the compiled CasADi route has almost none, but its dense products are plain
+loops (no BLAS) that lose on wide nets; the numpy route (``chain.py``: the hand-written forward
+and reverse pass, read off the graph, for layer chains) has BLAS and little overhead, but covers
+chains only. So under ``point_route="auto"`` a surrogate starts on torch, and once it has
+computed ``_AUTO_AFTER`` single points (a solver at work; casual use never pays) it builds every
+other route it can, checks that each agrees with torch on the current point, times them there
+for each kind of request (value, value+Jacobian, Hessian, Lagrangian Hessian) and keeps the
+fastest for each. What it measured is ``Surrogate.point_route_report``. ``"torch"`` builds no
+other route; ``"numpy"`` and ``"casadi"`` build theirs at once and use it for every kind (an
+error if it cannot be built).
 """
 
 from __future__ import annotations
@@ -20,32 +22,35 @@ import numpy as np
 
 __all__ = ["POINT_ROUTES", "MeasuredRoute", "RouteUnavailable"]
 
-POINT_ROUTES = ("auto", "torch", "casadi")
+POINT_ROUTES = ("auto", "torch", "numpy", "casadi")
 _AUTO_AFTER = 32  # single-point computations before "auto" measures
 _REPEATS = 7  # timed calls per route and kind (the minimum is kept), after one warm-up
 _AGREE = 1e-10  # relative to the result's size: a translation that differs more is not used
 
 
 class RouteUnavailable(ValueError):
-    """The compiled route cannot be built for this surrogate; the message says why."""
+    """A route cannot be built for this surrogate; the message says why."""
 
 
 class MeasuredRoute:
     """The route protocol (``value``, ``value_jac``, ``hessian``, ``lagrangian_hessian``),
-    answered for each kind by whichever route measured faster."""
+    answered for each kind by whichever route measured fastest. ``builders`` maps each other
+    route's name to a callable that builds it (or raises :class:`RouteUnavailable`)."""
 
     KINDS = ("value", "value_jac", "hessian", "lagrangian_hessian")
 
-    def __init__(self, torch_route, build: Callable[[], object], policy: str) -> None:
-        self.torch, self._build, self.policy = torch_route, build, policy
+    def __init__(self, torch_route, builders: dict[str, Callable[[], object]], policy: str) -> None:
+        self.torch, self._builders, self.policy = torch_route, builders, policy
         self._start()
-        if policy == "casadi":
-            self._adopt_compiled()  # at once: RouteUnavailable names why it cannot be built
+        if policy in builders:
+            self._adopt()  # at once: RouteUnavailable names why it cannot be built
 
     def _start(self) -> None:
         """Torch answers every kind until the policy's pending step runs at a call."""
         self.choice = dict.fromkeys(self.KINDS, self.torch)
-        self._pending = {"auto": "measure", "casadi": "build"}.get(self.policy)
+        self._pending = "measure" if self.policy == "auto" else None
+        if self.policy in self._builders:
+            self._pending = "build"
         self._countdown = _AUTO_AFTER
         self.report = {"policy": self.policy, "chosen": "torch"}
         if self.policy == "auto":
@@ -59,16 +64,16 @@ class MeasuredRoute:
         for kind in self.KINDS:
             setattr(self, kind, getattr(self.choice[kind], kind))
 
-    def _adopt_compiled(self) -> None:
+    def _adopt(self) -> None:
         self._pending = None
-        self.choice = dict.fromkeys(self.KINDS, self._build())
-        self.report = {"policy": "casadi", "chosen": "casadi"}
+        self.choice = dict.fromkeys(self.KINDS, self._builders[self.policy]())
+        self.report = {"policy": self.policy, "chosen": self.policy}
         self._bind()
 
     # a copy starts again where it runs (the engine that builds may not be restored yet when
     # this is: a reference cycle, so the build waits for the first call)
     def __getstate__(self) -> dict:
-        return {"torch": self.torch, "_build": self._build, "policy": self.policy}
+        return {"torch": self.torch, "_builders": self._builders, "policy": self.policy}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -77,7 +82,7 @@ class MeasuredRoute:
     @property
     def name(self) -> str:
         if self._pending == "build":
-            return "casadi"
+            return self.policy
         names = {k: r.name for k, r in self.choice.items()}
         if len(set(names.values())) == 1:
             return next(iter(names.values()))
@@ -86,7 +91,7 @@ class MeasuredRoute:
     # the route protocol ----------------------------------------------------------------------
     def _tick(self, x: np.ndarray) -> None:
         if self._pending == "build":
-            self._adopt_compiled()
+            self._adopt()
         elif self._pending == "measure":
             self._countdown -= 1
             if self._countdown <= 0:
@@ -110,16 +115,21 @@ class MeasuredRoute:
 
     # measuring -------------------------------------------------------------------------------
     def measure(self, x: np.ndarray) -> None:
-        """Build the compiled route and keep, per kind, the faster route that agrees at ``x``."""
+        """Build every other route, and keep, per kind, the fastest route that agrees at ``x``
+        with torch (``report["disagree"]`` names, per kind, those that did not)."""
         self._pending = None
         t0 = time.perf_counter()
-        try:
-            compiled = self._build()
-        except RouteUnavailable as err:
-            self.report.update(chosen="torch", note=f"compiled route unavailable: {err}")
+        others, notes = [], []
+        for name, build in self._builders.items():
+            try:
+                others.append(build())
+            except RouteUnavailable as err:
+                notes.append(f"{name} route unavailable: {err}")
+        t1 = time.perf_counter()
+        if not others:
+            self.report.update(chosen="torch", note="; ".join(notes))
             self._bind()
             return
-        t1 = time.perf_counter()
         v = np.linspace(1.0, 2.0, self.torch.m)
         calls = {
             "value": lambda r: [r.value(x)],
@@ -127,23 +137,29 @@ class MeasuredRoute:
             "hessian": lambda r: list(r.hessian(x)),
             "lagrangian_hessian": lambda r: [r.lagrangian_hessian(x, v)],
         }
-        timings = {}
+        timings, disagree = {}, {}
         for kind, call in calls.items():
-            ref, got = call(self.torch), call(compiled)  # also the warm-up
-            if not all(_agree(a, b) for a, b in zip(ref, got, strict=True)):
-                timings[kind] = "disagree: kept torch"
-                continue
-            us = _best_us(
-                {r.name: (lambda r=r, call=call: call(r)) for r in (self.torch, compiled)}
-            )
+            ref = call(self.torch)  # also the warm-up
+            agree = [
+                r for r in others
+                if all(_agree(a, b) for a, b in zip(ref, call(r), strict=True))
+            ]  # fmt: skip
+            us = _best_us({r.name: (lambda r=r, call=call: call(r)) for r in (self.torch, *agree)})
             timings[kind] = us
-            self.choice[kind] = compiled if us[compiled.name] < us["torch"] else self.torch
+            if len(agree) < len(others):
+                disagree[kind] = [r.name for r in others if r not in agree]
+            fastest = min((r for r in (self.torch, *agree)), key=lambda r: us[r.name])
+            self.choice[kind] = fastest
         self.report.update(
             chosen=self.name,
             build_s=t1 - t0,
             probe_s=time.perf_counter() - t1,
             us=timings,
-            note=f"measured after {_AUTO_AFTER} single points" if self.policy == "auto" else "",
+            **({"disagree": disagree} if disagree else {}),
+            note="; ".join(
+                ([f"measured after {_AUTO_AFTER} single points"] if self.policy == "auto" else [])
+                + notes
+            ),
         )
         self._bind()
 
@@ -154,10 +170,14 @@ def _agree(a: np.ndarray, b: np.ndarray) -> bool:
 
 def _best_us(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
     """The best of ``_REPEATS`` timed calls of each, in alternating rounds: a machine whose speed
-    drifts (a shared one) does not favour whichever was timed first."""
+    drifts (a shared one) does not favour whichever was timed first. Each timed call follows an
+    untimed one of the same route, so a route is timed as it runs when it answers a solver's
+    requests in turn, not just after another route's thread pool (torch's OpenMP threads, or
+    BLAS's, still spinning on the cores) has slowed it several times over."""
     best = dict.fromkeys(calls, np.inf)
     for _ in range(_REPEATS):
         for key, call in calls.items():
+            call()
             t = time.perf_counter()
             call()
             best[key] = min(best[key], time.perf_counter() - t)

@@ -58,9 +58,9 @@ class Surrogate:
         Outside ``domain``: warn once, stay quiet, or raise :class:`ExtrapolationError`.
     prefetch_grad : bool
         A value request at a new point also computes the gradient (solvers ask for it next).
-    point_route : {"auto", "torch", "casadi"}
-        Who answers single numpy points: chosen by timing both after 32 of them ("auto"), eager
-        torch, or the compiled CasADi translation (float64, CPU, translatable models).
+    point_route : {"auto", "torch", "numpy", "casadi"}
+        Who answers single numpy points: chosen by timing each after 32 of them ("auto"), eager
+        torch, numpy (layer chains: MLPs), or CasADi (float64, CPU, translatable models).
 
     Notes
     -----
@@ -151,7 +151,7 @@ class Surrogate:
     )
     point_route = property(
         lambda self: self._ready("Surrogate.point_route") and self._engine.route.name,
-        doc='The route answering single numpy points ("torch", "casadi", or one per kind).',
+        doc='The route answering single numpy points ("torch", "numpy", "casadi", or per kind).',
     )
     point_route_report = property(
         lambda self: self._ready("Surrogate.point_route_report") and self._engine.route.report,

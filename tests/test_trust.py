@@ -78,10 +78,12 @@ def test_gradients_far_from_the_origin_keep_float64_accuracy(shift, scale):
 
 
 # threads ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("route", ["auto", "numpy"])
 @pytest.mark.parametrize("n_in", [2, 20])
-def test_shared_surrogate_under_threads_equals_a_cache_free_twin(n_in):
+def test_shared_surrogate_under_threads_equals_a_cache_free_twin(n_in, route):
     net = mlp([n_in, 16, 1], nn.Softplus, seed=2)
-    shared, twin = sb.Surrogate(net, cache_size=8), sb.Surrogate(net, cache_size=0)
+    shared = sb.Surrogate(net, cache_size=8, point_route=route)
+    twin = sb.Surrogate(net, cache_size=0, point_route="torch")
     points = np.random.default_rng(3).normal(size=(6, n_in))
     p = np.random.default_rng(4).normal(size=n_in)
     calls = {

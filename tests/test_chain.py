@@ -1,0 +1,186 @@
+"""The numpy single-point route for layer chains (``chain.py``): the same numbers as the torch
+route (autograd) to 1e-12 relative over random widths, activations and scalers; the closed-form
+Hessian of a one-layer net; graphs that are not chains are refused by name, and "auto" then
+measures the other routes."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from problems import mlp
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from torch import nn
+
+import surrogate_bridge as sb
+from surrogate_bridge.chain import ACTIVATIONS
+
+ACTS = {
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "softplus": nn.Softplus,
+    "softplus-beta": lambda: nn.Softplus(beta=2.0, threshold=1.5),
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "gelu-tanh": lambda: nn.GELU(approximate="tanh"),
+    "elu": lambda: nn.ELU(alpha=0.7),
+    "selu": nn.SELU,
+    "sin": None,  # a PINN's sine layer, below
+}
+
+
+class Sine(nn.Module):
+    def forward(self, z):
+        return torch.sin(z)
+
+
+def close(a, b, rel=1e-12):
+    a, b = np.asarray(a), np.asarray(b)
+    return np.abs(a - b).max(initial=0) <= rel * max(np.abs(b).max(initial=0), 1e-300)
+
+
+def twins(net, ins, outs):
+    """The same model on the numpy route and on the torch route."""
+    kw = dict(extrapolation="ignore")
+    return (sb.Surrogate(net, ins, outs, point_route="numpy", **kw),
+            sb.Surrogate(net, ins, outs, point_route="torch", **kw))  # fmt: skip
+
+
+def assert_routes_agree(num, ref, X, rel=1e-12):
+    for x in X:
+        for name in ("__call__", "jac", "hess"):
+            assert close(getattr(num, name)(x), getattr(ref, name)(x), rel), name
+        if ref.n_out == 1:
+            p = np.linspace(-1, 1, ref.n_in)
+            num.cache_clear()  # hessp on a fresh point after a gradient: the kept tape
+            num.grad(x)
+            assert close(num.hessp(x, p), ref.hessp(x, p), rel)
+            num.cache_clear()
+            assert close(num.hessp(x, p), ref.hessp(x, p), rel)  # no tape kept: from scratch
+        v = np.arange(1.0, ref.n_out + 1)
+        num.cache_clear()
+        assert close(num.lagrangian_hess(x, v), ref.lagrangian_hess(x, v), rel)
+
+
+@st.composite
+def chains(draw):
+    n_in, n_out = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    widths = draw(st.lists(st.integers(1, 12), min_size=1, max_size=3))
+    act = ACTS[draw(st.sampled_from(sorted(ACTS)))] or Sine
+    seed = draw(st.integers(0, 1000))
+    rng = np.random.default_rng(seed)
+    data_x = rng.normal(size=(20, n_in)) * rng.uniform(0.1, 10, n_in) + rng.normal(size=n_in)
+    data_y = rng.normal(size=(20, n_out)) * rng.uniform(0.1, 10, n_out)
+    kind = draw(st.sampled_from(["none", "minmax", "standard", "affine"]))
+    scalers = {
+        "none": (None, None),
+        "minmax": (MinMaxScaler().fit(data_x), MinMaxScaler().fit(data_y)),
+        "standard": (StandardScaler().fit(data_x), StandardScaler().fit(data_y)),
+        "affine": (sb.Affine.fit(data_x, "standard"), sb.Affine.fit(data_y, "minmax")),
+    }[kind]
+    return mlp([n_in, *widths, n_out], act, seed=seed), scalers, data_x[:3]
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(chains())
+def test_property_numpy_route_equals_the_torch_route(case):
+    """Drawn points may saturate a unit (tanh 1 - 1e-6, say). Both routes then take its
+    derivative as 1 - tanh^2 from tanh values that numpy's and torch's math libraries round
+    differently in the last bit, so the derivatives agree to eps / (1 - tanh^2) there, not to
+    eps: 1e-9 here; the fixed points of the other tests hold 1e-12."""
+    net, (ins, outs), X = case
+    num, ref = twins(net, ins, outs)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, X, rel=1e-9)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky", "hardtanh"])
+def test_piecewise_linear_chains_agree_and_still_warn(act):
+    layer = {"relu": nn.ReLU, "leaky": lambda: nn.LeakyReLU(0.1), "hardtanh": nn.Hardtanh}[act]
+    net = mlp([3, 9, 7, 2], layer, seed=4)
+    num, ref = twins(net, sb.Affine([0.5, -1, 2], [2, 3, 0.5]), None)
+    X = np.random.default_rng(0).normal(size=(3, 3)) * 2
+    with pytest.warns(sb.SmoothnessWarning):
+        num.hess(X[0])
+    with pytest.warns(sb.SmoothnessWarning):
+        ref.hess(X[0])
+    assert_routes_agree(num, ref, X)
+
+
+def test_one_layer_hessian_in_closed_form():
+    """y = w2 . tanh(W1 (x - s)/c + b1) + b2: H = A^T diag(w2 * tanh'') A with A = W1 / c."""
+    net = mlp([3, 5, 1], nn.Tanh, seed=7)
+    W1, b1, w2 = (p.detach().numpy() for p in list(net.parameters())[:3])
+    s, c = np.array([1.0, -2.0, 0.5]), np.array([2.0, 0.5, 4.0])
+    sur = sb.Surrogate(net, sb.Affine(s, c), point_route="numpy", extrapolation="ignore")
+    x = np.array([0.3, -1.1, 2.0])
+    A = W1 / c
+    t = np.tanh(A @ x - A @ s + b1)
+    H = A.T @ np.diag(w2[0] * -2 * t * (1 - t**2)) @ A
+    np.testing.assert_allclose(sur.hess(x), H, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(sur.grad(x), (w2[0] * (1 - t**2)) @ A, rtol=1e-12, atol=1e-14)
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 2).double(), nn.Linear(2, 1).double()
+
+    def forward(self, z):
+        return self.b(z + torch.tanh(self.a(z)))
+
+
+class Product(nn.Module):
+    def forward(self, z):
+        return (z[:, :1] * z[:, 1:]) ** 2
+
+
+@pytest.mark.parametrize("model", [Residual(), Product()], ids=["residual", "product"])
+def test_graphs_that_are_not_chains_are_refused_and_auto_measures_the_others(model):
+    with pytest.raises(ValueError, match="not a layer chain"):
+        sb.Surrogate(model, n_in=2, point_route="numpy")
+    sur = sb.Surrogate(model, n_in=2)
+    sur._engine.route.measure(np.array([0.3, 0.4]))
+    assert "numpy route unavailable: not a layer chain" in sur.point_route_report["note"]
+    assert "numpy" not in str(sur.point_route)
+    ref = sb.Surrogate(model, n_in=2, point_route="torch")
+    x = np.array([0.7, -0.2])
+    assert close(sur.hess(x), ref.hess(x)) and close(sur.grad(x), ref.grad(x))
+
+
+def test_float32_surrogates_are_refused_by_name():
+    with pytest.raises(ValueError, match="float64 on the CPU"):
+        sb.Surrogate(mlp([2, 4, 1], seed=0), dtype=torch.float32, point_route="numpy")
+
+
+def test_every_rule_is_exercised_by_a_test():
+    """The rules here are the ones the tests above compare with torch."""
+    names = {str(op).split(".")[1] for op in ACTIVATIONS}
+    assert names == {"tanh", "sigmoid", "softplus", "silu", "gelu", "elu", "selu", "relu",
+                     "leaky_relu", "hardtanh", "sin", "cos", "exp"}  # fmt: skip
+
+
+class CosExp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 6).double(), nn.Linear(6, 1).double()
+
+    def forward(self, z):
+        return self.b(torch.exp(-torch.cos(self.a(z))))
+
+
+def test_cos_exp_and_negation():
+    num, ref = twins(CosExp(), sb.Affine([1.0, 2.0], [3.0, 4.0]), sb.Affine([5.0], [6.0]))
+    assert_routes_agree(num, ref, np.random.default_rng(1).normal(size=(3, 2)))
+
+
+def test_copies_rebuild_the_route():
+    net = mlp([2, 8, 1], nn.Tanh, seed=0)
+    sur = sb.Surrogate(net, point_route="numpy")
+    x = np.array([0.2, -0.4])
+    H = sur.hess(x)
+    c = pickle.loads(pickle.dumps(sur))
+    assert c.point_route == "numpy" and close(c.hess(x), H)
