@@ -2,9 +2,9 @@
 
 (a) One point, per call, numpy in and out, float64, on a 2-64-64-1 and a 10-256-256-1 tanh MLP
     behind scalers: every single-point route of the Surrogate (``point_route="torch"``,
-    ``"casadi"``, and ``"auto"`` after it has measured), a raw eager torch call of the same
-    float64 model (``torch.from_numpy`` -> forward -> ``autograd.grad`` -> numpy; for the
-    Hessian ``torch.autograd.functional.hessian``, what users write), and a hand-written numpy
+    ``"numpy"``, ``"casadi"``, and ``"auto"`` after it has measured), a raw eager torch call of
+    the same float64 model (``torch.from_numpy`` -> forward -> ``autograd.grad`` -> numpy; for
+    the Hessian ``torch.autograd.functional.hessian``, what users write), and a hand-written numpy
     forward/backward (forward-over-reverse for the Hessian): the floor. Every call takes a fresh
     point (a cycle through 200 000 points, far more than the cache holds), so the cache never
     answers.
@@ -91,7 +91,7 @@ def one_point(n, h, rows):
     ins, outs = sb.Affine(np.zeros(n), np.ones(n)), sb.Affine([0.0], [1.0])  # identity values
     fresh = Fresh(n)
     routes = {}
-    for route in ("torch", "casadi", "auto"):
+    for route in ("torch", "numpy", "casadi", "auto"):
         sur = sb.Surrogate(net, ins, outs, point_route=route, extrapolation="ignore")
         if route == "auto":  # let it measure first (32 single points), then time what it chose
             for _ in range(40):
