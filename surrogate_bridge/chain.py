@@ -350,8 +350,11 @@ def _step(node, cur: str, consts, k: int):
             h, Wt, b = args[0], args[1], None
         if not mine(h):
             raise ChainUnsupported(f"{where}: the hidden tensor is not the left operand")
+        shape = tuple(getattr(h.meta.get("val"), "shape", ()))
+        if not shape or shape[-1] != k:  # a row: (2, 3) rows of 6 values are not one vector
+            raise ChainUnsupported(f"{where}: a product over a hidden tensor of shape {shape}")
         W = consts[args[1].name] if Wt is None else consts[Wt.name].T
-        if W.ndim != 2 or W.shape[1] != k:
+        if W.ndim != 2 or W.shape[1] != k or out != W.shape[0]:
             raise ChainUnsupported(f"{where}: weight of shape {tuple(W.shape)} on {k} values")
         bias = None if b is None else _const(consts, b, W.shape[0], where)
         if np.ndim(bias) == 0 and bias is not None:

@@ -138,7 +138,23 @@ class Product(nn.Module):
         return (z[:, :1] * z[:, 1:]) ** 2
 
 
-@pytest.mark.parametrize("model", [Residual(), Product()], ids=["residual", "product"])
+class Rows(nn.Module):
+    """Six values reshaped to two rows of three before a layer: a product per row, which the
+    chain's one vector must not take for a product over all six."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 6).double(), nn.Linear(3, 4).double()
+        self.c = nn.Linear(8, 1).double()
+
+    def forward(self, z):
+        h = torch.tanh(self.a(z)).reshape(-1, 2, 3)
+        return self.c(torch.tanh(self.b(h)).reshape(-1, 8))
+
+
+@pytest.mark.parametrize(
+    "model", [Residual(), Product(), Rows()], ids=["residual", "product", "rows"]
+)
 def test_graphs_that_are_not_chains_are_refused_and_auto_measures_the_others(model):
     with pytest.raises(ValueError, match="not a layer chain"):
         sb.Surrogate(model, n_in=2, point_route="numpy")
