@@ -310,7 +310,8 @@ def _callback(sur: Surrogate, name: str, why: str) -> _SurrogateCallback:
 def _faster(sym: ca.Function, cb: ca.Function, sur: Surrogate) -> ca.Function:
     """The mode whose value, Jacobian and Hessian together cost less, timed at fresh points
     (the callback's cache never answers). No mode wins everywhere: native MX on small nets,
-    torch (BLAS) on wide ones; measured in ``benchmarks/RESULTS.md``."""
+    the surrogate's single-point route (BLAS) on wide ones; measured in
+    ``benchmarks/RESULTS.md``."""
     t0 = time.perf_counter()
     box = sur.domain
     rng = np.random.default_rng(0)
