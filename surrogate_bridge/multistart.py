@@ -254,17 +254,19 @@ def _size(lb, ub, X) -> float:
 
 
 def _merge(X, funs, converged, radius):
-    """Converged end points within ``radius`` of a better one are the same minimum (distances
-    to every minimum found so far in one array operation per point)."""
-    n = X.shape[1]
-    centers = np.empty((0, n))
-    values, counts = [], []
-    for i in (i for i in np.argsort(funs) if converged[i]):
-        near = np.flatnonzero(np.linalg.norm(centers - X[i], axis=1) <= radius)
-        if near.size:
-            counts[near[0]] += 1
-        else:
-            centers = np.vstack([centers, X[i]])
-            values.append(funs[i])
-            counts.append(1)
-    return centers, np.array(values, dtype=np.float64), np.array(counts, dtype=np.int64)
+    """Converged end points within ``radius`` of a better one are the same minimum: the best
+    point not yet merged founds a minimum and takes every unmerged point within ``radius`` of it
+    (one array operation per minimum found; the same grouping as visiting the points in order
+    of value and joining each to the first minimum within ``radius``)."""
+    order = np.array([i for i in np.argsort(funs, kind="stable") if converged[i]], dtype=np.int64)
+    centers, values, counts = [], [], []
+    while order.size:
+        c = order[0]
+        near = np.linalg.norm(X[order] - X[c], axis=1) <= radius
+        near[0] = True
+        centers.append(X[c])
+        values.append(funs[c])
+        counts.append(int(near.sum()))
+        order = order[~near]
+    return (np.array(centers).reshape(-1, X.shape[1]), np.array(values, dtype=np.float64),
+            np.array(counts, dtype=np.int64))  # fmt: skip

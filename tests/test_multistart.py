@@ -333,3 +333,27 @@ def test_vectorized_convention_on_the_surrogates_device(device):
     res = differential_evolution(sur.vectorized, [(-5, 5)] * 2, vectorized=True, seed=1,
                                  updating="deferred", tol=1e-10, polish=False)  # fmt: skip
     assert np.linalg.norm(HIMMELBLAU_MINIMA - res.x, axis=1).min() < 1e-3
+
+
+def test_merging_groups_as_visiting_the_points_in_order_of_value():
+    """Each converged point, in order of value, joins the first minimum within the radius, or
+    founds one: the merge groups the same way, with one array operation per minimum."""
+    from surrogate_bridge.multistart import _merge
+
+    rng = np.random.default_rng(5)
+    X = np.concatenate([rng.normal(c, 0.04, (60, 2)) for c in ([0, 0], [0.1, 0], [1, 1])])
+    funs, converged = rng.normal(size=len(X)), rng.random(len(X)) < 0.9
+    centers, values, counts = [], [], []
+    for i in np.argsort(funs, kind="stable"):
+        if not converged[i]:
+            continue
+        near = [j for j, c in enumerate(centers) if np.linalg.norm(c - X[i]) <= 0.08]
+        if near:
+            counts[near[0]] += 1
+        else:
+            centers.append(X[i]), values.append(funs[i]), counts.append(1)
+    got = _merge(X, funs, converged, 0.08)
+    assert len(centers) > 3  # overlapping groups: the order matters
+    np.testing.assert_array_equal(got[0], np.array(centers))
+    np.testing.assert_array_equal(got[1], values)
+    np.testing.assert_array_equal(got[2], counts)
