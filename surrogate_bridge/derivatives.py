@@ -259,19 +259,28 @@ class Engine:
         self.points = None  # a points.PointEvaluator over self.route, set by the surrogate
 
     def _program(self):
-        """The one-point float64 ``torch.export`` graph that the other routes are read from."""
+        """The one-point float64 ``torch.export`` graph that the other routes are read from,
+        captured once (or its failure, once) for all of them."""
         if self.dtype != torch.float64 or self.device.type != "cpu":
             raise RouteUnavailable(
                 f"it computes in float64 on the CPU; this surrogate is {self.dtype} on "
                 f"{self.device}"
             )
-        from .physical import export
+        if "_exported" not in self.__dict__:
+            from .physical import export
 
-        try:
-            return export(self.fn, self.n, one_point=True, dtype=torch.float64)
-        except Exception as err:
-            why = f"{type(err).__name__}: {err}"
-            raise RouteUnavailable(f"the model did not export ({why})") from err
+            try:
+                self._exported = export(self.fn, self.n, one_point=True, dtype=torch.float64)
+            except Exception as err:
+                why = f"{type(err).__name__}: {err}"
+                self._exported = RouteUnavailable(f"the model did not export ({why})")
+                self._exported.__cause__ = err
+        if isinstance(self._exported, RouteUnavailable):
+            raise self._exported
+        return self._exported
+
+    def __getstate__(self) -> dict:  # a copy exports again where it runs
+        return {k: v for k, v in self.__dict__.items() if k != "_exported"}
 
     def _numpy_route(self):
         """The numpy route for layer chains (``chain.py``)."""

@@ -200,3 +200,27 @@ def test_copies_rebuild_the_route():
     H = sur.hess(x)
     c = pickle.loads(pickle.dumps(sur))
     assert c.point_route == "numpy" and close(c.hess(x), H)
+
+
+def test_one_export_serves_every_route(monkeypatch):
+    from surrogate_bridge import physical
+
+    calls, real = [], physical.export
+    monkeypatch.setattr(physical, "export", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sur = sb.Surrogate(mlp([2, 8, 1], nn.Tanh, seed=0))
+    sur._engine.route.measure(np.array([0.1, 0.2]))
+    assert len(calls) == 1 and "us" in sur.point_route_report
+    c = pickle.loads(pickle.dumps(sur))  # the capture is not carried: a copy exports again
+    c._engine.route.measure(np.array([0.1, 0.2]))
+    assert len(calls) == 2
+
+
+def test_new_weights_reach_the_numpy_route():
+    old, new = mlp([3, 8, 1], nn.SiLU, seed=0), mlp([3, 8, 1], nn.SiLU, seed=1)
+    sur = sb.Surrogate(old, point_route="numpy")
+    ref = sb.Surrogate(new, point_route="torch")
+    x = np.array([0.3, -0.2, 0.5])
+    assert not close(sur.hess(x), ref.hess(x))
+    sb.update_weights(sur, new)
+    assert sur.point_route == "numpy"
+    assert close(sur.hess(x), ref.hess(x)) and close(sur.grad(x), ref.grad(x))
