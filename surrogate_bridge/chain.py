@@ -461,10 +461,8 @@ class ChainPointRoute:
         for step, (d, dd, pre), A in zip(self.steps, tape, adjoints, strict=True):
             if pre is not None:
                 W = A * dd  # (r, k)
-                if r == 1:
-                    H[0] += (T.T * W[0]) @ T
-                else:
-                    H += np.einsum("kp,ik,kq->ipq", T, W, T, optimize=True)
+                for i in range(r):  # T^T diag(w) T as one BLAS product per row
+                    H[i] += (T.T * W[i]) @ T
             T = step.push(T, d)
         return H
 
