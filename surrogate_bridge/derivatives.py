@@ -283,14 +283,14 @@ class Engine:
         return {k: v for k, v in self.__dict__.items() if k != "_exported"}
 
     def _numpy_route(self):
-        """The numpy route for layer chains (``chain.py``)."""
-        from .chain import ChainPointRoute
+        """The numpy route for layer graphs (``numpy_route.py``)."""
+        from .numpy_route import NumpyPointRoute
 
         program = self._program()
         try:
-            return ChainPointRoute(program, self.n, self.m)
-        except ValueError as err:  # not a chain: other routes answer
-            raise RouteUnavailable(f"not a layer chain ({err})") from err
+            return NumpyPointRoute(program, self.n, self.m)
+        except ValueError as err:  # not a layer graph: other routes answer
+            raise RouteUnavailable(f"not a layer graph ({err})") from err
 
     def _casadi_route(self):
         """The compiled CasADi route (``adapters/casadi_route.py``), reached by name only when

@@ -2,15 +2,15 @@
 
 No route wins everywhere (``benchmarks/RESULTS.md``): eager torch pays a per-call overhead that
 dominates small nets; the compiled CasADi route has almost none, but its dense products are plain
-loops (no BLAS) that lose on wide nets; the numpy route (``chain.py``: the hand-written forward
-and reverse pass, read off the graph, for layer chains) has BLAS and little overhead, but covers
-chains only. So under ``point_route="auto"`` a surrogate starts on torch, and once it has
-computed ``_AUTO_AFTER`` single points (a solver at work; casual use never pays) it builds every
-other route it can, checks that each agrees with torch on the current point, times them there
-for each kind of request (value, value+Jacobian, Hessian, Lagrangian Hessian) and keeps the
-fastest for each. What it measured is ``Surrogate.point_route_report``. ``"torch"`` builds no
-other route; ``"numpy"`` and ``"casadi"`` build theirs at once and use it for every kind (an
-error if it cannot be built).
+loops (no BLAS) that lose on wide nets; the numpy route (``numpy_route.py``: the hand-written
+forward and reverse pass, read off the graph) has BLAS and little overhead, but covers layer
+graphs only (MLPs, residual nets). So under ``point_route="auto"`` a surrogate starts on torch,
+and once it has computed ``_AUTO_AFTER`` single points (a solver at work; casual use never pays)
+it builds every other route it can, checks that each agrees with torch on the current point,
+times them there for each kind of request (value, value+Jacobian, Hessian, Lagrangian Hessian)
+and keeps the fastest for each. What it measured is ``Surrogate.point_route_report``.
+``"torch"`` builds no other route; ``"numpy"`` and ``"casadi"`` build theirs at once and use it
+for every kind (an error if it cannot be built).
 """
 
 from __future__ import annotations

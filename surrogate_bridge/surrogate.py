@@ -60,7 +60,7 @@ class Surrogate:
         A value request at a new point also computes the gradient (solvers ask for it next).
     point_route : {"auto", "torch", "numpy", "casadi"}
         Who answers single numpy points: chosen by timing each after 32 of them ("auto"), eager
-        torch, numpy (layer chains: MLPs), or CasADi (float64, CPU, translatable models).
+        torch, numpy (layer graphs: MLPs, residual nets), or CasADi (float64, CPU).
 
     Notes
     -----

@@ -1,7 +1,7 @@
-"""The numpy single-point route for layer chains (``chain.py``): the same numbers as the torch
-route (autograd) to 1e-12 relative over random widths, activations and scalers; the closed-form
-Hessian of a one-layer net; graphs that are not chains are refused by name, and "auto" then
-measures the other routes."""
+"""The numpy single-point route for layer graphs (``numpy_route.py``): the same numbers as the
+torch route (autograd) to 1e-12 relative over random widths, activations and scalers, and on
+residual connections, concatenations and slices; the closed-form Hessian of a one-layer net;
+graphs that are not layer graphs are refused by name, and "auto" then measures the others."""
 
 import pickle
 
@@ -15,7 +15,7 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
 import surrogate_bridge as sb
-from surrogate_bridge.chain import ACTIVATIONS
+from surrogate_bridge.elementwise import ACTIVATIONS
 
 ACTS = {
     "tanh": nn.Tanh,
@@ -65,7 +65,7 @@ def assert_routes_agree(num, ref, X, rel=1e-12):
 
 
 @st.composite
-def chains(draw):
+def mlps(draw):
     n_in, n_out = draw(st.integers(1, 4)), draw(st.integers(1, 3))
     widths = draw(st.lists(st.integers(1, 12), min_size=1, max_size=3))
     act = ACTS[draw(st.sampled_from(sorted(ACTS)))] or Sine
@@ -85,7 +85,7 @@ def chains(draw):
 
 @settings(max_examples=30, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
-@given(chains())
+@given(mlps())
 def test_property_numpy_route_equals_the_torch_route(case):
     """Drawn points may saturate a unit (tanh 1 - 1e-6, say). Both routes then take its
     derivative as 1 - tanh^2 from tanh values that numpy's and torch's math libraries round
@@ -125,12 +125,28 @@ def test_one_layer_hessian_in_closed_form():
 
 
 class Residual(nn.Module):
-    def __init__(self):
+    """Two residual blocks with a skip over both, a concatenation of features and a split of
+    the input by slices: every operation linear in the hidden tensors, or elementwise."""
+
+    def __init__(self, n_out=1):
         super().__init__()
-        self.a, self.b = nn.Linear(2, 2).double(), nn.Linear(2, 1).double()
+        self.a, self.b = nn.Linear(3, 3).double(), nn.Linear(3, 3).double()
+        self.c = nn.Linear(1, 2).double()
+        self.d = nn.Linear(6, n_out).double()
 
     def forward(self, z):
-        return self.b(z + torch.tanh(self.a(z)))
+        h = z + torch.tanh(self.a(z))
+        h = h - nn.functional.silu(self.b(h)) + z
+        side = torch.sin(self.c(z[:, 1:2]))
+        features = torch.cat([h, side, h[:, :2] + z[:, ::2]], dim=-1)  # 7 values
+        return self.d(features[:, 1:7])
+
+
+@pytest.mark.parametrize("n_out", [1, 2])
+def test_residual_connections_concatenations_and_slices(n_out):
+    num, ref = twins(Residual(n_out), sb.Affine([0.5, -1, 2], [2, 3, 0.5]), None)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(2).normal(size=(3, 3)))
 
 
 class Product(nn.Module):
@@ -140,7 +156,7 @@ class Product(nn.Module):
 
 class Rows(nn.Module):
     """Six values reshaped to two rows of three before a layer: a product per row, which the
-    chain's one vector must not take for a product over all six."""
+    route's one row must not take for a product over all six."""
 
     def __init__(self):
         super().__init__()
@@ -152,15 +168,20 @@ class Rows(nn.Module):
         return self.c(torch.tanh(self.b(h)).reshape(-1, 8))
 
 
+class Reduction(nn.Module):
+    def forward(self, z):
+        return torch.tanh(z).sum(-1, keepdim=True)
+
+
 @pytest.mark.parametrize(
-    "model", [Residual(), Product(), Rows()], ids=["residual", "product", "rows"]
+    "model", [Product(), Rows(), Reduction()], ids=["product", "rows", "reduction"]
 )
-def test_graphs_that_are_not_chains_are_refused_and_auto_measures_the_others(model):
-    with pytest.raises(ValueError, match="not a layer chain"):
+def test_graphs_that_are_not_layer_graphs_are_refused_and_auto_measures_the_others(model):
+    with pytest.raises(ValueError, match="not a layer graph"):
         sb.Surrogate(model, n_in=2, point_route="numpy")
     sur = sb.Surrogate(model, n_in=2)
     sur._engine.route.measure(np.array([0.3, 0.4]))
-    assert "numpy route unavailable: not a layer chain" in sur.point_route_report["note"]
+    assert "numpy route unavailable: not a layer graph" in sur.point_route_report["note"]
     assert "numpy" not in str(sur.point_route)
     ref = sb.Surrogate(model, n_in=2, point_route="torch")
     x = np.array([0.7, -0.2])

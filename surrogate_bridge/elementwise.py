@@ -1,0 +1,145 @@
+"""Elementwise activations for the numpy route: each rule maps a vector ``h`` (and the
+layer's parameters) to the activation's value, first and second derivative, computed as torch
+computes the value (the same formula; only the math library's last bit may differ).
+
+``ACTIVATIONS`` maps the aten operation to its rule. ``VALUES`` and ``FIRST`` hold cheaper
+forms (the value alone; value and first derivative) where a rule has them, for the value and
+value+gradient passes. An activation without a rule here leaves the numpy route unavailable for
+that model (the other routes answer); CELU is left out on purpose: torch's own derivative of it
+differs from the derivative of its value by 1e-9 relative, and the routes must agree with torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.special import erf
+
+__all__ = ["ACTIVATIONS", "FIRST", "VALUES"]
+
+aten = torch.ops.aten
+_SQRT2, _INV_SQRT2PI = math.sqrt(2.0), 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _tanh(h):
+    t = np.tanh(h)
+    d = 1.0 - t * t
+    return t, d, -2.0 * t * d
+
+
+def _logistic(z):
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def _sigmoid(h):
+    s = _logistic(h)
+    d = s * (1.0 - s)
+    return s, d, d * (1.0 - 2.0 * s)
+
+
+def _softplus(h, beta=1.0, threshold=20.0):
+    z = h * beta
+    linear = z > threshold
+    with np.errstate(over="ignore"):
+        f = np.where(linear, h, np.log1p(np.exp(np.minimum(z, threshold))) / beta)
+    s = _logistic(z)
+    return f, np.where(linear, 1.0, s), np.where(linear, 0.0, beta * s * (1.0 - s))
+
+
+def _silu(h):
+    s = _logistic(h)
+    return h * s, s * (1.0 + h * (1.0 - s)), s * (1.0 - s) * (2.0 + h * (1.0 - 2.0 * s))
+
+
+def _gelu(h, approximate="none"):
+    if approximate == "tanh":
+        k, c = math.sqrt(2.0 / math.pi), 0.044715
+        u = k * (h + c * h**3)
+        du, ddu = k * (1.0 + 3.0 * c * h * h), 6.0 * k * c * h
+        t = np.tanh(u)
+        sech2 = 1.0 - t * t
+        f = 0.5 * h * (1.0 + t)
+        d = 0.5 * (1.0 + t) + 0.5 * h * sech2 * du
+        return f, d, sech2 * du + 0.5 * h * sech2 * (ddu - 2.0 * t * du * du)
+    cdf = 0.5 * (1.0 + erf(h / _SQRT2))
+    pdf = _INV_SQRT2PI * np.exp(-0.5 * h * h)
+    return h * cdf, cdf + h * pdf, pdf * (2.0 - h * h)
+
+
+def _elu(h, alpha=1.0, scale=1.0, input_scale=1.0):
+    pos = h > 0
+    e = np.exp(np.minimum(h, 0.0) * input_scale)
+    neg = scale * alpha
+    f = np.where(pos, h * scale, (e - 1.0) * neg)
+    d = np.where(pos, scale, neg * input_scale * e)
+    return f, d, np.where(pos, 0.0, neg * input_scale * input_scale * e)
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+def _selu(h):
+    return _elu(h, _SELU_ALPHA, _SELU_SCALE)
+
+
+def _hardtanh(h, min_val=-1.0, max_val=1.0):
+    inside = (h > min_val) & (h < max_val)
+    return np.clip(h, min_val, max_val), inside.astype(np.float64), np.zeros_like(h)
+
+
+def _relu(h):
+    pos = h > 0
+    return np.where(pos, h, 0.0), pos.astype(np.float64), np.zeros_like(h)
+
+
+def _leaky_relu(h, negative_slope=0.01):
+    pos = h > 0
+    return np.where(pos, h, h * negative_slope), np.where(pos, 1.0, negative_slope), 0.0 * h
+
+
+def _sin(h):
+    s = np.sin(h)
+    return s, np.cos(h), -s
+
+
+def _cos(h):
+    c = np.cos(h)
+    return c, -np.sin(h), -c
+
+
+def _exp(h):
+    e = np.exp(h)
+    return e, e, e
+
+
+def _tanh_first(h):
+    t = np.tanh(h)
+    return t, 1.0 - t * t
+
+
+def _sigmoid_first(h):
+    s = _logistic(h)
+    return s, s * (1.0 - s)
+
+
+# the cheaper value alone, and value with its first derivative alone, where a rule has them
+VALUES = {_tanh: np.tanh, _sigmoid: _logistic, _sin: np.sin, _cos: np.cos, _exp: np.exp}
+FIRST = {_tanh: _tanh_first, _sigmoid: _sigmoid_first}
+ACTIVATIONS = {
+    aten.tanh.default: _tanh,
+    aten.sigmoid.default: _sigmoid,
+    aten.softplus.default: _softplus,
+    aten.silu.default: _silu,
+    aten.gelu.default: _gelu,
+    aten.elu.default: _elu,
+    aten.selu.default: _selu,
+    aten.hardtanh.default: _hardtanh,
+    aten.relu.default: _relu,
+    aten.leaky_relu.default: _leaky_relu,
+    aten.sin.default: _sin,
+    aten.cos.default: _cos,
+    aten.exp.default: _exp,
+}

@@ -1,0 +1,509 @@
+"""A numpy single-point route: the hand-written forward and reverse pass that a user would
+write for an MLP, read off the surrogate's exported one-point graph.
+
+It covers *layer graphs*: every hidden tensor is one row of values, and every operation on
+hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as
+the scalers; the sum or difference of two hidden tensors, as in a residual connection; a
+concatenation; a slice of the last axis; a view) or an elementwise activation with known first
+and second derivatives (``elementwise.ACTIVATIONS``). Operations on constants alone are computed
+once, by torch itself (a weight's transpose, say). Anything else (a product of two hidden
+tensors, a reduction, a tensor of several rows, an operation without a rule here) raises
+:class:`GraphUnsupported`, and the other routes answer.
+
+With node values ``h_i`` (``h_0 = x``) and the output ``y``:
+
+- value and Jacobian: one forward pass and one reverse pass of the adjoints ``A_i = dy/dh_i``
+  (m rows), summed where a tensor feeds several operations;
+- Hessian of output r: ``sum_s T_s^T diag(A_s[r] * sigma_s'') T_s`` over the activations s,
+  where ``T_s`` is the Jacobian of the activation's input, carried forward (n columns). Every
+  other operation is linear in the hidden tensors, so this sum is the whole Hessian;
+- Hessian-vector product: a forward tangent and one reverse sweep (no n columns).
+
+Every product is numpy's (BLAS), so a wide net costs what a hand-written numpy evaluation
+costs; ``routes.MeasuredRoute`` keeps this route for a kind of request only where it measured
+faster than the others and agreed with torch at the probe point.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .elementwise import ACTIVATIONS, FIRST, VALUES
+
+__all__ = ["GraphUnsupported", "NumpyPointRoute", "read_graph"]
+
+aten = torch.ops.aten
+_VIEWS = {
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.clone.default,
+    aten.alias.default, aten.flatten.using_ints, aten.unsqueeze.default, aten.squeeze.dim,
+    aten.squeeze.dims, aten.squeeze.default, aten.contiguous.default, aten.detach.default,
+    aten.dropout.default,
+}  # fmt: skip
+_LINEAR = (aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default)
+_ARITHMETIC = {
+    aten.add.Tensor: "add", aten.add.Scalar: "add", aten.sub.Tensor: "sub",
+    aten.sub.Scalar: "sub", aten.mul.Tensor: "mul", aten.mul.Scalar: "mul",
+    aten.div.Tensor: "div", aten.div.Scalar: "div", aten.neg.default: "neg",
+    aten.rsub.Scalar: "rsub",
+}  # fmt: skip
+
+
+class GraphUnsupported(ValueError):
+    """The exported graph is not a layer graph this route computes; the message says where."""
+
+
+# operations: value, tangents pushed forward (k, r), adjoints pulled back (r, k) per input ------
+class _Linear:
+    """h -> W h + b."""
+
+    second = False
+
+    def __init__(self, W: np.ndarray, b: np.ndarray | None) -> None:
+        self.W, self.b = np.ascontiguousarray(W), b
+
+    def __call__(self, h):
+        z = self.W @ h
+        return z if self.b is None else z + self.b
+
+    def push(self, Ts, _):
+        return self.W @ Ts[0]
+
+    def pull(self, A, _):
+        return (A @ self.W,)
+
+
+class _Scale:
+    """Elementwise arithmetic with a constant c: h + c, h - c, c - h, h * c, h / c, computed as
+    torch computes it; its derivative is the same for every h (a division stays a division)."""
+
+    second = False
+
+    def __init__(self, op: str, c) -> None:
+        self.op, self.c = op, c
+        self.col = c if np.ndim(c) == 0 else c[:, None]  # c along a tangent's rows
+
+    def __call__(self, h):
+        op, c = self.op, self.c
+        if op == "add":
+            return h + c
+        if op == "sub":
+            return h - c
+        if op == "rsub":
+            return c - h
+        return h * c if op == "mul" else h / c
+
+    def push(self, Ts, _):
+        op, T = self.op, Ts[0]
+        if op in ("add", "sub"):
+            return T
+        if op == "rsub":
+            return -T
+        return T * self.col if op == "mul" else T / self.col
+
+    def pull(self, A, _):
+        op = self.op
+        if op in ("add", "sub"):
+            return (A,)
+        if op == "rsub":
+            return (-A,)
+        return (A * self.c,) if op == "mul" else (A / self.c,)
+
+
+class _Sum:
+    """h1 + h2 or h1 - h2 of two hidden tensors (a residual connection)."""
+
+    second = False
+
+    def __init__(self, sign: float) -> None:
+        self.sign = sign
+
+    def __call__(self, a, b):
+        return a + b if self.sign > 0 else a - b
+
+    def push(self, Ts, _):
+        return Ts[0] + Ts[1] if self.sign > 0 else Ts[0] - Ts[1]
+
+    def pull(self, A, _):
+        return (A, A if self.sign > 0 else -A)
+
+
+class _Cat:
+    """Hidden tensors side by side."""
+
+    second = False
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.bounds = np.cumsum([0, *sizes])
+
+    def __call__(self, *hs):
+        return np.concatenate(hs)
+
+    def push(self, Ts, _):
+        return np.concatenate(Ts, axis=0)
+
+    def pull(self, A, _):
+        b = self.bounds
+        return tuple(A[:, b[i] : b[i + 1]] for i in range(len(b) - 1))
+
+
+class _Slice:
+    """A slice of the last axis."""
+
+    second = False
+
+    def __init__(self, k_in: int, start: int, stop: int, step: int) -> None:
+        self.k_in, self.s = k_in, slice(start, stop, step)
+
+    def __call__(self, h):
+        return h[self.s]
+
+    def push(self, Ts, _):
+        return Ts[0][self.s]
+
+    def pull(self, A, _):
+        out = np.zeros((A.shape[0], self.k_in))
+        out[:, self.s] = A
+        return (out,)
+
+
+class _Activation:
+    """h -> sigma(h) elementwise, with sigma' and sigma'' (the only second derivatives)."""
+
+    second = True
+
+    def __init__(self, fn, params: tuple, kwparams: dict) -> None:
+        self.fn, self.params, self.kwparams = fn, params, kwparams
+        plain = not params and not kwparams
+        self.value, self._first = (VALUES.get(fn), FIRST.get(fn)) if plain else (None, None)
+
+    def __call__(self, h):
+        if self.value is not None:
+            return self.value(h)
+        return self.fn(h, *self.params, **self.kwparams)[0]
+
+    def first(self, h):
+        """(sigma, sigma')."""
+        if self._first is not None:
+            return self._first(h)
+        return self.fn(h, *self.params, **self.kwparams)[:2]
+
+    def derivatives(self, h):
+        """(sigma, sigma', sigma'')."""
+        return self.fn(h, *self.params, **self.kwparams)
+
+    def push(self, Ts, d):
+        return d[:, None] * Ts[0]
+
+    def pull(self, A, d):
+        return (A * d,)
+
+
+# reading the graph ------------------------------------------------------------------------------
+def read_graph(program, n: int, m: int) -> tuple[list, int]:
+    """The operations ``[(op, input indices)]`` of a one-point ``torch.export`` program of n
+    inputs and m outputs (node 0 is the input), and the output's index, if it is a layer graph
+    (see the module's docstring); else :class:`GraphUnsupported` naming the operation."""
+    state = {**program.state_dict, **program.constants}
+    sig = program.graph_signature
+    lifted = {
+        **sig.inputs_to_parameters,
+        **sig.inputs_to_buffers,
+        **sig.inputs_to_lifted_tensor_constants,
+    }
+    consts: dict[str, object] = {}
+    index: dict[str, int] = {}  # a hidden tensor's name -> its node
+    nodes: list = [(None, ())]
+    sizes = [n]
+    out = None
+    for node in program.graph.nodes:
+        if node.op == "placeholder":
+            if node.name in lifted:
+                consts[node.name] = state[lifted[node.name]].detach().to(torch.float64)
+            elif not index:
+                index[node.name] = 0
+            else:
+                raise GraphUnsupported("more than one input")
+        elif node.op == "call_function":
+            inputs = node.all_input_nodes
+            if not any(a.name in index for a in inputs):
+                if not all(a.name in consts for a in inputs):
+                    raise GraphUnsupported(f"{node.target} at {node.name}: an unknown operand")
+
+                def value(a):
+                    return consts[a.name] if isinstance(a, torch.fx.Node) else a
+
+                args = torch.fx.node.map_aggregate(node.args, value)
+                kwargs = torch.fx.node.map_aggregate(node.kwargs, value)
+                consts[node.name] = node.target(*args, **kwargs)  # constants only: computed once
+                continue
+            k = _row(node)
+            try:
+                op, ins = _operation(node, index, consts, sizes, k)
+            except (KeyError, IndexError, AttributeError, TypeError) as err:  # an odd operand
+                raise GraphUnsupported(f"{node.target} at {node.name}: {err!r}") from err
+            if op is None:  # a view: the same values under another name
+                index[node.name] = ins[0]
+                continue
+            index[node.name] = len(nodes)
+            nodes.append((op, ins))
+            sizes.append(k)
+        elif node.op == "output":
+            outs = node.args[0]
+            if len(outs) != 1 or not isinstance(outs[0], torch.fx.Node):
+                raise GraphUnsupported("more than one output")
+            out = index.get(outs[0].name)
+    if out is None or sizes[out] != m:
+        raise GraphUnsupported(f"the output is not a hidden tensor of {m} values")
+    return nodes, out
+
+
+def _row(node) -> int:
+    """The number of values of a hidden tensor that is one row (all axes but the last of size
+    1); anything else (two rows of three, a batch of channels) is refused."""
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        raise GraphUnsupported(f"{node.target} at {node.name}: not a tensor")
+    shape = tuple(val.shape)
+    if shape and math.prod(shape[:-1]) != 1:
+        raise GraphUnsupported(f"{node.target} at {node.name}: a tensor of shape {shape}")
+    return int(val.numel())
+
+
+def _const(consts, a, k: int, where: str):
+    """A constant operand as numpy: a float, or a (k,) vector along the row's values."""
+    t = consts[a.name] if isinstance(a, torch.fx.Node) else a
+    if not isinstance(t, torch.Tensor):
+        return float(t)
+    if t.numel() == 1:
+        return float(t.reshape(()).item())
+    if t.numel() != k or (t.ndim > 1 and math.prod(t.shape[:-1]) != 1):
+        raise GraphUnsupported(f"{where}: a constant of shape {tuple(t.shape)} on {k} values")
+    return t.to(torch.float64).reshape(k).numpy().copy()
+
+
+def _operation(node, index, consts, sizes, k: int):
+    """(operation or None for a view, input node indices) of one call on hidden tensors."""
+    target, args, kw = node.target, node.args, node.kwargs
+    where = f"{target} at {node.name}"
+
+    def hidden(a):
+        return isinstance(a, torch.fx.Node) and a.name in index
+
+    if target in _VIEWS or target is aten.slice.Tensor:
+        j = index[args[0].name]
+        if target is aten.dropout.default and (args[2] if len(args) > 2 else kw.get("train")):
+            raise GraphUnsupported(f"{where}: dropout in training mode")
+        if target is aten.slice.Tensor:
+            return _slice(node, j, sizes[j], k, where)
+        if k != sizes[j]:
+            raise GraphUnsupported(f"{where}: changes the number of values")
+        return None, (j,)
+    if target in ACTIVATIONS:
+        if not hidden(args[0]) or k != sizes[index[args[0].name]]:
+            raise GraphUnsupported(f"{where}: not elementwise on a hidden tensor")
+        params = tuple(a if isinstance(a, str) else float(a) for a in args[1:])
+        kwparams = {key: a if isinstance(a, str) else float(a) for key, a in kw.items()}
+        return _Activation(ACTIVATIONS[target], params, kwparams), (index[args[0].name],)
+    if target in _LINEAR:
+        return _linear(node, index, consts, sizes, k, where)
+    if target is aten.cat.default:
+        dim = args[1] if len(args) > 1 else kw.get("dim", 0)
+        parts = args[0]
+        ndim = node.meta["val"].ndim
+        if dim not in (-1, ndim - 1) or not all(hidden(a) for a in parts):
+            raise GraphUnsupported(f"{where}: not hidden rows side by side")
+        ins = tuple(index[a.name] for a in parts)
+        return _Cat([sizes[j] for j in ins]), ins
+    op = _ARITHMETIC.get(target)
+    if op is None:
+        raise GraphUnsupported(f"{where}: no numpy rule for this operation")
+    if op == "neg":
+        return _Scale("mul", -1.0), (index[args[0].name],)
+    if kw.get("alpha", 1) != 1 or kw.get("rounding_mode") is not None or len(args) > 2:
+        raise GraphUnsupported(f"{where}: alpha or rounding mode")
+    if hidden(args[0]) and hidden(args[1]):
+        i, j = index[args[0].name], index[args[1].name]
+        if op not in ("add", "sub") or not sizes[i] == sizes[j] == k:
+            raise GraphUnsupported(f"{where}: a product of hidden tensors, or a broadcast")
+        return _Sum(1.0 if op == "add" else -1.0), (i, j)
+    first = hidden(args[0])
+    j = index[(args[0] if first else args[1]).name]
+    if sizes[j] != k:
+        raise GraphUnsupported(f"{where}: a constant that broadcasts the row")
+    c = _const(consts, args[1] if first else args[0], k, where)
+    if op == "rsub":
+        op = "rsub" if first else "sub"
+    elif not first:
+        if op == "sub":
+            op = "rsub"
+        elif op == "div":
+            raise GraphUnsupported(f"{where}: a constant divided by a hidden tensor")
+    return _Scale(op, c), (j,)
+
+
+def _slice(node, j: int, k_in: int, k: int, where: str):
+    args = node.args
+    dim = args[1] if len(args) > 1 else 0
+    start, stop = (args[2] if len(args) > 2 else None), (args[3] if len(args) > 3 else None)
+    step = args[4] if len(args) > 4 else 1
+    ndim = node.meta["val"].ndim
+    if dim in (-1, ndim - 1):
+        lo, hi, st = slice(start, stop, step).indices(k_in)
+        if len(range(lo, hi, st)) != k:
+            raise GraphUnsupported(f"{where}: a slice of unexpected length")
+        return _Slice(k_in, lo, hi, st), (j,)
+    if k != k_in:  # a leading axis of size 1, kept whole: the same row
+        raise GraphUnsupported(f"{where}: a slice of a leading axis")
+    return None, (j,)
+
+
+def _linear(node, index, consts, sizes, k: int, where: str):
+    target, args, kw = node.target, node.args, node.kwargs
+    if target is aten.addmm.default:
+        b, h, W = args[0], args[1], consts[args[2].name].T
+        if kw.get("beta", 1) != 1 or kw.get("alpha", 1) != 1:
+            raise GraphUnsupported(f"{where}: scaled addmm")
+    elif target is aten.linear.default:
+        h, W, b = args[0], consts[args[1].name], args[2] if len(args) > 2 else None
+    else:
+        h, W, b = args[0], consts[args[1].name].T, None
+    if not (isinstance(h, torch.fx.Node) and h.name in index):
+        raise GraphUnsupported(f"{where}: the hidden tensor is not the left operand")
+    j = index[h.name]
+    shape = tuple(h.meta["val"].shape)
+    if W.ndim != 2 or W.shape[1] != sizes[j] or W.shape[0] != k or shape[-1:] != (sizes[j],):
+        raise GraphUnsupported(f"{where}: weight of shape {tuple(W.shape)} on {shape}")
+    bias = None if b is None else _const(consts, b, k, where)
+    if bias is not None and np.ndim(bias) == 0:
+        bias = np.full(k, bias)
+    return _Linear(W.to(torch.float64).numpy().copy(), bias), (j,)
+
+
+# the route --------------------------------------------------------------------------------------
+class _Kept:
+    """One point's forward tape and adjoints (scalar output), for Hessian-vector products and
+    the Hessian without another forward pass."""
+
+    def __init__(self, route: NumpyPointRoute, tape, adjoints) -> None:
+        self.route, self.tape, self.adjoints = route, tape, adjoints
+
+    def _second_order(self):
+        """The tape with every activation's sigma'' (a value+gradient pass leaves them out)."""
+        for (op, _), entry in zip(self.route.nodes, self.tape, strict=True):
+            if op is not None and op.second and entry[1] is None:
+                entry[1] = op.derivatives(entry[2])[2]
+        return self.tape
+
+    def mv(self, p: np.ndarray) -> np.ndarray:
+        """H p: the tangent of p carried forward, then one reverse sweep."""
+        nodes, tape, adjoints = self.route.nodes, self._second_order(), self.adjoints
+        t = [np.asarray(p, dtype=np.float64)[:, None]] + [None] * (len(nodes) - 1)
+        r = [None] * len(nodes)
+        for i in range(1, len(nodes)):
+            op, ins = nodes[i]
+            d = tape[i][0]
+            if op.second and adjoints[i] is not None:
+                r[ins[0]] = _add(r[ins[0]], adjoints[i] * tape[i][1] * t[ins[0]][:, 0])
+            t[i] = op.push([t[j] for j in ins], d)
+        for i in range(len(nodes) - 1, 0, -1):
+            if r[i] is not None:
+                op, ins = nodes[i]
+                for j, c in zip(ins, op.pull(r[i], tape[i][0]), strict=True):
+                    r[j] = _add(r[j], c)
+        return np.zeros(self.route.n) if r[0] is None else r[0][0]
+
+    def hessian(self) -> np.ndarray:
+        return self.route._second(self._second_order(), self.adjoints, 1)[None]
+
+
+def _add(a, b):
+    return b if a is None else a + b
+
+
+class NumpyPointRoute:
+    """Single points through numpy: (n,) in, outputs with a leading point axis, as
+    ``derivatives.TorchPointRoute``. Holds no state between calls (safe between threads)."""
+
+    name = "numpy"
+
+    def __init__(self, program, n: int, m: int) -> None:
+        self.nodes, self.out = read_graph(program, n, m)
+        self._plan = self.nodes[1:]
+        self.n, self.m = n, m
+        self._eye = np.eye(m)
+
+    def _forward(self, x, second: bool):
+        """Node values and the tape: per activation [sigma', sigma'' or None, its input]."""
+        h = [np.asarray(x, dtype=np.float64)]
+        tape = [None]
+        blank = [None, None, None]  # never written: only activations' entries are
+        for op, ins in self._plan:
+            if op.second:
+                pre = h[ins[0]]
+                if second:
+                    v, d, dd = op.derivatives(pre)
+                else:
+                    (v, d), dd = op.first(pre), None
+                h.append(v)
+                tape.append([d, dd, pre])
+            else:
+                h.append(op(h[ins[0]]) if len(ins) == 1 else op(*[h[j] for j in ins]))
+                tape.append(blank)
+        return h[self.out], tape
+
+    def _reverse(self, tape, seed: np.ndarray):
+        """Every node's adjoint (None where the output does not depend on it), from ``seed``
+        (r, m) at the output; the input's adjoint (r, n) first."""
+        nodes, A = self.nodes, [None] * len(self.nodes)
+        A[self.out] = seed
+        for i in range(len(nodes) - 1, 0, -1):
+            if A[i] is not None:
+                op, ins = nodes[i]
+                if len(ins) == 1:
+                    (c,) = op.pull(A[i], tape[i][0])
+                    j = ins[0]
+                    A[j] = c if A[j] is None else A[j] + c
+                else:
+                    for j, c in zip(ins, op.pull(A[i], tape[i][0]), strict=True):
+                        A[j] = _add(A[j], c)
+        J = np.zeros((seed.shape[0], self.n)) if A[0] is None else A[0]
+        return J, A
+
+    def _second(self, tape, adjoints, r: int) -> np.ndarray:
+        """``sum_s T_s^T diag(A_s[i] sigma_s'') T_s`` for each of the r rows of the adjoints."""
+        H = np.zeros((r, self.n, self.n))
+        T = [np.eye(self.n)] + [None] * (len(self.nodes) - 1)
+        for i in range(1, len(self.nodes)):
+            op, ins = self.nodes[i]
+            d, dd, _ = tape[i]
+            if op.second and adjoints[i] is not None:
+                W, Ti = adjoints[i] * dd, T[ins[0]]  # (r, k), (k, n)
+                for row in range(r):  # T^T diag(w) T as one BLAS product per row
+                    H[row] += (Ti.T * W[row]) @ Ti
+            T[i] = op.push([T[j] for j in ins], d)
+        return H
+
+    def value(self, x: np.ndarray) -> np.ndarray:
+        h = [np.asarray(x, dtype=np.float64)]
+        for op, ins in self._plan:
+            h.append(op(h[ins[0]]) if len(ins) == 1 else op(*[h[j] for j in ins]))
+        return h[self.out][None].copy()
+
+    def value_jac(self, x: np.ndarray, keep_graph: bool = False):
+        y, tape = self._forward(x, False)
+        J, adjoints = self._reverse(tape, self._eye)
+        kept = _Kept(self, tape, adjoints) if keep_graph and self.m == 1 else None
+        return y[None].copy(), J[None], kept
+
+    def hessian(self, x: np.ndarray):
+        y, tape = self._forward(x, True)
+        J, adjoints = self._reverse(tape, self._eye)
+        return y[None].copy(), J[None], self._second(tape, adjoints, self.m)[None]
+
+    def lagrangian_hessian(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        _, tape = self._forward(x, True)
+        seed = np.asarray(v, dtype=np.float64).reshape(1, self.m)
+        return self._second(tape, self._reverse(tape, seed)[1], 1)[0]
