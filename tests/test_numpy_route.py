@@ -245,3 +245,31 @@ def test_new_weights_reach_the_numpy_route():
     sb.update_weights(sur, new)
     assert sur.point_route == "numpy"
     assert close(sur.hess(x), ref.hess(x)) and close(sur.grad(x), ref.grad(x))
+
+
+class WideResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(20, 20).double(), nn.Linear(20, 1).double()
+
+    def forward(self, z):
+        h = z + nn.functional.softplus(self.a(z))
+        return self.b(torch.cat([h[:, :10] - torch.tanh(h[:, 10:]), z[:, 5:15]], dim=-1))
+
+
+@pytest.mark.parametrize("model", [mlp([20, 24, 1], nn.Softplus, seed=2), WideResidual()])
+def test_hessian_vector_products_from_the_kept_tape(model):
+    """Past 16 inputs a Hessian-vector product comes from the point's kept tape (a forward
+    tangent and one reverse sweep), not from a dense Hessian."""
+    num, ref = twins(model, None, sb.Affine([1.0], [3.0]))
+    X = np.random.default_rng(3).normal(size=(2, 20))
+    P = np.random.default_rng(4).normal(size=(3, 20))
+    for x in X:
+        num.grad(x)  # keeps the tape
+        passes = num.cache_info().passes
+        for p in P:
+            assert close(num.hessp(x, p), ref.hessp(x, p))
+        assert num.cache_info().passes == passes  # no new forward pass
+        num.cache_clear()
+        assert close(num.hessp(x, P[0]), ref.hess(x) @ P[0])  # no tape kept: computes one
+    assert_routes_agree(num, ref, X[:1])
