@@ -10,8 +10,9 @@ Batches and single points share one output convention: ``D^j f`` has shape
   ``benchmarks/RESULTS.md``). Models that mix rows are wrapped per row with ``torch.func.vmap``
   (``physical.RowByRow``), so this engine always sees independent rows.
 
-Single points (what solver callbacks ask for) go through :class:`TorchPointRoute`, one of the
-routes behind ``points.PointEvaluator`` (the seam where a compiled route plugs in).
+Single points (what solver callbacks ask for) go through :class:`TorchPointRoute` or one of the
+other routes (``numpy_route.py``, ``adapters/casadi_route.py``) behind
+``points.PointEvaluator``; ``routes.MeasuredRoute`` chooses among them by measuring.
 """
 
 from __future__ import annotations
