@@ -186,3 +186,25 @@ def counting(model):
     calls = []
     model.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
     return model, calls
+
+
+SCALER_KINDS = ("none", "minmax", "standard", "affine")
+
+
+def fitted_scalers(kind: str, n_in: int, n_out: int, seed: int):
+    """(input scaler, output scaler) of one kind, fitted on random data of uneven scales, and
+    the data's inputs (points at which to compare)."""
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    import surrogate_bridge as sb
+
+    rng = np.random.default_rng(seed)
+    data_x = rng.normal(size=(20, n_in)) * rng.uniform(0.1, 10, n_in) + rng.normal(size=n_in)
+    data_y = rng.normal(size=(20, n_out)) * rng.uniform(0.1, 10, n_out)
+    if kind == "none":
+        return (None, None), data_x
+    if kind == "minmax":
+        return (MinMaxScaler().fit(data_x), MinMaxScaler().fit(data_y)), data_x
+    if kind == "standard":
+        return (StandardScaler().fit(data_x), StandardScaler().fit(data_y)), data_x
+    return (sb.Affine.fit(data_x, "standard"), sb.Affine.fit(data_y, "minmax")), data_x

@@ -6,7 +6,16 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from problems import P_SEED, Linear, Quadratic, SinSum, fit_full_batch, mlp
+from problems import (
+    P_SEED,
+    SCALER_KINDS,
+    Linear,
+    Quadratic,
+    SinSum,
+    fit_full_batch,
+    fitted_scalers,
+    mlp,
+)
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
@@ -178,16 +187,7 @@ def surrogates(draw):
     widths = draw(st.lists(st.integers(2, 12), min_size=1, max_size=3))
     act = ACTS[draw(st.sampled_from(sorted(ACTS)))]
     seed = draw(st.integers(0, 1000))
-    rng = np.random.default_rng(seed)
-    data_x = rng.normal(size=(20, n_in)) * rng.uniform(0.1, 10, n_in) + rng.normal(size=n_in)
-    data_y = rng.normal(size=(20, n_out)) * rng.uniform(0.1, 10, n_out)
-    kind = draw(st.sampled_from(["none", "minmax", "standard", "affine"]))
-    scalers = {
-        "none": (None, None),
-        "minmax": (MinMaxScaler().fit(data_x), MinMaxScaler().fit(data_y)),
-        "standard": (StandardScaler().fit(data_x), StandardScaler().fit(data_y)),
-        "affine": (sb.Affine.fit(data_x, "standard"), sb.Affine.fit(data_y, "minmax")),
-    }[kind]
+    scalers, data_x = fitted_scalers(draw(st.sampled_from(SCALER_KINDS)), n_in, n_out, seed)
     net = mlp([n_in, *widths, n_out], act, seed=seed)
     sur = sb.Surrogate(net, *scalers, extrapolation="ignore")
     return sur, net, scalers, data_x[:4]

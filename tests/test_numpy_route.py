@@ -10,8 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from problems import mlp
-from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from problems import SCALER_KINDS, fitted_scalers, mlp
 from torch import nn
 
 import surrogate_bridge as sb
@@ -70,16 +69,7 @@ def mlps(draw):
     widths = draw(st.lists(st.integers(1, 12), min_size=1, max_size=3))
     act = ACTS[draw(st.sampled_from(sorted(ACTS)))] or Sine
     seed = draw(st.integers(0, 1000))
-    rng = np.random.default_rng(seed)
-    data_x = rng.normal(size=(20, n_in)) * rng.uniform(0.1, 10, n_in) + rng.normal(size=n_in)
-    data_y = rng.normal(size=(20, n_out)) * rng.uniform(0.1, 10, n_out)
-    kind = draw(st.sampled_from(["none", "minmax", "standard", "affine"]))
-    scalers = {
-        "none": (None, None),
-        "minmax": (MinMaxScaler().fit(data_x), MinMaxScaler().fit(data_y)),
-        "standard": (StandardScaler().fit(data_x), StandardScaler().fit(data_y)),
-        "affine": (sb.Affine.fit(data_x, "standard"), sb.Affine.fit(data_y, "minmax")),
-    }[kind]
+    scalers, data_x = fitted_scalers(draw(st.sampled_from(SCALER_KINDS)), n_in, n_out, seed)
     return mlp([n_in, *widths, n_out], act, seed=seed), scalers, data_x[:3]
 
 
