@@ -24,7 +24,7 @@ __all__ = ["POINT_ROUTES", "MeasuredRoute", "RouteUnavailable"]
 
 POINT_ROUTES = ("auto", "torch", "numpy", "casadi")
 _AUTO_AFTER = 32  # single-point computations before "auto" measures
-_REPEATS = 7  # timed calls per route and kind (the minimum is kept), after one warm-up
+_REPEATS = 7  # timed calls per route and kind (the minimum is kept), each after an untimed one
 _AGREE = 1e-10  # relative to the result's size: a translation that differs more is not used
 
 
