@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .physical import constants_of
+
 __all__ = ["IntervalProgram", "Iv", "box_r2", "interval_mul"]
 
 aten = torch.ops.aten
@@ -267,11 +269,7 @@ class IntervalProgram:
 
     def __init__(self, program) -> None:
         self.program = program
-        state = {**program.state_dict, **program.constants}
-        sig = program.graph_signature
-        lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
-                  **sig.inputs_to_lifted_tensor_constants}  # fmt: skip
-        self.consts = {k: state[v].detach().to(torch.float64) for k, v in lifted.items()}
+        self.consts = constants_of(program)
         varying: set[str] = set()  # nodes that depend on the input: these need a rule
         for node in program.graph.nodes:
             if node.op == "placeholder" and node.name not in self.consts:

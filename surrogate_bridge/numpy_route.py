@@ -32,16 +32,11 @@ import numpy as np
 import torch
 
 from .elementwise import ACTIVATIONS, FIRST, VALUES
+from .physical import VIEWS, constants_of
 
 __all__ = ["GraphUnsupported", "NumpyPointRoute", "read_graph"]
 
 aten = torch.ops.aten
-_VIEWS = {
-    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.clone.default,
-    aten.alias.default, aten.flatten.using_ints, aten.unsqueeze.default, aten.squeeze.dim,
-    aten.squeeze.dims, aten.squeeze.default, aten.contiguous.default, aten.detach.default,
-    aten.dropout.default,
-}  # fmt: skip
 _LINEAR = (aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default)
 _ARITHMETIC = {
     aten.add.Tensor: "add", aten.add.Scalar: "add", aten.sub.Tensor: "sub",
@@ -206,23 +201,16 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
     """The operations ``[(op, input indices)]`` of a one-point ``torch.export`` program of n
     inputs and m outputs (node 0 is the input), and the output's index, if it is a layer graph
     (see the module's docstring); else :class:`GraphUnsupported` naming the operation."""
-    state = {**program.state_dict, **program.constants}
-    sig = program.graph_signature
-    lifted = {
-        **sig.inputs_to_parameters,
-        **sig.inputs_to_buffers,
-        **sig.inputs_to_lifted_tensor_constants,
-    }
-    consts: dict[str, object] = {}
+    consts: dict[str, object] = dict(constants_of(program))
     index: dict[str, int] = {}  # a hidden tensor's name -> its node
     nodes: list = [(None, ())]
     sizes = [n]
     out = None
     for node in program.graph.nodes:
         if node.op == "placeholder":
-            if node.name in lifted:
-                consts[node.name] = state[lifted[node.name]].detach().to(torch.float64)
-            elif not index:
+            if node.name in consts:
+                continue
+            if not index:
                 index[node.name] = 0
             else:
                 raise GraphUnsupported("more than one input")
@@ -292,7 +280,7 @@ def _operation(node, index, consts, sizes, k: int):
     def hidden(a):
         return isinstance(a, torch.fx.Node) and a.name in index
 
-    if target in _VIEWS or target is aten.slice.Tensor:
+    if target in VIEWS or target is aten.slice.Tensor:
         j = index[args[0].name]
         if target is aten.dropout.default and (args[2] if len(args) > 2 else kw.get("train")):
             raise GraphUnsupported(f"{where}: dropout in training mode")

@@ -29,7 +29,15 @@ from torch import nn
 from .diagnostics import piecewise_linear_ops
 from .normalization import Affine
 
-__all__ = ["ExportError", "PhysicalFunction", "build", "export", "from_torchscript"]
+__all__ = [
+    "VIEWS",
+    "ExportError",
+    "PhysicalFunction",
+    "build",
+    "constants_of",
+    "export",
+    "from_torchscript",
+]
 
 _PROBE_ROWS = 3
 # deep-copying a torch.export graph module makes torch warn about its own pytree API
@@ -257,6 +265,30 @@ def _rows_independent(fn: PhysicalFunction, X: torch.Tensor) -> bool:
 
 
 # export ------------------------------------------------------------------------------------------
+aten = torch.ops.aten
+# operations of an exported graph that relabel a tensor's values without changing them (the
+# row-major order stays): the graph readers (numpy route, CasADi, ...) pass them through
+VIEWS = frozenset({
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.unsqueeze.default,
+    aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.flatten.using_ints,
+    aten.clone.default, aten.alias.default, aten.detach.default, aten.contiguous.default,
+    aten.dropout.default,
+})  # fmt: skip
+
+
+def constants_of(program) -> dict[str, torch.Tensor]:
+    """The float64 values of an exported program's lifted placeholders (parameters, buffers,
+    constants), by placeholder name; the one placeholder not here is the input."""
+    state = {**program.state_dict, **program.constants}
+    sig = program.graph_signature
+    lifted = {
+        **sig.inputs_to_parameters,
+        **sig.inputs_to_buffers,
+        **sig.inputs_to_lifted_tensor_constants,
+    }
+    return {name: state[key].detach().to(torch.float64) for name, key in lifted.items()}
+
+
 class ExportError(ValueError):
     """``torch.export`` could not capture the physical function; the message says why."""
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from ..physical import VIEWS as PHYSICAL_VIEWS
+
 __all__ = ["FLAT_SAFE", "OPS", "VIEWS", "reshape", "shape2"]
 
 aten = torch.ops.aten
@@ -402,11 +404,9 @@ for _check in (
 
 # operations that are correct on a flattened tensor of rank 3 or more: views (the row-major
 # order stays), and elementwise ones on equal shapes or with single numbers
-VIEWS = {
-    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.unsqueeze.default,
-    aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.flatten.using_ints,
-    aten.clone.default, aten.alias.default, aten.detach.default, aten.contiguous.default,
-    aten._to_copy.default, aten.lift_fresh_copy.default, aten.dropout.default,
+# (and the conversions of dtype and device, which the translation ignores)
+VIEWS = PHYSICAL_VIEWS | {
+    aten._to_copy.default, aten.lift_fresh_copy.default,
     *(getattr(aten.to, o) for o in aten.to.overloads()),
 }  # fmt: skip
 FLAT_SAFE = VIEWS | {

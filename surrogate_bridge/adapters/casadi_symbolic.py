@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..diagnostics import PIECEWISE_LINEAR
-from ..physical import ExportError
+from ..physical import ExportError, constants_of
 from ..surrogate import Surrogate
 from .casadi_ops import FLAT_SAFE, OPS, VIEWS, reshape, shape2
 
@@ -55,21 +55,15 @@ def translate(sur: Surrogate, name: str) -> tuple[ca.Function, list[str]]:
 
 def translate_program(program, n_in: int, n_out: int, name: str) -> tuple[ca.Function, list[str]]:
     """:func:`translate` of a one-point ``torch.export`` program of n_in inputs, n_out outputs."""
-    state = {**program.state_dict, **program.constants}
-    sig = program.graph_signature
-    lifted = {
-        **sig.inputs_to_parameters,
-        **sig.inputs_to_buffers,
-        **sig.inputs_to_lifted_tensor_constants,
-    }
+    consts = constants_of(program)
     x = ca.MX.sym("x", n_in)
     env: dict = {}
     nonsmooth: set[str] = set()
     output = None
     for node in program.graph.nodes:
         if node.op == "placeholder":
-            if node.name in lifted:
-                t = state[lifted[node.name]].detach().to(torch.float64).numpy()
+            if node.name in consts:
+                t = consts[node.name].numpy()
                 env[node.name] = ca.DM(t.reshape(shape2(t.shape)))
             else:
                 env[node.name] = x.T  # the user input: a (1, n) row, torch's batch of one
