@@ -155,18 +155,18 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
         f, g, H = f.reshape(-1), g.reshape(-1, n), H.reshape(-1, n, n)
         passes += 1
         fX[active] = f
-        done = projected_gradient(X[active], g, lb, ub) <= tol
+        pg = projected_gradient(X[active], g, lb, ub)
+        done = pg <= tol
         converged[active[done]] = True
         keep = ~done
-        active, f, g, H = active[keep], f[keep], g[keep], H[keep]
+        active, f, g, H, pg = active[keep], f[keep], g[keep], H[keep], pg[keep]
         if not active.size:
             break
         nit[active] += 1
         Xa = X[active]
-        pg = projected_gradient(Xa, g, lb, ub)
         # Bertsekas' epsilon-active set: a variable this close to a bound that its gradient
         # pushes against is held there (else its projected Newton step may not descend)
-        eps = np.minimum(1e-3 * (ub - lb), np.abs(Xa - np.clip(Xa - g, lb, ub)).max(1)[:, None])
+        eps = np.minimum(1e-3 * (ub - lb), pg[:, None])
         held = (Xa <= lb + eps) & (g > 0) | (Xa >= ub - eps) & (g < 0)
         free = ~held
         Hr = np.where(free[:, :, None] & free[:, None, :], H, 0.0)

@@ -260,7 +260,8 @@ def _merge(X, funs, converged, radius):
     unmerged point within ``radius`` of it (a k-d tree query per minimum: the same grouping as
     joining each point to the first minimum within ``radius``, in O(S log S) for S starts
     whether they find four minima or thousands)."""
-    order = np.array([i for i in np.argsort(funs, kind="stable") if converged[i]], dtype=np.int64)
+    order = np.argsort(funs, kind="stable")
+    order = order[converged[order]]
     pts = X[order]
     tree = cKDTree(pts) if len(pts) else None
     merged = np.zeros(len(order), dtype=bool)
