@@ -31,7 +31,8 @@ import math
 import numpy as np
 import torch
 
-from .elementwise import ACTIVATIONS, FIRST, VALUES
+from .elementwise import ACTIVATIONS
+from .numpy_ops import Activation, Cat, Linear, Scale, Slice, Sum
 from .physical import VIEWS, constants_of
 
 __all__ = ["GraphUnsupported", "NumpyPointRoute", "read_graph"]
@@ -48,152 +49,6 @@ _ARITHMETIC = {
 
 class GraphUnsupported(ValueError):
     """The exported graph is not a layer graph this route computes; the message says where."""
-
-
-# operations: value, tangents pushed forward (k, r), adjoints pulled back (r, k) per input ------
-class _Linear:
-    """h -> W h + b."""
-
-    second = False
-
-    def __init__(self, W: np.ndarray, b: np.ndarray | None) -> None:
-        self.W, self.b = np.ascontiguousarray(W), b
-
-    def __call__(self, h):
-        z = self.W @ h
-        return z if self.b is None else z + self.b
-
-    def push(self, Ts, _):
-        return self.W @ Ts[0]
-
-    def pull(self, A, _):
-        return (A @ self.W,)
-
-
-class _Scale:
-    """Elementwise arithmetic with a constant c: h + c, h - c, c - h, h * c, h / c, computed as
-    torch computes it; its derivative is the same for every h (a division stays a division)."""
-
-    second = False
-
-    def __init__(self, op: str, c) -> None:
-        self.op, self.c = op, c
-        self.col = c if np.ndim(c) == 0 else c[:, None]  # c along a tangent's rows
-
-    def __call__(self, h):
-        op, c = self.op, self.c
-        if op == "add":
-            return h + c
-        if op == "sub":
-            return h - c
-        if op == "rsub":
-            return c - h
-        return h * c if op == "mul" else h / c
-
-    def push(self, Ts, _):
-        op, T = self.op, Ts[0]
-        if op in ("add", "sub"):
-            return T
-        if op == "rsub":
-            return -T
-        return T * self.col if op == "mul" else T / self.col
-
-    def pull(self, A, _):
-        op = self.op
-        if op in ("add", "sub"):
-            return (A,)
-        if op == "rsub":
-            return (-A,)
-        return (A * self.c,) if op == "mul" else (A / self.c,)
-
-
-class _Sum:
-    """h1 + h2 or h1 - h2 of two hidden tensors (a residual connection)."""
-
-    second = False
-
-    def __init__(self, sign: float) -> None:
-        self.sign = sign
-
-    def __call__(self, a, b):
-        return a + b if self.sign > 0 else a - b
-
-    def push(self, Ts, _):
-        return Ts[0] + Ts[1] if self.sign > 0 else Ts[0] - Ts[1]
-
-    def pull(self, A, _):
-        return (A, A if self.sign > 0 else -A)
-
-
-class _Cat:
-    """Hidden tensors side by side."""
-
-    second = False
-
-    def __init__(self, sizes: list[int]) -> None:
-        self.bounds = np.cumsum([0, *sizes])
-
-    def __call__(self, *hs):
-        return np.concatenate(hs)
-
-    def push(self, Ts, _):
-        return np.concatenate(Ts, axis=0)
-
-    def pull(self, A, _):
-        b = self.bounds
-        return tuple(A[:, b[i] : b[i + 1]] for i in range(len(b) - 1))
-
-
-class _Slice:
-    """A slice of the last axis."""
-
-    second = False
-
-    def __init__(self, k_in: int, start: int, stop: int, step: int) -> None:
-        self.k_in, self.s = k_in, slice(start, stop, step)
-
-    def __call__(self, h):
-        return h[self.s]
-
-    def push(self, Ts, _):
-        return Ts[0][self.s]
-
-    def pull(self, A, _):
-        out = np.zeros((A.shape[0], self.k_in))
-        out[:, self.s] = A
-        return (out,)
-
-
-class _Activation:
-    """h -> sigma(h) elementwise, with sigma' and sigma'' (the only second derivatives)."""
-
-    second = True
-
-    def __init__(self, fn, params: tuple, kwparams: dict) -> None:
-        self.fn, self.params, self.kwparams = fn, params, kwparams
-        plain = not params and not kwparams
-        self.value, self._first = (VALUES.get(fn), FIRST.get(fn)) if plain else (None, None)
-
-    def __call__(self, h):
-        if self.value is not None:
-            return self.value(h)
-        return self.fn(h, *self.params, **self.kwparams)[0]
-
-    def first(self, h):
-        """(sigma, sigma')."""
-        if self._first is not None:
-            return self._first(h)
-        return self.fn(h, *self.params, **self.kwparams)[:2]
-
-    def derivatives(self, h):
-        """(sigma, sigma', sigma'')."""
-        return self.fn(h, *self.params, **self.kwparams)
-
-    def push(self, Ts, d):
-        return d[:, None] * Ts[0]
-
-    def pull(self, A, d):
-        return (A * d,)
 
 
 # reading the graph ------------------------------------------------------------------------------
@@ -294,7 +149,7 @@ def _operation(node, index, consts, sizes, k: int):
             raise GraphUnsupported(f"{where}: not elementwise on a hidden tensor")
         params = tuple(a if isinstance(a, str) else float(a) for a in args[1:])
         kwparams = {key: a if isinstance(a, str) else float(a) for key, a in kw.items()}
-        return _Activation(ACTIVATIONS[target], params, kwparams), (index[args[0].name],)
+        return Activation(ACTIVATIONS[target], params, kwparams), (index[args[0].name],)
     if target in _LINEAR:
         return _linear(node, index, consts, sizes, k, where)
     if target is aten.cat.default:
@@ -304,19 +159,19 @@ def _operation(node, index, consts, sizes, k: int):
         if dim not in (-1, ndim - 1) or not all(hidden(a) for a in parts):
             raise GraphUnsupported(f"{where}: not hidden rows side by side")
         ins = tuple(index[a.name] for a in parts)
-        return _Cat([sizes[j] for j in ins]), ins
+        return Cat([sizes[j] for j in ins]), ins
     op = _ARITHMETIC.get(target)
     if op is None:
         raise GraphUnsupported(f"{where}: no numpy rule for this operation")
     if op == "neg":
-        return _Scale("mul", -1.0), (index[args[0].name],)
+        return Scale("mul", -1.0), (index[args[0].name],)
     if kw.get("alpha", 1) != 1 or kw.get("rounding_mode") is not None or len(args) > 2:
         raise GraphUnsupported(f"{where}: alpha or rounding mode")
     if hidden(args[0]) and hidden(args[1]):
         i, j = index[args[0].name], index[args[1].name]
         if op not in ("add", "sub") or not sizes[i] == sizes[j] == k:
             raise GraphUnsupported(f"{where}: a product of hidden tensors, or a broadcast")
-        return _Sum(1.0 if op == "add" else -1.0), (i, j)
+        return Sum(1.0 if op == "add" else -1.0), (i, j)
     first = hidden(args[0])
     j = index[(args[0] if first else args[1]).name]
     if sizes[j] != k:
@@ -329,7 +184,7 @@ def _operation(node, index, consts, sizes, k: int):
             op = "rsub"
         elif op == "div":
             raise GraphUnsupported(f"{where}: a constant divided by a hidden tensor")
-    return _Scale(op, c), (j,)
+    return Scale(op, c), (j,)
 
 
 def _slice(node, j: int, k_in: int, k: int, where: str):
@@ -342,7 +197,7 @@ def _slice(node, j: int, k_in: int, k: int, where: str):
         lo, hi, st = slice(start, stop, step).indices(k_in)
         if len(range(lo, hi, st)) != k:
             raise GraphUnsupported(f"{where}: a slice of unexpected length")
-        return _Slice(k_in, lo, hi, st), (j,)
+        return Slice(k_in, lo, hi, st), (j,)
     if k != k_in:  # a leading axis of size 1, kept whole: the same row
         raise GraphUnsupported(f"{where}: a slice of a leading axis")
     return None, (j,)
@@ -367,7 +222,7 @@ def _linear(node, index, consts, sizes, k: int, where: str):
     bias = None if b is None else _const(consts, b, k, where)
     if bias is not None and np.ndim(bias) == 0:
         bias = np.full(k, bias)
-    return _Linear(W.to(torch.float64).numpy().copy(), bias), (j,)
+    return Linear(W.to(torch.float64).numpy().copy(), bias), (j,)
 
 
 # the route --------------------------------------------------------------------------------------
