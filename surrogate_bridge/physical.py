@@ -233,10 +233,15 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
         got = f"shape {tuple(Y.shape)}" if isinstance(Y, torch.Tensor) else type(Y).__name__
         err = err or f"it returned {got} for {X.shape[0]} points"
     if rows is None:
+        hint = (
+            f"The Surrogate runs a copy of the model in {dtype}: a cast inside its forward "
+            "(x.float(), say) breaks that; remove it, or pass the dtype it casts to."
+            if "dtype" in str(err) or "Float and Double" in str(err)
+            else "Check n_in and the scalers' feature counts against the model's input layer."
+        )
         raise ValueError(
             f"Surrogate: the model failed on a probe batch of shape ({_PROBE_ROWS}, {n_in}) "
-            f"and on one point of shape ({n_in},): {err}. Check n_in and the scalers' "
-            "feature counts against the model's input layer."
+            f"and on one point of shape ({n_in},): {err}. {hint}"
         )
     if out_aff is not None and out_aff.n_features != n_out:
         raise ValueError(

@@ -214,9 +214,24 @@ def test_constructor_errors(kwargs, err, match):
         sb.Surrogate(mlp([2, 4, 1]), **kwargs)
 
 
-def test_input_scaler_feature_mismatch():
-    with pytest.raises(ValueError, match="probe batch of shape"):
+def test_input_scaler_feature_mismatch_names_the_feature_counts():
+    with pytest.raises(ValueError, match=r"probe batch of shape .*scalers. feature counts"):
         sb.Surrogate(mlp([2, 4, 1]), sb.Affine([0, 0, 0], [1, 1, 1]))
+
+
+def test_a_cast_inside_forward_is_named():
+    class Casts(torch.nn.Module):  # a user's forward that hard-codes float32
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.lin(x.float())
+
+    with pytest.raises(ValueError, match=r"float64: a cast inside its forward"):
+        sb.Surrogate(Casts())
+    sur = sb.Surrogate(Casts(), dtype=torch.float32)  # the dtype it casts to works
+    assert sur.grad(np.zeros(2)).dtype == np.float32
 
 
 def test_model_not_callable():
