@@ -122,6 +122,15 @@ class PhysicalFunction(nn.Module):
             y = y[:, None]
         return y * self.out_scale + self.out_shift if self.has_out else y
 
+    def probes(self, n_in: int, rows: int = _PROBE_ROWS) -> torch.Tensor:
+        """Fixed pseudo-random physical points (rows, n_in), float64, where the model's own
+        inputs are standard normal: for probing the model and checking rewrites of its graph."""
+        gen = torch.Generator().manual_seed(0)
+        Z = torch.randn(rows, n_in, generator=gen, dtype=torch.float64)
+        if not self.has_in:
+            return Z
+        return Z * self.in_scale.detach().cpu().double() + self.in_shift.detach().cpu().double()
+
     def _with_rows(self, rows: nn.Module) -> PhysicalFunction:
         twin = copy.copy(self)  # shares buffers and the model; only the row wrapper differs
         twin._modules = {**self._modules, "rows": rows}

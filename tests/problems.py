@@ -208,3 +208,39 @@ def fitted_scalers(kind: str, n_in: int, n_out: int, seed: int):
     if kind == "standard":
         return (StandardScaler().fit(data_x), StandardScaler().fit(data_y)), data_x
     return (sb.Affine.fit(data_x, "standard"), sb.Affine.fit(data_y, "minmax")), data_x
+
+
+# composite operations that torch.export keeps whole: the CasADi translator and saved files
+# take them lowered to torch's own decompositions, or through a rule of their own
+COMPOSITES = {
+    "chunk": lambda h: torch.cat(h.chunk(2, -1)[::-1], -1),
+    "split": lambda h: torch.cat(h.split([3, 5], -1)[::-1], -1),
+    "flip": lambda h: h.flip(-1),
+    "einsum": lambda h: torch.einsum("bi,bi->bi", h, torch.tanh(h)),
+    "normalize": lambda h: nn.functional.normalize(h, dim=-1),
+    "where": lambda h: torch.where(h > 0, h, 0.1 * h**3),
+    "softmax": lambda h: nn.functional.softmax(h, -1),
+    "log_softmax": lambda h: nn.functional.log_softmax(h, -1),
+    "cumsum": lambda h: torch.cumsum(h, -1),
+    "pad": lambda h: nn.functional.pad(h, (1, 2))[:, 3:] + nn.functional.pad(h, (2, 1))[:, :-3],
+    "atan_sinh": lambda h: torch.atan(h) + torch.sinh(h / 3),
+    "logsumexp": lambda h: h + torch.logsumexp(h, -1, keepdim=True),
+    "amax": lambda h: h * h.amax(-1, keepdim=True),
+    "reciprocal": lambda h: torch.reciprocal(h * h + 1),
+    "glu": lambda h: nn.functional.glu(h, -1).repeat(1, 2),
+    "index_select": lambda h: h.index_select(-1, torch.tensor([7, 0, 1, 2, 3, 4, 5, 6])),
+    "lerp": lambda h: torch.lerp(h, torch.tanh(h), 0.3),
+    "transposes": lambda h: h.t().t().permute(0, 1).transpose(-1, 1),
+}
+
+
+class Composite(nn.Module):
+    """x (N, 4) -> a linear layer, one composite operation, a linear layer -> (N, 2)."""
+
+    def __init__(self, name: str, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a, self.b, self.op = nn.Linear(4, 8), nn.Linear(8, 2), COMPOSITES[name]
+
+    def forward(self, x):
+        return self.b(self.op(self.a(x)))

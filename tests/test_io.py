@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from problems import MixesRows, Unbatched, mlp
+from problems import COMPOSITES, Composite, MixesRows, Unbatched, mlp
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
@@ -268,3 +268,16 @@ def test_point_by_point_models_round_trip(model, tmp_path):
     X = np.random.default_rng(0).normal(size=(4, 2))
     np.testing.assert_array_equal(back(X), sur(X))
     np.testing.assert_array_equal(back.hess(X), sur.hess(X))
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSITES))
+def test_composite_operations_round_trip(name, tmp_path):
+    """einsum, glu, pad, lerp and the like are saved lowered to allowed operations (torch's own
+    decompositions of them): the loaded surrogate is the same function, derivatives included."""
+    sur = sb.Surrogate(Composite(name), sb.Affine([0.5, -1, 2, 0], [2, 0.5, 1, 3]))
+    sb.save(sur, tmp_path / "c.sbz")
+    back = sb.load(tmp_path / "c.sbz")
+    X = np.random.default_rng(2).normal(size=(5, 4)) * [2, 0.5, 1, 3] + [0.5, -1, 2, 0]
+    np.testing.assert_allclose(back(X), sur(X), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(back.jac(X), sur.jac(X), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(back.hess(X), sur.hess(X), rtol=1e-11, atol=1e-12)

@@ -1,0 +1,114 @@
+"""Lowering an exported graph to the operations its consumer knows.
+
+``torch.export`` keeps composite operations whole (``einsum``, ``chunk``, ``pad``, ``glu``,
+``softmax``, ...). Each consumer of the graph knows a fixed set of operations: the saved
+file's allowed list (``io.py``), the CasADi translator (``adapters/casadi_ops.py``). An
+operation outside that set used to end the consumer's work ("no CasADi translation", "a saved
+file may not contain"), although torch itself can write it in simpler operations.
+
+:func:`lowered` replaces each operation the consumer does not know, and only those, by torch's
+own decomposition of it (``torch.export.default_decompositions()``: the CompositeImplicitAutograd
+kernels, which are what eager torch runs for those operations, and the core-ATen
+decompositions), round by round, until the consumer knows every operation or nothing more
+can be decomposed. Operations the consumer knows stay whole, so an activation with an exact
+rule of its own, or a linear layer, is never broken up. The lowered program must be the same
+function as the original to float64 rounding at probe points (``_SAME``, relative to the
+output's size); where it is not, the original is handed back and the consumer names the
+operation it does not know, as before. :func:`same_function` is that check, also used on the
+CasADi translation itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["lowered", "same_function"]
+
+_ROUNDS = 4  # a decomposition may call further composite operations: lower again
+_SAME = 1e-12  # relative to the output's size: rounding, not a different function
+_TREESPEC = ".*treespec.*"  # torch warns about its own pytree API when copying a graph module
+
+
+def lowered(program, known: Callable[[object], bool], probes: torch.Tensor):
+    """``program`` with every operation that ``known`` rejects replaced by torch's own
+    decomposition of it (see the module's docstring); ``program`` itself where nothing was
+    lowered, or where the lowered graph is not the same function at ``probes`` (k, n).
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Einsum(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return torch.einsum("bi,bi->b", x, x)[:, None]
+    >>> program = torch.export.export(Einsum(), (torch.ones(1, 3),))
+    >>> low = lowered(program, lambda op: "einsum" not in str(op), torch.randn(3, 3))
+    >>> ops = {str(n.target) for n in low.graph.nodes if n.op == "call_function"}
+    >>> "aten.einsum.default" in ops, "aten.bmm.default" in ops
+    (False, True)
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
+        current, table = program, None
+        for _ in range(_ROUNDS):
+            unknown = {t for t in _operations(current) if not known(t)}
+            if not unknown:
+                break
+            if table is None:
+                table = _decompositions()
+            # (view-like composites such as chunk are decomposed by any run, even with no table)
+            lower = current.run_decompositions({op: table[op] for op in unknown if op in table})
+            if _operations(lower) == _operations(current):
+                break
+            current = lower
+        if current is program:
+            return program
+        return current if same_function(program, current.module(), probes) else program
+
+
+def same_function(program, other: Callable[[torch.Tensor], torch.Tensor], probes) -> bool:
+    """Whether ``other`` computes ``program``'s outputs to float64 rounding (``_SAME``, relative
+    to the largest output; non-finite values where both are) at the points ``probes`` (k, n),
+    fed as the program was captured: one row at a time, or all rows at once."""
+    example = _example(program)
+    if example is None:
+        return False
+    X = torch.as_tensor(probes).to(example.dtype)
+    batches = X.split(1) if example.shape[0] == 1 else (X,)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
+        fn = program.module()
+        with torch.no_grad():
+            a = torch.cat([fn(x).reshape(x.shape[0], -1) for x in batches])
+            b = torch.cat([torch.as_tensor(other(x)).reshape(x.shape[0], -1) for x in batches])
+    if a.shape != b.shape:
+        return False
+    finite = torch.isfinite(a)
+    scale = float(a[finite].abs().max()) if finite.any() else 1.0
+    return torch.allclose(a, b.to(a.dtype), rtol=_SAME, atol=_SAME * scale, equal_nan=True)
+
+
+def _operations(program) -> set:
+    return {
+        node.target
+        for node in program.graph.nodes
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+    }
+
+
+def _decompositions() -> dict:
+    make = getattr(torch.export, "default_decompositions", None)
+    if make is None:  # an older torch: no table to lower with
+        return {}
+    table = make()
+    return table.materialize() if hasattr(table, "materialize") else dict(table)
+
+
+def _example(program):
+    """The example input the program was captured on (its one user input)."""
+    example = getattr(program, "example_inputs", None)
+    if not example or not example[0] or not isinstance(example[0][0], torch.Tensor):
+        return None
+    return example[0][0]

@@ -1,0 +1,224 @@
+"""A saved file's graph as data (``graph.json``), and the interpreter that runs it.
+
+``graph_to_data`` writes an exported program as JSON-able nodes ``[name, target, args,
+kwargs]`` (tensors by name, arguments tagged by kind) after lowering any composite operation
+to allowed ones (``lowering.lowered``: torch's own decompositions, checked to be the same
+function). :class:`SavedGraph` reads such nodes back and runs them, calling only the aten
+operations of the allowed list (``ALLOWED``: pure tensor math, shapes and run-time checks) and
+a few Python operators of shape arithmetic: a file can name no Python function to run.
+"""
+
+from __future__ import annotations
+
+import operator
+from functools import cache
+
+import torch
+from torch import nn
+
+from .lowering import lowered
+
+__all__ = ["CODES", "DTYPES", "Refused", "SavedGraph", "graph_to_data"]
+
+DTYPES = {  # safetensors' dtype codes
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+CODES = {v: k for k, v in DTYPES.items()}
+_FORMATS = {"contiguous_format": torch.contiguous_format, "preserve_format": torch.preserve_format}
+_PYTHON_OPS = {  # shape arithmetic that torch.export records for a dynamic batch
+    "getitem": operator.getitem, "add": operator.add, "sub": operator.sub,
+    "mul": operator.mul, "floordiv": operator.floordiv, "truediv": operator.truediv,
+    "neg": operator.neg,
+}  # fmt: skip
+# aten operations a saved graph may call: pure tensor math, shapes and run-time checks
+ALLOWED = frozenset(
+    """linear addmm mm bmm matmul mv t transpose permute numpy_T add sub rsub mul div neg pow square
+    sqrt rsqrt reciprocal exp exp2 log log2 log10 log1p expm1 sin cos tan asin acos atan atan2
+    sinh cosh tanh sigmoid silu softplus elu selu celu gelu erf abs sign relu relu6 leaky_relu
+    hardtanh hardswish hardsigmoid mish log_sigmoid prelu threshold clamp clamp_min clamp_max
+    maximum minimum where gt ge lt le eq ne logical_and logical_or logical_not sum cumsum mean
+    amax amin prod softmax _softmax log_softmax _log_softmax layer_norm native_layer_norm
+    batch_norm _native_batch_norm_legit_no_training linalg_vector_norm norm conv1d conv2d
+    convolution cat concat stack split split_with_sizes chunk unbind slice select index
+    index_select gather narrow constant_pad_nd view reshape _unsafe_view unsqueeze squeeze
+    flatten expand expand_as repeat flip clone alias detach detach_ contiguous _to_copy to
+    lift_fresh_copy dropout full full_like zeros zeros_like ones ones_like scalar_tensor
+    sym_size _assert_tensor_metadata _assert_scalar _assert_async sym_constrain_range
+    sym_constrain_range_for_size""".split()
+)
+
+
+class Refused(Exception):
+    """A check of a loaded file failed; the message says which."""
+
+
+# graph <-> data -------------------------------------------------------------------------------
+def graph_to_data(program, probes: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The exported program as JSON-able nodes, and its weights by placeholder name; composite
+    operations outside the allowed list are first lowered (checked at ``probes``, (k, n))."""
+    program = lowered(program, _allowed, probes)
+    state = {**program.state_dict, **program.constants}
+    tensors, user_inputs = {}, []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name == "USER_INPUT":
+            user_inputs.append(spec.arg.name)
+        else:
+            value = state[spec.target]
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"save: {spec.target} is a {type(value).__name__}, not a tensor.")
+            tensors[spec.arg.name] = value.detach().cpu().contiguous()
+    nodes, output = [], None
+    for node in program.graph.nodes:
+        if node.op == "call_function":
+            target = _target_name(node.target)
+            nodes.append([node.name, target, _encode(node.args), _encode(dict(node.kwargs))])
+        elif node.op == "output":
+            (out,) = node.args[0]
+            output = out.name
+    return {"input": user_inputs[0], "nodes": nodes, "output": output}, tensors
+
+
+def _allowed(target) -> bool:
+    name = str(target)
+    return name.startswith("aten.") and name.split(".")[1] in ALLOWED
+
+
+def _target_name(target) -> str:
+    name = str(target)
+    if _allowed(target):
+        return name
+    py = getattr(target, "__name__", "")
+    if getattr(target, "__module__", "") in ("_operator", "operator") and py in _PYTHON_OPS:
+        return f"operator.{py}"
+    raise ValueError(
+        f"save: the model's graph calls {name}, which a saved file may not contain (only plain "
+        "aten tensor operations are saved, so that loading can never run code)."
+    )
+
+
+def _encode(a):
+    if isinstance(a, torch.fx.Node):
+        return {"node": a.name}
+    if a is None or isinstance(a, (bool, int, float, str)):
+        return a
+    if isinstance(a, (list, tuple)):
+        return [_encode(b) for b in a]
+    if isinstance(a, dict):
+        return {"kwargs": {k: _encode(v) for k, v in a.items()}}
+    if isinstance(a, torch.dtype):
+        return {"dtype": CODES[a]}
+    if isinstance(a, torch.device):
+        return {"device": None}  # the loading surrogate's device
+    if isinstance(a, torch.memory_format):
+        return {"memory_format": str(a).removeprefix("torch.")}
+    if isinstance(a, torch.layout):
+        return {"layout": "strided"}
+    raise ValueError(f"save: a graph argument of type {type(a).__name__} cannot be saved.")
+
+
+def _decode(a, env: dict, device):
+    if isinstance(a, list):
+        return [_decode(b, env, device) for b in a]
+    if not isinstance(a, dict):
+        return a
+    ((kind, value),) = a.items()
+    if kind == "node":
+        return env[value]
+    if kind == "kwargs":
+        return {k: _decode(v, env, device) for k, v in value.items()}
+    if kind == "dtype":
+        return DTYPES[value]
+    if kind == "device":
+        return device
+    if kind == "memory_format":
+        return _FORMATS[value]
+    if kind == "layout":
+        return torch.strided
+    raise Refused(f"unknown argument kind {kind!r}")
+
+
+_KINDS = {"node", "kwargs", "dtype", "device", "memory_format", "layout"}
+
+
+def _check_arg(a, known: set) -> None:
+    """An encoded argument is plain JSON, or a tagged value of a known kind whose node exists."""
+    if isinstance(a, list):
+        for b in a:
+            _check_arg(b, known)
+    elif isinstance(a, dict):
+        if len(a) != 1 or next(iter(a)) not in _KINDS:
+            raise Refused(f"unknown argument {str(a)[:60]}")
+        ((kind, value),) = a.items()
+        ok = {
+            "node": lambda: value in known,
+            "kwargs": lambda: isinstance(value, dict),
+            "dtype": lambda: value in DTYPES,
+            "memory_format": lambda: value in _FORMATS,
+        }.get(kind, lambda: True)()
+        if not ok:
+            raise Refused(f"argument {str(a)[:60]} refers to nothing known")
+        if kind == "kwargs":
+            for v in value.values():
+                _check_arg(v, known)
+    elif not (a is None or isinstance(a, (bool, int, float, str))):
+        raise Refused(f"argument of type {type(a).__name__}")
+
+
+@cache
+def _op(target: str):
+    """An allowed operation by name; anything else is refused."""
+    parts = target.split(".")
+    if parts[0] == "operator" and len(parts) == 2 and parts[1] in _PYTHON_OPS:
+        return _PYTHON_OPS[parts[1]]
+    if parts[0] != "aten" or len(parts) != 3 or parts[1] not in ALLOWED:
+        raise Refused(f"the graph calls {target!r}, which is not an allowed operation")
+    packet = getattr(torch.ops.aten, parts[1])
+    if parts[2] not in packet.overloads():
+        raise Refused(f"aten.{parts[1]} has no overload {parts[2]!r}")
+    return getattr(packet, parts[2])
+
+
+class SavedGraph(nn.Module):
+    """A loaded graph: (N, n_in) -> (N, n_out), interpreted node by node from data.
+
+    Every target was checked against the allowed operations when the module was built; the
+    weights are buffers. ``one_point`` graphs were captured on a single (1, n_in) point and run
+    here under ``torch.func.vmap``.
+    """
+
+    def __init__(self, graph: dict, tensors: dict[str, torch.Tensor], one_point: bool) -> None:
+        super().__init__()
+        if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
+            raise Refused("graph.json has no node list")
+        self._names = {}
+        for i, (name, t) in enumerate(tensors.items()):
+            self.register_buffer(f"w{i}", t)
+            self._names[name] = f"w{i}"
+        self.input, self.output, self.one_point = graph["input"], graph["output"], one_point
+        self.nodes = []
+        known = {self.input, *self._names}
+        for node in graph["nodes"]:  # refuse anything malformed now, not at the first call
+            name, target, args, kwargs = node
+            _op(target)
+            _check_arg(args, known)
+            _check_arg(kwargs, known)
+            if not isinstance(args, list) or not (isinstance(kwargs, dict) and "kwargs" in kwargs):
+                raise Refused(f"node {name!r} has malformed arguments")
+            self.nodes.append((str(name), target, args, kwargs))
+            known.add(str(name))
+        if self.output not in known:
+            raise Refused(f"the graph's output {self.output!r} is not one of its nodes")
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        env = {name: getattr(self, attr) for name, attr in self._names.items()}
+        env[self.input] = x
+        for name, target, args, kwargs in self.nodes:
+            env[name] = _op(target)(*_decode(args, env, x.device), **_decode(kwargs, env, x.device))
+        return env[self.output]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.one_point:
+            return torch.func.vmap(lambda r: self._run(r[None])[0])(x)
+        return self._run(x)

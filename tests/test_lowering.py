@@ -1,0 +1,62 @@
+"""Lowering exported graphs to the operations a consumer knows (lowering.py)."""
+
+import torch
+from torch import nn
+
+from surrogate_bridge import lowering
+
+aten = torch.ops.aten
+
+
+class EinsumNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(3, 4).double(), nn.Linear(4, 1).double()
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        return self.b(torch.einsum("bi,bi->bi", h, h))
+
+
+def _program():
+    return torch.export.export(EinsumNet(), (torch.zeros(1, 3, dtype=torch.float64),))
+
+
+def _ops(program):
+    return {n.target for n in program.graph.nodes if n.op == "call_function"}
+
+
+PROBES = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def test_only_unknown_operations_are_lowered():
+    program = _program()
+    low = lowering.lowered(program, lambda op: op is not aten.einsum.default, PROBES)
+    assert aten.einsum.default in _ops(program) and aten.einsum.default not in _ops(low)
+    assert {aten.linear.default, aten.tanh.default} <= _ops(low)  # known ones stay whole
+    x = PROBES[:1]
+    assert torch.equal(low.module()(x), EinsumNet()(x))
+
+
+def test_a_graph_with_nothing_unknown_is_handed_back_as_it_is():
+    program = _program()
+    assert lowering.lowered(program, lambda op: True, PROBES) is program
+
+
+def test_a_decomposition_that_changes_the_function_is_not_used(monkeypatch):
+    def wrong(equation, operands, path=None):  # twice the true product
+        return 2 * operands[0] * operands[1]
+
+    monkeypatch.setattr(lowering, "_decompositions", lambda: {aten.einsum.default: wrong})
+    program = _program()
+    assert lowering.lowered(program, lambda op: op is not aten.einsum.default, PROBES) is program
+
+
+def test_same_function_compares_to_rounding():
+    program = _program()
+    fn = program.module()
+    assert lowering.same_function(program, fn, PROBES)
+    assert lowering.same_function(program, lambda x: fn(x) * (1 + 1e-15), PROBES)
+    assert not lowering.same_function(program, lambda x: fn(x) * (1 + 1e-9), PROBES)
+
