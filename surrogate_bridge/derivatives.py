@@ -304,7 +304,7 @@ class Engine:
         from .adapters.casadi_route import CasadiPointRoute
 
         try:
-            return CasadiPointRoute(program, self.n, self.m)
+            return CasadiPointRoute(program, self.n, self.m, self.fn.probes(self.n))
         except Exception as err:  # any translation failure leaves torch answering
             raise RouteUnavailable(
                 f"the model did not translate ({type(err).__name__}: {err})"

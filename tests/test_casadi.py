@@ -7,7 +7,14 @@ import casadi as ca
 import numpy as np
 import pytest
 import torch
-from problems import P_SEED, fit_full_batch, mlp, scaled_quadratic_surrogate
+from problems import (
+    COMPOSITES,
+    P_SEED,
+    Composite,
+    fit_full_batch,
+    mlp,
+    scaled_quadratic_surrogate,
+)
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
@@ -206,24 +213,59 @@ def test_generated_c_code_compiles_and_agrees(tmp_path, cases):
         np.testing.assert_allclose(np.array(j_ext(pt)), sur.jac(pt), atol=TOL["codegen"])
 
 
-class CumSum(nn.Module):
+class CumProd(nn.Module):  # no CasADi rule, and torch has no decomposition of it
     def __init__(self):
         super().__init__()
         self.lin = nn.Linear(3, 3).double()
 
     def forward(self, z):
-        return torch.cumsum(self.lin(z), dim=-1)
+        return torch.cumprod(self.lin(z), dim=-1)
+
+
+# normalize divides by clamp_min(norm, eps), which the warning rightly names
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize("name", sorted(COMPOSITES))
+def test_composite_operations_translate_exactly(name):
+    """Operations torch.export keeps whole (einsum, chunk, pad, glu, ...) arrive lowered to
+    torch's own decompositions, or through rules of their own: value, Jacobian and each
+    output's Hessian equal the torch surrogate's (autograd) at points away from any kink."""
+    sur = sb.Surrogate(Composite(name), sb.Affine([0.5, -1, 2, 0], [2, 0.5, 1, 3]))
+    F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 4)
+    y = F(x)
+    H = ca.Function("H", [x], [ca.hessian(y[i], x)[0] for i in range(2)])
+    J = ca.Function("J", [x], [ca.jacobian(y, x)])
+    for pt in np.random.default_rng(1).normal(size=(3, 4)) * [2, 0.5, 1, 3] + [0.5, -1, 2, 0]:
+        np.testing.assert_allclose(np.array(F(pt)).ravel(), sur(pt), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.array(J(pt)), sur.jac(pt), rtol=1e-10, atol=1e-12)
+        for i, Hi in enumerate(H(pt)):
+            np.testing.assert_allclose(np.array(Hi), sur.hess(pt)[i], rtol=1e-9, atol=1e-11)
+
+
+def test_a_wrong_translation_is_refused(monkeypatch):
+    """The translation is checked against torch at probe points: an operation translated
+    wrongly (here tanh made sin) is refused by name instead of handed to a solver."""
+    from surrogate_bridge.adapters import casadi_ops
+
+    handler, extra = casadi_ops.OPS[torch.ops.aten.tanh.default]
+    monkeypatch.setitem(
+        casadi_ops.OPS, torch.ops.aten.tanh.default, (lambda out, x: ca.sin(x), extra)
+    )
+    with pytest.raises(NotImplementedError, match="does not compute what torch computes"):
+        sb.casadi_function(sb.Surrogate(mlp([2, 8, 1])), mode="symbolic")
+    monkeypatch.setitem(casadi_ops.OPS, torch.ops.aten.tanh.default, (handler, extra))
+    sb.casadi_function(sb.Surrogate(mlp([2, 8, 1])), mode="symbolic")  # the real rule passes
 
 
 def test_unsupported_operation_error_names_op_and_place():
-    sur = sb.Surrogate(CumSum())
-    with pytest.raises(NotImplementedError, match=r"aten\.cumsum.*CumSum.*mode='callback'"):
+    sur = sb.Surrogate(CumProd())
+    with pytest.raises(NotImplementedError, match=r"aten\.cumprod.*CumProd.*mode='callback'"):
         sb.casadi_function(sur, mode="symbolic")
 
 
 def test_auto_falls_back_with_warning(cases):
-    sur = sb.Surrogate(CumSum())
-    with pytest.warns(sb.CasadiFallbackWarning, match="cumsum"):
+    sur = sb.Surrogate(CumProd())
+    with pytest.warns(sb.CasadiFallbackWarning, match="cumprod"):
         F = sb.casadi_function(sur)
     x = ca.MX.sym("x", 3)
     H = ca.Function("H", [x], [ca.hessian(F(x)[2], x)[0]])

@@ -1,9 +1,12 @@
 """Lowering exported graphs to the operations a consumer knows (lowering.py)."""
 
+import casadi as ca
+import pytest
 import torch
 from torch import nn
 
 from surrogate_bridge import lowering
+from surrogate_bridge.adapters.casadi_layout import broadcast
 
 aten = torch.ops.aten
 
@@ -60,3 +63,8 @@ def test_same_function_compares_to_rounding():
     assert lowering.same_function(program, lambda x: fn(x) * (1 + 1e-15), PROBES)
     assert not lowering.same_function(program, lambda x: fn(x) * (1 + 1e-9), PROBES)
 
+
+def test_broadcasting_that_torch_refuses_is_refused():
+    assert broadcast(ca.DM.ones(1, 3), (2, 3)).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"\(3, 1\) matrix does not broadcast to \(1, 3\)"):
+        broadcast(ca.DM.ones(3, 1), (1, 3))

@@ -96,12 +96,12 @@ def test_float32_and_untranslatable_models_stay_on_torch():
     with pytest.raises(ValueError, match="float64 on the CPU"):
         sb.Surrogate(mlp([2, 8, 1], seed=0), dtype=torch.float32, point_route="casadi")
 
-    class CumSum(nn.Module):  # no CasADi translation
+    class CumProd(nn.Module):  # no CasADi translation
         def forward(self, z):
-            return torch.cumsum(z, dim=1)[:, -1:]
+            return torch.cumprod(z, dim=1)[:, -1:]
 
-    with pytest.raises(ValueError, match="did not translate.*cumsum"):
-        sb.Surrogate(CumSum(), n_in=2, point_route="casadi")
+    with pytest.raises(ValueError, match="did not translate.*cumprod"):
+        sb.Surrogate(CumProd(), n_in=2, point_route="casadi")
 
 
 def test_point_route_option_is_checked():

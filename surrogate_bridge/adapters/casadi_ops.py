@@ -22,56 +22,22 @@ import torch
 from scipy import sparse
 
 from ..physical import VIEWS as PHYSICAL_VIEWS
+from .casadi_layout import LAYOUT_OPS, axis, broadcast, reshape, shape2
 
 __all__ = ["FLAT_SAFE", "OPS", "VIEWS", "reshape", "shape2"]
 
 aten = torch.ops.aten
 
 
-# shapes -----------------------------------------------------------------------------------------
-def shape2(shape) -> tuple[int, int]:
-    """The CasADi (rows, cols) of a torch shape: (a, b) -> (a, b); (k,) -> (1, k); () -> (1, 1);
-    rank 3 and more -> (1, numel), the row-major flattening."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 2:
-        return shape
-    if len(shape) == 0:
-        return (1, 1)
-    return (1, math.prod(shape))
-
-
-def _fit(v, shape2):
-    """Broadcast a CasADi value (or Python number) to ``shape2`` (torch broadcasting)."""
-    if not isinstance(v, (ca.MX, ca.DM)):
-        return v
-    r, c = v.shape
-    R, C = shape2
-    if (r, c) == (R, C) or (r, c) == (1, 1):
-        return v
-    return ca.repmat(v, R // r if r != R else 1, C // c if c != C else 1)
-
-
-def reshape(v, shape2):
-    """Row-major (torch) reshape of a CasADi matrix: vec(M^T) is M's row-major order."""
-    R, C = shape2
-    if v.shape == (R, C):
-        return v
-    return ca.reshape(v.T, C, R).T
-
-
-def _dim(d: int, rank: int) -> int:
-    return d + rank if d < 0 else d
-
-
 # operations ------------------------------------------------------------------------------------
 def _linear(out, x, W, b=None):
     y = ca.mtimes(x, W.T)
-    return y if b is None else y + _fit(b, y.shape)
+    return y if b is None else y + broadcast(b, y.shape)
 
 
 def _binary(fn):
     def op(out, a, b, alpha=1):
-        a, b = _fit(a, out), _fit(b, out)
+        a, b = broadcast(a, out), broadcast(b, out)
         return fn(a, b * alpha if alpha != 1 else b)
 
     return op
@@ -81,7 +47,7 @@ def _reduce(kind):
     def op(out, x, dims=None, keepdim=False, dtype=None, *, shapes):
         shape = shapes[0]
         rank = len(shape)
-        dims = set(range(rank)) if not dims else {_dim(d, rank) for d in dims}
+        dims = set(range(rank)) if not dims else {axis(d, rank) for d in dims}
         if rank > 2:  # a flattened (1, ...) tensor: the reduction as a matrix built by torch
             reduce = torch.sum if kind == "sum" else torch.mean
             dims -= {0}  # a batch of one: reducing it changes nothing
@@ -158,8 +124,8 @@ def _layer_norm(out, x, shape, weight=None, bias=None, eps=1e-5, cudnn_enable=Tr
     mu, var = _row_stats(x)
     y = (x - mu) / ca.sqrt(var + eps)
     if weight is not None:
-        y = y * _fit(weight, y.shape)
-    return y if bias is None else y + _fit(bias, y.shape)
+        y = y * broadcast(weight, y.shape)
+    return y if bias is None else y + broadcast(bias, y.shape)
 
 
 def _batch_norm(out, x, weight, bias, mean, var, training, momentum, eps, cudnn_enabled=True, *,
@@ -169,7 +135,7 @@ def _batch_norm(out, x, weight, bias, mean, var, training, momentum, eps, cudnn_
             "batch_norm in training mode (batch statistics); the surrogate's copy is eval"
         )
     shape = shapes[0]
-    fit = _fit
+    fit = broadcast
     if len(shape) > 2:  # (1, C, ...) flattened: each channel's constant over its positions
         if shape[0] != 1:
             raise ValueError(f"batch_norm of a batch of {shape[0]} (one point is translated)")
@@ -218,7 +184,7 @@ def _celu(out, x, alpha=1.0):
 
 
 def _prelu(out, x, weight):
-    return ca.fmax(x, 0) + _fit(weight, x.shape) * ca.fmin(x, 0)
+    return ca.fmax(x, 0) + broadcast(weight, x.shape) * ca.fmin(x, 0)
 
 
 def _vector_norm(out, x, ord=2, dim=None, keepdim=False, dtype=None, *, shapes):
@@ -237,75 +203,76 @@ def _matmul(out, a, b, *, ranks):
     return ca.mtimes(a, b)
 
 
-def _cat(out, tensors, dim=0, *, ranks):
-    d = _dim(dim, ranks[0])
-    if ranks[0] == 2 and d == 0:
-        return ca.vertcat(*tensors)
-    return ca.horzcat(*tensors)
+def _per_line(x, rank: int, dim, fn):
+    """``fn`` of each row (dim along the columns) or each column of a tensor of rank 2 or
+    less (a single number of each), as a matrix of those results."""
+    if rank > 2:
+        raise ValueError(f"a rank-{rank} tensor along one of its dimensions")
+    if rank <= 1 or axis(dim, rank) == 1:
+        return ca.vertcat(*[fn(x[i, :]) for i in range(x.shape[0])])
+    return ca.horzcat(*[fn(x[:, j]) for j in range(x.shape[1])])
 
 
-def _stack(out, tensors, dim=0, *, ranks):
-    d = _dim(dim, ranks[0] + 1)
-    if ranks[0] == 0:
-        return ca.horzcat(*tensors)
-    if ranks[0] == 1:  # (1, k) rows: stacked as rows (dim 0) or as columns (dim 1)
-        return ca.vertcat(*tensors) if d == 0 else ca.horzcat(*[t.T for t in tensors])
-    raise ValueError(f"stack of rank-{ranks[0]} tensors")
+def _softmax(log: bool):
+    def op(out, x, dim, *_, rank, **__):
+        def one(v):  # shifted by the largest value, as torch computes it
+            z = v - ca.mmax(v)
+            e = ca.exp(z)
+            return z - ca.log(ca.sum1(ca.sum2(e))) if log else e / ca.sum1(ca.sum2(e))
+
+        if rank <= 1 or axis(dim, rank) == 1:
+            return ca.vertcat(*[one(x[i, :]) for i in range(x.shape[0])])
+        return ca.horzcat(*[one(x[:, j]) for j in range(x.shape[1])])
+
+    return op
 
 
-def _slice(out, x, dim=0, start=None, end=None, step=1, *, rank):
-    d = _dim(dim, rank)
-    size = x.shape[1] if (rank == 1 or d == 1) else x.shape[0]
-    s = slice(*slice(start, end, step).indices(size))
-    idx = list(range(s.start, s.stop, s.step))
-    return x[:, idx] if (rank == 1 or d == 1) else x[idx, :]
+def _extreme(fn):
+    def op(out, x, dim=(), keepdim=False, *, rank):
+        dims = [dim] if isinstance(dim, int) else list(dim)
+        if not dims or len({axis(d, rank) for d in dims}) == max(rank, 1):
+            return reshape(fn(x), out)  # every dimension
+        if len(dims) != 1:
+            raise ValueError(f"a reduction over dimensions {dims} of a rank-{rank} tensor")
+        return reshape(_per_line(x, rank, dims[0], fn), out)
+
+    return op
 
 
-def _select(out, x, dim, index, *, rank):
-    d = _dim(dim, rank)
-    if rank == 1:
-        return x[0, index]
-    return x[:, index].T if d == 1 else x[index, :]
+def _cumsum(out, x, dim, *_, rank, **__):
+    if rank > 2:
+        raise ValueError(f"cumsum of a rank-{rank} tensor")
+    if rank <= 1 or axis(dim, rank) == 1:
+        return ca.mtimes(x, ca.DM(np.triu(np.ones((x.shape[1], x.shape[1])))))
+    return ca.mtimes(ca.DM(np.tril(np.ones((x.shape[0], x.shape[0])))), x)
 
 
-def _index(out, x, indices, *, rank):
-    *lead, idx = indices
-    if any(i is not None for i in lead) or idx is None:
-        raise ValueError("only indexing of the last dimension is translated")
-    cols = [int(i) for i in np.asarray(idx).reshape(-1)]
-    return x[:, cols]
+def _filled(value_at: int | None, like: bool = False):
+    """full, zeros, ones, scalar_tensor and their _like forms: a constant of the output's
+    shape (``value_at``: the argument holding the value; None: zeros, or ones if ``like``)."""
+
+    def op(out, *args, **_):
+        value = args[value_at] if value_at is not None else float(like)
+        return ca.DM.ones(*out) * float(value)
+
+    return op
 
 
-def _transpose(out, x, *dims):
-    return x.T
-
-
-def _identity(out, x, *args, **kwargs):
-    return x
-
-
-def _view(out, x, *args, **kwargs):
-    return reshape(x, out)
-
-
-def _expand(out, x, *args, **kwargs):
-    return _fit(x, out)
+def _compare(fn):
+    return lambda out, a, b: fn(broadcast(a, out), broadcast(b, out))
 
 
 # op -> (handler, extra keyword: "rank" | "ranks" | None)
 OPS = {
+    **LAYOUT_OPS,
     aten.linear.default: (_linear, None),
     aten.addmm.default: (
-        lambda out, b, x, w, beta=1, alpha=1: beta * _fit(b, out) + alpha * ca.mtimes(x, w),
+        lambda out, b, x, w, beta=1, alpha=1: beta * broadcast(b, out) + alpha * ca.mtimes(x, w),
         None,
     ),
     aten.mm.default: (lambda out, a, b: ca.mtimes(a, b), None),
     aten.matmul.default: (_matmul, "ranks"),
     aten.mv.default: (lambda out, a, b: reshape(ca.mtimes(a, b.T), out), None),
-    aten.t.default: (_transpose, None),
-    aten.transpose.int: (_transpose, None),
-    aten.permute.default: (_transpose, None),
-    aten.numpy_T.default: (_transpose, None),
     aten.add.Tensor: (_binary(operator.add), None),
     aten.add.Scalar: (_binary(operator.add), None),
     aten.sub.Tensor: (_binary(operator.sub), None),
@@ -317,7 +284,7 @@ OPS = {
     aten.div.Scalar: (_binary(operator.truediv), None),
     aten.neg.default: (lambda out, x: -x, None),
     aten.pow.Tensor_Scalar: (lambda out, x, p: x**p, None),
-    aten.pow.Tensor_Tensor: (lambda out, x, p: _fit(x, out) ** _fit(p, out), None),
+    aten.pow.Tensor_Tensor: (lambda out, x, p: broadcast(x, out) ** broadcast(p, out), None),
     aten.square.default: (lambda out, x: x**2, None),
     aten.sqrt.default: (lambda out, x: ca.sqrt(x), None),
     aten.rsqrt.default: (lambda out, x: 1 / ca.sqrt(x), None),
@@ -345,8 +312,6 @@ OPS = {
     aten.sum.default: (_reduce("sum"), "shapes"),
     aten.mean.dim: (_reduce("mean"), "shapes"),
     aten.mean.default: (_reduce("mean"), "shapes"),
-    aten.cat.default: (_cat, "ranks"),
-    aten.concat.default: (_cat, "ranks"),
     aten.layer_norm.default: (_layer_norm, None),
     aten.batch_norm.default: (_batch_norm, "shapes"),
     aten.convolution.default: (_conv(aten.convolution.default), "shapes"),
@@ -366,42 +331,58 @@ OPS = {
     aten.hardsigmoid.default: (lambda out, x: ca.fmin(ca.fmax(x / 6 + 0.5, 0), 1), None),
     aten.prelu.default: (_prelu, None),
     aten.linalg_vector_norm.default: (_vector_norm, "shapes"),
-    aten.stack.default: (_stack, "ranks"),
-    aten.slice.Tensor: (_slice, "rank"),
-    aten.select.int: (_select, "rank"),
-    aten.index.Tensor: (_index, "rank"),
-    aten.view.default: (_view, None),
-    aten.reshape.default: (_view, None),
-    aten._unsafe_view.default: (_view, None),
-    aten.unsqueeze.default: (_view, None),
-    aten.squeeze.dim: (_view, None),
-    aten.squeeze.dims: (_view, None),
-    aten.squeeze.default: (_view, None),
-    aten.flatten.using_ints: (_view, None),
-    aten.expand.default: (_expand, None),
-    aten.clone.default: (_identity, None),
-    aten.alias.default: (_identity, None),
-    aten.detach.default: (_identity, None),
-    aten.contiguous.default: (_identity, None),
-    aten._to_copy.default: (_identity, None),
-    aten.lift_fresh_copy.default: (_identity, None),
-    aten.dropout.default: (_identity, None),  # eval mode: the identity
+    aten.reciprocal.default: (lambda out, x: 1 / x, None),
+    aten.tan.default: (lambda out, x: ca.tan(x), None),
+    aten.asin.default: (lambda out, x: ca.asin(x), None),
+    aten.acos.default: (lambda out, x: ca.acos(x), None),
+    aten.atan.default: (lambda out, x: ca.atan(x), None),
+    aten.sinh.default: (lambda out, x: ca.sinh(x), None),
+    aten.cosh.default: (lambda out, x: ca.cosh(x), None),
+    aten.asinh.default: (lambda out, x: ca.asinh(x), None),
+    aten.acosh.default: (lambda out, x: ca.acosh(x), None),
+    aten.atanh.default: (lambda out, x: ca.atanh(x), None),
+    aten.atan2.default: (_compare(ca.atan2), None),
+    aten.exp2.default: (lambda out, x: 2.0**x, None),
+    aten.log2.default: (lambda out, x: ca.log(x) / math.log(2.0), None),
+    aten.log10.default: (lambda out, x: ca.log10(x), None),
+    aten.sign.default: (lambda out, x: ca.sign(x), None),
+    aten.maximum.default: (_compare(ca.fmax), None),
+    aten.minimum.default: (_compare(ca.fmin), None),
+    **{
+        getattr(getattr(aten, name), overload): (_compare(fn), None)
+        for name, fn in (
+            ("gt", ca.gt),
+            ("ge", ca.ge),
+            ("lt", ca.lt),
+            ("le", ca.le),
+            ("eq", ca.eq),
+            ("ne", ca.ne),
+            ("logical_and", ca.logic_and),
+            ("logical_or", ca.logic_or),
+        )
+        for overload in ("Scalar", "Tensor", "default")
+        if hasattr(getattr(aten, name), overload)
+    },
+    aten.logical_not.default: (lambda out, x: 1 - x, None),
+    aten.where.self: (
+        lambda out, c, a, b: ca.if_else(broadcast(c, out), broadcast(a, out), broadcast(b, out)),
+        None,
+    ),
+    aten._softmax.default: (_softmax(False), "rank"),
+    aten.softmax.int: (_softmax(False), "rank"),
+    aten._log_softmax.default: (_softmax(True), "rank"),
+    aten.log_softmax.int: (_softmax(True), "rank"),
+    aten.amax.default: (_extreme(ca.mmax), "rank"),
+    aten.amin.default: (_extreme(ca.mmin), "rank"),
+    aten.cumsum.default: (_cumsum, "rank"),
+    aten.full.default: (_filled(1), None),
+    aten.full_like.default: (_filled(1), None),
+    aten.scalar_tensor.default: (_filled(0), None),
+    aten.zeros.default: (_filled(None), None),
+    aten.zeros_like.default: (_filled(None), None),
+    aten.ones.default: (_filled(None, like=True), None),
+    aten.ones_like.default: (_filled(None, like=True), None),
 }
-# dtype/device moves are the identity here (everything is float64 in CasADi)
-for _overload in aten.to.overloads():
-    OPS[getattr(aten.to, _overload)] = (_identity, None)
-# run-time checks torch.export records: they compute nothing
-for _check in (
-    "_assert_tensor_metadata",
-    "_assert_async",
-    "_assert_scalar",
-    "sym_constrain_range",
-    "sym_constrain_range_for_size",
-):
-    if hasattr(aten, _check):
-        for _overload in getattr(aten, _check).overloads():
-            OPS[getattr(getattr(aten, _check), _overload)] = (lambda out, *a, **k: None, None)
-
 # operations that are correct on a flattened tensor of rank 3 or more: views (the row-major
 # order stays), and elementwise ones on equal shapes or with single numbers
 # (and the conversions of dtype and device, which the translation ignores)

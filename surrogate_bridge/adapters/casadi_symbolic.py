@@ -1,7 +1,9 @@
 """Translate a surrogate's exported torch graph into native CasADi MX expressions.
 
 The physical-units function (scalers included) is captured by ``torch.export`` on one point, and
-each aten operation becomes a CasADi expression through the ``OPS`` dispatch dict. Tensors are
+each aten operation becomes a CasADi expression through the ``OPS`` dispatch dict (an operation
+without a rule there is first lowered to torch's own decomposition of it, ``lowering.py``, so
+``einsum``, ``chunk``, ``pad`` and the like arrive as operations with rules). Tensors are
 CasADi matrices in torch's layout: a 2-D tensor (a, b) is an (a, b) matrix, a 1-D tensor (k,) a
 (1, k) row, a scalar (1, 1); a tensor of higher rank its row-major flattening (``casadi_ops``).
 Weights enter as ``DM`` constants of ``mtimes`` (dense, or sparse for convolutions):
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from ..diagnostics import PIECEWISE_LINEAR
+from ..lowering import lowered, same_function
 from ..physical import ExportError, constants_of
 from ..surrogate import Surrogate
 from .casadi_ops import FLAT_SAFE, OPS, VIEWS, reshape, shape2
@@ -50,11 +53,23 @@ def translate(sur: Surrogate, name: str) -> tuple[ca.Function, list[str]]:
         program = sur.export(one_point=True, dtype=torch.float64)
     except ExportError as err:
         raise UnsupportedOperationError(str(err)) from err
-    return translate_program(program, sur.n_in, sur.n_out, name)
+    return translate_program(program, sur.n_in, sur.n_out, name, sur.function.probes(sur.n_in))
 
 
-def translate_program(program, n_in: int, n_out: int, name: str) -> tuple[ca.Function, list[str]]:
-    """:func:`translate` of a one-point ``torch.export`` program of n_in inputs, n_out outputs."""
+def translate_program(
+    program, n_in: int, n_out: int, name: str, probes: torch.Tensor | None = None
+) -> tuple[ca.Function, list[str]]:
+    """:func:`translate` of a one-point ``torch.export`` program of n_in inputs, n_out outputs.
+    Operations without a rule in ``OPS`` are first lowered to torch's own decompositions of them
+    (``lowering.lowered``), where torch has one. The translation must compute what the program
+    computes, to float64 rounding, at ``probes`` (k, n_in; default: standard normal points),
+    or it is refused: a translation that is not the same function is never handed out."""
+    if probes is None:
+        probes = torch.randn(3, n_in, generator=torch.Generator().manual_seed(0))
+    # the piecewise-linear operations the model itself calls (not those of a decomposition,
+    # such as normalize's guard against a zero norm), for the smoothness warning
+    written = {_op_name(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    program = lowered(program, lambda op: op in OPS, probes)
     consts = constants_of(program)
     x = ca.MX.sym("x", n_in)
     env: dict = {}
@@ -74,7 +89,12 @@ def translate_program(program, n_in: int, n_out: int, name: str) -> tuple[ca.Fun
     y = env[output.name]
     y = reshape(y, (1, n_out)) if y.shape != (1, n_out) else y
     f = ca.Function(name, [x], [y.T], ["x"], ["y"])
-    return f, sorted(nonsmooth)
+    if not same_function(program, lambda p: np.asarray(f(p.numpy().reshape(-1))).T, probes):
+        raise UnsupportedOperationError(
+            "the CasADi translation does not compute what torch computes at probe points "
+            "(an operation translated wrongly); use mode='callback' for this model"
+        )
+    return f, sorted(nonsmooth & written)
 
 
 def _flat_safe(node, extra) -> None:
@@ -103,14 +123,19 @@ def _flat_safe(node, extra) -> None:
             raise ValueError(f"broadcasting a {shape} tensor to rank-{len(out)} shape {out}")
 
 
+def _op_name(target) -> str:
+    name = str(target)
+    return (
+        name[len("aten.") :].split(".")[0]
+        if name.startswith("aten.")
+        else (getattr(target, "__name__", name))
+    )
+
+
 def _translate_node(node, env, nonsmooth):
     target = node.target
     entry = OPS.get(target)
-    op_name = (
-        str(target)[len("aten.") :].split(".")[0]
-        if str(target).startswith("aten.")
-        else getattr(target, "__name__", str(target))
-    )
+    op_name = _op_name(target)
     if entry is None:
         raise UnsupportedOperationError(
             f"operation aten.{op_name} ({target}) in {_where(node)} has no CasADi translation; "
