@@ -198,3 +198,18 @@ def check_derivatives(sur, x, *, order: int = 2, rtol: float = 1e-5) -> Derivati
         fd, size = _central(sur.jac, pt, h)
         report.rows.append(("hessian", *_errors(hess, fd, size)))
     return report
+
+
+def no_derivative(err: RuntimeError) -> str | None:
+    """What to tell a user whose model torch cannot differentiate this often (``err`` is
+    torch's error), or None if ``err`` is another error."""
+    msg = str(err).splitlines()[0] if str(err) else ""
+    if not ("not implemented" in msg and "derivative" in msg) and "once_differentiable" not in msg:
+        return None
+    return (
+        f"torch cannot take this derivative of the model ({msg}): an operation in it has no "
+        "derivative of this order in torch. Write that operation in differentiable ones "
+        "(hardsigmoid(x) is hardtanh(x + 3, 0, 6) / 6; a custom autograd Function without "
+        "@once_differentiable), or, where the model translates, let CasADi take them "
+        "(sb.casadi_function(sur, mode='symbolic'))."
+    )

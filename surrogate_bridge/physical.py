@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .diagnostics import piecewise_linear_ops
+from .diagnostics import no_derivative, piecewise_linear_ops
 from .normalization import Affine
 
 __all__ = [
@@ -214,10 +214,47 @@ class _Scripted(nn.Module):
 
 
 class Built:
-    """What probing found: the function, its output count and its piecewise-linear ops."""
+    """What probing found: the function, its output count, its piecewise-linear ops, and why
+    torch cannot take its second derivatives (None where it can)."""
 
     def __init__(self, fn: PhysicalFunction, n_out: int, nonsmooth: tuple[str, ...]) -> None:
         self.fn, self.n_out, self.nonsmooth = fn, n_out, nonsmooth
+        self.no_second: str | None = None
+
+
+def _second_derivatives(fn, x: torch.Tensor) -> str | None:
+    """Why torch cannot take second derivatives of ``fn`` at the probe point ``x`` (1, n), or
+    None. An operation without a second derivative raises when differentiated twice. A custom
+    autograd Function marked once-differentiable does not (its gradient's graph ends in an
+    error node that a derivative with respect to x never reaches, so that derivative would read
+    as an exact zero): the first backward starts from ones that require grad, so that torch
+    puts that error node in, and the gradient's graph is searched for it."""
+    x = x.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            y = fn(x).sum()
+            if not y.requires_grad:
+                return None
+            seed = torch.ones_like(y).requires_grad_(True)
+            (g,) = torch.autograd.grad(y, x, seed, create_graph=True, allow_unused=True)
+            if g is None or not g.requires_grad:
+                return None
+            torch.autograd.grad(g.sum(), x, allow_unused=True, retain_graph=True)
+    except RuntimeError as err:
+        return no_derivative(err)
+    todo, seen = [g.grad_fn], set()
+    while todo and len(seen) < 100_000:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ in ("Error", "DelayedError"):
+            return no_derivative(RuntimeError(
+                "derivative not implemented: the model calls a custom autograd Function "
+                "marked @once_differentiable"
+            ))  # fmt: skip
+        todo.extend(n for n, _ in node.next_functions)
+    return None
 
 
 def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype, device) -> Built:
@@ -260,7 +297,9 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
     fn = PhysicalFunction(rows, in_aff, out_aff).to(device=device, dtype=dtype)
     if type(rows) is Batched and not _rows_independent(fn, X):
         fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
-    return Built(fn, n_out, tuple(piecewise_linear_ops(fn, X)))
+    built = Built(fn, n_out, tuple(piecewise_linear_ops(fn, X)))
+    built.no_second = _second_derivatives(fn, X[:1])
+    return built
 
 
 def _rows_independent(fn: PhysicalFunction, X: torch.Tensor) -> bool:

@@ -235,7 +235,9 @@ class Surrogate:
         found = self._engine.orders(pts, order, self.chunk_size)
         return [finish(t, pts, drop) for t in found[(order if lowest is None else lowest) :]]
 
-    def _warn_smooth(self, where: str) -> None:
+    def _warn_smooth(self, where: str) -> None:  # before any second derivative
+        if why := getattr(self._built, "no_second", None):  # (absent from older pickles)
+            raise NotImplementedError(f"{where}: {why}")
         if self._built.nonsmooth and not self._warned_smooth:
             self._warned_smooth = True
             warn_nonsmooth(self._built.nonsmooth, where, stacklevel=3)

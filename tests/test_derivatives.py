@@ -244,3 +244,46 @@ def test_public_derivatives_against_nested_autograd():
     torch.testing.assert_close(H, H_ref)
     assert J.requires_grad  # differentiable w.r.t. the parameters
     assert x.grad is None and all(p.grad is None for p in net.parameters())
+
+
+class _OnceDifferentiable(torch.autograd.Function):
+    """A user's custom cube whose backward torch cannot differentiate again."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * g
+
+
+class _Cube(nn.Module):
+    def forward(self, z):
+        return _OnceDifferentiable.apply(z).sum(-1, keepdim=True)
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize(
+    ("model", "named"),
+    [
+        (nn.Sequential(nn.Linear(2, 4), nn.Hardsigmoid(), nn.Linear(4, 1)), "hardsigmoid"),
+        (_Cube(), "once_differentiable"),
+    ],
+    ids=["hardsigmoid", "once-differentiable"],
+)
+def test_a_derivative_torch_cannot_take_is_named(model, named):
+    sur = sb.Surrogate(model, point_route="torch")
+    x = np.array([0.3, -0.2])
+    g = sur.grad(x)  # first derivatives work
+    np.testing.assert_allclose(g, [0.27, 0.12] if named != "hardsigmoid" else g)
+    for ask in (
+        lambda: sur.hess(x),
+        lambda: sur.hess(np.stack([x, -x])),
+        lambda: sur.hessp(x, np.ones(2)),
+    ):
+        with pytest.raises(NotImplementedError, match=f"torch cannot take.*{named}"):
+            ask()
