@@ -5,8 +5,9 @@ computes the value (the same formula; only the math library's last bit may diffe
 ``ACTIVATIONS`` maps the aten operation to its rule. ``VALUES`` and ``FIRST`` hold cheaper
 forms (the value alone; value and first derivative) where a rule has them, for the value and
 value+gradient passes. An activation without a rule here leaves the numpy route unavailable for
-that model (the other routes answer); CELU is left out on purpose: torch's own derivative of it
-differs from the derivative of its value by 1e-9 relative, and the routes must agree with torch.
+that model (the other routes answer). ``aten.celu`` has no rule on purpose: torch's own
+derivative of it takes 1 / alpha in single precision, and the routes must agree with torch;
+an ``nn.CELU`` layer reaches this route as the ``elu`` call it makes (``rewrites.py``).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from torch import nn
 
 from .diagnostics import no_derivative, piecewise_linear_ops
 from .normalization import Affine
+from .rewrites import exact_layers
 
 __all__ = [
     "VIEWS",
@@ -161,7 +162,7 @@ def frozen_copy(model, dtype: torch.dtype, device: torch.device):
                 "objects such as locks, files or open connections out of the model (e.g. as "
                 "attributes of a wrapper class), or pass a plain function of z instead."
             ) from err
-    m = m.to(device=device, dtype=dtype).eval()
+    m = exact_layers(m).to(device=device, dtype=dtype).eval()  # (CELU, Hardsigmoid: rewrites.py)
     for p in m.parameters():
         if p.is_leaf:  # a TorchScript copy's parameters are not leaves: they stay as they are
             p.requires_grad_(False)

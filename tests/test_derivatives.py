@@ -266,11 +266,20 @@ class _Cube(nn.Module):
         return _OnceDifferentiable.apply(z).sum(-1, keepdim=True)
 
 
+class _FunctionalHardsigmoid(nn.Module):  # (an nn.Hardsigmoid layer is rewritten: rewrites.py)
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 4), nn.Linear(4, 1)
+
+    def forward(self, z):
+        return self.b(nn.functional.hardsigmoid(self.a(z)))
+
+
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 @pytest.mark.parametrize(
     ("model", "named"),
     [
-        (nn.Sequential(nn.Linear(2, 4), nn.Hardsigmoid(), nn.Linear(4, 1)), "hardsigmoid"),
+        (_FunctionalHardsigmoid(), "hardsigmoid"),
         (_Cube(), "once_differentiable"),
     ],
     ids=["hardsigmoid", "once-differentiable"],
