@@ -220,9 +220,7 @@ def _softmax(log: bool):
             e = ca.exp(z)
             return z - ca.log(ca.sum1(ca.sum2(e))) if log else e / ca.sum1(ca.sum2(e))
 
-        if rank <= 1 or axis(dim, rank) == 1:
-            return ca.vertcat(*[one(x[i, :]) for i in range(x.shape[0])])
-        return ca.horzcat(*[one(x[:, j]) for j in range(x.shape[1])])
+        return _per_line(x, rank, dim, one)
 
     return op
 
