@@ -139,7 +139,11 @@ class PhysicalFunction(nn.Module):
 
 
 def frozen_copy(model, dtype: torch.dtype, device: torch.device):
-    """A private eval-mode copy in ``dtype`` on ``device`` whose parameters need no grad."""
+    """A private eval-mode copy in ``dtype`` on ``device`` whose parameters need no grad. Of a
+    ``torch.compile``d model, the module it compiles (the same function; compiled graphs cannot
+    be differentiated twice, and the routes here are measured for speed anyway)."""
+    if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+        model = model._orig_mod
     if not isinstance(model, nn.Module):
         return model  # a plain callable: nothing to copy or freeze
     with warnings.catch_warnings():
@@ -241,7 +245,7 @@ def _second_derivatives(fn, x: torch.Tensor) -> str | None:
             if g is None or not g.requires_grad:
                 return None
             torch.autograd.grad(g.sum(), x, allow_unused=True, retain_graph=True)
-    except RuntimeError as err:
+    except RuntimeError as err:  # another failure is left to the request that meets it
         return no_derivative(err)
     todo, seen = [g.grad_fn], set()
     while todo and len(seen) < 100_000:
@@ -280,12 +284,16 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
         got = f"shape {tuple(Y.shape)}" if isinstance(Y, torch.Tensor) else type(Y).__name__
         err = err or f"it returned {got} for {X.shape[0]} points"
     if rows is None:
-        hint = (
-            f"The Surrogate runs a copy of the model in {dtype}: a cast inside its forward "
-            "(x.float(), say) breaks that; remove it, or pass the dtype it casts to."
-            if "dtype" in str(err) or "Float and Double" in str(err)
-            else "Check n_in and the scalers' feature counts against the model's input layer."
-        )
+        hint = "Check n_in and the scalers' feature counts against the model's input layer."
+        if "dtype" in str(err) or "Float and Double" in str(err):
+            hint = (
+                f"The Surrogate runs a copy of the model in {dtype}: a cast inside its forward "
+                "(x.float(), say) breaks that; remove it, or pass the dtype it casts to."
+            )
+        elif "the model returned a" in str(err):
+            hint = "Pass a function of z returning the one output tensor, and n_in="
+            hint += " (lambda z: model(z)[0], for a tuple)."
+
         raise ValueError(
             f"Surrogate: the model failed on a probe batch of shape ({_PROBE_ROWS}, {n_in}) "
             f"and on one point of shape ({n_in},): {err}. {hint}"

@@ -1,5 +1,7 @@
 """Shapes, I/O types, the user's model left untouched, row handling, cache, errors, warnings."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -232,6 +234,35 @@ def test_a_cast_inside_forward_is_named():
         sb.Surrogate(Casts())
     sur = sb.Surrogate(Casts(), dtype=torch.float32)  # the dtype it casts to works
     assert sur.grad(np.zeros(2)).dtype == np.float32
+
+
+def test_a_tuple_output_is_named_with_what_to_pass():
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.lin(x), x
+
+    with pytest.raises(ValueError, match=r"returned a tuple.*lambda z: model\(z\)\[0\]"):
+        sb.Surrogate(Pair())
+    model = Pair().double()
+    sur = sb.Surrogate(lambda z: model(z)[0], n_in=2)
+    np.testing.assert_allclose(sur.grad(np.zeros(2)), model.lin.weight[0].detach().numpy())
+
+
+def test_a_torch_compiled_model_is_the_module_it_compiles():
+    """torch.compile's wrapper cannot be differentiated twice; the surrogate works on the
+    module it wraps (the same function), and never runs the compiler."""
+    net = mlp([2, 8, 1])
+    with warnings.catch_warnings():  # torch's own import-time deprecation notes (inductor)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        compiled = torch.compile(net)
+    sur, plain = sb.Surrogate(compiled), sb.Surrogate(net)
+    x = np.array([0.3, -0.4])
+    np.testing.assert_array_equal(sur.hess(x), plain.hess(x))
+    np.testing.assert_array_equal(sur.grad(np.ones((3, 2))), plain.grad(np.ones((3, 2))))
 
 
 def test_model_not_callable():
