@@ -124,7 +124,8 @@ class Affine:
     @classmethod
     def from_sklearn(cls, scaler) -> Affine:
         """Read a fitted sklearn ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler`` or
-        ``RobustScaler``, or a ``Pipeline`` of them (composed into one Affine), from their fitted
+        ``RobustScaler``, a ``Pipeline`` of them (composed into one Affine), or a
+        ``ColumnTransformer`` of them that keeps each column in its place, from their fitted
         attributes (sklearn itself is not imported).
 
         Examples
@@ -202,8 +203,58 @@ def _read_pipeline(p) -> Affine:
     return Affine(shift, scale, data_min=first.data_min, data_max=first.data_max)
 
 
+def _read_columns(ct) -> Affine:
+    """A ColumnTransformer whose parts are affine scalers (or "passthrough") and that keeps
+    every column in its place: each column's own part's map. The data range is kept where
+    every part recorded one (MinMaxScaler). One that drops, repeats or reorders columns is not
+    per-feature: refused, saying which."""
+    n = ct.n_features_in_
+    names = list(getattr(ct, "feature_names_in_", []))
+    shift, scale, lo, hi, order = np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n), []
+    ranged = True
+    for _, part, cols in ct.transformers_:
+        idx = np.arange(n)[cols] if not _named_columns(cols) else [names.index(c) for c in cols]
+        idx = np.atleast_1d(np.asarray(idx, dtype=int))
+        if len(idx) == 0:
+            continue
+        if part == "drop":
+            raise TypeError(
+                f"Affine.from_sklearn: the ColumnTransformer drops columns {idx.tolist()}, so "
+                "the model sees fewer features than x has; drop them before scaling instead."
+            )
+        keep = _passthrough(part)
+        a = Affine(np.zeros(len(idx)), np.ones(len(idx))) if keep else Affine.from_sklearn(part)
+        shift[idx], scale[idx] = a.shift, a.scale
+        ranged = ranged and a.data_min is not None
+        if a.data_min is not None:
+            lo[idx], hi[idx] = a.data_min, a.data_max
+        order.extend(idx.tolist())
+    if order != list(range(n)):
+        raise TypeError(
+            f"Affine.from_sklearn: the ColumnTransformer puts the columns in the order {order}, "
+            f"not each in its place (0..{n - 1}); the model's inputs would be permuted. List "
+            "its transformers in column order (remainder last, for the last columns)."
+        )
+    return Affine(shift, scale, **({"data_min": lo, "data_max": hi} if ranged else {}))
+
+
+def _passthrough(part) -> bool:
+    """ "passthrough", or the identity FunctionTransformer that sklearn fits in its place."""
+    if isinstance(part, str):
+        return part == "passthrough"
+    identity = type(part).__name__ == "FunctionTransformer" and part.func is None
+    return identity and part.inverse_func is None
+
+
+def _named_columns(cols) -> bool:
+    return isinstance(cols, str) or (
+        isinstance(cols, (list, tuple)) and len(cols) > 0 and isinstance(cols[0], str)
+    )
+
+
 _SKLEARN_READERS: dict[str, Callable[[object], Affine]] = {
     "Pipeline": _read_pipeline,
+    "ColumnTransformer": _read_columns,
     "MinMaxScaler": _read_minmax,
     "StandardScaler": _read_standard,
     "MaxAbsScaler": _read_maxabs,

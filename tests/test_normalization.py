@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from problems import mlp
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
 
 import surrogate_bridge as sb
@@ -119,3 +120,62 @@ def test_non_affine_transforms_are_refused_with_what_to_do(data, name):
     est = getattr(skp, name)(**kwargs).fit(data)
     with pytest.raises(TypeError, match=f"{name} is not an affine.*torch code inside the model"):
         sb.Affine.from_sklearn(est)
+
+
+def _column_data():
+    rng = np.random.default_rng(3)
+    return rng.uniform(1, 3, (40, 3)) * [1.0, 100.0, 0.01] + [0.0, -50.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [("a", MinMaxScaler(), [0]), ("b", StandardScaler(), [1, 2])],
+        [("a", MinMaxScaler(), slice(0, 2)), ("b", "passthrough", [2])],
+        [("a", RobustScaler(), [0, 1])],  # and the remainder, passed through
+    ],
+    ids=["two-scalers", "passthrough", "remainder"],
+)
+def test_column_transformer_in_column_order_is_one_affine(parts):
+    from sklearn.compose import ColumnTransformer
+
+    X = _column_data()
+    ct = ColumnTransformer(parts, remainder="passthrough").fit(X)
+    np.testing.assert_allclose(sb.Affine.from_sklearn(ct).transform(X), ct.transform(X), 1e-14)
+    net = mlp([3, 8, 1])
+    sur = sb.Surrogate(net, ct)
+    with torch.no_grad():
+        want = net(torch.as_tensor(ct.transform(X[:4])))[:, 0].numpy()
+    np.testing.assert_allclose(sur(X[:4]), want, rtol=1e-13)
+
+
+def test_column_transformer_by_column_names_keeps_the_data_range():
+    from sklearn.compose import ColumnTransformer
+
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame(_column_data(), columns=["p", "T", "c"])
+    ct = ColumnTransformer([("a", MinMaxScaler(), ["p", "T"]), ("b", MinMaxScaler(), ["c"])])
+    a = sb.Affine.from_sklearn(ct.fit(X))
+    # (sklearn computes x * scale_ + min_, which cancels on a narrow column offset from zero)
+    np.testing.assert_allclose(a.transform(X.to_numpy()), ct.transform(X), rtol=1e-12)
+    np.testing.assert_array_equal(a.data_min, X.min().to_numpy())  # every part recorded one
+    np.testing.assert_array_equal(a.data_max, X.max().to_numpy())
+
+
+@pytest.mark.parametrize(
+    ("parts", "match"),
+    [
+        ([("b", StandardScaler(), [1]), ("a", MinMaxScaler(), [0, 2])], r"order \[1, 0, 2\]"),
+        ([("a", MinMaxScaler(), [0, 1])], r"drops columns \[2\]"),  # the remainder
+        ([("a", MinMaxScaler(), [0, 1]), ("f", "log", [2])], "FunctionTransformer"),
+    ],
+    ids=["reordered", "dropped", "not-affine"],
+)
+def test_column_transformers_that_are_not_per_feature_are_refused(parts, match):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import FunctionTransformer
+
+    parts = [(n, FunctionTransformer(np.log) if p == "log" else p, c) for n, p, c in parts]
+    ct = ColumnTransformer(parts).fit(_column_data())
+    with pytest.raises(TypeError, match=match):
+        sb.Affine.from_sklearn(ct)
