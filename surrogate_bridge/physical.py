@@ -224,7 +224,41 @@ class Built:
 
     def __init__(self, fn: PhysicalFunction, n_out: int, nonsmooth: tuple[str, ...]) -> None:
         self.fn, self.n_out, self.nonsmooth = fn, n_out, nonsmooth
+        self.no_first: str | None = None
         self.no_second: str | None = None
+
+    def refuse(self, where: str, order: int) -> None:
+        """Raise where derivatives of ``order`` would be wrong: a cut graph (``ValueError``),
+        or second derivatives torch cannot take (``NotImplementedError``)."""
+        if why := getattr(self, "no_first", None):  # (absent from older pickles)
+            raise ValueError(f"{where}: {why}")
+        if order >= 2 and (why := getattr(self, "no_second", None)):
+            raise NotImplementedError(f"{where}: {why}")
+
+
+def _first_derivatives(fn, X: torch.Tensor) -> str | None:
+    """Why torch's gradient of ``fn`` would be wrong at the probe rows ``X``, or None: the
+    outputs change from row to row, but no output depends on x through torch's graph (a
+    forward under torch.no_grad, a .detach(), a detour through numpy), so every derivative
+    would read as an exact zero. (A random positive mix of the outputs cannot cancel.)"""
+    x = X.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            Y = fn(x)
+            if not bool(torch.isfinite(Y).all()) or bool((Y == Y[:1]).all()):
+                return None  # the same at every probe row: nothing to check
+            if Y.requires_grad:
+                w = torch.rand(Y.shape[1], generator=torch.Generator().manual_seed(0)) + 0.5
+                (g,) = torch.autograd.grad((Y @ w.to(Y)).sum(), x, allow_unused=True)
+                if g is not None and bool(g.any()):
+                    return None
+    except RuntimeError:  # any other failure is left to the request that meets it
+        return None
+    return (
+        "the model's outputs change with x, but torch's graph does not connect them to x (a "
+        "forward under torch.no_grad(), a .detach(), or a detour through numpy), so every "
+        "derivative would read as zero. Keep the forward in differentiable torch operations."
+    )
 
 
 def _second_derivatives(fn, x: torch.Tensor) -> str | None:
@@ -307,6 +341,7 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
     if type(rows) is Batched and not _rows_independent(fn, X):
         fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
     built = Built(fn, n_out, tuple(piecewise_linear_ops(fn, X)))
+    built.no_first = _first_derivatives(fn, X)
     built.no_second = _second_derivatives(fn, X[:1])
     return built
 

@@ -229,16 +229,15 @@ class Surrogate:
         """``[D^lowest f, ..., D^order f]`` (all orders by default) at validated ``x``, shaped for
         the caller: the output axis dropped for scalar surrogates unless ``drop`` says not."""
         pts = self._points_of(x, where, scalar_only)
-        if order >= 2:
-            self._warn_smooth(where)
+        if order >= 1:
+            self._warn_smooth(where, order)
         drop = self._built.n_out == 1 if drop is None else drop
         found = self._engine.orders(pts, order, self.chunk_size)
         return [finish(t, pts, drop) for t in found[(order if lowest is None else lowest) :]]
 
-    def _warn_smooth(self, where: str) -> None:  # before any second derivative
-        if why := getattr(self._built, "no_second", None):  # (absent from older pickles)
-            raise NotImplementedError(f"{where}: {why}")
-        if self._built.nonsmooth and not self._warned_smooth:
+    def _warn_smooth(self, where: str, order: int = 2) -> None:  # before any derivative
+        self._built.refuse(where, order)
+        if order >= 2 and self._built.nonsmooth and not self._warned_smooth:
             self._warned_smooth = True
             warn_nonsmooth(self._built.nonsmooth, where, stacklevel=3)
 

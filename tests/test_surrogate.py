@@ -265,6 +265,62 @@ def test_a_torch_compiled_model_is_the_module_it_compiles():
     np.testing.assert_array_equal(sur.grad(np.ones((3, 2))), plain.grad(np.ones((3, 2))))
 
 
+class _UnderNoGrad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x):
+        with torch.no_grad():  # a user's evaluation habit, left in forward
+            return self.lin(x)
+
+
+class _Detached(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)).detach()) + 0.0 * x.sum(-1, keepdim=True)
+
+
+class _ThroughNumpy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x):
+        return torch.as_tensor(np.tanh(self.lin(x).detach().numpy()))
+
+
+@pytest.mark.parametrize("model", [_UnderNoGrad, _Detached, _ThroughNumpy])
+def test_a_cut_graph_refuses_derivatives_instead_of_zeros(model):
+    """Outputs that change with x but have no graph to x would give exact-zero derivatives;
+    values still work, every derivative request says why it cannot."""
+    sur = sb.Surrogate(model().double(), n_in=2, point_route="torch")
+    x = np.array([0.3, -0.1])
+    assert np.shape(sur(x)) == (() if sur.n_out == 1 else (2,))
+    asks = [sur.jac, sur.hess, lambda z: sur.derivatives(z, 1), sur.jac]
+    for ask, at in zip(asks, [x, x, x, np.stack([x, -x])], strict=True):
+        with pytest.raises(ValueError, match="graph does not connect them to x"):
+            ask(at)
+    with pytest.raises(ValueError, match="graph does not connect"):
+        sur.lagrangian_hess(x, np.ones(sur.n_out))
+
+
+def test_a_model_constant_in_x_keeps_its_zero_derivatives():
+    class Constant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.ones(1, dtype=torch.float64))
+
+        def forward(self, x):
+            return self.p.expand(x.shape[0], 1)
+
+    sur = sb.Surrogate(Constant(), n_in=2)
+    np.testing.assert_array_equal(sur.grad(np.ones(2)), np.zeros(2))
+
+
 def test_model_not_callable():
     with pytest.raises(TypeError, match="nn.Module or callable"):
         sb.Surrogate(42)
