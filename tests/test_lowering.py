@@ -68,3 +68,19 @@ def test_broadcasting_that_torch_refuses_is_refused():
     assert broadcast(ca.DM.ones(1, 3), (2, 3)).shape == (2, 3)
     with pytest.raises(ValueError, match=r"\(3, 1\) matrix does not broadcast to \(1, 3\)"):
         broadcast(ca.DM.ones(3, 1), (1, 3))
+
+
+def test_a_decomposition_that_fails_leaves_the_graph_as_it_was(monkeypatch):
+    def broken(equation, operands, path=None):
+        raise RuntimeError("no decomposition today")
+
+    monkeypatch.setattr(lowering, "_decompositions", lambda: {aten.einsum.default: broken})
+    program = _program()
+    assert lowering.lowered(program, lambda op: op is not aten.einsum.default, PROBES) is program
+
+
+def test_a_function_that_fails_is_not_the_same_function():
+    def fails(x):
+        raise RuntimeError("cannot run here")
+
+    assert not lowering.same_function(_program(), fails, PROBES)
