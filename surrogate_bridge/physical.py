@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _PROBE_ROWS = 3
+_CUT_CHECKED = 64  # outputs checked one by one for a cut graph
 # deep-copying a torch.export graph module makes torch warn about its own pytree API
 _TREESPEC = ".*treespec.*"
 
@@ -237,28 +238,40 @@ class Built:
 
 
 def _first_derivatives(fn, X: torch.Tensor) -> str | None:
-    """Why torch's gradient of ``fn`` would be wrong at the probe rows ``X``, or None: the
-    outputs change from row to row, but no output depends on x through torch's graph (a
-    forward under torch.no_grad, a .detach(), a detour through numpy), so every derivative
-    would read as an exact zero. (A random positive mix of the outputs cannot cancel.)"""
+    """Why torch's gradient of ``fn`` would be wrong at the probe rows ``X``, or None: an
+    output changes from row to row, but torch's graph does not connect it to x (a forward under
+    torch.no_grad, a .detach(), a detour through numpy), so its derivatives would read as exact
+    zeros. Each output is checked alone, up to ``_CUT_CHECKED`` of them; beyond that, a random
+    positive mix of them (which cannot cancel)."""
     x = X.detach().clone().requires_grad_(True)
     try:
         with torch.enable_grad():
             Y = fn(x)
-            if not bool(torch.isfinite(Y).all()) or bool((Y == Y[:1]).all()):
-                return None  # the same at every probe row: nothing to check
-            if Y.requires_grad:
+            varies = torch.isfinite(Y).all(0) & (Y != Y[:1]).any(0)
+            cut = [int(j) for j in varies.nonzero().flatten()]
+            if Y.requires_grad and len(cut) > _CUT_CHECKED:
                 w = torch.rand(Y.shape[1], generator=torch.Generator().manual_seed(0)) + 0.5
-                (g,) = torch.autograd.grad((Y @ w.to(Y)).sum(), x, allow_unused=True)
-                if g is not None and bool(g.any()):
-                    return None
+                cut = [] if _depends((Y @ w.to(Y)).sum(), x) else cut
+            elif Y.requires_grad:
+                cut = [j for j in cut if not _depends(Y[:, j].sum(), x)]
     except RuntimeError:  # any other failure is left to the request that meets it
         return None
+    if not cut:
+        return None
+    which = "the model's outputs" if len(cut) == Y.shape[1] else f"the model's outputs {cut}"
     return (
-        "the model's outputs change with x, but torch's graph does not connect them to x (a "
-        "forward under torch.no_grad(), a .detach(), or a detour through numpy), so every "
-        "derivative would read as zero. Keep the forward in differentiable torch operations."
+        f"{which} change with x, but torch's graph does not connect them to x (a forward "
+        "under torch.no_grad(), a .detach(), or a detour through numpy), so their derivatives "
+        "would read as zero. Keep the forward in differentiable torch operations."
     )
+
+
+def _depends(y: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the scalar ``y`` has a nonzero gradient with respect to ``x``."""
+    if not y.requires_grad:
+        return False
+    (g,) = torch.autograd.grad(y, x, allow_unused=True, retain_graph=True)
+    return g is not None and bool(g.any())
 
 
 def _second_derivatives(fn, x: torch.Tensor) -> str | None:

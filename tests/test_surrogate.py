@@ -308,6 +308,21 @@ def test_a_cut_graph_refuses_derivatives_instead_of_zeros(model):
         sur.lagrangian_hess(x, np.ones(sur.n_out))
 
 
+def test_a_partly_cut_graph_names_the_outputs():
+    class PartlyDetached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 3)
+
+        def forward(self, x):
+            y = torch.tanh(self.lin(x))
+            return torch.cat([y[:, :2], y[:, 2:].detach()], -1)
+
+    sur = sb.Surrogate(PartlyDetached().double())
+    with pytest.raises(ValueError, match=r"outputs \[2\] change with x"):
+        sur.jac(np.ones(2))
+
+
 def test_a_model_constant_in_x_keeps_its_zero_derivatives():
     class Constant(nn.Module):
         def __init__(self):
