@@ -17,7 +17,6 @@ other routes (``numpy_route.py``, ``adapters/casadi_route.py``) behind
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from importlib.util import find_spec
 
@@ -25,7 +24,6 @@ import numpy as np
 import torch
 
 from .convert import to_host, to_torch
-from .diagnostics import no_derivative
 from .routes import MeasuredRoute, RouteUnavailable
 
 __all__ = ["derivatives"]
@@ -246,25 +244,6 @@ def derivatives(
     return rowwise(fn, x, order, create_graph)
 
 
-def _named(method):
-    """An Engine method whose torch error for a derivative torch cannot take (an operation
-    without a second derivative, such as hardsigmoid, or a custom autograd Function marked
-    once-differentiable) is raised as ``NotImplementedError`` saying so, not as a bare
-    ``RuntimeError`` from deep inside autograd."""
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except RuntimeError as err:
-            why = no_derivative(err)
-            if why is None:
-                raise
-            raise NotImplementedError(why) from err
-
-    return wrapper
-
-
 class Engine:
     """Every derivative request of a surrogate, sent by its route: a numpy single point to the
     cached ``points.PointEvaluator`` (orders up to 2), batches and tensors to :func:`batch`.
@@ -334,7 +313,6 @@ class Engine:
     def _cached(self, pts) -> bool:
         return pts.single and not pts.is_torch
 
-    @_named
     def orders(self, pts, order: int, chunk: int) -> list:
         """``[f, ..., D^order f]`` at the points."""
         if self._cached(pts) and order <= 2:
@@ -345,14 +323,12 @@ class Engine:
             return [X.new_zeros((0, self.m) + (self.n,) * j) for j in range(order + 1)]
         return batch(self.fn, X, order, chunk=chunk)
 
-    @_named
     def hessp(self, pts, p: np.ndarray):
         """Hessian-vector product (n,) of a scalar function at one point."""
         if self._cached(pts):
             return self.points.hessp(pts.data[0], p)
         return self.orders(pts, 2, 1)[2][0, 0] @ to_torch(p, self.dtype, self.device)
 
-    @_named
     def lagrangian(self, pts, v: np.ndarray):
         """``sum_i v_i * Hessian of output i`` (n, n) at one point."""
         if self._cached(pts):

@@ -201,13 +201,18 @@ def check_derivatives(sur, x, *, order: int = 2, rtol: float = 1e-5) -> Derivati
 
 
 def no_derivative(err: RuntimeError) -> str | None:
-    """What to tell a user whose model torch cannot differentiate this often (``err`` is
-    torch's error), or None if ``err`` is another error."""
+    """What to tell a user whose model torch cannot differentiate twice (``err`` is torch's
+    error), or None if ``err`` is another error."""
     msg = str(err).splitlines()[0] if str(err) else ""
     if not ("not implemented" in msg and "derivative" in msg) and "once_differentiable" not in msg:
         return None
+    return cannot_differentiate(msg)
+
+
+def cannot_differentiate(why: str) -> str:
+    """The message for second derivatives torch cannot take, for the reason ``why``."""
     return (
-        f"torch cannot take this derivative of the model ({msg}): an operation in it has no "
+        f"torch cannot take this derivative of the model ({why}): an operation in it has no "
         "derivative of this order in torch. Write that operation in differentiable ones "
         "(hardsigmoid(x) is hardtanh(x + 3, 0, 6) / 6; a custom autograd Function without "
         "@once_differentiable), or, where the model translates, let CasADi take them "

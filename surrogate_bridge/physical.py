@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .diagnostics import no_derivative, piecewise_linear_ops
+from .diagnostics import cannot_differentiate, no_derivative, piecewise_linear_ops
 from .normalization import Affine
 from .rewrites import exact_layers
 
@@ -223,10 +223,10 @@ class Built:
     """What probing found: the function, its output count, its piecewise-linear ops, and why
     torch cannot take its second derivatives (None where it can)."""
 
-    def __init__(self, fn: PhysicalFunction, n_out: int, nonsmooth: tuple[str, ...]) -> None:
+    def __init__(self, fn: PhysicalFunction, n_out: int, nonsmooth: tuple[str, ...],
+                 no_first: str | None, no_second: str | None) -> None:  # fmt: skip
         self.fn, self.n_out, self.nonsmooth = fn, n_out, nonsmooth
-        self.no_first: str | None = None
-        self.no_second: str | None = None
+        self.no_first, self.no_second = no_first, no_second
 
     def refuse(self, where: str, order: int) -> None:
         """Raise where derivatives of ``order`` would be wrong: a cut graph (``ValueError``),
@@ -301,10 +301,9 @@ def _second_derivatives(fn, x: torch.Tensor) -> str | None:
             continue
         seen.add(id(node))
         if type(node).__name__ in ("Error", "DelayedError"):
-            return no_derivative(RuntimeError(
-                "derivative not implemented: the model calls a custom autograd Function "
-                "marked @once_differentiable"
-            ))  # fmt: skip
+            return cannot_differentiate(
+                "the model calls a custom autograd Function marked @once_differentiable"
+            )
         todo.extend(n for n, _ in node.next_functions)
     return None
 
@@ -312,10 +311,7 @@ def _second_derivatives(fn, x: torch.Tensor) -> str | None:
 def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype, device) -> Built:
     """Probe ``model`` (already a frozen copy) once: how to call it, n_out, row independence,
     smoothness. Raises ``ValueError`` naming what failed; leaves nothing behind on failure."""
-    gen = torch.Generator().manual_seed(0)
-    Z = torch.randn(_PROBE_ROWS, n_in, generator=gen, dtype=torch.float64)
-    X = Z if in_aff is None else Z * torch.as_tensor(in_aff.scale) + torch.as_tensor(in_aff.shift)
-    X = X.to(dtype).to(device)
+    X = PhysicalFunction(Batched(model), in_aff, None).probes(n_in).to(dtype).to(device)
     rows, n_out, err = None, None, None
     for wrapper in (Batched, Pointwise):
         probe = PhysicalFunction(wrapper(model), in_aff, None).to(device, dtype)
@@ -353,10 +349,8 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
     fn = PhysicalFunction(rows, in_aff, out_aff).to(device=device, dtype=dtype)
     if type(rows) is Batched and not _rows_independent(fn, X):
         fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
-    built = Built(fn, n_out, tuple(piecewise_linear_ops(fn, X)))
-    built.no_first = _first_derivatives(fn, X)
-    built.no_second = _second_derivatives(fn, X[:1])
-    return built
+    nonsmooth = tuple(piecewise_linear_ops(fn, X))
+    return Built(fn, n_out, nonsmooth, _first_derivatives(fn, X), _second_derivatives(fn, X[:1]))
 
 
 def _rows_independent(fn: PhysicalFunction, X: torch.Tensor) -> bool:

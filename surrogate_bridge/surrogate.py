@@ -222,7 +222,7 @@ class Surrogate:
             shape = tuple(pts.data.shape)
             raise ValueError(f"{where}: x must be one point of shape ({self._n_in},), got {shape}.")
         vec = as_vector(w, getattr(self, length), where, name)
-        self._warn_smooth(where)
+        self._before_derivatives(where)
         return pts, vec
 
     def _ask(self, x, where: str, order: int, scalar_only=None, drop=None, lowest=None) -> list:
@@ -230,12 +230,12 @@ class Surrogate:
         the caller: the output axis dropped for scalar surrogates unless ``drop`` says not."""
         pts = self._points_of(x, where, scalar_only)
         if order >= 1:
-            self._warn_smooth(where, order)
+            self._before_derivatives(where, order)
         drop = self._built.n_out == 1 if drop is None else drop
         found = self._engine.orders(pts, order, self.chunk_size)
         return [finish(t, pts, drop) for t in found[(order if lowest is None else lowest) :]]
 
-    def _warn_smooth(self, where: str, order: int = 2) -> None:  # before any derivative
+    def _before_derivatives(self, where: str, order: int = 2) -> None:  # refusals, warnings
         self._built.refuse(where, order)
         if order >= 2 and self._built.nonsmooth and not self._warned_smooth:
             self._warned_smooth = True

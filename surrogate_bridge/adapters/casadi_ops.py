@@ -256,10 +256,6 @@ def _filled(value_at: int | None, like: bool = False):
     return op
 
 
-def _compare(fn):
-    return lambda out, a, b: fn(broadcast(a, out), broadcast(b, out))
-
-
 # op -> (handler, extra keyword: "rank" | "ranks" | None)
 OPS = {
     **LAYOUT_OPS,
@@ -339,15 +335,15 @@ OPS = {
     aten.asinh.default: (lambda out, x: ca.asinh(x), None),
     aten.acosh.default: (lambda out, x: ca.acosh(x), None),
     aten.atanh.default: (lambda out, x: ca.atanh(x), None),
-    aten.atan2.default: (_compare(ca.atan2), None),
+    aten.atan2.default: (_binary(ca.atan2), None),
     aten.exp2.default: (lambda out, x: 2.0**x, None),
     aten.log2.default: (lambda out, x: ca.log(x) / math.log(2.0), None),
     aten.log10.default: (lambda out, x: ca.log10(x), None),
     aten.sign.default: (lambda out, x: ca.sign(x), None),
-    aten.maximum.default: (_compare(ca.fmax), None),
-    aten.minimum.default: (_compare(ca.fmin), None),
+    aten.maximum.default: (_binary(ca.fmax), None),
+    aten.minimum.default: (_binary(ca.fmin), None),
     **{
-        getattr(getattr(aten, name), overload): (_compare(fn), None)
+        getattr(getattr(aten, name), overload): (_binary(fn), None)
         for name, fn in (
             ("gt", ca.gt),
             ("ge", ca.ge),

@@ -68,7 +68,7 @@ class CasadiPointRoute:
 
     name = "casadi"
 
-    def __init__(self, program, n: int, m: int, probes=None) -> None:
+    def __init__(self, program, n: int, m: int, probes) -> None:
         f, _ = translate_program(program, n, m, "f", probes)
         self.n, self.m = n, m
         x = ca.MX.sym("x", n)

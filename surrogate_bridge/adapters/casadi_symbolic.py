@@ -57,15 +57,13 @@ def translate(sur: Surrogate, name: str) -> tuple[ca.Function, list[str]]:
 
 
 def translate_program(
-    program, n_in: int, n_out: int, name: str, probes: torch.Tensor | None = None
+    program, n_in: int, n_out: int, name: str, probes: torch.Tensor
 ) -> tuple[ca.Function, list[str]]:
     """:func:`translate` of a one-point ``torch.export`` program of n_in inputs, n_out outputs.
     Operations without a rule in ``OPS`` are first lowered to torch's own decompositions of them
     (``lowering.lowered``), where torch has one. The translation must compute what the program
-    computes, to float64 rounding, at ``probes`` (k, n_in; default: standard normal points),
-    or it is refused: a translation that is not the same function is never handed out."""
-    if probes is None:
-        probes = torch.randn(3, n_in, generator=torch.Generator().manual_seed(0))
+    computes, to float64 rounding, at ``probes`` (k, n_in: ``PhysicalFunction.probes``), or
+    it is refused: a translation that is not the same function is never handed out."""
     # the piecewise-linear operations the model itself calls (not those of a decomposition,
     # such as normalize's guard against a zero norm), for the smoothness warning
     written = {_op_name(n.target) for n in program.graph.nodes if n.op == "call_function"}
