@@ -123,11 +123,9 @@ def _flat_safe(node, extra) -> None:
 
 def _op_name(target) -> str:
     name = str(target)
-    return (
-        name[len("aten.") :].split(".")[0]
-        if name.startswith("aten.")
-        else (getattr(target, "__name__", name))
-    )
+    if name.startswith("aten."):
+        return name[len("aten.") :].split(".")[0]
+    return getattr(target, "__name__", name)
 
 
 def _translate_node(node, env, nonsmooth):
