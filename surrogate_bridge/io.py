@@ -13,6 +13,11 @@ a zip archive of three members:
 * ``meta.json``: format, shapes, dtype, domain, scalers (for reference), flags, and the SHA-256
   of the two other members: a damaged or edited payload is refused before it is read.
 
+The members are stored, not compressed, so reading a file takes no more memory than its size,
+and a graph is run on torch's ``meta`` device (shapes only) before it computes anything, so a
+file cannot make the loader allocate a huge tensor or build a huge number (see
+``SavedGraph.check_shapes``).
+
 A model the surrogate evaluates point by point (written for one point, or mixing rows) is saved
 as its one-point graph and evaluated under ``torch.func.vmap`` after loading.
 """
@@ -77,6 +82,12 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
     except ExportError as err:
         raise ValueError(f"save: {err}") from err
     graph, tensors = graph_to_data(program, sur.function.probes(sur.n_in))
+    try:  # what load will check, checked now: never write a file that load refuses
+        SavedGraph(graph, tensors, one_point=not batched).check_shapes(
+            sur.n_in, sur.n_out, sur.dtype
+        )
+    except Refused as err:
+        raise ValueError(f"save: the captured graph fails the checks of load: {err}") from err
     payloads = {
         "graph.json": json.dumps(graph, separators=(",", ":")).encode(),
         "weights.safetensors": _safetensors(tensors),
@@ -149,9 +160,12 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
                     f"{len(names)} members ({shown}), not {', '.join(_MEMBERS)}. Nothing in it "
                     "was read."
                 )
+            _check_stored(zf, os.path.getsize(path))
             meta = json.loads(zf.read("meta.json"))
             payloads = {k: zf.read(k) for k in _MEMBERS[1:]}
-    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as err:
+    except Refused as err:
+        raise ValueError(f"load: {path!r} is not as surrogate_bridge.save writes: {err}") from err
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(
             f"load: {path!r} could not be read as a surrogate_bridge file ({err})."
         ) from err
@@ -160,18 +174,20 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
         graph = json.loads(payloads["graph.json"])
         tensors = _read_safetensors(payloads["weights.safetensors"])
         fn = SavedGraph(graph, tensors, one_point=meta["rows"] == "one_point")
+        dtype = _SURROGATE_DTYPES[meta["dtype"]]
+        fn.check_shapes(meta["n_in"], meta["n_out"], dtype)  # before anything is computed
         scalers = {
-            k: None if meta[k] is None else Affine.from_dict(meta[k])
+            k: None if meta[k] is None else Affine.from_dict(_mapping(meta[k], k))
             for k in ("input_scaler", "output_scaler")
         }
-    except (Refused, ValueError, TypeError, KeyError, json.JSONDecodeError) as err:
+    except (Refused, ValueError, TypeError, KeyError, IndexError, RecursionError) as err:
         raise ValueError(f"load: {path!r} is damaged or was edited: {err}") from err
     try:
         return Surrogate.from_physical(  # the graph is the physical function (scalers included)
             fn,
             n_in=meta["n_in"],
             nonsmooth_ops=meta["nonsmooth"],  # the graph's aten ops hide the activations' names
-            dtype=_SURROGATE_DTYPES[meta["dtype"]],
+            dtype=dtype,
             device=device,
             cache_size=cache_size,
             domain=meta["domain"],
@@ -180,6 +196,23 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
         )
     except (ValueError, TypeError) as err:
         raise ValueError(f"load: {path!r} does not give a working surrogate: {err}") from err
+
+
+def _check_stored(zf: zipfile.ZipFile, size: int) -> None:
+    """Every member stored uncompressed (as save writes them), so none reads larger than the
+    file: a small compressed file cannot expand into gigabytes."""
+    for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+            raise Refused(
+                f"member {info.filename!r} is compressed ({info.file_size} bytes from "
+                f"{info.compress_size}); save stores its members uncompressed"
+            )
+
+
+def _mapping(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise Refused(f"{what} is a {type(value).__name__}, not an object")
+    return value
 
 
 def _check_meta(meta, payloads: dict) -> None:
@@ -231,13 +264,13 @@ def _read_safetensors(buf: bytes) -> dict[str, torch.Tensor]:
     (n,) = struct.unpack("<Q", buf[:8])
     if n > len(buf) - 8:
         raise Refused("weights.safetensors has a header longer than the file")
-    header = json.loads(buf[8 : 8 + n])
+    header = _mapping(json.loads(buf[8 : 8 + n]), "the weights' header")
     data = memoryview(buf)[8 + n :]
     out = {}
     for name, spec in header.items():
         if name == "__metadata__":
             continue
-        dtype = DTYPES[spec["dtype"]]
+        dtype = DTYPES[_mapping(spec, f"weight {name!r}")["dtype"]]
         shape = [int(s) for s in spec["shape"]]
         begin, end = (int(b) for b in spec["data_offsets"])
         count = 1

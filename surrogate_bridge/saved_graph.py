@@ -5,7 +5,10 @@ kwargs]`` (tensors by name, arguments tagged by kind) after lowering any composi
 to allowed ones (``lowering.lowered``: torch's own decompositions, checked to be the same
 function). :class:`SavedGraph` reads such nodes back and runs them, calling only the aten
 operations of the allowed list (``ALLOWED``: pure tensor math, shapes and run-time checks) and
-a few Python operators of shape arithmetic: a file can name no Python function to run.
+a few Python operators of shape arithmetic on numbers: a file can name no Python function to
+run. Before a loaded graph computes anything, :meth:`SavedGraph.check_shapes` runs it on
+torch's ``meta`` device (shapes only, no memory), so a file whose graph does not fit its stated
+sizes, or would allocate a huge tensor, is refused before it allocates one.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ DTYPES = {  # safetensors' dtype codes
 }  # fmt: skip
 CODES = {v: k for k, v in DTYPES.items()}
 _FORMATS = {"contiguous_format": torch.contiguous_format, "preserve_format": torch.preserve_format}
+_MAX_ELEMENTS = 2**28  # per tensor of a graph run on its probe rows: 2 GiB in float64
+_FACTORIES = frozenset({"full", "zeros", "ones", "scalar_tensor"})  # made on the run's device
 _PYTHON_OPS = {  # shape arithmetic that torch.export records for a dynamic batch
     "getitem": operator.getitem, "add": operator.add, "sub": operator.sub,
     "mul": operator.mul, "floordiv": operator.floordiv, "truediv": operator.truediv,
@@ -166,12 +171,34 @@ def _check_arg(a, known: set) -> None:
         raise Refused(f"argument of type {type(a).__name__}")
 
 
+def _arithmetic(name: str):
+    """A Python operator of the graph, on numbers only: a file cannot multiply a string or a list
+    into gigabytes, or square an integer into one."""
+    f = _PYTHON_OPS[name]
+    numbers = (bool, int, float, torch.SymInt, torch.SymFloat)
+
+    def checked(*args):
+        if name == "getitem":
+            ok = isinstance(args[0], (list, tuple)) and isinstance(args[1], int)
+        else:
+            ok = all(isinstance(a, numbers) for a in args)
+        if not ok:
+            kinds = ", ".join(type(a).__name__ for a in args)
+            raise Refused(f"operator.{name} of ({kinds}): shape arithmetic takes numbers only")
+        out = f(*args)
+        if isinstance(out, int) and abs(out) > 2**63:
+            raise Refused(f"operator.{name} gives an integer beyond 64 bits")
+        return out
+
+    return checked
+
+
 @cache
 def _op(target: str):
     """An allowed operation by name; anything else is refused."""
     parts = target.split(".")
     if parts[0] == "operator" and len(parts) == 2 and parts[1] in _PYTHON_OPS:
-        return _PYTHON_OPS[parts[1]]
+        return _arithmetic(parts[1])
     if parts[0] != "aten" or len(parts) != 3 or parts[1] not in ALLOWED:
         raise Refused(f"the graph calls {target!r}, which is not an allowed operation")
     packet = getattr(torch.ops.aten, parts[1])
@@ -190,7 +217,9 @@ class SavedGraph(nn.Module):
 
     def __init__(self, graph: dict, tensors: dict[str, torch.Tensor], one_point: bool) -> None:
         super().__init__()
-        if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
+        if not isinstance(graph, dict) or sorted(graph) != ["input", "nodes", "output"]:
+            raise Refused("graph.json is not an object of input, nodes and output")
+        if not isinstance(graph["nodes"], list):
             raise Refused("graph.json has no node list")
         self._names = {}
         for i, (name, t) in enumerate(tensors.items()):
@@ -199,24 +228,69 @@ class SavedGraph(nn.Module):
         self.input, self.output, self.one_point = graph["input"], graph["output"], one_point
         self.nodes = []
         known = {self.input, *self._names}
-        for node in graph["nodes"]:  # refuse anything malformed now, not at the first call
+        if not isinstance(self.input, str) or not isinstance(self.output, str):
+            raise Refused("the graph's input and output must be named by strings")
+        for i, node in enumerate(graph["nodes"]):  # refuse anything malformed now
+            if not (isinstance(node, list) and len(node) == 4 and isinstance(node[0], str)):
+                raise Refused(f"node {i} is not [name, target, args, kwargs]: {str(node)[:60]}")
             name, target, args, kwargs = node
+            if not isinstance(target, str):
+                raise Refused(f"node {name!r} names its operation by a {type(target).__name__}")
             _op(target)
             _check_arg(args, known)
             _check_arg(kwargs, known)
             if not isinstance(args, list) or not (isinstance(kwargs, dict) and "kwargs" in kwargs):
                 raise Refused(f"node {name!r} has malformed arguments")
-            self.nodes.append((str(name), target, args, kwargs))
-            known.add(str(name))
+            self.nodes.append((name, target, args, kwargs))
+            known.add(name)
         if self.output not in known:
             raise Refused(f"the graph's output {self.output!r} is not one of its nodes")
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        env = {name: getattr(self, attr) for name, attr in self._names.items()}
+    def _run(self, x: torch.Tensor, env: dict | None = None, each=None) -> torch.Tensor:
+        """The graph at ``x``; ``env`` replaces the weights, and ``each(name, target, value)``
+        sees every node's value as it is made."""
+        env = dict(env or {name: getattr(self, attr) for name, attr in self._names.items()})
         env[self.input] = x
         for name, target, args, kwargs in self.nodes:
-            env[name] = _op(target)(*_decode(args, env, x.device), **_decode(kwargs, env, x.device))
+            kw = _decode(kwargs, env, x.device)
+            if target.split(".")[1] in _FACTORIES:
+                kw.setdefault("device", x.device)  # a constant of the graph, made where x is
+            env[name] = _op(target)(*_decode(args, env, x.device), **kw)
+            if each is not None:
+                each(name, target, env[name])
         return env[self.output]
+
+    def check_shapes(self, n_in: int, n_out: int, dtype: torch.dtype, rows: int = 3) -> None:
+        """Run the graph on torch's ``meta`` device (shapes only: nothing is allocated) on
+        ``rows`` points of ``n_in`` inputs; refuse it, naming the node, if an operation fails,
+        a tensor would hold more than ``_MAX_ELEMENTS`` numbers, or the output is not
+        (rows, n_out)."""
+        meta = torch.device("meta")
+        rows = 1 if self.one_point else rows  # a one-point graph was captured on one row
+        x = torch.empty(rows, n_in, dtype=dtype, device=meta)
+
+        def bounded(name, target, value):
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor) and t.numel() > _MAX_ELEMENTS:
+                    raise Refused(
+                        f"node {name!r} ({target}) makes a tensor of shape {tuple(t.shape)} on "
+                        f"{rows} point(s): more than {_MAX_ELEMENTS} numbers"
+                    )
+
+        weights = {name: getattr(self, attr).to(meta) for name, attr in self._names.items()}
+        try:
+            with torch.device(meta):
+                out = self._run(x, weights, bounded)
+        except Refused:
+            raise
+        except Exception as err:  # the operation's own message says what did not fit
+            raise Refused(
+                f"the graph does not run on {rows} point(s) of {n_in} inputs: "
+                f"{type(err).__name__}: {str(err)[:200]}"
+            ) from err
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if shape != (rows, n_out):
+            raise Refused(f"the graph gives {shape} on {rows} point(s), not ({rows}, {n_out})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.one_point:

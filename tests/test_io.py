@@ -198,7 +198,7 @@ def test_every_bit_flip_in_the_weights_is_refused(saved, tmp_path):
     [
         ("dtype", "torch.int32", "dtype='torch.int32'"),
         ("nonsmooth", None, "nonsmooth"),
-        ("n_in", 3, "does not give a working surrogate"),
+        ("n_in", 3, r"the graph does not run on 3 point\(s\) of 3 inputs"),
         ("format", 1, "format 1"),
         ("rows", "sideways", "rows='sideways'"),
         ("sha256", {}, "sha256 is incomplete"),
@@ -281,3 +281,158 @@ def test_composite_operations_round_trip(name, tmp_path):
     np.testing.assert_allclose(back(X), sur(X), rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(back.jac(X), sur.jac(X), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(back.hess(X), sur.hess(X), rtol=1e-11, atol=1e-12)
+
+
+# hostile files that hold no code but ask for memory, time or a wrong shape ---------------------
+def _node(name, target, args, kwargs=None):
+    return [name, target, args, {"kwargs": kwargs or {}}]
+
+
+def _f64():
+    return {"dtype": {"dtype": "F64"}}
+
+
+def _prepend(*nodes):
+    def edit(graph):
+        graph["nodes"][:0] = list(nodes)
+
+    return edit
+
+
+_SQUARES = [_node("i0", "operator.add", [2**40, 0])] + [
+    _node(f"i{k}", "operator.mul", [{"node": f"i{k - 1}"}, {"node": f"i{k - 1}"}]) for k in (1, 2)
+]
+HOSTILE_GRAPHS = {
+    # 8 TB: refused from its shape on the meta device (a regression fails to allocate, at once)
+    "full": (_prepend(_node("f", "aten.full.default", [[10**6, 10**6], 1.0], _f64())), "more than"),
+    "expand-clone": (
+        _prepend(
+            _node("e0", "aten.ones.default", [[1, 1]], _f64()),
+            _node("e1", "aten.expand.default", [{"node": "e0"}, [10**6, 10**6]]),
+            _node("e2", "aten.clone.default", [{"node": "e1"}]),
+        ),
+        r"'e1' \(aten.expand.default\) makes a tensor of shape \(1000000, 1000000\)",
+    ),
+    "string-times-int": (_prepend(_node("s", "operator.mul", ["ab", 10**6])), "numbers only"),
+    "list-times-int": (_prepend(_node("s", "operator.mul", [[0], 10**6])), "numbers only"),
+    "squared-integers": (_prepend(*_SQUARES), "beyond 64 bits"),
+    "getitem-of-tensor": (
+        lambda g: g["nodes"].append(_node("g", "operator.getitem", [{"node": g["input"]}, 0])),
+        "numbers only",
+    ),
+    "node-too-short": (lambda g: g["nodes"].insert(0, ["a", "aten.add.Tensor"]), "not \\[name"),
+    "op-named-by-number": (lambda g: g["nodes"].insert(0, ["a", 7, [], {"kwargs": {}}]), "by a"),
+    "no-input": (lambda g: g.pop("input"), "not an object of input, nodes and output"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_GRAPHS))
+def test_hostile_graphs_are_refused_before_they_compute(saved, tmp_path, name):
+    """Each edit asks the loader for terabytes, a gigabyte string, a huge integer or a wrong
+    shape; each is refused with a reason, from shapes alone, before anything is computed."""
+    _, path = saved
+    edit_graph, match = HOSTILE_GRAPHS[name]
+
+    def edit(member, data):
+        if member != "graph.json":
+            return data
+        graph = json.loads(data)
+        edit_graph(graph)
+        return json.dumps(graph).encode()
+
+    with pytest.raises(ValueError, match=f"damaged or was edited: .*({match})"):
+        sb.load(rewrite(path, tmp_path / "hostile.sbz", edit, rehash=True))
+
+
+def test_output_that_disagrees_with_the_metadata_is_refused(tmp_path):
+    sur = sb.Surrogate(mlp((2, 4, 1)))
+    sb.save(sur, tmp_path / "s.sbz")
+
+    def edit(member, data):
+        if member != "graph.json":
+            return data
+        graph = json.loads(data)
+        graph["output"] = graph["input"]  # (N, 2) where meta.json says n_out = 1
+        return json.dumps(graph).encode()
+
+    with pytest.raises(ValueError, match=r"gives \(3, 2\) on 3 point\(s\), not \(3, 1\)"):
+        sb.load(rewrite(tmp_path / "s.sbz", tmp_path / "edited.sbz", edit, rehash=True))
+
+
+@pytest.mark.parametrize(
+    ("member", "payload", "match"),
+    [
+        ("graph.json", b"[" * 100_000 + b"]" * 100_000, "recursion"),
+        ("weights.safetensors", struct.pack("<Q", 5) + b"[1,2]", "header is a list"),
+    ],
+)
+def test_deep_or_foreign_json_is_refused(saved, tmp_path, member, payload, match):
+    _, path = saved
+    edited = rewrite(path, tmp_path / "deep.sbz", lambda m, d: payload if m == member else d, True)
+    with pytest.raises(ValueError, match=match):
+        sb.load(edited)
+
+
+@pytest.mark.parametrize(("key", "n"), [("n_in", 4 * 10**8), ("n_in", 3), ("n_out", 5)])
+def test_sizes_that_disagree_with_the_graph_are_refused_unallocated(saved, tmp_path, key, n):
+    """n_in = 4e8 would be 9.6 GB of probe points; the graph's shapes refuse it first."""
+    _, path = saved
+
+    def edit(member, data):
+        meta = json.loads(data) if member == "meta.json" else None
+        return data if meta is None else json.dumps({**meta, key: n}).encode()
+
+    with pytest.raises(ValueError, match="damaged or was edited: the graph (does not run|gives)"):
+        sb.load(rewrite(path, tmp_path / "sizes.sbz", edit))
+
+
+def test_compressed_members_are_refused(saved, tmp_path):
+    """A 20 MB graph compressed to kilobytes: a loader that inflated it would pay 20 MB (or 20 GB)
+    for a small file; save writes members stored, and load takes nothing else."""
+    _, path = saved
+    with zipfile.ZipFile(path) as src:
+        members = {n: src.read(n) for n in src.namelist()}
+    members["graph.json"] += b" " * 20_000_000  # still valid JSON, and rehashed below
+    meta = json.loads(members["meta.json"])
+    meta["sha256"]["graph.json"] = hashlib.sha256(members["graph.json"]).hexdigest()
+    members["meta.json"] = json.dumps(meta).encode()
+    bomb = tmp_path / "bomb.sbz"
+    with zipfile.ZipFile(bomb, "w") as dst:
+        for name, data in members.items():
+            method = zipfile.ZIP_DEFLATED if name == "graph.json" else zipfile.ZIP_STORED
+            dst.writestr(name, data, compress_type=method)
+    assert os.path.getsize(bomb) < 200_000
+    with pytest.raises(ValueError, match="'graph.json' is compressed"):
+        sb.load(bomb)
+
+
+def test_saved_graph_makes_its_constants_on_the_run_device():
+    """A constant node without a device argument is made where the input is (else a file
+    saved on one device breaks on another, and a shape check on ``meta`` allocates)."""
+    from surrogate_bridge.saved_graph import SavedGraph
+
+    graph = {
+        "input": "x",
+        "nodes": [
+            _node("c", "aten.full.default", [[1, 2], 2.0], _f64()),
+            _node("y", "aten.mul.Tensor", [{"node": "x"}, {"node": "c"}]),
+        ],
+        "output": "y",
+    }
+    g = SavedGraph(graph, {}, one_point=False)
+    g.check_shapes(2, 2, torch.float64)
+    x = torch.tensor([[1.0, -3.0]], dtype=torch.float64)
+    torch.testing.assert_close(g(x), 2 * x, rtol=0, atol=0)
+    out = g(x.to("meta"))
+    assert out.device.type == "meta" and out.shape == (1, 2)
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path, monkeypatch):
+    """A graph whose tensors exceed load's bound is refused when saved, naming the node, rather
+    than written to a file that cannot be loaded."""
+    import surrogate_bridge.saved_graph as saved_graph
+
+    monkeypatch.setattr(saved_graph, "_MAX_ELEMENTS", 3 * 4 - 1)  # the (3, 4) hidden layer
+    with pytest.raises(ValueError, match=r"save: .*'linear' \(aten.linear.default\).*\(3, 4\)"):
+        sb.save(sb.Surrogate(mlp((2, 4, 1))), tmp_path / "s.sbz")
+    assert not (tmp_path / "s.sbz").exists()
