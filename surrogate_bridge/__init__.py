@@ -22,9 +22,10 @@ from .io import load, save
 from .multistart import multistart
 from .normalization import Affine
 from .points import CacheInfo
-from .surrogate import Surrogate, update_weights
+from .surrogate import Surrogate
 from .threads import limit_threads
 from .training import fit, mlp
+from .weights import update_weights
 
 # optional extras, imported on first use: name -> (module, the package it needs)
 _LAZY = {

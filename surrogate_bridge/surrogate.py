@@ -27,7 +27,6 @@ __all__ = [
     "Vectorized",
     "require_surrogate",
     "require_vector_field",
-    "update_weights",
 ]
 
 
@@ -114,14 +113,17 @@ class Surrogate:
         if n_in is not None:
             self._setup(n_in)
 
-    def _setup(self, n_in: int) -> None:
-        """Probe the model and build the function and its single-point evaluator; a failure
-        leaves the surrogate as it was."""
-        built = build(self._model, self._in_aff, self._out_aff, n_in, self.dtype, self.device)
+    def _setup(self, n_in: int, model=None, nonsmooth: tuple | None = None) -> None:
+        """Probe ``model`` (by default the current one) and build the function and its single-point
+        evaluator, then swap them in: a failure leaves the surrogate as it was, and a call in
+        flight in another thread finishes on the engine it started with."""
+        model = self._model if model is None else model
+        built = build(model, self._in_aff, self._out_aff, n_in, self.dtype, self.device)
         self._domain.require_features(n_in)
+        built.nonsmooth = built.nonsmooth if nonsmooth is None else nonsmooth
         engine = Engine(built.fn, n_in, built.n_out, self.dtype, self.device, self._route_policy)
         engine.points = PointEvaluator(engine.route, n_in, built.n_out, *self._cache_policy)
-        self._built, self._engine, self._n_in = built, engine, n_in
+        self._model, self._built, self._engine, self._n_in = model, built, engine, n_in
 
     @classmethod
     def from_physical(
@@ -376,49 +378,6 @@ def _describe(sur: Surrogate) -> str:
     }
     kept = (f"{k}={v!r}" for k, v in shown.items() if v is not None or k.startswith("n_"))
     return f"Surrogate({', '.join(kept)})"
-
-
-def update_weights(sur: Surrogate, source) -> None:
-    """Load new weights into a surrogate: ``source`` is a model of the same architecture or its
-    ``state_dict``. Scalers and settings stay; the cache is cleared and the single-point route
-    measured again. Everything that calls back into the surrogate sees the new weights at its
-    next evaluation without being rebuilt: CasADi callback Functions and the IPOPT solvers
-    built on them (``F.update(source)`` is this), scipy callbacks, ``sb.ode_rhs`` right-hand
-    sides. Symbolic CasADi Functions hold their weights as constants: rebuild those. The model
-    ``source`` is only read.
-
-    Examples
-    --------
-    >>> import numpy as np, torch, surrogate_bridge as sb
-    >>> sur = sb.Surrogate(torch.nn.Linear(2, 1))
-    >>> new = torch.nn.Linear(2, 1)
-    >>> sb.update_weights(sur, new)
-    >>> bool(np.isclose(sur([1.0, 2.0]), new(torch.tensor([1.0, 2.0])).item()))
-    True
-    """
-    require_surrogate(sur, "update_weights")
-    if not isinstance(sur._model, nn.Module):
-        raise TypeError("update_weights: this surrogate's model is a plain function: no weights.")
-    state = source.state_dict() if isinstance(source, nn.Module) else source
-    if not hasattr(state, "items"):
-        raise TypeError(
-            f"update_weights: source must be a torch model or its state_dict, got "
-            f"{type(source).__name__}."
-        )
-    own = sur._model.state_dict()
-    moved = {
-        k: torch.as_tensor(v).to(own[k].device, own[k].dtype) if k in own else v
-        for k, v in state.items()
-    }
-    try:
-        with torch.no_grad():
-            sur._model.load_state_dict(moved, strict=True)
-    except RuntimeError as err:
-        raise ValueError(
-            f"update_weights: the new weights do not fit the surrogate's model: "
-            f"{str(err).splitlines()[0]} (same architecture, same parameter names and shapes)"
-        ) from err
-    sur._setup(sur.n_in)
 
 
 def require_surrogate(sur, where: str, ready: bool = True) -> None:

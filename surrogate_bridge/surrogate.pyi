@@ -18,7 +18,6 @@ __all__ = [
     "Vectorized",
     "require_surrogate",
     "require_vector_field",
-    "update_weights",
 ]
 
 class Surrogate:
@@ -124,4 +123,3 @@ class Vectorized:
 
 def require_surrogate(sur: Any, where: str, ready: bool = True) -> None: ...
 def require_vector_field(sur: Any, where: str, time_input: bool) -> None: ...
-def update_weights(sur: Surrogate, source: nn.Module | Any) -> None: ...

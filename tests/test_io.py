@@ -436,3 +436,16 @@ def test_save_refuses_what_load_would_refuse(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"save: .*'linear' \(aten.linear.default\).*\(3, 4\)"):
         sb.save(sb.Surrogate(mlp((2, 4, 1))), tmp_path / "s.sbz")
     assert not (tmp_path / "s.sbz").exists()
+
+
+def test_update_weights_keeps_a_loaded_surrogates_smoothness(tmp_path):
+    """A loaded graph's aten operations hide the activations' names, so the file records them;
+    new weights must not drop that record (the ReLU Hessian warning went silent)."""
+    sur = sb.Surrogate(mlp((2, 4, 1), nn.ReLU))
+    sb.save(sur, tmp_path / "r.sbz")
+    back = sb.load(tmp_path / "r.sbz")
+    loaded_graph = back._model  # the loaded module: its weights are named w0, w1, ...
+    sb.update_weights(back, {k: 2 * v for k, v in loaded_graph.state_dict().items()})
+    assert back.nonsmooth_ops == ("relu",)
+    with pytest.warns(sb.SmoothnessWarning, match="relu"):
+        back.hess([0.1, 0.2])

@@ -118,6 +118,56 @@ def test_shared_surrogate_under_threads_equals_a_cache_free_twin(n_in, route):
     assert errors == [] and mismatches == []
 
 
+@pytest.mark.parametrize("route", ["torch", "numpy", "casadi"])
+def test_update_weights_while_threads_evaluate(route):
+    """A writer swaps weights A <-> B while readers ask for values, gradients and Hessians, at
+    single points (the route and its cache) and in batches: every answer is all-A or all-B (an
+    in-place load had readers mix layers of both, or fail on autograd's version check)."""
+    if route == "casadi":
+        pytest.importorskip("casadi")
+    A, B = (mlp([3, 16, 16, 1], nn.Tanh, seed=s) for s in (0, 1))
+    sur = sb.Surrogate(copy.deepcopy(A), point_route=route)
+    truth = [sb.Surrogate(m, point_route="torch", cache_size=0) for m in (A, B)]
+    pts = np.random.default_rng(0).normal(size=(4, 3))
+    X = np.random.default_rng(1).normal(size=(64, 3))
+    calls = {
+        "value": lambda s, x: s(x),
+        "grad": lambda s, x: s.grad(x),
+        "hess": lambda s, x: s.hess(x),
+        "batch values": lambda s, x: s(X),
+        "batch Hessians": lambda s, x: s.hess(X),
+    }
+    expected = {
+        (k, i): [f(t, x) for t in truth] for k, f in calls.items() for i, x in enumerate(pts)
+    }
+    done, errors, mixed, answered = threading.Event(), [], [], []
+
+    def read(seed):
+        rng = np.random.default_rng(seed)
+        while not done.is_set():
+            name, i = rng.choice(list(calls)), int(rng.integers(len(pts)))
+            try:
+                got = calls[name](sur, pts[i])
+            except Exception as err:  # any failure is the test's finding
+                errors.append(repr(err)[:200])
+                continue
+            answered.append(name)
+            if not any(np.allclose(got, e, rtol=1e-12, atol=1e-14) for e in expected[(name, i)]):
+                mixed.append(name)
+
+    readers = [threading.Thread(target=read, args=(s,)) for s in range(3)]
+    for t in readers:
+        t.start()
+    for k in range(20):
+        sb.update_weights(sur, B if k % 2 == 0 else A)
+    done.set()
+    for t in readers:
+        t.join()
+    assert errors == [] and mixed == []
+    assert len(answered) > 20
+    np.testing.assert_array_equal(sur.hess(X), truth[0].hess(X))  # A, last swapped in
+
+
 def test_casadi_callback_shared_by_threads():
     ca = pytest.importorskip("casadi")
     sur = sb.Surrogate(mlp([3, 8, 1], nn.Softplus, seed=0))

@@ -33,7 +33,8 @@ except ImportError as err:  # an optional extra
 
 from ..convert import as_array
 from ..diagnostics import warn_low_precision, warn_nonsmooth
-from ..surrogate import Surrogate, require_surrogate, update_weights
+from ..surrogate import Surrogate, require_surrogate
+from ..weights import update_weights
 
 __all__ = ["CasadiFallbackWarning", "casadi_function"]
 
