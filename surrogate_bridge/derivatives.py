@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .convert import to_host, to_torch
-from .routes import MeasuredRoute, RouteUnavailable
+from .routes import MeasuredRoute, RouteUnavailable, same_as_torch, torch_reference
 
 __all__ = ["derivatives"]
 
@@ -252,8 +252,9 @@ class Engine:
     def __init__(self, fn: Fn, n: int, m: int, dtype, device, point_route: str = "auto") -> None:
         self.fn, self.n, self.m = fn, n, m
         self.dtype, self.device = dtype, device
+        self.torch_route = TorchPointRoute(fn, n, m, dtype, device)  # the others' reference
         self.route = MeasuredRoute(
-            TorchPointRoute(fn, n, m, dtype, device),
+            self.torch_route,
             {"numpy": self._numpy_route, "casadi": self._casadi_route},
             point_route,
         )
@@ -280,8 +281,15 @@ class Engine:
             raise self._exported
         return self._exported
 
-    def __getstate__(self) -> dict:  # a copy exports again where it runs
-        return {k: v for k, v in self.__dict__.items() if k != "_exported"}
+    def _reference(self) -> list:
+        """torch's answers at the probe rows, which every other route must reproduce."""
+        if "_torch_answers" not in self.__dict__:
+            probes = self.fn.probes(self.n).numpy()
+            self._torch_answers = torch_reference(self.torch_route, probes)
+        return self._torch_answers
+
+    def __getstate__(self) -> dict:  # a copy exports (and asks torch) again where it runs
+        return {k: v for k, v in self.__dict__.items() if k not in ("_exported", "_torch_answers")}
 
     def _numpy_route(self):
         """The numpy route for layer graphs (``numpy_route.py``)."""
@@ -289,9 +297,10 @@ class Engine:
 
         program = self._program()
         try:
-            return NumpyPointRoute(program, self.n, self.m)
+            route = NumpyPointRoute(program, self.n, self.m)
         except ValueError as err:  # not a layer graph: other routes answer
             raise RouteUnavailable(f"not a layer graph ({err})") from err
+        return same_as_torch(route, self._reference())
 
     def _casadi_route(self):
         """The compiled CasADi route (``adapters/casadi_route.py``), reached by name only when
@@ -303,12 +312,14 @@ class Engine:
         program = self._program()
         from .adapters.casadi_route import CasadiPointRoute
 
+        probes = self.fn.probes(self.n)
         try:
-            return CasadiPointRoute(program, self.n, self.m, self.fn.probes(self.n))
+            route = CasadiPointRoute(program, self.n, self.m, probes)
         except Exception as err:  # any translation failure leaves torch answering
             raise RouteUnavailable(
                 f"the model did not translate ({type(err).__name__}: {err})"
             ) from err
+        return same_as_torch(route, self._reference())
 
     def _cached(self, pts) -> bool:
         return pts.single and not pts.is_torch

@@ -10,7 +10,9 @@ it builds every other route it can, checks that each agrees with torch on the cu
 times them there for each kind of request (value, value+Jacobian, Hessian, Lagrangian Hessian)
 and keeps the fastest for each. What it measured is ``Surrogate.point_route_report``.
 ``"torch"`` builds no other route; ``"numpy"`` and ``"casadi"`` build theirs at once and use it
-for every kind (an error if it cannot be built).
+for every kind (an error if it cannot be built). Either way, a route is built only if it gives
+torch's value, Jacobian and Hessian at the model's probe rows (:func:`same_as_torch`): the other
+routes rewrite the user's layers, and a rewrite must be the same function.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["POINT_ROUTES", "MeasuredRoute", "RouteUnavailable"]
+__all__ = ["POINT_ROUTES", "MeasuredRoute", "RouteUnavailable", "same_as_torch", "torch_reference"]
 
 POINT_ROUTES = ("auto", "torch", "numpy", "casadi")
 _AUTO_AFTER = 32  # single-point computations before "auto" measures
@@ -162,6 +164,35 @@ class MeasuredRoute:
             ),
         )
         self._bind()
+
+
+_KINDS_CHECKED = {
+    "value and Jacobian": lambda r, x: r.value_jac(x)[:2],
+    "Hessian": lambda r, x: r.hessian(x),
+}
+
+
+def torch_reference(torch_route, points: np.ndarray) -> list:
+    """The torch route's value, Jacobian and Hessian at each of ``points`` (k, n): what
+    :func:`same_as_torch` compares other routes with (computed once for all of them)."""
+    return [(x, {k: call(torch_route, x) for k, call in _KINDS_CHECKED.items()}) for x in points]
+
+
+def same_as_torch(route, reference: list):
+    """``route`` itself if it gives the torch route's value, Jacobian and Hessian at every point
+    of ``reference`` (:func:`torch_reference` at the model's probe rows), else
+    :class:`RouteUnavailable` saying which differs: a route that rewrites the user's layers is
+    used only where it is the same function, derivatives included, measured or forced."""
+    for x, expected in reference:
+        for kind, call in _KINDS_CHECKED.items():
+            for a, b in zip(expected[kind], call(route, x), strict=True):
+                if not _agree(a, b):
+                    gap = np.abs(a - b).max() / max(np.abs(a).max(initial=0.0), 1.0)
+                    raise RouteUnavailable(
+                        f"its {kind} differs from torch's by {gap:.1e} (relative) at a probe "
+                        f"point, more than {_AGREE:g}: it is not the same function"
+                    )
+    return route
 
 
 def _agree(a: np.ndarray, b: np.ndarray) -> bool:

@@ -117,3 +117,38 @@ def test_copies_of_a_measured_surrogate_measure_again(clone):
     c = clone(sur)
     assert c.point_route == "casadi"
     assert close(c.hess(x), sur.hess(x))
+
+
+def _wrong_tanh_curvature(h):
+    """tanh with its second derivative 5% off: values and gradients stay right."""
+    t = np.tanh(h)
+    d = 1.0 - t * t
+    return t, d, -1.9 * t * d
+
+
+def test_forced_route_that_is_not_the_same_function_is_refused(monkeypatch):
+    """A route rewrites the user's layers: it is checked against torch at the probe points
+    (value, Jacobian and Hessian) when it is built, so a wrong rule cannot answer a solver."""
+    from surrogate_bridge import elementwise
+
+    monkeypatch.setitem(elementwise.ACTIVATIONS, torch.ops.aten.tanh.default, _wrong_tanh_curvature)
+    model, ins, outs = MODELS["tanh-scalers"]
+    with pytest.raises(ValueError, match=r"Hessian differs from torch's by [0-9.e-]+ \(relative\)"):
+        sb.Surrogate(model, ins, outs, point_route="numpy")
+
+
+def test_auto_leaves_a_route_that_is_not_the_same_function_unused(monkeypatch):
+    from surrogate_bridge import elementwise
+
+    monkeypatch.setitem(elementwise.ACTIVATIONS, torch.ops.aten.tanh.default, _wrong_tanh_curvature)
+    model, ins, outs = MODELS["tanh-scalers"]
+    sur = sb.Surrogate(model, ins, outs)
+    exact = sb.Surrogate(model, ins, outs, point_route="torch", cache_size=0)
+    X = np.random.default_rng(5).normal(size=(36, 2))
+    for x in X:
+        sur.value_and_grad(x)
+    report = sur.point_route_report
+    assert "numpy route unavailable: its Hessian differs" in report["note"]
+    assert "numpy" not in sur.point_route
+    for x in X[:4]:
+        assert close(sur.hess(x + 0.1), exact.hess(x + 0.1))
