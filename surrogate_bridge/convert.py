@@ -81,6 +81,12 @@ def _real_copy(a, where: str, name: str, hint: str = "") -> np.ndarray:
             f"{where}: {name} has dtype {arr.dtype} ({a!r:.40}), expected real numbers (float "
             f"or int).{hint}"
         )
+    if np.ma.is_masked(a):  # np.asarray drops the mask: the hidden numbers would be used
+        at = ", ".join(str(tuple(int(i) for i in b)) for b in np.argwhere(np.ma.getmaskarray(a)))
+        raise ValueError(
+            f"{where}: {name} is a masked array with masked entries at {at:.80}; fill them "
+            f"first ({name}.filled(value)) or pass the unmasked rows."
+        )
     return np.array(arr, dtype=np.float64, copy=True)
 
 

@@ -381,6 +381,11 @@ CATALOGUE = {
     "x-rank": (lambda: _scalar()(np.zeros((2, 2, 2))), ValueError, "3 dimensions"),
     "x-strings": (lambda: _scalar()(["a", "b"]), TypeError, "dtype <U1"),
     "x-nan": (lambda: _scalar()([np.nan, 0]), ValueError, r"non-finite.*\(0,\)"),
+    "x-masked": (
+        lambda: _scalar().grad(np.ma.array([[1.0, 2.0], [3.0, 4.0]], mask=[[0, 1], [0, 0]])),
+        ValueError,
+        r"masked entries at \(0, 1\)",
+    ),
     "x-ragged": (lambda: _scalar()([[1.0, 2.0], [3.0]]), TypeError, "could not be read"),
     "p-ragged": (lambda: _scalar().hessp([0, 0], [[1], [1, 2]]), TypeError, "p could not"),
     "p-length": (lambda: _scalar().hessp([0, 0], [1.0]), ValueError, r"p has shape \(1,\)"),
