@@ -63,7 +63,7 @@ def multistart(
     x0=None,
     *,
     bounds=None,
-    n_starts: int = 64,
+    n_starts: int | None = None,
     method: str | None = None,
     constraints=(),
     tol: float = 1e-5,
@@ -78,11 +78,13 @@ def multistart(
     sur : Surrogate
         Scalar (n_out == 1).
     x0 : array_like, shape (S, n_in), optional
-        The starts; by default ``n_starts`` points drawn uniformly in ``bounds``.
+        The starts; by default ``n_starts`` points drawn uniformly in ``bounds``. Starts outside
+        the bounds are moved onto them, as scipy's L-BFGS-B does.
     bounds : scipy.optimize.Bounds or sequence of (min, max) pairs, optional
         Box constraints; by default the training domain (``sur.bounds()``).
-    n_starts : int
-        Starts drawn when ``x0`` is not given.
+    n_starts : int, optional
+        Starts drawn when ``x0`` is not given (64 by default). With ``x0``, leave it out or give
+        x0's number of rows.
     method : {"L-BFGS-B", "newton", "trust-constr"}, optional
         "L-BFGS-B" (the default without constraints): scipy's L-BFGS-B from every start, in
         lock step: each start follows exactly the path ``scipy.optimize.minimize(...,
@@ -142,6 +144,7 @@ def multistart(
             f"multistart: constraints need method='trust-constr' (got {method!r}); L-BFGS-B and "
             "newton take bounds only."
         )
+    _check_settings(tol, max_iter, merge_tol)
     n = sur.n_in
     lb, ub = read_box(bounds, n, "multistart", sur.domain)
     X = _starts(x0, n_starts, lb, ub, n, seed)
@@ -180,16 +183,35 @@ def multistart(
     )
 
 
+def _check_settings(tol, max_iter, merge_tol) -> None:
+    for name, v, least in (("tol", tol, "a positive"), ("merge_tol", merge_tol, "a non-negative")):
+        number = isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
+        if not (number and np.isfinite(v) and (v > 0 if name == "tol" else v >= 0)):
+            raise ValueError(f"multistart: {name} must be {least} finite number, got {v!r}.")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise ValueError(f"multistart: max_iter must be an int >= 0, got {max_iter!r}.")
+
+
 def _starts(x0, n_starts, lb, ub, n, seed) -> np.ndarray:
+    if n_starts is not None and (
+        isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1
+    ):
+        raise ValueError(f"multistart: n_starts must be a positive int, got {n_starts!r}.")
     if x0 is None:
-        if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
-            raise ValueError(f"multistart: n_starts must be a positive int, got {n_starts!r}.")
         if not (np.isfinite(lb).all() and np.isfinite(ub).all()):
             raise ValueError("multistart: drawing starts needs finite bounds; pass x0 instead.")
-        return np.random.default_rng(seed).uniform(lb, ub, (n_starts, n))
+        count = 64 if n_starts is None else n_starts
+        return np.random.default_rng(seed).uniform(lb, ub, (count, n))
     pts = as_points(x0, n, "multistart", "x0")
-    X = np.array(pts.data.cpu() if pts.is_torch else pts.data, dtype=np.float64)
-    return np.clip(X.reshape(-1, n), lb, ub)
+    X = np.array(pts.data.cpu() if pts.is_torch else pts.data, dtype=np.float64).reshape(-1, n)
+    if len(X) == 0:
+        raise ValueError(f"multistart: x0 holds no starts (shape {np.shape(x0)}).")
+    if n_starts is not None and n_starts != len(X):
+        raise ValueError(
+            f"multistart: x0 holds {len(X)} starts but n_starts={n_starts}; give one of them "
+            "(n_starts counts the starts drawn when x0 is not given)."
+        )
+    return np.clip(X, lb, ub)
 
 
 def _lbfgsb(sur, X, lb, ub, tol, max_iter):

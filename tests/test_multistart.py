@@ -166,12 +166,32 @@ def test_lock_step_hands_back_the_restored_iterate_after_a_failed_line_search():
         (dict(bounds=[(0, 1)]), ValueError, "2 \\(min, max\\) pairs"),
         (dict(n_starts=0), ValueError, "n_starts must be a positive int"),
         (dict(x0=np.zeros((3, 3))), ValueError, "x0 has 3 features"),
+        (dict(x0=np.zeros((0, 2))), ValueError, r"x0 holds no starts \(shape \(0, 2\)\)"),
+        (dict(x0=np.zeros((3, 2)), n_starts=5), ValueError, "x0 holds 3 starts but n_starts=5"),
+        (dict(tol=-1e-6), ValueError, "tol must be a positive finite number, got -1e-06"),
+        (dict(tol=float("nan")), ValueError, "tol must be a positive finite number"),
+        (dict(merge_tol=-1), ValueError, "merge_tol must be a non-negative finite number"),
+        (dict(max_iter=-1), ValueError, "max_iter must be an int >= 0, got -1"),
+        (dict(max_iter=2.5), ValueError, "max_iter must be an int >= 0"),
     ],
 )
 def test_errors(kwargs, err, match):
     sur = himmelblau()
     with pytest.raises(err, match=match):
         sb.multistart(sur, **kwargs)
+
+
+def test_x0_with_its_own_count_and_starts_outside_the_box():
+    """n_starts may repeat x0's count; a start outside the bounds is moved onto them first, as
+    scipy's L-BFGS-B does, and so ends where scipy ends from it."""
+    sur = himmelblau()
+    box = [(-1.0, 1.0), (-1.0, 1.0)]
+    x0 = np.array([[5.0, 0.0], [0.5, -0.5]])
+    res = sb.multistart(sur, x0, bounds=box, n_starts=2)
+    assert len(res.xs) == 2 and np.all(np.abs(res.xs) <= 1.0)
+    for start, end in zip(x0, res.xs, strict=True):
+        ref = minimize(sur, start, jac=sur.grad, method="L-BFGS-B", bounds=box)
+        np.testing.assert_allclose(end, ref.x, atol=1e-6)
 
 
 def test_vector_surrogate_and_unknown_domain_are_refused():
