@@ -424,6 +424,26 @@ def test_ode_non_square_error():
         sb.scipy_ode(sb.Surrogate(Both(), n_in=2), time_input=True)
 
 
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda ode: ode.fun(0.0, [1.0, 2.0]), r"ScipyODE.fun: y has shape \(2,\).*shape \(1,\)"),
+        (lambda ode: ode.fun(0.0, np.ones((2, 3))), r"\(1, k\) for vectorized=True"),
+        (lambda ode: ode.fun(0.0, ["a"]), r"dtype <U1, expected real numbers"),
+        (lambda ode: ode.fun(0.0, [np.nan]), r"y has a non-finite entry at \(0,\) \(t = 0.0\)"),
+        (lambda ode: ode.fun(np.nan, [1.0]), "t must be a finite real number .*got nan"),
+        (lambda ode: ode.fun(np.array([0.0, 1.0]), [1.0]), r"t must be .*got array\(\[0., 1.\]\)"),
+        (lambda ode: ode.jac(0.0, np.ones((1, 3))), r"ScipyODE.jac: y must be one state \(1,\)"),
+    ],
+)
+def test_ode_errors_speak_of_t_and_y(call, match):
+    """A solver hands t and y; an error that spoke of the surrogate's x (t and y stacked) named
+    neither."""
+    ode = sb.scipy_ode(sb.Surrogate(DecayInTime(), n_in=2), time_input=True)
+    with pytest.raises(ValueError, match=match):
+        call(ode)
+
+
 def test_float32_surrogate_warns_at_solver_boundary():
     with pytest.warns(sb.PrecisionWarning, match="float64"):
         sb.scipy_constraint(sb.Surrogate(mlp([2, 4, 1]), dtype=torch.float32), lb=0.0)

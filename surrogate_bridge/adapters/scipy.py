@@ -106,22 +106,39 @@ class ScipyODE:
         self.sur, self.time_input = sur, time_input
         self.n = sur.n_out
 
-    def _x(self, t, y: np.ndarray) -> np.ndarray:
+    def _x(self, t, y, where: str) -> np.ndarray:
+        """The surrogate's input for state(s) ``y`` (n,) or (n, k) at time ``t``, checked here
+        so that an error speaks of t and y, not of the surrogate's x."""
+        y, n = np.asarray(y), self.n
+        if y.dtype.kind not in "fiu" or y.ndim not in (1, 2) or y.shape[0] != n:
+            raise ValueError(
+                f"{where}: y has shape {y.shape} and dtype {y.dtype}, expected real numbers of "
+                f"shape ({n},), or ({n}, k) for vectorized=True (the {n} states)."
+            )
+        y = y.astype(np.float64)
+        if not np.isfinite(y).all():
+            at = tuple(int(i) for i in np.argwhere(~np.isfinite(y))[0])
+            raise ValueError(f"{where}: y has a non-finite entry at {at} (t = {t!r}).")
         if not self.time_input:
-            return y
+            return y if y.ndim == 1 else y.T
+        tt = np.asarray(t)
+        if tt.ndim != 0 or tt.dtype.kind not in "fiu" or not np.isfinite(tt):
+            raise ValueError(f"{where}: t must be a finite real number (input 0), got {t!r}.")
         if y.ndim == 1:
             return np.concatenate(([t], y))
         return np.concatenate((np.full((1, y.shape[1]), t), y)).T
 
     def fun(self, t: float, y) -> np.ndarray:
-        y = np.asarray(y, dtype=np.float64)
-        if y.ndim == 2:  # vectorized=True: columns are states
-            x = self._x(t, y) if self.time_input else y.T
-            return np.asarray(self.sur(x)).reshape(y.shape[1], self.n).T
-        return np.atleast_1d(self.sur(self._x(t, y)))
+        x = self._x(t, y, "ScipyODE.fun")
+        if x.ndim == 2:  # vectorized=True: columns are states
+            return np.asarray(self.sur(x)).reshape(x.shape[0], self.n).T
+        return np.atleast_1d(self.sur(x))
 
     def jac(self, t: float, y) -> np.ndarray:
-        J = self.sur.jac(self._x(t, np.asarray(y, dtype=np.float64)))
+        x = self._x(t, y, "ScipyODE.jac")
+        if x.ndim != 1:
+            raise ValueError(f"ScipyODE.jac: y must be one state ({self.n},), got {np.shape(y)}.")
+        J = self.sur.jac(x)
         return J[:, 1:] if self.time_input else J
 
     def __call__(self, t: float, y) -> np.ndarray:
