@@ -107,6 +107,30 @@ def test_trainable_copy_gets_gradients_and_surrogate_stays_frozen():
     assert all(p.grad is None for p in net.parameters())
 
 
+def test_right_hand_sides_follow_update_weights_and_a_trainable_copy_keeps_its_own():
+    """New weights go into the surrogate as a fresh copy swapped in whole (threads never see half
+    of them); a right-hand side reads the surrogate's current function at every call, so an ODE
+    built before the update integrates the new field, as scipy and CasADi callbacks do."""
+    old, new = (nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2)).double() for _ in "ab")
+    V_new = sb.mlp((2, 8, 1), seed=1)
+    sur, V = sb.Surrogate(old), sb.Surrogate(sb.mlp((2, 8, 1), seed=0))
+    rhs, frozen_copy, flow = sb.ode_rhs(sur), sb.ode_rhs(sur, trainable=True), sb.gradient_flow(V)
+    y = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    before = frozen_copy(0.0, y).detach().clone()
+    sb.update_weights(sur, new)
+    sb.update_weights(V, V_new)
+    with torch.no_grad():
+        torch.testing.assert_close(rhs(0.0, y), new(y), rtol=1e-15, atol=0)
+        torch.testing.assert_close(rhs.jacobian(0.0, y[0]), torch.func.jacrev(new)(y[0]))
+        torch.testing.assert_close(frozen_copy(0.0, y), before, rtol=0, atol=0)
+    expected = -torch.func.grad(lambda z: V_new(z).sum())(y)
+    torch.testing.assert_close(flow(0.0, y), expected, rtol=1e-14, atol=1e-15)
+    ends = odeint(rhs, y, torch.tensor([0.0, 0.5], dtype=torch.float64), rtol=1e-10, atol=1e-12)
+    ref = odeint(lambda t, z: new(z), y, torch.tensor([0.0, 0.5], dtype=torch.float64),
+                 rtol=1e-10, atol=1e-12)  # fmt: skip
+    torch.testing.assert_close(ends, ref, rtol=1e-12, atol=1e-14)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="n_in = 2 and n_out = 1.*time_input=True"):
         sb.ode_rhs(sb.Surrogate(DecayInTime(), n_in=2))

@@ -24,37 +24,41 @@ class SurrogateRHS(nn.Module):
 
     ``forward(t, y)``: y of shape (n,) or (..., n) -> the same shape, dtype and device.
     ``jacobian(t, y)``: exact df/dy of shape y.shape[:-1] + (n, n).
-    ``function``: the physical-units module evaluated (trainable only if asked).
+    ``function``: the physical-units module evaluated: the surrogate's own, read at every call
+    (so ``sb.update_weights`` applies at once), or, with ``trainable=True``, a private copy.
     """
 
     def __init__(self, sur: Surrogate, time_input: bool, trainable: bool) -> None:
         super().__init__()
         self.time_input, self._trainable = time_input, trainable
         self.dtype, self.device = sur.dtype, sur.device
-        self.function, self.n = None, None
-        self._unbound = sur  # a model that does not say its size: learned from the first state
-        if sur.n_in is not None:
+        self._sur, self._copy, self.n = sur, None, None
+        if sur.n_in is not None:  # else learned from the first state
             self._bind()
+
+    @property
+    def function(self) -> nn.Module | None:
+        if self._trainable:
+            return self._copy
+        return None if self.n is None else self._sur.function
 
     def _verify(self, sur: Surrogate) -> None:
         require_vector_field(sur, "ode_rhs", self.time_input)
 
     def _bind(self) -> None:
-        sur, self._unbound = self._unbound, None
-        self._verify(sur)
-        fn = sur.function
+        self._verify(self._sur)
         if self._trainable:  # a private trainable copy: the surrogate itself stays frozen
-            fn = copy.deepcopy(fn)
+            fn = copy.deepcopy(self._sur.function)
             for p in fn.parameters():
                 p.requires_grad_(True)
-        self.function = fn
-        self.n = sur.n_in - self.time_input
+            self._copy = fn
+        self.n = self._sur.n_in - self.time_input
 
     def _check(self, y: torch.Tensor, where: str) -> None:
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"{where}: y must be a torch.Tensor, got {type(y).__name__}.")
-        if self._unbound is not None and y.ndim > 0:  # set up through the public call path
-            self._unbound(np.zeros(y.shape[-1] + self.time_input))
+        if self.n is None and y.ndim > 0:  # set up through the public call path
+            self._sur(np.zeros(y.shape[-1] + self.time_input))
             self._bind()
         if y.ndim == 0 or y.shape[-1] != self.n:
             raise ValueError(
