@@ -103,6 +103,7 @@ class Surrogate:
         self.dtype, self.device = dtype, check_device(device)
         self._in_aff = as_affine(input_scaler, "Surrogate: input_scaler")
         self._out_aff = as_affine(output_scaler, "Surrogate: output_scaler")
+        self._baked = (self._in_aff, self._out_aff)  # what the function applies (_setup)
         self._cache_policy, self._route_policy = (cache_size, bool(prefetch_grad)), point_route
         self.chunk_size = 4096 if self.device.type == "cpu" else 16384  # benchmarks/RESULTS.md
         n_in = infer_n_in(n_in, self._in_aff, model)
@@ -118,7 +119,7 @@ class Surrogate:
         evaluator, then swap them in: a failure leaves the surrogate as it was, and a call in
         flight in another thread finishes on the engine it started with."""
         model = self._model if model is None else model
-        built = build(model, self._in_aff, self._out_aff, n_in, self.dtype, self.device)
+        built = build(model, *self._baked, n_in, self.dtype, self.device)
         self._domain.require_features(n_in)
         built.nonsmooth = built.nonsmooth if nonsmooth is None else nonsmooth
         engine = Engine(built.fn, n_in, built.n_out, self.dtype, self.device, self._route_policy)
@@ -130,7 +131,8 @@ class Surrogate:
         cls, fn, *, n_in: int, input_scaler=None, output_scaler=None, nonsmooth_ops=(), **kwargs
     ) -> Surrogate:
         """A surrogate of ``fn``, already in physical units (``io.load``'s graph): the scalers are
-        for reference only, ``nonsmooth_ops`` replaces the probe's finding."""
+        for reference only (never applied, also not when new weights rebuild the function),
+        ``nonsmooth_ops`` replaces the probe's finding."""
         sur = cls(fn, n_in=n_in, **kwargs)
         sur._in_aff = as_affine(input_scaler, "Surrogate.from_physical: input_scaler")
         sur._out_aff = as_affine(output_scaler, "Surrogate.from_physical: output_scaler")

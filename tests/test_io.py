@@ -438,14 +438,23 @@ def test_save_refuses_what_load_would_refuse(tmp_path, monkeypatch):
     assert not (tmp_path / "s.sbz").exists()
 
 
-def test_update_weights_keeps_a_loaded_surrogates_smoothness(tmp_path):
-    """A loaded graph's aten operations hide the activations' names, so the file records them;
-    new weights must not drop that record (the ReLU Hessian warning went silent)."""
-    sur = sb.Surrogate(mlp((2, 4, 1), nn.ReLU))
-    sb.save(sur, tmp_path / "r.sbz")
-    back = sb.load(tmp_path / "r.sbz")
-    loaded_graph = back._model  # the loaded module: its weights are named w0, w1, ...
-    sb.update_weights(back, {k: 2 * v for k, v in loaded_graph.state_dict().items()})
-    assert back.nonsmooth_ops == ("relu",)
+def test_update_weights_on_a_loaded_surrogate(tmp_path):
+    """A loaded graph already holds the scalers and hides the activations' names (the file
+    records them). New weights rebuild the function: the scalers must not be applied a second
+    time (values were off by the scale factor), nor the recorded smoothness dropped (the ReLU
+    Hessian warning went silent)."""
+    ins, outs = sb.Affine([1.0, -2.0], [3.0, 0.5]), sb.Affine([10.0], [4.0])
+    loaded = []
+    for seed in (0, 1):
+        sb.save(sb.Surrogate(mlp((2, 8, 1), nn.ReLU, seed=seed), ins, outs), tmp_path / "r.sbz")
+        loaded.append(sb.load(tmp_path / "r.sbz"))
+    back, other = loaded
+    X = np.array([[0.3, -1.0], [2.0, 0.5], [-1.0, -3.0]])
+    before = back(X)
+    sb.update_weights(back, back._model.state_dict())  # the loaded module's own: w0, w1, ...
+    np.testing.assert_array_equal(back(X), before)
+    sb.update_weights(back, other._model.state_dict())
+    np.testing.assert_array_equal(back(X), other(X))
+    assert back.nonsmooth_ops == ("relu",) and back.input_scaler is not None
     with pytest.warns(sb.SmoothnessWarning, match="relu"):
-        back.hess([0.1, 0.2])
+        back.hess(X[0])
