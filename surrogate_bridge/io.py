@@ -76,7 +76,10 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"save: the folder {folder!r} does not exist; create it first.")
-    batched = type(sur.function.rows) is Batched  # else the one-point graph, run under vmap
+    rows = sur.function.rows  # Batched, or a one-point form run under vmap (also a loaded one)
+    batched = type(rows) is Batched and not (
+        isinstance(rows.model, SavedGraph) and rows.model.one_point
+    )
     try:
         program = sur.export(one_point=not batched)
     except ExportError as err:

@@ -293,6 +293,6 @@ class SavedGraph(nn.Module):
             raise Refused(f"the graph gives {shape} on {rows} point(s), not ({rows}, {n_out})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.one_point:
-            return torch.func.vmap(lambda r: self._run(r[None])[0])(x)
+        if self.one_point and x.shape[0] != 1:  # one row is the captured graph itself, so
+            return torch.func.vmap(lambda r: self._run(r[None])[0])(x)  # it exports without vmap
         return self._run(x)
