@@ -241,7 +241,8 @@ class SavedGraph(nn.Module):
             _check_arg(kwargs, known)
             if not isinstance(args, list) or not (isinstance(kwargs, dict) and "kwargs" in kwargs):
                 raise Refused(f"node {name!r} has malformed arguments")
-            self.nodes.append((name, target, args, kwargs))
+            factory = target.split(".")[1] in _FACTORIES
+            self.nodes.append((name, target, args, kwargs, factory))
             known.add(name)
         if self.output not in known:
             raise Refused(f"the graph's output {self.output!r} is not one of its nodes")
@@ -249,11 +250,14 @@ class SavedGraph(nn.Module):
     def _run(self, x: torch.Tensor, env: dict | None = None, each=None) -> torch.Tensor:
         """The graph at ``x``; ``env`` replaces the weights, and ``each(name, target, value)``
         sees every node's value as it is made."""
-        env = dict(env or {name: getattr(self, attr) for name, attr in self._names.items()})
+        if env is None:
+            env = {name: getattr(self, attr) for name, attr in self._names.items()}
+        else:
+            env = dict(env)  # the caller's stays as it was
         env[self.input] = x
-        for name, target, args, kwargs in self.nodes:
+        for name, target, args, kwargs, factory in self.nodes:
             kw = _decode(kwargs, env, x.device)
-            if target.split(".")[1] in _FACTORIES:
+            if factory:
                 kw.setdefault("device", x.device)  # a constant of the graph, made where x is
             env[name] = _op(target)(*_decode(args, env, x.device), **kw)
             if each is not None:

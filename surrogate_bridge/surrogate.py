@@ -121,7 +121,8 @@ class Surrogate:
         model = self._model if model is None else model
         built = build(model, *self._baked, n_in, self.dtype, self.device)
         self._domain.require_features(n_in)
-        built.nonsmooth = built.nonsmooth if nonsmooth is None else nonsmooth
+        if nonsmooth is not None:  # new weights, same layers: what was known still holds
+            built.nonsmooth = nonsmooth
         engine = Engine(built.fn, n_in, built.n_out, self.dtype, self.device, self._route_policy)
         engine.points = PointEvaluator(engine.route, n_in, built.n_out, *self._cache_policy)
         self._model, self._built, self._engine, self._n_in = model, built, engine, n_in
