@@ -112,6 +112,24 @@ def test_function_io_names_shapes_and_errors(cases):
         sb.casadi_function(cases["tanh-mlp"], mode="fast")
 
 
+@pytest.mark.parametrize("mode", ["symbolic", "callback"])
+def test_numeric_calls_refuse_non_finite_points_in_every_form(cases, mode):
+    """The one-point float64 call (checked by a fast path) and every other form refuse NaN and
+    Inf by position, as the surrogate does; finite points give the surrogate's values."""
+    sur = cases["tanh-mlp"]
+    F = sb.casadi_function(sur, mode=mode)
+    x = np.array([0.3, -0.2])
+    np.testing.assert_allclose(np.asarray(F(x)).ravel(), sur(x), rtol=1e-14)
+    cases_ = [(np.array([np.nan, 0.0]), r"\(0,\)"), (np.array([0.0, np.inf]), r"\(1,\)"),
+              (np.array([[-np.inf], [0.0]]), r"\(0, 0\)")]  # fmt: skip
+    for bad, where in cases_:
+        with pytest.raises(ValueError, match=f"x has non-finite entries .* at {where}"):
+            F(bad)
+        for form in (ca.DM(bad), bad.astype(np.float32)):
+            with pytest.raises(ValueError, match="x has non-finite entries"):
+                F(form)
+
+
 def seed_problem(mode):
     obj = sb.casadi_function(scaled_quadratic_surrogate(P_SEED), mode=mode)
     con = sb.casadi_function(sb.Surrogate(AffineConstraint(), n_in=2), mode=mode)
