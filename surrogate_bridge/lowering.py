@@ -9,13 +9,14 @@ file may not contain"), although torch itself can write it in simpler operations
 :func:`lowered` replaces each operation the consumer does not know, and only those, by torch's
 own decomposition of it (``torch.export.default_decompositions()``: the CompositeImplicitAutograd
 kernels, which are what eager torch runs for those operations, and the core-ATen
-decompositions), round by round, until the consumer knows every operation or nothing more
-can be decomposed. Operations the consumer knows stay whole, so an activation with an exact
-rule of its own, or a linear layer, is never broken up. The lowered program must be the same
-function as the original to float64 rounding at probe points (``_SAME``, relative to the
-output's size); where it is not, the original is handed back and the consumer names the
-operation it does not know, as before. :func:`same_function` is that check, also used on the
-CasADi translation itself.
+decompositions; for an operation torch has none of, such as ``_trilinear``, which
+``nn.Bilinear`` calls, one written here in plain operations), round by round, until the
+consumer knows every operation or nothing more can be decomposed. Operations the consumer
+knows stay whole, so an activation with an exact rule of its own, or a linear layer, is never
+broken up. The lowered program must be the same function as the original to float64 rounding
+at probe points (``_SAME``, relative to the output's size); where it is not, the original is
+handed back and the consumer names the operation it does not know, as before.
+:func:`same_function` is that check, also used on the CasADi translation itself.
 """
 
 from __future__ import annotations
@@ -107,9 +108,29 @@ def _operations(program) -> set:
 def _decompositions() -> dict:
     make = getattr(torch.export, "default_decompositions", None)
     if make is None:  # an older torch: no table to lower with
-        return {}
+        return dict(_OWN)
     table = make()
-    return table.materialize() if hasattr(table, "materialize") else dict(table)
+    table = table.materialize() if hasattr(table, "materialize") else dict(table)
+    return {**_OWN, **table}
+
+
+def _trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
+    """``aten._trilinear`` (``nn.Bilinear``'s kernel) in plain operations, as ATen defines it:
+    each input unsqueezed at its ``expand`` dimensions (in increasing order), the three
+    multiplied, and the product summed over ``sumdim``. ``unroll_dim`` only chooses ATen's
+    loop order."""
+    rank = i1.dim() + len(expand1)
+    ins = []
+    for t, expand in ((i1, expand1), (i2, expand2), (i3, expand3)):
+        for d in sorted(e % rank for e in expand):
+            t = t.unsqueeze(d)
+        ins.append(t)
+    product = ins[0] * ins[1] * ins[2]
+    return product.sum([d % rank for d in sumdim]) if len(sumdim) else product
+
+
+# operations torch has no decomposition of, in plain operations (checked like torch's own)
+_OWN = {torch.ops.aten._trilinear.default: _trilinear}
 
 
 def _example(program):

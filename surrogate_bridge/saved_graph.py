@@ -241,8 +241,10 @@ class SavedGraph(nn.Module):
             _check_arg(kwargs, known)
             if not isinstance(args, list) or not (isinstance(kwargs, dict) and "kwargs" in kwargs):
                 raise Refused(f"node {name!r} has malformed arguments")
-            factory = target.split(".")[1] in _FACTORIES
-            self.nodes.append((name, target, args, kwargs, factory))
+            op_name = target.split(".")[1]
+            if op_name == "_assert_tensor_metadata":  # torch.export's record of a dtype that
+                continue  # held when captured: weights may be in another dtype now (dtype=)
+            self.nodes.append((name, target, args, kwargs, op_name in _FACTORIES))
             known.add(name)
         if self.output not in known:
             raise Refused(f"the graph's output {self.output!r} is not one of its nodes")

@@ -76,6 +76,29 @@ def test_float32_round_trip(tmp_path):
     assert back([0.1, 0.2]) == sur([0.1, 0.2])
 
 
+class CastsItsConstant(nn.Module):
+    """A constant kept as a plain float32 attribute (not a buffer), cast to x's dtype in the
+    forward: torch.export records the float32 it found, which the loaded copy no longer has."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.center = torch.tensor([0.25, -0.5])
+
+    def forward(self, x):
+        return self.lin(torch.tanh(x - self.center.to(x.dtype)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_constant_cast_in_the_forward_round_trips(tmp_path, dtype):
+    sur = sb.Surrogate(CastsItsConstant(), dtype=dtype)
+    sb.save(sur, tmp_path / "cast.sbz")
+    back = sb.load(tmp_path / "cast.sbz")
+    X = np.random.default_rng(0).normal(size=(4, 2))
+    np.testing.assert_array_equal(back(X), sur(X))
+    np.testing.assert_allclose(back.hess(X), sur.hess(X), rtol=1e-13, atol=1e-14)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no file"):
         sb.load(tmp_path / "nope.sbz")

@@ -84,3 +84,22 @@ def test_a_function_that_fails_is_not_the_same_function():
         raise RuntimeError("cannot run here")
 
     assert not lowering.same_function(_program(), fails, PROBES)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "args"),
+    [  # nn.Bilinear's call, an outer product with a third factor, a contraction
+        ([(3, 4), (2, 4, 5), (3, 5)], ([1, 3], [0], [1, 2], [2, 3])),
+        ([(3, 4), (3, 5), (3, 4, 5)], ([2], [1], [], [])),
+        ([(3, 4), (4, 5), (3, 4, 5)], ([2], [0], [], [1])),
+    ],
+)
+def test_our_trilinear_rule_is_atens_kernel(shapes, args):
+    """aten._trilinear has no decomposition in torch; ours (plain unsqueeze, mul, sum) computes
+    what the kernel computes, to rounding, in each of its argument forms."""
+    g = torch.Generator().manual_seed(0)
+    i1, i2, i3 = (torch.randn(s, dtype=torch.float64, generator=g) for s in shapes)
+    want = aten._trilinear(i1, i2, i3, *args)
+    got = lowering._trilinear(i1, i2, i3, *args)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
