@@ -212,6 +212,9 @@ def fitted_scalers(kind: str, n_in: int, n_out: int, seed: int):
 
 # composite operations that torch.export keeps whole: the CasADi translator and saved files
 # take them lowered to torch's own decompositions, or through a rule of their own
+_CENTERS = torch.linspace(-1, 1, 32).reshape(4, 8)  # (centers, features)
+_CHANNEL, _ROW = torch.tensor([[0.5], [-2.0]]), torch.linspace(-1, 1, 4)  # (2, 1), (4,)
+_BILINEAR = torch.linspace(-1, 1, 32).reshape(2, 4, 4).sin()  # (out, in1, in2)
 COMPOSITES = {
     "chunk": lambda h: torch.cat(h.chunk(2, -1)[::-1], -1),
     "split": lambda h: torch.cat(h.split([3, 5], -1)[::-1], -1),
@@ -231,6 +234,21 @@ COMPOSITES = {
     "index_select": lambda h: h.index_select(-1, torch.tensor([7, 0, 1, 2, 3, 4, 5, 6])),
     "lerp": lambda h: torch.lerp(h, torch.tanh(h), 0.3),
     "transposes": lambda h: h.t().t().permute(0, 1).transpose(-1, 1),
+    # rank 3: the translator holds such a tensor as a flat row and reads it at positions
+    "rbf": lambda h: torch.exp(-((h[:, None, :] - _CENTERS[None]) ** 2).sum(-1) / 8).repeat(1, 2),
+    "permute3": lambda h: (h.reshape(-1, 2, 4).permute(0, 2, 1) * h.reshape(-1, 4, 2)).flatten(1),
+    "per_channel": lambda h: (h.reshape(-1, 2, 4) * _CHANNEL + _ROW).reshape(-1, 8),
+    "rearrange3": lambda h: torch.cat(
+        [h.reshape(-1, 2, 4)[:, :, 1:3].flip(2), h.reshape(-1, 2, 4)[:, 1:, :2].expand(-1, 2, 2)], 2
+    ).flatten(1),
+    "bilinear": lambda h: nn.functional.bilinear(  # aten._trilinear: lowered by our rule
+        h[:, :4], torch.tanh(h[:, 4:]), _BILINEAR.to(h.dtype)
+    ).repeat(1, 4),
+    "select_stack3": lambda h: (
+        torch.stack([h.reshape(-1, 2, 4)[:, 1], torch.tanh(h.reshape(-1, 2, 4)).select(1, 0)], 2)
+        .transpose(1, 2)
+        .reshape(-1, 8)
+    ),
 }
 
 

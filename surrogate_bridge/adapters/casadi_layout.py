@@ -19,7 +19,7 @@ import casadi as ca
 import numpy as np
 import torch
 
-__all__ = ["LAYOUT_OPS", "axis", "broadcast", "reshape", "shape2"]
+__all__ = ["GATHERED", "LAYOUT_OPS", "axis", "broadcast", "gather", "reshape", "shape2"]
 
 aten = torch.ops.aten
 
@@ -55,6 +55,18 @@ def reshape(v, shape2):
     if v.shape == (R, C):
         return v
     return ca.reshape(v.T, C, R).T
+
+
+def gather(v, shape, positions: torch.Tensor):
+    """A tensor of torch ``shape`` (``v``, in this layout) read at the row-major ``positions``:
+    an integer tensor whose torch shape is the result's. Any rearrangement of a tensor of rank
+    3 or more (a broadcast, a permutation, a slice) is such a read, with the positions found by
+    torch itself: the operation applied to ``arange`` of the tensor (:data:`GATHERED`)."""
+    numel = math.prod(shape)
+    flat = reshape(v, (1, numel))
+    pos = positions.reshape(-1).tolist()
+    out = shape2(positions.shape)
+    return reshape(flat if pos == list(range(numel)) else flat[0, pos], out)
 
 
 def axis(d: int, rank: int) -> int:
@@ -183,6 +195,15 @@ _CHECKS = (
     "_assert_tensor_metadata", "_assert_async", "_assert_scalar", "sym_constrain_range",
     "sym_constrain_range_for_size",
 )  # fmt: skip
+
+# operations that only rearrange one tensor (or place several side by side), their other
+# arguments fixed numbers: on a tensor of rank 3 or more (a flat row here), each is a
+# :func:`gather` at the positions torch gives
+GATHERED = {
+    aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default,
+    aten.expand.default, aten.repeat.default, aten.flip.default, aten.slice.Tensor,
+    aten.select.int, aten.cat.default, aten.concat.default, aten.stack.default,
+}  # fmt: skip
 
 # op -> (handler, extra keyword: "rank" | "ranks" | None), as casadi_ops.OPS
 LAYOUT_OPS = {

@@ -23,6 +23,7 @@ from ..diagnostics import PIECEWISE_LINEAR
 from ..lowering import lowered, same_function
 from ..physical import ExportError, constants_of
 from ..surrogate import Surrogate
+from .casadi_layout import GATHERED, gather
 from .casadi_ops import FLAT_SAFE, OPS, VIEWS, reshape, shape2
 
 __all__ = ["UnsupportedOperationError", "translate", "translate_program"]
@@ -95,30 +96,74 @@ def translate_program(
     return f, sorted(nonsmooth & written)
 
 
-def _flat_safe(node, extra) -> None:
+def _shape(a) -> tuple | None:
+    """A graph argument's torch shape (None for a number or a non-tensor)."""
+    if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor):
+        return tuple(a.meta["val"].shape)
+    return None
+
+
+def _flat_safe(node, extra) -> str | None:
     """A tensor of rank 3 or more is a flat row here, so only operations that do not depend on
-    its shape may touch it: elementwise ones (``FLAT_SAFE``) on equal shapes or with single
-    numbers, views, and the handlers that are told the shapes (convolution, batch_norm, sum,
-    mean). Anything else (a per-channel broadcast, layer_norm over its last axis, a transpose,
-    indexing) would compute the wrong thing: it is refused by name."""
+    its shape may touch it as they do a matrix: elementwise ones (``FLAT_SAFE``) on equal shapes
+    or with single numbers, views, and the handlers that are told the shapes (convolution,
+    batch_norm, sum, mean). Two more kinds are read at positions torch computes
+    (``casadi_layout.gather``): a rearrangement (``GATHERED``: transpose, permute, expand,
+    slice, ...), returned as ``"gather"``, and an elementwise operation whose arguments
+    broadcast, returned as ``"broadcast"``. Anything else (layer_norm over its last axis,
+    indexing by a tensor) would compute the wrong thing: it is refused by name."""
     if extra == "shapes":
-        return
+        return None
     meta = node.meta.get("val")
     out = tuple(meta.shape) if isinstance(meta, torch.Tensor) else ()
-    shapes = [
-        tuple(a.meta["val"].shape)
-        for a in node.args
-        if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor)
-    ]
+    shapes = [s for s in map(_shape, node.args) if s is not None]
     if max(map(len, [out, *shapes])) < 3:
-        return
+        return None
+    if node.target in GATHERED:
+        return "gather"
     if node.target not in FLAT_SAFE:
         raise ValueError(f"{node.target} on a tensor of rank 3 or more (shapes {shapes})")
-    if node.target in VIEWS:
-        return
-    for shape in shapes:
-        if math.prod(shape) != 1 and shape != out:
-            raise ValueError(f"broadcasting a {shape} tensor to rank-{len(out)} shape {out}")
+    if node.target in VIEWS or not isinstance(meta, torch.Tensor):  # (a run-time check)
+        return None
+    if any(math.prod(shape) != 1 and shape != out for shape in shapes):
+        return "broadcast"
+    return None
+
+
+def _gathered(node, env):
+    """A rearrangement (``GATHERED``) of one tensor, or a concatenation of several, as a read
+    at the positions that torch's own operation gives when applied to ``arange`` of the
+    tensors' shapes (numbered one after the other)."""
+    first, rest = node.args[0], node.args[1:]
+    if any(isinstance(a, torch.fx.Node) for a in torch.fx.node.map_aggregate(rest, lambda a: a)):
+        raise ValueError(f"{node.target} with a tensor argument")
+    parts = list(first) if isinstance(first, (list, tuple)) else [first]
+    if not all(_shape(p) is not None for p in parts):
+        raise ValueError(f"{node.target} of a number")
+    shapes = [_shape(p) for p in parts]
+    sizes = [math.prod(shape) for shape in shapes]
+    offsets = np.cumsum([0, *sizes])
+    index = [
+        torch.arange(int(o), int(o) + k).reshape(shape)
+        for o, k, shape in zip(offsets, sizes, shapes, strict=False)
+    ]
+    flat = ca.horzcat(*[reshape(env[p.name], (1, k)) for p, k in zip(parts, sizes, strict=True)])
+    arg = index if isinstance(first, (list, tuple)) else index[0]
+    return gather(flat, (int(offsets[-1]),), node.target(arg, *rest, **node.kwargs))
+
+
+def _broadcast_args(node, args: list) -> list:
+    """Tensor arguments of an elementwise operation broadcast to its output's shape (torch's
+    rules), each as a read at the positions ``torch.broadcast_to`` gives."""
+    out = tuple(node.meta["val"].shape)
+    done = []
+    for a, v in zip(node.args, args, strict=True):
+        shape = _shape(a)
+        if shape is not None and shape != out and math.prod(shape) != 1:
+            index = torch.arange(math.prod(shape)).reshape(shape)
+            v = gather(v, shape, torch.broadcast_to(index, out))
+        done.append(v)
+    return done
 
 
 def _op_name(target) -> str:
@@ -169,11 +214,16 @@ def _translate_node(node, env, nonsmooth):
                 if isinstance(first, (list, tuple))
                 else [rank(a) for a in node.args[:2]]
             )
-        _flat_safe(node, extra)
-        args = [val(a) for a in node.args]
-        if target is aten.index.Tensor:
-            args[1] = [None if i is None else np.asarray(ca.DM(i)).ravel() for i in args[1]]
-        result = handler(out, *args, **kwargs)
+        flat = _flat_safe(node, extra)
+        if flat == "gather":
+            result = _gathered(node, env)
+        else:
+            args = [val(a) for a in node.args]
+            if flat == "broadcast":
+                args = _broadcast_args(node, args)
+            if target is aten.index.Tensor:
+                args[1] = [None if i is None else np.asarray(ca.DM(i)).ravel() for i in args[1]]
+            result = handler(out, *args, **kwargs)
     except (ValueError, TypeError, RuntimeError, NotImplementedError, IndexError) as err:
         raise UnsupportedOperationError(
             f"operation aten.{op_name} in {_where(node)} could not be translated ({err}); "
