@@ -13,8 +13,10 @@ every mode: symbolic, callback, callback + ``F.map(6)`` (one batched torch call 
 nodes), and ``mode="auto"`` (which measures and picks one of the first two).
 
 Fairness: every variant is called the same way (a numpy point from Python, so each call pays
-CasADi's Python call overhead once); derivative functions are built once before timing; IPOPT
-with exact Hessians, default tolerance, quiet, after one warm-up solve; medians of 5 rounds. The
+CasADi's Python call overhead once); derivative functions are built once before timing; the
+calls of F, J and H of every variant are timed in alternating rounds (medians of 9), so a
+shared machine's drift favours none; IPOPT with exact Hessians, default tolerance, quiet, after
+one warm-up solve; medians of 5 rounds. The
 surrogate's cache is cleared before every timed solve (otherwise a repeated identical solve is
 answered by it); builds are timed after one warm-up build (torch.export's first use in a process
 costs seconds of imports). Run: ``python benchmarks/bench_casadi.py``.
@@ -28,7 +30,7 @@ from itertools import cycle
 import casadi as ca
 import numpy as np
 import torch
-from _common import machine, table, timeit, write_section
+from _common import interleaved, machine, table, write_section
 
 import surrogate_bridge as sb
 
@@ -168,15 +170,19 @@ def main() -> None:
             variants["torch2casadi"] = t2c
         pts = np.random.default_rng(0).uniform(-1, 1, (4096, n))
         ref = sur.hess(pts[0])
-        times = {}
+        calls, errs = {}, {}
         for name, F in variants.items():
             t0 = time.perf_counter()
             J, H = derivative_functions(F, n)
-            t_deriv = time.perf_counter() - t0
-            err = float(np.abs(np.array(H(pts[0])) - ref).max())
-            per = [timeit(partial(f, cycle(pts)), min_time=0.2) for f in (F, J, H)]
-            times[name] = per
-            rows.append([label, name, build[name] + t_deriv, *(p * 1e6 for p in per), err])
+            build[name] += time.perf_counter() - t0
+            errs[name] = float(np.abs(np.array(H(pts[0])) - ref).max())
+            for kind, f in zip("FJH", (F, J, H), strict=True):
+                calls[(name, kind)] = partial(f, cycle(pts))
+        timed = interleaved(calls, min_time=0.05, repeats=9)  # alternating: drift hits all
+        times = {}
+        for name, F in variants.items():
+            per = times[name] = [timed[(name, k)] for k in "FJH"]
+            rows.append([label, name, build[name], *(p * 1e6 for p in per), errs[name]])
             t_solve, iters, status = ipopt(F, n, sur.cache_clear)
             per_iter = t_solve / max(iters, 1) * 1e3
             solves.append([label, name, status, iters, t_solve * 1e3, per_iter])

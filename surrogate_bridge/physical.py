@@ -335,7 +335,7 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
             )
         elif "the model returned a" in str(err):
             hint = "Pass a function of z returning the one output tensor, and n_in="
-            hint += " (lambda z: model(z)[0], for a tuple)."
+            hint += " (lambda z: model(z)[0] for a tuple, lambda z: model(z)[key] for a dict)."
 
         raise ValueError(
             f"Surrogate: the model failed on a probe batch of shape ({_PROBE_ROWS}, {n_in}) "
