@@ -148,7 +148,12 @@ def _check_options(epochs, lr, batch_size, weights, validation, patience) -> Non
 
 def _prepare(model, X, y, dydx, input_scaler, output_scaler) -> _Data:
     """Validate the data against each other and the model; normalize it."""
-    X = as_array(X, "fit", "X", (2,))
+    X = as_array(X, "fit", "X", (1, 2))
+    if X.ndim == 1:  # N samples of one feature, or one sample of N features: not guessed
+        raise ValueError(
+            f"fit: X must be 2-D (samples, features), got shape {X.shape}; for one feature "
+            "pass X[:, None], for one sample X[None]."
+        )
     N, n = X.shape
     if y is None and dydx is None:
         raise ValueError("fit: pass values y, gradients dydx, or both.")

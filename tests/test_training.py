@@ -138,6 +138,11 @@ def test_fit_errors(grid, kwargs, err, match):
         sb.fit(mlp([2, 4, 1]), grid, progress=False, **kwargs)
 
 
+def test_fit_names_the_two_readings_of_a_1d_x(grid):
+    with pytest.raises(ValueError, match=r"X must be 2-D .* shape \(100,\); .* X\[:, None\]"):
+        sb.fit(mlp([1, 4, 1]), grid[:, 0], grid[:, 1], progress=False)
+
+
 # derivatives for loss terms ------------------------------------------------------------------
 def test_derivatives_sin_closed_forms_to_order_four():
     x = torch.linspace(0, 2 * np.pi, 17, dtype=torch.float64)[:, None]
