@@ -55,6 +55,21 @@ def _silu(h):
     return h * s, s * (1.0 + h * (1.0 - s)), s * (1.0 - s) * (2.0 + h * (1.0 - 2.0 * s))
 
 
+def _mish(h):
+    """h tanh(softplus(h)); its derivatives as torch's own composite backward gives them."""
+    with np.errstate(over="ignore"):
+        t = np.tanh(np.log1p(np.exp(h)))
+    s = _logistic(h)
+    sech2 = 1.0 - t * t
+    return h * t, t + h * s * sech2, sech2 * s * (2.0 + h * (1.0 - s) - 2.0 * h * s * t)
+
+
+def _log_sigmoid(h):
+    """log sigmoid(h) = min(h, 0) - log1p(exp(-|h|)), as torch computes it."""
+    s = _logistic(h)
+    return np.minimum(h, 0.0) - np.log1p(np.exp(-np.abs(h))), 1.0 - s, -s * (1.0 - s)
+
+
 def _gelu(h, approximate="none"):
     if approximate == "tanh":
         k, c = math.sqrt(2.0 / math.pi), 0.044715
@@ -134,6 +149,8 @@ ACTIVATIONS = {
     aten.sigmoid.default: _sigmoid,
     aten.softplus.default: _softplus,
     aten.silu.default: _silu,
+    aten.mish.default: _mish,
+    aten.log_sigmoid.default: _log_sigmoid,
     aten.gelu.default: _gelu,
     aten.elu.default: _elu,
     aten.selu.default: _selu,

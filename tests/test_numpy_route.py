@@ -26,6 +26,8 @@ ACTS = {
     "gelu-tanh": lambda: nn.GELU(approximate="tanh"),
     "elu": lambda: nn.ELU(alpha=0.7),
     "selu": nn.SELU,
+    "mish": nn.Mish,
+    "logsigmoid": nn.LogSigmoid,
     "sin": None,  # a PINN's sine layer, below
 }
 
@@ -178,6 +180,17 @@ def test_graphs_that_are_not_layer_graphs_are_refused_and_auto_measures_the_othe
     assert close(sur.hess(x), ref.hess(x)) and close(sur.grad(x), ref.grad(x))
 
 
+@pytest.mark.parametrize("act", ["mish", "logsigmoid", "softplus-beta"])
+def test_smooth_rules_agree_far_into_their_tails(act):
+    """Points whose pre-activations reach +-60: overflow guards and thresholds, not only the
+    probe points' range."""
+    net = mlp([2, 8, 8, 1], ACTS[act], seed=3)
+    num, ref = twins(net, sb.Affine([0.0, 0.0], [0.02, 0.02]), None)
+    assert num.point_route == "numpy"
+    X = np.random.default_rng(5).normal(size=(4, 2))
+    assert_routes_agree(num, ref, X, rel=1e-10)
+
+
 def test_float32_surrogates_are_refused_by_name():
     with pytest.raises(ValueError, match="float64 on the CPU"):
         sb.Surrogate(mlp([2, 4, 1], seed=0), dtype=torch.float32, point_route="numpy")
@@ -187,7 +200,8 @@ def test_every_rule_is_exercised_by_a_test():
     """The rules here are the ones the tests above compare with torch."""
     names = {str(op).split(".")[1] for op in ACTIVATIONS}
     assert names == {"tanh", "sigmoid", "softplus", "silu", "gelu", "elu", "selu", "relu",
-                     "leaky_relu", "hardtanh", "sin", "cos", "exp"}  # fmt: skip
+                     "leaky_relu", "hardtanh", "sin", "cos", "exp", "mish",
+                     "log_sigmoid"}  # fmt: skip
 
 
 class CosExp(nn.Module):
