@@ -1,5 +1,7 @@
 """CasADi adapter against real CasADi and IPOPT (and gcc for generated code)."""
 
+import itertools
+import math
 import shutil
 import subprocess
 
@@ -7,6 +9,8 @@ import casadi as ca
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from problems import (
     COMPOSITES,
     P_SEED,
@@ -148,8 +152,8 @@ def test_ipopt_seed_problem_same_iterations_both_modes():
     Pa = np.linalg.solve(P_SEED, A_VEC)
     x_star = Pa / (A_VEC @ Pa)
     (xs, ss), (xc, sc) = seed_problem("symbolic"), seed_problem("callback")
-    for x, st in ((xs, ss), (xc, sc)):
-        assert st["return_status"] == "Solve_Succeeded"  # at IPOPT's default tol 1e-8
+    for x, stats in ((xs, ss), (xc, sc)):
+        assert stats["return_status"] == "Solve_Succeeded"  # at IPOPT's default tol 1e-8
         np.testing.assert_allclose(x, x_star, atol=TOL["ipopt"])
     # exact second derivatives in the callback too: no information lost, same path
     assert ss["iter_count"] == sc["iter_count"]
@@ -554,3 +558,80 @@ def test_shape_dependent_ops_on_flattened_tensors_are_refused_not_mistranslated(
         F = sb.casadi_function(sur)
     x = np.array([0.1, -0.4, 0.7, 0.2])
     np.testing.assert_allclose(float(F(x)), sur(x), rtol=1e-14)
+
+
+# random rearrangements of rank-3+ tensors: every translated one must be torch's function ------
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
+_STEPS = ("permute", "flip", "slice", "scale", "cat", "expand", "select", "transpose")
+
+
+class Rearranged(nn.Module):
+    """x (N, 4) -> a linear layer to (N, 2, 3, 4) -> a drawn sequence of rearrangements and
+    broadcasts -> tanh -> flattened -> a sum weighted by position -> (N, 1). The constants
+    (broadcast factors, position weights) are made once, by a dry run, as buffers."""
+
+    def __init__(self, steps, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lin, self.steps, self.consts = nn.Linear(4, 24), steps, None
+        shapes = []
+        with torch.no_grad():
+            self.forward(torch.zeros(1, 4), shapes)
+        for i, shape in enumerate(shapes):
+            self.register_buffer(f"c{i}", torch.linspace(0.5, 1.5, math.prod(shape)).reshape(shape))
+        self.consts = len(shapes)
+
+    def forward(self, x, shapes=None):
+        made = iter(getattr(self, f"c{i}").to(x.dtype) for i in range(self.consts or 0))
+
+        def const(shape):
+            if shapes is not None:
+                shapes.append(shape)
+                return torch.ones(shape, dtype=x.dtype)
+            return next(made)
+
+        h = self.lin(x).reshape(-1, 2, 3, 4)
+        for step, k in self.steps:
+            dims = list(range(1, h.dim()))
+            d = dims[k % len(dims)]
+            if step == "permute":
+                orders = list(itertools.permutations(dims))
+                h = h.permute(0, *orders[k % len(orders)])
+            elif step == "flip":
+                h = h.flip(d)
+            elif step == "slice" and h.shape[d] > 1:
+                h = h.narrow(d, 1, h.shape[d] - 1)
+            elif step == "scale":  # a constant with ones along some axes: a broadcast
+                h = h * const([1] + [s if i % 2 == k % 2 else 1 for i, s in enumerate(h.shape[1:])])
+            elif step == "cat":
+                h = torch.cat([h, torch.tanh(h)], d)
+            elif step == "expand" and h.dim() < 6:
+                h = h.unsqueeze(1).expand(-1, 2, *h.shape[1:])
+            elif step == "select" and h.dim() > 3:
+                h = h.select(d, k % h.shape[d])
+            elif step == "transpose" and len(dims) > 1:
+                h = h.transpose(dims[0], dims[-1])
+        h = torch.tanh(h).flatten(1)
+        return (h * const([1, h.shape[1]])).sum(-1, keepdim=True)
+
+
+# each example exports and translates a model: shrinking a failure would take minutes
+@settings(max_examples=15, deadline=None, derandomize=True, phases=NO_SHRINK,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(
+    st.lists(st.tuples(st.sampled_from(_STEPS), st.integers(0, 5)), min_size=1, max_size=4),
+    st.integers(0, 100),
+)
+def test_property_rank3_rearrangements_translate_to_torchs_function(steps, seed):
+    """Each translated rearrangement is a read at positions torch itself computes; whatever
+    sequence is drawn, value, gradient and Hessian equal the torch surrogate's."""
+    sur = sb.Surrogate(Rearranged(steps, seed), n_in=4)
+    F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 4)
+    y = F(x)
+    G = ca.Function("G", [x], [ca.gradient(y, x), ca.hessian(y, x)[0]])
+    for pt in np.random.default_rng(seed).normal(size=(2, 4)):
+        g, H = G(pt)
+        np.testing.assert_allclose(float(F(pt)), sur(pt), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.array(g).ravel(), sur.grad(pt), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.array(H), sur.hess(pt), rtol=1e-9, atol=1e-11)
