@@ -104,3 +104,20 @@ def test_casadi_codegen(capsys):
 def _aten_ops(sur):
     graph = sur.export(one_point=True).graph
     return [str(n.target).removeprefix("aten.") for n in graph.nodes if n.op == "call_function"]
+
+
+def test_readme_complete_example_runs_as_written():
+    """The README's complete example, executed as it stands there: scipy, IPOPT and the
+    gradient flow reach the same minimum of the trained surrogate, near the origin."""
+    text = (EXAMPLES.parent / "README.md").read_text()
+    section = text.split("## A complete example", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    ns: dict = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), ns)
+    x_scipy = ns["res"].x
+    x_ipopt = np.asarray(ns["sol"]["x"]).ravel()
+    x_flow = ns["path"][-1, 0].numpy()
+    assert np.linalg.norm(x_scipy) < 0.3
+    np.testing.assert_allclose(x_ipopt, x_scipy, atol=1e-5)
+    np.testing.assert_allclose(x_flow, x_scipy, atol=1e-3)
+    assert np.linalg.norm(ns["sur"].grad(x_scipy)) < 1e-6
