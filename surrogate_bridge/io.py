@@ -83,7 +83,10 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
     try:
         program = sur.export(one_point=not batched)
     except ExportError as err:
-        raise ValueError(f"save: {err}") from err
+        try:  # a batch-size-dependent path (torch.cdist's, say): the one-point graph, on load
+            program, batched = sur.export(one_point=True), False  # run under vmap for batches
+        except ExportError:
+            raise ValueError(f"save: {err}") from err
     graph, tensors = graph_to_data(program, sur.function.probes(sur.n_in))
     try:  # what load will check, checked now: never write a file that load refuses
         SavedGraph(graph, tensors, one_point=not batched).check_shapes(

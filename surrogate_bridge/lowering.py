@@ -10,12 +10,13 @@ file may not contain"), although torch itself can write it in simpler operations
 own decomposition of it (``torch.export.default_decompositions()``: the CompositeImplicitAutograd
 kernels, which are what eager torch runs for those operations, and the core-ATen
 decompositions; for an operation torch has none of, such as ``_trilinear``, which
-``nn.Bilinear`` calls, one written here in plain operations), round by round, until the
-consumer knows every operation or nothing more can be decomposed. Operations the consumer
-knows stay whole, so an activation with an exact rule of its own, or a linear layer, is never
-broken up. The lowered program must be the same function as the original to float64 rounding
-at probe points (``_SAME``, relative to the output's size); where it is not, the original is
-handed back and the consumer names the operation it does not know, as before.
+``nn.Bilinear`` calls, or ``torch.cdist``, one written here in plain operations), round by
+round, until the consumer knows every operation or nothing more can be decomposed.
+Operations the consumer knows stay whole, so an activation with an exact rule of its own, or
+a linear layer, is never broken up. The lowered program must be the same function as the
+original to float64 rounding at probe points (``_SAME``, relative to the output's size); where
+it is not, the original is handed back and the consumer names the operation it does not know,
+as before.
 :func:`same_function` is that check, also used on the CasADi translation itself.
 """
 
@@ -129,8 +130,23 @@ def _trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
     return product.sum([d % rank for d in sumdim]) if len(sumdim) else product
 
 
+def _cdist(x1, x2, p, compute_mode=None):
+    """``aten._cdist_forward`` (``torch.cdist``) as the p-norm of the differences of every pair
+    of rows; torch computes p = 2 this way too for up to 25 rows (above, through a matrix
+    product: the same function to rounding, which the probe check holds it to)."""
+    diff = (x1.unsqueeze(-2) - x2.unsqueeze(-3)).abs()
+    if p == float("inf"):
+        return diff.amax(-1)
+    if p == 2:
+        return (diff * diff).sum(-1).sqrt()
+    return (diff**p).sum(-1) ** (1.0 / p)
+
+
 # operations torch has no decomposition of, in plain operations (checked like torch's own)
-_OWN = {torch.ops.aten._trilinear.default: _trilinear}
+_OWN = {
+    torch.ops.aten._trilinear.default: _trilinear,
+    torch.ops.aten._cdist_forward.default: _cdist,
+}
 
 
 def _example(program):

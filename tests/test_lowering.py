@@ -103,3 +103,13 @@ def test_our_trilinear_rule_is_atens_kernel(shapes, args):
     got = lowering._trilinear(i1, i2, i3, *args)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.5, float("inf")])
+@pytest.mark.parametrize("rows", [5, 40])  # torch.cdist takes a matrix product above 25 rows
+def test_our_cdist_rule_is_torchs_cdist(p, rows):
+    g = torch.Generator().manual_seed(2)
+    x1 = torch.randn(2, rows, 3, dtype=torch.float64, generator=g)
+    x2 = torch.randn(7, 3, dtype=torch.float64, generator=g)
+    want = torch.cdist(x1, x2, p)
+    torch.testing.assert_close(lowering._cdist(x1, x2, p), want, rtol=1e-12, atol=1e-13)
