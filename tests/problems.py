@@ -244,6 +244,17 @@ COMPOSITES = {
     "bilinear": lambda h: nn.functional.bilinear(  # aten._trilinear: lowered by our rule
         h[:, :4], torch.tanh(h[:, 4:]), _BILINEAR.to(h.dtype)
     ).repeat(1, 4),
+    # along one axis of a rank-3 tensor: the rank-2 rule on the matrix of its lines
+    "softmax3": lambda h: nn.functional.softmax(h.reshape(-1, 2, 4), 1).reshape(-1, 8),
+    "layer_norm3": lambda h: nn.functional.layer_norm(h.reshape(-1, 2, 4), (4,)).flatten(1),
+    "amax_cumsum3": lambda h: (
+        h * h.reshape(-1, 2, 4).amax(1).repeat(1, 2)
+        + torch.cumsum(h.reshape(-1, 2, 4), 1).flatten(1)
+    ),
+    "matmul3": lambda h: (h.reshape(-1, 2, 4) @ _BILINEAR[0].to(h.dtype)).flatten(1),
+    "bmm": lambda h: (
+        torch.bmm(h.reshape(-1, 2, 4), torch.tanh(h).reshape(-1, 4, 2)).repeat(1, 1, 2).flatten(1)
+    ),
     "select_stack3": lambda h: (
         torch.stack([h.reshape(-1, 2, 4)[:, 1], torch.tanh(h.reshape(-1, 2, 4)).select(1, 0)], 2)
         .transpose(1, 2)

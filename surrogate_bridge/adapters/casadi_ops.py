@@ -367,6 +367,9 @@ OPS = {
     aten._log_softmax.default: (_softmax(True), "rank"),
     aten.log_softmax.int: (_softmax(True), "rank"),
     aten.amax.default: (_extreme(ca.mmax), "rank"),
+    aten.all.dim: (_extreme(ca.mmin), "rank"),  # of 0/1 values: all is the least, any the most
+    aten.any.dim: (_extreme(ca.mmax), "rank"),
+    aten.bmm.default: (_matmul, "ranks"),  # batched: always through casadi_symbolic's blocks
     aten.amin.default: (_extreme(ca.mmin), "rank"),
     aten.cumsum.default: (_cumsum, "rank"),
     aten.full.default: (_filled(1), None),

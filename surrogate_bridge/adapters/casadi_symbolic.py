@@ -23,7 +23,7 @@ from ..diagnostics import PIECEWISE_LINEAR
 from ..lowering import lowered, same_function
 from ..physical import ExportError, constants_of
 from ..surrogate import Surrogate
-from .casadi_layout import GATHERED, gather
+from .casadi_layout import GATHERED, axis, gather
 from .casadi_ops import FLAT_SAFE, OPS, VIEWS, reshape, shape2
 
 __all__ = ["UnsupportedOperationError", "translate", "translate_program"]
@@ -121,6 +121,10 @@ def _flat_safe(node, extra) -> str | None:
         return None
     if node.target in GATHERED:
         return "gather"
+    if node.target in _AXIS:
+        return "axis"
+    if node.target in _MATMULS:
+        return "batched"
     if node.target not in FLAT_SAFE:
         raise ValueError(f"{node.target} on a tensor of rank 3 or more (shapes {shapes})")
     if node.target in VIEWS or not isinstance(meta, torch.Tensor):  # (a run-time check)
@@ -150,6 +154,70 @@ def _gathered(node, env):
     flat = ca.horzcat(*[reshape(env[p.name], (1, k)) for p, k in zip(parts, sizes, strict=True)])
     arg = index if isinstance(first, (list, tuple)) else index[0]
     return gather(flat, (int(offsets[-1]),), node.target(arg, *rest, **node.kwargs))
+
+
+# operations along one axis of a tensor: "last", or the index of their dim argument. On a tensor
+# of rank 3 or more, the axis is moved last (a gather), the tensor viewed as the matrix of its
+# lines along it (row-major: a plain reshape), and the rank-2 rule applied to that matrix
+_AXIS = {
+    aten.linear.default: "last", aten.layer_norm.default: "last",
+    aten.softmax.int: 1, aten._softmax.default: 1, aten.log_softmax.int: 1,
+    aten._log_softmax.default: 1, aten.cumsum.default: 1, aten.amax.default: 1,
+    aten.amin.default: 1, aten.all.dim: 1, aten.any.dim: 1,
+}  # fmt: skip
+_MATMULS = {aten.matmul.default, aten.bmm.default}
+
+
+def _along_axis(node, env, val, handler, extra, kwargs):
+    """An ``_AXIS`` operation on a tensor of rank 3 or more: its rank-2 rule on the matrix
+    whose rows are the tensor's lines along the axis, the result put back in torch's order."""
+    x, where = node.args[0], _AXIS[node.target]
+    shape = _shape(x)
+    rank = len(shape)
+    args = [val(a) for a in node.args]
+    if where == "last":
+        d = rank - 1
+    else:
+        dim = node.args[where] if len(node.args) > where else node.kwargs.get("dim")
+        dims = [dim] if isinstance(dim, int) else list(dim or [])
+        if len(dims) != 1:
+            raise ValueError(f"{node.target} over dimensions {dims} of a rank-{rank} tensor")
+        d = axis(dims[0], rank)
+        args[where] = 1 if isinstance(dim, int) else [1]  # the matrix's columns
+    index = torch.arange(math.prod(shape)).reshape(shape).movedim(d, -1)
+    rows = math.prod(index.shape[:-1])
+    args[0] = reshape(gather(env[x.name], shape, index), (rows, shape[d]))
+    if extra == "rank":
+        kwargs["rank"] = 2
+    out_shape = tuple(node.meta["val"].shape)
+    cols = math.prod(out_shape) // rows
+    y = handler((rows, cols), *args, **kwargs)
+    if cols == 1:  # the axis reduced (or of size 1): wherever it goes, the order is the same
+        return reshape(y, shape2(out_shape))
+    moved = torch.arange(rows * cols).reshape(*index.shape[:-1], cols).movedim(-1, d)
+    return gather(reshape(y, (1, rows * cols)), (rows * cols,), moved)
+
+
+def _batched_matmul(node, env):
+    """matmul or bmm of tensors of rank 2 or more, one of them of rank 3 or more: a matrix
+    product per batch entry (the batch axes broadcast as torch broadcasts them)."""
+    a, b = node.args[:2]
+    sa, sb = _shape(a), _shape(b)
+    if sa is None or sb is None or len(sa) < 2 or len(sb) < 2:
+        raise ValueError(f"{node.target} of shapes {sa} and {sb}")
+    batch = tuple(torch.broadcast_shapes(sa[:-2], sb[:-2]))
+    (m, k), n = sa[-2:], sb[-1]
+    flats = []
+    for v, shape in ((env[a.name], sa), (env[b.name], sb)):
+        index = torch.arange(math.prod(shape)).reshape(shape)
+        index = torch.broadcast_to(index, (*batch, *shape[-2:]))
+        flats.append(reshape(gather(v, shape, index), (1, index.numel())))
+    blocks = []
+    for i in range(math.prod(batch)):
+        A = reshape(flats[0][0, i * m * k : (i + 1) * m * k], (m, k))
+        B = reshape(flats[1][0, i * k * n : (i + 1) * k * n], (k, n))
+        blocks.append(reshape(ca.mtimes(A, B), (1, m * n)))
+    return reshape(ca.horzcat(*blocks), shape2(node.meta["val"].shape))
 
 
 def _broadcast_args(node, args: list) -> list:
@@ -217,6 +285,10 @@ def _translate_node(node, env, nonsmooth):
         flat = _flat_safe(node, extra)
         if flat == "gather":
             result = _gathered(node, env)
+        elif flat == "axis":
+            result = _along_axis(node, env, val, handler, extra, kwargs)
+        elif flat == "batched" or target is aten.bmm.default:
+            result = _batched_matmul(node, env)
         else:
             args = [val(a) for a in node.args]
             if flat == "broadcast":
