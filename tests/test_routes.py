@@ -152,3 +152,30 @@ def test_auto_leaves_a_route_that_is_not_the_same_function_unused(monkeypatch):
     assert "numpy" not in sur.point_route
     for x in X[:4]:
         assert close(sur.hess(x + 0.1), exact.hess(x + 0.1))
+
+
+class NoSecondDerivative(nn.Module):
+    """F.hardsigmoid in the forward: torch has no second derivative of it (Hessian requests
+    are refused), but the CasADi translation of it exists."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(2, 6), nn.Linear(6, 1)
+
+    def forward(self, z):
+        h = self.a(z)
+        return self.b(torch.tanh(h) + 0.1 * nn.functional.hardsigmoid(h))
+
+
+@pytest.mark.parametrize("model", [NoSecondDerivative], ids=["hardsigmoid"])
+def test_auto_measures_models_whose_hessian_torch_cannot_take(model):
+    """The routes' check and their timing ask torch for Hessians only where it can take them:
+    a solver's 32nd point used to raise torch's error instead of an answer."""
+    sur = sb.Surrogate(model(), n_in=2)
+    ref = sb.Surrogate(model(), n_in=2, point_route="torch")
+    for x in np.random.default_rng(0).normal(size=(40, 2)):
+        np.testing.assert_allclose(sur.value_and_grad(x)[1], ref.grad(x), rtol=1e-12)
+    assert "hessian: torch cannot take it, not measured" in sur.point_route_report["note"]
+    with pytest.raises(NotImplementedError, match="torch cannot take this derivative"):
+        sur.hess(np.zeros(2))
