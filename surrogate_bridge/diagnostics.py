@@ -99,12 +99,13 @@ class _OpRecorder(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def piecewise_linear_ops(fn, x: torch.Tensor) -> list[str]:
-    """Names of the piecewise-linear operations that ``fn(x)`` calls (empty if smooth)."""
+def called_functions(fn, x: torch.Tensor) -> set[str]:
+    """Names of the torch functions that ``fn(x)`` calls (``F.celu``, ``torch.tanh``, ...):
+    for the smoothness warning (``PIECEWISE_LINEAR``) and the rewrites (``rewrites.py``)."""
     rec = _OpRecorder()
     with rec, torch.no_grad():
         fn(x)
-    return sorted(rec.names & PIECEWISE_LINEAR)
+    return rec.names
 
 
 @dataclass

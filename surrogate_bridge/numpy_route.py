@@ -135,6 +135,12 @@ def _operation(node, index, consts, sizes, k: int):
     def hidden(a):
         return isinstance(a, torch.fx.Node) and a.name in index
 
+    if target in (aten.copy.default, aten.copy_.default):  # an in-place call: src's values
+        j = index[args[1].name]  # (a later read of the overwritten tensor would differ from
+        # torch at the probe points, and the route is then refused: routes.same_as_torch)
+        if k != sizes[j]:
+            raise GraphUnsupported(f"{where}: a copy that broadcasts")
+        return None, (j,)
     if target in VIEWS or target is aten.slice.Tensor:
         j = index[args[0].name]
         if target is aten.dropout.default and (args[2] if len(args) > 2 else kw.get("train")):

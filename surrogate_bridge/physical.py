@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .diagnostics import cannot_differentiate, no_derivative, piecewise_linear_ops
+from .diagnostics import PIECEWISE_LINEAR, called_functions, cannot_differentiate, no_derivative
 from .normalization import Affine
-from .rewrites import exact_layers
+from .rewrites import REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
 
 __all__ = [
     "VIEWS",
@@ -347,9 +347,13 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
             f"returns {n_out} outputs."
         )
     fn = PhysicalFunction(rows, in_aff, out_aff).to(device=device, dtype=dtype)
+    called = called_functions(fn, X)
+    if called & REWRITTEN_FUNCTIONS:  # F.celu, F.hardsigmoid in the forward: rewrites.py
+        model = ExactFunctions(model)
+        fn = fn._with_rows(type(rows)(model))
     if type(rows) is Batched and not _rows_independent(fn, X):
         fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
-    nonsmooth = tuple(piecewise_linear_ops(fn, X))
+    nonsmooth = tuple(sorted(called & PIECEWISE_LINEAR))
     return Built(fn, n_out, nonsmooth, _first_derivatives(fn, X), _second_derivatives(fn, X[:1]))
 
 

@@ -9,22 +9,27 @@ dense grids); the user's model object is never touched.
   1e-8 relative when 1 / alpha is not a float32 number (alpha = 0.7: 3.5e-8). It becomes
   ``aten.elu(x, alpha, 1, 1 / alpha)``, the very call that ``nn.CELU`` makes, whose derivative
   torch takes in float64.
-- ``nn.Hardsigmoid``: torch has no second derivative of it. It becomes
+- ``nn.Hardsigmoid``: torch has no second derivative of it, and its derivative takes 1 / 6 in
+  single precision (0.1666666716, off by 3e-8 relative). It becomes
   ``hardtanh(x + 3, 0, 6) / 6``, the expression torch's kernel evaluates, whose second
   derivative is zero, as for every piecewise-linear activation (the smoothness warning says so,
   naming hardtanh).
 
-Only layers of exactly these types are rewritten (a subclass may change ``forward``); the same
-functions called inside a ``forward`` (``F.celu``, ``F.hardsigmoid``) are not layers and stay as
-they are: probing names a missing second derivative (``physical.py``).
+Only layers of exactly these types are rewritten (a subclass may change ``forward``). The same
+functions called inside a ``forward`` (``F.celu``, ``torch.celu``, ``F.hardsigmoid``, in place
+or not) have the same faults: probing records the torch functions a forward calls
+(``physical.build``), and a model that calls one of these is run inside :class:`ExactFunctions`,
+a torch function mode that hands each such call to the same forms, only in that forward (modes
+are per thread; nothing global changes, and other models pay nothing).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["exact_layers"]
+__all__ = ["REWRITTEN_FUNCTIONS", "ExactFunctions", "exact_layers"]
 
 
 class ExactCELU(nn.Module):
@@ -71,3 +76,56 @@ def exact_layers(model: nn.Module) -> nn.Module:
             if new is not None:
                 setattr(parent, name, new)
     return model
+
+
+# functions called in a forward ---------------------------------------------------------------
+def _celu(x: torch.Tensor, alpha: float = 1.0, inplace: bool = False) -> torch.Tensor:
+    y = torch.ops.aten.elu(x.clone() if inplace else x, alpha, 1.0, 1.0 / alpha)
+    return x.copy_(y) if inplace else y
+
+
+def _celu_(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    return _celu(x, alpha, inplace=True)
+
+
+def _hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    y = nn.functional.hardtanh(x + 3.0, 0.0, 6.0) / 6.0  # (x itself is not kept for backward)
+    return x.copy_(y) if inplace else y
+
+
+_FUNCTIONS = {
+    nn.functional.celu: _celu, torch.celu: _celu, torch.celu_: _celu_,
+    nn.functional.hardsigmoid: _hardsigmoid,
+}  # fmt: skip
+# their names, as probing records them (``diagnostics.called_functions``)
+REWRITTEN_FUNCTIONS = frozenset({"celu", "celu_", "hardsigmoid"})
+
+
+class _ExactMode(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return _FUNCTIONS.get(func, func)(*args, **(kwargs or {}))
+
+
+class ExactFunctions(nn.Module):
+    """``model`` run with its calls of ``F.celu``, ``torch.celu`` and ``F.hardsigmoid``
+    replaced by the forms above (the layers' rewrites, as functions).
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Net(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return torch.nn.functional.hardsigmoid(x)
+    >>> x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    >>> (g,) = torch.autograd.grad(ExactFunctions(Net())(x).sum(), x)
+    >>> g.item() == 1 / 6  # torch's own: 0.1666666716337204, 1 / 6 in single precision
+    True
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        with _ExactMode():
+            return self.model(*args, **kwargs)

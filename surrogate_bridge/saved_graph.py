@@ -48,7 +48,7 @@ ALLOWED = frozenset(
     batch_norm _native_batch_norm_legit_no_training linalg_vector_norm norm conv1d conv2d
     convolution cat concat stack split split_with_sizes chunk unbind slice select index
     index_select gather narrow constant_pad_nd view reshape _unsafe_view unsqueeze squeeze
-    flatten expand expand_as repeat flip clone alias detach detach_ contiguous _to_copy to
+    flatten expand expand_as repeat flip clone copy alias detach detach_ contiguous _to_copy to
     lift_fresh_copy dropout full full_like zeros zeros_like ones ones_like scalar_tensor
     sym_size _assert_tensor_metadata _assert_scalar _assert_async sym_constrain_range
     sym_constrain_range_for_size""".split()
@@ -204,7 +204,17 @@ def _op(target: str):
     packet = getattr(torch.ops.aten, parts[1])
     if parts[2] not in packet.overloads():
         raise Refused(f"aten.{parts[1]} has no overload {parts[2]!r}")
-    return getattr(packet, parts[2])
+    return _DIFFERENTIABLE.get(target, getattr(packet, parts[2]))
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+    """``aten.copy`` (an in-place call of the forward, as export records it: ``src``'s values
+    in ``dst``'s shape and dtype), in operations torch can differentiate: it cannot
+    differentiate ``aten.copy`` itself."""
+    return src.to(dst.dtype).expand_as(dst).clone()
+
+
+_DIFFERENTIABLE = {"aten.copy.default": _copy}
 
 
 class SavedGraph(nn.Module):

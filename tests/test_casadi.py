@@ -441,9 +441,9 @@ LAYERS = {
     "layer_norm": lambda: _between(nn.LayerNorm(4)),
     "batch_norm": lambda: _between(nn.BatchNorm1d(4)),
     "selu": lambda: _between(nn.SELU()),
-    # alpha a power of two: torch's own CELU gradient rounds 1/alpha to float32 (2e-9 relative
-    # error at alpha = 0.7 against exp(x / alpha)); the translation is exact either way
-    "celu": lambda: _between(nn.CELU(0.5)),
+    # CELU and Hardsigmoid: torch's own derivatives take 1 / alpha and 1 / 6 in single
+    # precision; the surrogate's rewrites (rewrites.py) and the translation are both exact
+    "celu": lambda: _between(nn.CELU(0.7)),
     "mish": lambda: _between(nn.Mish()),
     "log_sigmoid": lambda: _between(nn.LogSigmoid()),
     "hardswish": lambda: _between(nn.Hardswish()),
@@ -466,20 +466,13 @@ def test_layer_translates_exactly(name):
     J = ca.Function("J", [x], [ca.jacobian(F(x), x)])
     H = ca.Function("H", [x], [ca.hessian(F(x), x)[0]])
     for p in np.random.default_rng(0).uniform(-1.5, 1.5, (4, 2)):
-        if name == "hardsigmoid":  # torch has no second derivative of it: differences of grad
-            h = np.stack([(sur.grad(p + e) - sur.grad(p - e)) / 2e-6 for e in 1e-6 * np.eye(2)])
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", sb.SmoothnessWarning)
-                h = sur.hess(p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sb.SmoothnessWarning)
+            h = sur.hess(p)
         scale = max(1.0, abs(sur(p)))
         np.testing.assert_allclose(np.array(F(p)).ravel(), sur(p), rtol=1e-12, atol=1e-12 * scale)
-        # torch's own hardsigmoid gradient is 1/6 rounded to float32 (3e-8 relative); the
-        # translation has the exact slope
-        grad_tol = 1e-7 if name == "hardsigmoid" else 1e-12
-        np.testing.assert_allclose(np.array(J(p)).ravel(), sur.grad(p), rtol=grad_tol, atol=1e-12)
-        hess_tol = 1e-7 if name == "hardsigmoid" else 1e-12  # central differences: ~1e-9 noise
-        np.testing.assert_allclose(np.array(H(p)), h, rtol=1e-10, atol=hess_tol)
+        np.testing.assert_allclose(np.array(J(p)).ravel(), sur.grad(p), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.array(H(p)), h, rtol=1e-10, atol=1e-12)
     if name in PIECEWISE:
         with pytest.warns(sb.SmoothnessWarning):
             sb.casadi_function(sur, mode="symbolic")

@@ -155,20 +155,20 @@ def test_auto_leaves_a_route_that_is_not_the_same_function_unused(monkeypatch):
 
 
 class NoSecondDerivative(nn.Module):
-    """F.hardsigmoid in the forward: torch has no second derivative of it (Hessian requests
-    are refused), but the CasADi translation of it exists."""
+    """torch.cdist in the forward: torch has no second derivative of it (Hessian requests are
+    refused), but the CasADi translation of it exists (lowering.py)."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.a, self.b = nn.Linear(2, 6), nn.Linear(6, 1)
+        self.centers = nn.Parameter(torch.randn(5, 2, dtype=torch.float64))
+        self.out = nn.Linear(5, 1).double()
 
     def forward(self, z):
-        h = self.a(z)
-        return self.b(torch.tanh(h) + 0.1 * nn.functional.hardsigmoid(h))
+        return self.out(torch.exp(-(torch.cdist(z, self.centers) ** 2)))
 
 
-@pytest.mark.parametrize("model", [NoSecondDerivative], ids=["hardsigmoid"])
+@pytest.mark.parametrize("model", [NoSecondDerivative], ids=["cdist"])
 def test_auto_measures_models_whose_hessian_torch_cannot_take(model):
     """The routes' check and their timing ask torch for Hessians only where it can take them:
     a solver's 32nd point used to raise torch's error instead of an answer."""

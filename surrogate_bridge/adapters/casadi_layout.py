@@ -234,6 +234,7 @@ LAYOUT_OPS = {
     aten.flatten.using_ints: (_view, None),
     aten.expand.default: (_expand, None),
     aten.clone.default: (_identity, None),
+    aten.copy.default: (lambda out, dst, src, non_blocking=False: broadcast(src, out), None),
     aten.alias.default: (_identity, None),
     aten.detach.default: (_identity, None),
     aten.detach_.default: (_identity, None),  # of a constant made in forward (torch.tensor)
