@@ -273,3 +273,19 @@ class Composite(nn.Module):
 
     def forward(self, x):
         return self.b(self.op(self.a(x)))
+
+
+class CdistRBF(nn.Module):
+    """x (N, n_in) -> a linear layer -> Gaussians of torch.cdist distances to k centers -> a
+    linear read-out (N, n_out). torch has no second derivative of cdist; the translation and
+    the saved file lower it to plain operations (lowering.py)."""
+
+    def __init__(self, n_in: int = 2, k: int = 5, n_out: int = 1, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a, self.out = nn.Linear(n_in, n_in), nn.Linear(k, n_out)
+        self.centers = nn.Parameter(torch.randn(k, n_in))
+        self.double()
+
+    def forward(self, x):
+        return self.out(torch.exp(-(torch.cdist(self.a(x), self.centers) ** 2)))

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from problems import (
     P_SEED,
     SCALER_KINDS,
+    CdistRBF,
     Linear,
     Quadratic,
     SinSum,
@@ -266,21 +267,11 @@ class _Cube(nn.Module):
         return _OnceDifferentiable.apply(z).sum(-1, keepdim=True)
 
 
-class _Cdist(nn.Module):  # (F.hardsigmoid and F.celu are rewritten: rewrites.py)
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Linear(2, 3), nn.Linear(4, 1)
-        self.centers = nn.Parameter(torch.linspace(-1.0, 1.0, 12).reshape(4, 3))
-
-    def forward(self, z):
-        return self.b(torch.exp(-(torch.cdist(self.a(z), self.centers) ** 2)))
-
-
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 @pytest.mark.parametrize(
     ("model", "named"),
     [
-        (_Cdist(), "cdist"),
+        (CdistRBF(), "cdist"),  # (F.hardsigmoid and F.celu are rewritten: rewrites.py)
         (_Cube(), "once_differentiable"),
     ],
     ids=["cdist", "once-differentiable"],

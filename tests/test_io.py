@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from problems import COMPOSITES, Composite, MixesRows, Unbatched, mlp
+from problems import COMPOSITES, CdistRBF, Composite, MixesRows, Unbatched, mlp
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
@@ -99,23 +99,12 @@ def test_a_constant_cast_in_the_forward_round_trips(tmp_path, dtype):
     np.testing.assert_allclose(back.hess(X), sur.hess(X), rtol=1e-13, atol=1e-14)
 
 
-class CdistRBF(nn.Module):
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.centers = nn.Parameter(torch.randn(5, 2, generator=g))
-        self.out = nn.Linear(5, 1)
-
-    def forward(self, x):
-        return self.out(torch.exp(-(torch.cdist(x, self.centers) ** 2)))
-
-
 def test_torch_cdist_saves_as_plain_operations(tmp_path):
     """torch.cdist has no decomposition in torch and is not on the allowed list: it is saved
     lowered to differences, squares and a root, the same function as torch's. Its batched
     capture fails (torch takes another algorithm above 25 rows), so the file holds the
     one-point graph, run point by point for batches."""
-    sur = sb.Surrogate(CdistRBF(), n_in=2)
+    sur = sb.Surrogate(CdistRBF())
     sb.save(sur, tmp_path / "rbf.sbz")
     back = sb.load(tmp_path / "rbf.sbz")
     X = np.random.default_rng(1).normal(size=(40, 2))

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from problems import mlp
+from problems import CdistRBF, mlp
 from torch import nn
 
 import surrogate_bridge as sb
@@ -154,26 +154,12 @@ def test_auto_leaves_a_route_that_is_not_the_same_function_unused(monkeypatch):
         assert close(sur.hess(x + 0.1), exact.hess(x + 0.1))
 
 
-class NoSecondDerivative(nn.Module):
-    """torch.cdist in the forward: torch has no second derivative of it (Hessian requests are
-    refused), but the CasADi translation of it exists (lowering.py)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.centers = nn.Parameter(torch.randn(5, 2, dtype=torch.float64))
-        self.out = nn.Linear(5, 1).double()
-
-    def forward(self, z):
-        return self.out(torch.exp(-(torch.cdist(z, self.centers) ** 2)))
-
-
-@pytest.mark.parametrize("model", [NoSecondDerivative], ids=["cdist"])
+@pytest.mark.parametrize("model", [CdistRBF], ids=["cdist"])
 def test_auto_measures_models_whose_hessian_torch_cannot_take(model):
     """The routes' check and their timing ask torch for Hessians only where it can take them:
     a solver's 32nd point used to raise torch's error instead of an answer."""
-    sur = sb.Surrogate(model(), n_in=2)
-    ref = sb.Surrogate(model(), n_in=2, point_route="torch")
+    sur = sb.Surrogate(model())
+    ref = sb.Surrogate(model(), point_route="torch")
     for x in np.random.default_rng(0).normal(size=(40, 2)):
         np.testing.assert_allclose(sur.value_and_grad(x)[1], ref.grad(x), rtol=1e-12)
     assert "hessian: torch cannot take it, not measured" in sur.point_route_report["note"]
