@@ -251,6 +251,10 @@ COMPOSITES = {
         h * h.reshape(-1, 2, 4).amax(1).repeat(1, 2)
         + torch.cumsum(h.reshape(-1, 2, 4), 1).flatten(1)
     ),
+    "amax_two_axes3": lambda h: (
+        h * h.reshape(-1, 2, 4).amax((1, 2))[:, None]
+        + torch.tanh(h).reshape(-1, 2, 2, 2).amin((1, 3)).repeat(1, 4)
+    ),
     "matmul3": lambda h: (h.reshape(-1, 2, 4) @ _BILINEAR[0].to(h.dtype)).flatten(1),
     "bmm": lambda h: (
         torch.bmm(h.reshape(-1, 2, 4), torch.tanh(h).reshape(-1, 4, 2)).repeat(1, 1, 2).flatten(1)

@@ -170,31 +170,43 @@ _MATMULS = {aten.matmul.default, aten.bmm.default}
 
 def _along_axis(node, env, val, handler, extra, kwargs):
     """An ``_AXIS`` operation on a tensor of rank 3 or more: its rank-2 rule on the matrix
-    whose rows are the tensor's lines along the axis, the result put back in torch's order."""
+    whose rows are the tensor's lines along its axes (moved last: a reduction over several
+    axes, a LayerNorm over the last few), the result put back in torch's order."""
     x, where = node.args[0], _AXIS[node.target]
     shape = _shape(x)
     rank = len(shape)
     args = [val(a) for a in node.args]
     if where == "last":
-        d = rank - 1
+        k = len(node.args[1]) if node.target is aten.layer_norm.default else 1
+        dims = list(range(rank - k, rank))
+        if k > 1:  # layer_norm over the last k axes: one normalized shape of their size
+            size = math.prod(shape[rank - k :])
+            args[1] = [size]
+            args[2:4] = [a if a is None else reshape(a, (1, size)) for a in args[2:4]]
     else:
         dim = node.args[where] if len(node.args) > where else node.kwargs.get("dim")
-        dims = [dim] if isinstance(dim, int) else list(dim or [])
-        if len(dims) != 1:
-            raise ValueError(f"{node.target} over dimensions {dims} of a rank-{rank} tensor")
-        d = axis(dims[0], rank)
+        dims = sorted({axis(d, rank) for d in ([dim] if isinstance(dim, int) else dim or [])})
+        dims = dims or list(range(rank))  # no dims: every one (the batch axis holds one point)
         args[where] = 1 if isinstance(dim, int) else [1]  # the matrix's columns
-    index = torch.arange(math.prod(shape)).reshape(shape).movedim(d, -1)
-    rows = math.prod(index.shape[:-1])
-    args[0] = reshape(gather(env[x.name], shape, index), (rows, shape[d]))
+    last = list(range(rank - len(dims), rank))
+    index = torch.arange(math.prod(shape)).reshape(shape).movedim(dims, last)
+    rest = tuple(index.shape[: rank - len(dims)])
+    rows, size = math.prod(rest), math.prod(shape[d] for d in dims)
+    args[0] = reshape(gather(env[x.name], shape, index), (rows, size))
     if extra == "rank":
         kwargs["rank"] = 2
     out_shape = tuple(node.meta["val"].shape)
     cols = math.prod(out_shape) // rows
     y = handler((rows, cols), *args, **kwargs)
-    if cols == 1:  # the axis reduced (or of size 1): wherever it goes, the order is the same
+    if cols == 1:  # the axes reduced (or of size 1): wherever they go, the order is the same
         return reshape(y, shape2(out_shape))
-    moved = torch.arange(rows * cols).reshape(*index.shape[:-1], cols).movedim(-1, d)
+    if len(dims) == 1:  # (a linear layer changes the axis' length)
+        moved = torch.arange(rows * cols).reshape(*rest, cols).movedim(-1, dims[0])
+    elif cols == size:
+        moved = torch.arange(rows * cols).reshape(*rest, *(shape[d] for d in dims))
+        moved = moved.movedim(last, dims)
+    else:
+        raise ValueError(f"{node.target} over dimensions {dims} giving {out_shape}")
     return gather(reshape(y, (1, rows * cols)), (rows * cols,), moved)
 
 
