@@ -701,3 +701,13 @@ def test_translation_gives_hessians_torch_cannot_take(model):
         hessians = H(pt)
         for i, Hi in enumerate([hessians] if sur.n_out == 1 else hessians):
             np.testing.assert_allclose(np.array(Hi), fd[i], rtol=1e-6, atol=1e-7)
+    # the default mode cannot time the callback's Hessian (torch has none): it takes the
+    # translation, and IPOPT with its exact Hessian reaches a stationary point
+    auto = sb.casadi_function(sur)
+    assert (
+        auto.mode == "symbolic" and "cannot give this model's Hessian" in auto.mode_report["note"]
+    )
+    solver = ca.nlpsol("S", "ipopt", {"x": x, "f": auto(x)[0] + 0.5 * ca.dot(x, x)}, IPOPT_QUIET)
+    x_star = np.array(solver(x0=[0.5, -1, 2], lbx=-10, ubx=10)["x"]).ravel()
+    assert solver.stats()["return_status"] == "Solve_Succeeded"
+    np.testing.assert_allclose(sur.jac(x_star)[0] + x_star, 0, atol=1e-7)

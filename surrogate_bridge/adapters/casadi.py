@@ -325,13 +325,19 @@ def _faster(sym: ca.Function, cb: ca.Function, sur: Surrogate) -> ca.Function:
     rng = np.random.default_rng(0)
     lo, hi = box if box is not None else (-np.ones(sur.n_in), np.ones(sur.n_in))
     points = rng.uniform(lo, hi, (2 * _MEASURE_POINTS + 1, sur.n_in))
-    costs = {"symbolic": _cost(sym, points[::2]), "callback": _cost(cb, points[1::2])}
+    costs = {"symbolic": _cost(sym, points[::2])}
+    note = {}
+    try:
+        costs["callback"] = _cost(cb, points[1::2])
+    except RuntimeError:  # its Hessian: torch cannot take it of this model (attention, cdist)
+        note = {"note": "callback mode cannot give this model's Hessian (torch cannot take it)"}
     chosen = min(costs, key=costs.get)
     F = sym if chosen == "symbolic" else cb
     F.mode = chosen
     F.mode_report = {
         "chosen": chosen,
         **{f"{k} us": v for k, v in costs.items()},
+        **note,
         "measure s": time.perf_counter() - t0,
     }
     return F
