@@ -4,6 +4,7 @@ import itertools
 import math
 import shutil
 import subprocess
+import warnings
 
 import casadi as ca
 import numpy as np
@@ -361,28 +362,45 @@ def test_per_channel_broadcast_of_a_rank3_tensor_translates_exactly():
         np.testing.assert_allclose(np.array(H(pt)), sur.hess(pt), rtol=1e-10, atol=1e-12)
 
 
-class ConvThenPReLU(nn.Module):
-    """A per-channel PReLU after a convolution: its weight broadcasts along the channel axis of
-    a rank-3 tensor, which the translator does not do for prelu: refused by name."""
+class ConvThen(nn.Module):
+    """A convolution, then a per-channel PReLU (its weight along the channel axis of a rank-3
+    tensor: translated), or an indexing of that tensor by a tensor (refused by name)."""
 
-    def __init__(self):
+    def __init__(self, then: str):
         super().__init__()
         torch.manual_seed(0)
-        self.conv, self.act = nn.Conv1d(1, 2, 2), nn.PReLU(2, init=0.2)
+        self.conv, self.act, self.then = nn.Conv1d(1, 2, 2), nn.PReLU(2, init=0.2), then
+        with torch.no_grad():
+            self.act.weight.copy_(torch.tensor([0.2, -0.7]))
+        self.register_buffer("w", torch.linspace(-1.0, 1.0, 6))
         self.double()
 
     def forward(self, z):
-        return self.act(self.conv(z[:, None, :])).sum((1, 2))[:, None]
+        h = self.conv(z[:, None, :])
+        h = self.act(h) if self.then == "prelu" else h[:, :, torch.tensor([2, 0, 1])]
+        return (torch.tanh(h).flatten(1) * self.w).sum(-1, keepdim=True)
+
+
+def test_a_per_channel_prelu_after_a_convolution_translates_exactly():
+    sur = sb.Surrogate(ConvThen("prelu"), n_in=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sb.SmoothnessWarning)
+        F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 4)
+    J = ca.Function("J", [x], [ca.jacobian(F(x), x)])
+    for pt in np.random.default_rng(6).normal(size=(4, 4)):
+        np.testing.assert_allclose(float(F(pt)), sur(pt), rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(np.array(J(pt)).ravel(), sur.grad(pt), rtol=1e-12, atol=1e-14)
 
 
 def test_auto_falls_back_for_a_translation_failure_of_any_kind():
-    sur = sb.Surrogate(ConvThenPReLU(), n_in=4)
+    sur = sb.Surrogate(ConvThen("index"), n_in=4)
     with pytest.warns(sb.CasadiFallbackWarning, match="falling back"):
         F = sb.casadi_function(sur)
     assert F.mode == "callback"
     x = np.array([0.1, -0.4, 0.7, 0.2])
     np.testing.assert_allclose(np.array(F(x)).ravel(), sur(x), rtol=1e-14)
-    with pytest.raises(NotImplementedError, match=r"prelu.*rank 3 or more.*callback"):
+    with pytest.raises(NotImplementedError, match=r"index.*rank 3 or more.*callback"):
         sb.casadi_function(sur, mode="symbolic")
 
 
@@ -471,7 +489,6 @@ PIECEWISE = {"hardsigmoid", "prelu"}
 
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_layer_translates_exactly(name):
-    import warnings
 
     sur = LAYERS[name]()
     with warnings.catch_warnings():

@@ -109,9 +109,11 @@ def _flat_safe(node, extra) -> str | None:
     or with single numbers, views, and the handlers that are told the shapes (convolution,
     batch_norm, sum, mean). Two more kinds are read at positions torch computes
     (``casadi_layout.gather``): a rearrangement (``GATHERED``: transpose, permute, expand,
-    slice, ...), returned as ``"gather"``, and an elementwise operation whose arguments
-    broadcast, returned as ``"broadcast"``. Anything else (layer_norm over its last axis,
-    indexing by a tensor) would compute the wrong thing: it is refused by name."""
+    slice, ...), returned as ``"gather"``, an elementwise operation whose arguments
+    broadcast, returned as ``"broadcast"``, and prelu's per-channel weight (``"channels"``).
+    Operations along axes (``_AXIS``) and batched products (``_MATMULS``) have their own
+    translations. Anything else (indexing by a tensor, say) would compute the wrong thing: it
+    is refused by name."""
     if extra == "shapes":
         return None
     meta = node.meta.get("val")
@@ -125,6 +127,8 @@ def _flat_safe(node, extra) -> str | None:
         return "axis"
     if node.target in _MATMULS:
         return "batched"
+    if node.target is aten.prelu.default:
+        return "channels"
     if node.target not in FLAT_SAFE:
         raise ValueError(f"{node.target} on a tensor of rank 3 or more (shapes {shapes})")
     if node.target in VIEWS or not isinstance(meta, torch.Tensor):  # (a run-time check)
@@ -305,6 +309,12 @@ def _translate_node(node, env, nonsmooth):
             args = [val(a) for a in node.args]
             if flat == "broadcast":
                 args = _broadcast_args(node, args)
+            elif flat == "channels":  # prelu's weight (C,) or (1,) along axis 1, as torch has it
+                shape, w = _shape(node.args[0]), _shape(node.args[1])
+                if w is not None and math.prod(w) > 1:
+                    lines = (1, math.prod(w)) + (1,) * (len(shape) - 2)
+                    index = torch.arange(math.prod(w)).reshape(lines)
+                    args[1] = gather(args[1], w, torch.broadcast_to(index, shape))
             if target is aten.index.Tensor:
                 args[1] = [None if i is None else np.asarray(ca.DM(i)).ravel() for i in args[1]]
             result = handler(out, *args, **kwargs)
