@@ -489,7 +489,6 @@ PIECEWISE = {"hardsigmoid", "prelu"}
 
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_layer_translates_exactly(name):
-
     sur = LAYERS[name]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sb.SmoothnessWarning)
