@@ -16,10 +16,10 @@ Fairness: every variant is called the same way (a numpy point from Python, so ea
 CasADi's Python call overhead once); derivative functions are built once before timing; the
 calls of F, J and H of every variant are timed in alternating rounds (medians of 9), so a
 shared machine's drift favours none; IPOPT with exact Hessians, default tolerance, quiet, after
-one warm-up solve; medians of 5 rounds. The
-surrogate's cache is cleared before every timed solve (otherwise a repeated identical solve is
-answered by it); builds are timed after one warm-up build (torch.export's first use in a process
-costs seconds of imports). Run: ``python benchmarks/bench_casadi.py``.
+one warm-up solve; medians of 5 rounds. The surrogate's cache is cleared before every timed
+solve (otherwise a repeated identical solve is answered by it); builds are timed after one
+warm-up build (torch.export's first use in a process costs seconds of imports). Run:
+``python benchmarks/bench_casadi.py``.
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ Operations the consumer knows stay whole, so an activation with an exact rule of
 a linear layer, is never broken up. The lowered program must be the same function as the
 original to float64 rounding at probe points (``_SAME``, relative to the output's size); where
 it is not, the original is handed back and the consumer names the operation it does not know,
-as before.
-:func:`same_function` is that check, also used on the CasADi translation itself.
+as before. :func:`same_function` is that check, also used on the CasADi translation itself.
 """
 
 from __future__ import annotations

@@ -135,9 +135,10 @@ def _operation(node, index, consts, sizes, k: int):
     def hidden(a):
         return isinstance(a, torch.fx.Node) and a.name in index
 
-    if target in (aten.copy.default, aten.copy_.default):  # an in-place call: src's values
-        j = index[args[1].name]  # (a later read of the overwritten tensor would differ from
-        # torch at the probe points, and the route is then refused: routes.same_as_torch)
+    if target in (aten.copy.default, aten.copy_.default):
+        # an in-place call: src's values (a later read of the overwritten tensor would differ
+        # from torch at the probe points, and the route is then refused: same_as_torch)
+        j = index[args[1].name]
         if k != sizes[j]:
             raise GraphUnsupported(f"{where}: a copy that broadcasts")
         return None, (j,)

@@ -32,6 +32,21 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["REWRITTEN_FUNCTIONS", "ExactFunctions", "exact_layers"]
 
 
+# the exact forms, for the layers and for the same functions called in a forward -------------
+def _celu(x: torch.Tensor, alpha: float = 1.0, inplace: bool = False) -> torch.Tensor:
+    y = torch.ops.aten.elu(x.clone() if inplace else x, alpha, 1.0, 1.0 / alpha)
+    return x.copy_(y) if inplace else y
+
+
+def _celu_(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    return _celu(x, alpha, inplace=True)
+
+
+def _hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    y = nn.functional.hardtanh(x + 3.0, 0.0, 6.0) / 6.0  # (x itself is not kept for backward)
+    return x.copy_(y) if inplace else y
+
+
 class ExactCELU(nn.Module):
     """``nn.CELU(alpha)`` with its derivative in float64."""
 
@@ -40,14 +55,14 @@ class ExactCELU(nn.Module):
         self.alpha = float(alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten.elu(x, self.alpha, 1.0, 1.0 / self.alpha)
+        return _celu(x, self.alpha)
 
 
 class TwiceDifferentiableHardsigmoid(nn.Module):
     """``nn.Hardsigmoid`` with a second derivative (zero)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.hardtanh(x + 3.0, 0.0, 6.0) / 6.0
+        return _hardsigmoid(x)
 
 
 def _replacement(layer: nn.Module) -> nn.Module | None:
@@ -79,20 +94,6 @@ def exact_layers(model: nn.Module) -> nn.Module:
 
 
 # functions called in a forward ---------------------------------------------------------------
-def _celu(x: torch.Tensor, alpha: float = 1.0, inplace: bool = False) -> torch.Tensor:
-    y = torch.ops.aten.elu(x.clone() if inplace else x, alpha, 1.0, 1.0 / alpha)
-    return x.copy_(y) if inplace else y
-
-
-def _celu_(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    return _celu(x, alpha, inplace=True)
-
-
-def _hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    y = nn.functional.hardtanh(x + 3.0, 0.0, 6.0) / 6.0  # (x itself is not kept for backward)
-    return x.copy_(y) if inplace else y
-
-
 _FUNCTIONS = {
     nn.functional.celu: _celu, torch.celu: _celu, torch.celu_: _celu_,
     nn.functional.hardsigmoid: _hardsigmoid,

@@ -19,7 +19,10 @@ import casadi as ca
 import numpy as np
 import torch
 
-__all__ = ["GATHERED", "LAYOUT_OPS", "axis", "broadcast", "gather", "reshape", "shape2"]
+__all__ = [
+    "GATHERED", "LAYOUT_OPS", "axis", "broadcast", "expand", "gather", "positions", "reshape",
+    "shape2",
+]  # fmt: skip
 
 aten = torch.ops.aten
 
@@ -57,15 +60,26 @@ def reshape(v, shape2):
     return ca.reshape(v.T, C, R).T
 
 
-def gather(v, shape, positions: torch.Tensor):
-    """A tensor of torch ``shape`` (``v``, in this layout) read at the row-major ``positions``:
-    an integer tensor whose torch shape is the result's. Any rearrangement of a tensor of rank
-    3 or more (a broadcast, a permutation, a slice) is such a read, with the positions found by
-    torch itself: the operation applied to ``arange`` of the tensor (:data:`GATHERED`)."""
+def positions(shape) -> torch.Tensor:
+    """The row-major positions of a tensor of torch ``shape``: ``arange`` in that shape. A
+    torch operation applied to them gives the positions its result reads (:func:`gather`)."""
+    return torch.arange(math.prod(shape)).reshape(shape)
+
+
+def expand(v, shape, out_shape):
+    """A tensor of torch ``shape`` broadcast to ``out_shape`` (torch's rules) by :func:`gather`."""
+    return gather(v, shape, torch.broadcast_to(positions(shape), out_shape))
+
+
+def gather(v, shape, at: torch.Tensor):
+    """A tensor of torch ``shape`` (``v``, in this layout) read at the row-major positions
+    ``at``: an integer tensor whose torch shape is the result's. Any rearrangement of a tensor
+    of rank 3 or more (a broadcast, a permutation, a slice) is such a read, with the positions
+    found by torch itself: the operation applied to :func:`positions` (:data:`GATHERED`)."""
     numel = math.prod(shape)
     flat = reshape(v, (1, numel))
-    pos = positions.reshape(-1).tolist()
-    out = shape2(positions.shape)
+    pos = at.reshape(-1).tolist()
+    out = shape2(at.shape)
     return reshape(flat if pos == list(range(numel)) else flat[0, pos], out)
 
 

@@ -23,7 +23,7 @@ from ..diagnostics import PIECEWISE_LINEAR
 from ..lowering import lowered, same_function
 from ..physical import ExportError, constants_of
 from ..surrogate import Surrogate
-from .casadi_layout import GATHERED, axis, gather
+from .casadi_layout import GATHERED, axis, expand, gather, positions
 from .casadi_ops import FLAT_SAFE, OPS, VIEWS, reshape, shape2
 
 __all__ = ["UnsupportedOperationError", "translate", "translate_program"]
@@ -151,10 +151,7 @@ def _gathered(node, env):
     shapes = [_shape(p) for p in parts]
     sizes = [math.prod(shape) for shape in shapes]
     offsets = np.cumsum([0, *sizes])
-    index = [
-        torch.arange(int(o), int(o) + k).reshape(shape)
-        for o, k, shape in zip(offsets, sizes, shapes, strict=False)
-    ]
+    index = [positions(shape) + int(o) for o, shape in zip(offsets, shapes, strict=False)]
     flat = ca.horzcat(*[reshape(env[p.name], (1, k)) for p, k in zip(parts, sizes, strict=True)])
     arg = index if isinstance(first, (list, tuple)) else index[0]
     return gather(flat, (int(offsets[-1]),), node.target(arg, *rest, **node.kwargs))
@@ -193,7 +190,7 @@ def _along_axis(node, env, val, handler, extra, kwargs):
         dims = dims or list(range(rank))  # no dims: every one (the batch axis holds one point)
         args[where] = 1 if isinstance(dim, int) else [1]  # the matrix's columns
     last = list(range(rank - len(dims), rank))
-    index = torch.arange(math.prod(shape)).reshape(shape).movedim(dims, last)
+    index = positions(shape).movedim(dims, last)
     rest = tuple(index.shape[: rank - len(dims)])
     rows, size = math.prod(rest), math.prod(shape[d] for d in dims)
     args[0] = reshape(gather(env[x.name], shape, index), (rows, size))
@@ -205,10 +202,9 @@ def _along_axis(node, env, val, handler, extra, kwargs):
     if cols == 1:  # the axes reduced (or of size 1): wherever they go, the order is the same
         return reshape(y, shape2(out_shape))
     if len(dims) == 1:  # (a linear layer changes the axis' length)
-        moved = torch.arange(rows * cols).reshape(*rest, cols).movedim(-1, dims[0])
+        moved = positions((*rest, cols)).movedim(-1, dims[0])
     elif cols == size:
-        moved = torch.arange(rows * cols).reshape(*rest, *(shape[d] for d in dims))
-        moved = moved.movedim(last, dims)
+        moved = positions((*rest, *(shape[d] for d in dims))).movedim(last, dims)
     else:
         raise ValueError(f"{node.target} over dimensions {dims} giving {out_shape}")
     return gather(reshape(y, (1, rows * cols)), (rows * cols,), moved)
@@ -223,13 +219,15 @@ def _batched_matmul(node, env):
         raise ValueError(f"{node.target} of shapes {sa} and {sb}")
     batch = tuple(torch.broadcast_shapes(sa[:-2], sb[:-2]))
     (m, k), n = sa[-2:], sb[-1]
-    flats = []
-    for v, shape in ((env[a.name], sa), (env[b.name], sb)):
-        index = torch.arange(math.prod(shape)).reshape(shape)
-        index = torch.broadcast_to(index, (*batch, *shape[-2:]))
-        flats.append(reshape(gather(v, shape, index), (1, index.numel())))
+    count = math.prod(batch)
+    flats = [  # each operand broadcast over the batch, one flat row
+        reshape(
+            expand(env[t.name], shape, (*batch, *shape[-2:])), (1, count * math.prod(shape[-2:]))
+        )
+        for t, shape in ((a, sa), (b, sb))
+    ]
     blocks = []
-    for i in range(math.prod(batch)):
+    for i in range(count):
         A = reshape(flats[0][0, i * m * k : (i + 1) * m * k], (m, k))
         B = reshape(flats[1][0, i * k * n : (i + 1) * k * n], (k, n))
         blocks.append(reshape(ca.mtimes(A, B), (1, m * n)))
@@ -244,8 +242,7 @@ def _broadcast_args(node, args: list) -> list:
     for a, v in zip(node.args, args, strict=True):
         shape = _shape(a)
         if shape is not None and shape != out and math.prod(shape) != 1:
-            index = torch.arange(math.prod(shape)).reshape(shape)
-            v = gather(v, shape, torch.broadcast_to(index, out))
+            v = expand(v, shape, out)
         done.append(v)
     return done
 
@@ -287,10 +284,7 @@ def _translate_node(node, env, nonsmooth):
         if extra == "rank":
             kwargs["rank"] = rank(node.args[0])
         elif extra == "shapes":
-            kwargs["shapes"] = [
-                tuple(a.meta["val"].shape) if isinstance(a, torch.fx.Node) else None
-                for a in node.args
-            ]
+            kwargs["shapes"] = [_shape(a) for a in node.args]
         elif extra == "ranks":
             first = node.args[0]
             kwargs["ranks"] = (
@@ -303,7 +297,7 @@ def _translate_node(node, env, nonsmooth):
             result = _gathered(node, env)
         elif flat == "axis":
             result = _along_axis(node, env, val, handler, extra, kwargs)
-        elif flat == "batched" or target is aten.bmm.default:
+        elif flat == "batched":  # (bmm's operands are always of rank 3)
             result = _batched_matmul(node, env)
         else:
             args = [val(a) for a in node.args]
@@ -312,9 +306,8 @@ def _translate_node(node, env, nonsmooth):
             elif flat == "channels":  # prelu's weight (C,) or (1,) along axis 1, as torch has it
                 shape, w = _shape(node.args[0]), _shape(node.args[1])
                 if w is not None and math.prod(w) > 1:
-                    lines = (1, math.prod(w)) + (1,) * (len(shape) - 2)
-                    index = torch.arange(math.prod(w)).reshape(lines)
-                    args[1] = gather(args[1], w, torch.broadcast_to(index, shape))
+                    channels = (1, math.prod(w)) + (1,) * (len(shape) - 2)
+                    args[1] = expand(args[1], channels, shape)
             if target is aten.index.Tensor:
                 args[1] = [None if i is None else np.asarray(ca.DM(i)).ravel() for i in args[1]]
             result = handler(out, *args, **kwargs)
