@@ -63,9 +63,10 @@ def infer_n_in(n_in, in_aff: Affine | None, model) -> int | None:
     if from_scaler is not None:
         return from_scaler
     if isinstance(model, nn.Module):  # the first Linear layer, scripted or traced ones too
+        # a traced Linear keeps its weight but not its in_features attribute
         return next(
             (
-                int(m.in_features)
+                int(m.weight.shape[-1])
                 for m in model.modules()
                 if isinstance(m, nn.Linear) or getattr(m, "original_name", None) == "Linear"
             ),

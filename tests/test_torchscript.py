@@ -36,8 +36,10 @@ def test_torchscript_models_give_the_eager_models_derivatives(kind, tmp_path):
     ref = sb.Surrogate(net, SCALER)
     module = scripted(kind, net)
     before = [(p.dtype, p.requires_grad, p.clone()) for p in module.parameters()]
-    sur = sb.Surrogate(module, SCALER)  # n_in from the scripted first Linear
+    sur = sb.Surrogate(module, SCALER)
     assert sur.n_in == 2
+    # without a scaler, n_in from the first Linear (a traced one keeps no in_features)
+    assert sb.Surrogate(module).n_in == 2
     # the same function to float64 rounding (the eager copy has its scalers folded into its
     # Linear layers; the converted graph keeps them apart)
     assert sur(X) == pytest.approx(ref(X), rel=1e-14)
