@@ -1,16 +1,21 @@
 """The operations of the numpy route (``numpy_route.py``), each on one row of values: the
 value, tangents pushed forward (``push``: (k, r) columns) and adjoints pulled back (``pull``:
 (r, k) rows, one array per input). All are linear in their hidden inputs except
-:class:`Activation`, whose ``second = True`` marks the only second derivatives of a layer graph.
+:class:`Activation` and :class:`Norm`, whose ``second = True`` marks the only second derivatives
+of a layer graph. These two also give, for an adjoint row ``a`` at their output, the curvature
+``M(a)`` (the Hessian of ``a . op(h)`` in h) applied to tangents: ``curvature(a, T)`` is
+``T^T M T`` for (k, n) columns T, ``curvature_mv(a, t)`` is ``M t`` for one column t (k, 1).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from .elementwise import FIRST, VALUES
 
-__all__ = ["Activation", "Cat", "Linear", "Scale", "Slice", "Sum"]
+__all__ = ["Activation", "Cat", "Linear", "Norm", "Scale", "Slice", "Sum"]
 
 
 class Linear:
@@ -156,3 +161,85 @@ class Activation:
 
     def pull(self, A, d):
         return (A * d,)
+
+    @staticmethod
+    def curvature(a, d, dd, T):
+        """T^T diag(a sigma'') T as one BLAS product."""
+        return (T.T * (a * dd)) @ T
+
+    @staticmethod
+    def curvature_mv(a, d, dd, t):
+        return a * dd * t[:, 0]
+
+
+class Norm:
+    """torch's layer_norm (``center=True``) or rms_norm (``center=False``) of the whole row of k
+    values: ``u = c s`` with ``c = h - mean(h)`` (or ``h``) and ``s = (mean(c^2) + eps)^-1/2``,
+    then ``u w + b``. With the rows ``B = [1; u]`` (or ``[u]``), ``du/dh = s (I - B^T B / k)``,
+    and the Hessian of ``a . u`` is ``W^T C W - alpha (s^2 / k) I`` with the rows ``W = [u; P a;
+    1]`` (or ``[u; a]``), ``alpha = a . u``, ``P`` the centring projection (or I) and
+    ``C = (s^2 / k) [[3 alpha / k, -1, 0], [-1, 0, 0], [0, 0, alpha / k]]`` (or its upper left
+    block): every product over k is one BLAS call, the rest is (n, n) or smaller."""
+
+    second = True
+
+    def __init__(self, k: int, center: bool, w, b, eps: float) -> None:
+        self.k, self.center, self.w, self.b, self.eps = k, center, w, b, eps
+        q = 3 if center else 2  # C = (s^2 / k) (alpha C1 + C0)
+        self._C1 = np.diag([3.0 / k, 0.0, 1.0 / k][:q])
+        self._C0 = np.zeros((q, q))
+        self._C0[0, 1] = self._C0[1, 0] = -1.0
+
+    def first(self, h):
+        """(output, (u, s, B))."""
+        k = self.k
+        c = h - h.sum() / k if self.center else h
+        s = 1.0 / math.sqrt(c @ c / k + self.eps)
+        u = c * s
+        if self.center:
+            B = np.empty((2, k))
+            B[0], B[1] = 1.0, u
+        else:
+            B = u[None]
+        y = u if self.w is None else u * self.w
+        return (y if self.b is None else y + self.b), (u, s, B)
+
+    def __call__(self, h):
+        return self.first(h)[0]
+
+    def derivatives(self, h):
+        y, d = self.first(h)
+        return y, d, d  # the curvature needs only u, s and B
+
+    def push(self, Ts, d):
+        _, s, B = d
+        T = Ts[0]
+        Tu = s * T - (s / self.k) * (B.T @ (B @ T))
+        return Tu if self.w is None else self.w[:, None] * Tu
+
+    def pull(self, A, d):
+        _, s, B = d
+        Au = A if self.w is None else A * self.w
+        return (s * Au - (s / self.k) * ((Au @ B.T) @ B),)
+
+    def _hessian_terms(self, a, d):
+        """(W (q, k), C (q, q), alpha s^2 / k) of the Hessian of ``a . u``."""
+        u, s, _ = d
+        a = a if self.w is None else a * self.w
+        k, alpha, c = self.k, a @ u, s * s / self.k
+        W = np.empty((3 if self.center else 2, k))
+        W[0] = u
+        if self.center:
+            W[1], W[2] = a - a.sum() / k, 1.0
+        else:
+            W[1] = a
+        return W, c * (alpha * self._C1 + self._C0), alpha * c
+
+    def curvature(self, a, d, dd, T):
+        W, C, diag = self._hessian_terms(a, d)
+        V = W @ T  # (q, n)
+        return V.T @ C @ V - diag * (T.T @ T)
+
+    def curvature_mv(self, a, d, dd, t):
+        W, C, diag = self._hessian_terms(a[0], d)
+        return (W.T @ (C @ (W @ t)) - diag * t).T

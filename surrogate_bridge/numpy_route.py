@@ -4,8 +4,9 @@ write for an MLP, read off the surrogate's exported one-point graph.
 It covers *layer graphs*: every hidden tensor is one row of values, and every operation on
 hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as
 the scalers; the sum or difference of two hidden tensors, as in a residual connection; a
-concatenation; a slice of the last axis; a view) or an elementwise activation with known first
-and second derivatives (``elementwise.ACTIVATIONS``). Operations on constants alone are computed
+concatenation; a slice of the last axis; a view), an elementwise activation with known first
+and second derivatives (``elementwise.ACTIVATIONS``), or a LayerNorm or RMSNorm of the whole row
+(``numpy_ops.Norm``, in closed form). Operations on constants alone are computed
 once, by torch itself (a weight's transpose, say). Anything else (a product of two hidden
 tensors, a reduction, a tensor of several rows, an operation without a rule here) raises
 :class:`GraphUnsupported`, and the other routes answer.
@@ -14,9 +15,10 @@ With node values ``h_i`` (``h_0 = x``) and the output ``y``:
 
 - value and Jacobian: one forward pass and one reverse pass of the adjoints ``A_i = dy/dh_i``
   (m rows), summed where a tensor feeds several operations;
-- Hessian of output r: ``sum_s T_s^T diag(A_s[r] * sigma_s'') T_s`` over the activations s,
-  where ``T_s`` is the Jacobian of the activation's input, carried forward (n columns). Every
-  other operation is linear in the hidden tensors, so this sum is the whole Hessian;
+- Hessian of output r: ``sum_s T_s^T M_s(A_s[r]) T_s`` over the activations and norms s, where
+  ``T_s`` is the Jacobian of their input, carried forward (n columns), and ``M_s(a)`` the
+  Hessian of ``a . s(h)`` (``diag(a * sigma'')`` for an activation). Every other operation is
+  linear in the hidden tensors, so this sum is the whole Hessian;
 - Hessian-vector product: a forward tangent and one reverse sweep (no n columns).
 
 Every product is numpy's (BLAS), so a wide net costs what a hand-written numpy evaluation
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 from .elementwise import ACTIVATIONS
-from .numpy_ops import Activation, Cat, Linear, Scale, Slice, Sum
+from .numpy_ops import Activation, Cat, Linear, Norm, Scale, Slice, Sum
 from .physical import VIEWS, constants_of
 
 __all__ = ["GraphUnsupported", "NumpyPointRoute", "read_graph"]
@@ -45,6 +47,9 @@ _ARITHMETIC = {
     aten.div.Tensor: "div", aten.div.Scalar: "div", aten.neg.default: "neg",
     aten.rsub.Scalar: "rsub",
 }  # fmt: skip
+
+
+_NORMS = (aten.layer_norm.default, aten.rms_norm.default)
 
 
 class GraphUnsupported(ValueError):
@@ -127,6 +132,14 @@ def _const(consts, a, k: int, where: str):
     return t.to(torch.float64).reshape(k).numpy().copy()
 
 
+def _vector(consts, a, k: int, where: str):
+    """An optional constant operand as a (k,) vector, or None."""
+    if a is None:
+        return None
+    c = _const(consts, a, k, where)
+    return np.full(k, c) if np.ndim(c) == 0 else c
+
+
 def _operation(node, index, consts, sizes, k: int):
     """(operation or None for a view, input node indices) of one call on hidden tensors."""
     target, args, kw = node.target, node.args, node.kwargs
@@ -159,6 +172,8 @@ def _operation(node, index, consts, sizes, k: int):
         return Activation(ACTIVATIONS[target], params, kwparams), (index[args[0].name],)
     if target in _LINEAR:
         return _linear(node, index, consts, sizes, k, where)
+    if target in _NORMS:
+        return _norm(node, index, consts, sizes, k, where)
     if target is aten.cat.default:
         dim = args[1] if len(args) > 1 else kw.get("dim", 0)
         parts = args[0]
@@ -226,10 +241,28 @@ def _linear(node, index, consts, sizes, k: int, where: str):
     shape = tuple(h.meta["val"].shape)
     if W.ndim != 2 or W.shape[1] != sizes[j] or W.shape[0] != k or shape[-1:] != (sizes[j],):
         raise GraphUnsupported(f"{where}: weight of shape {tuple(W.shape)} on {shape}")
-    bias = None if b is None else _const(consts, b, k, where)
-    if bias is not None and np.ndim(bias) == 0:
-        bias = np.full(k, bias)
-    return Linear(W.to(torch.float64).numpy().copy(), bias), (j,)
+    return Linear(W.to(torch.float64).numpy().copy(), _vector(consts, b, k, where)), (j,)
+
+
+def _norm(node, index, consts, sizes, k: int, where: str):
+    """layer_norm(h, shape, w, b, eps, cudnn) or rms_norm(h, shape, w, eps) over the row."""
+    layer = node.target is aten.layer_norm.default
+    names = (
+        ("input", "normalized_shape", "weight", "bias", "eps")
+        if layer
+        else ("input", "normalized_shape", "weight", "eps")
+    )
+    got = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    h = got["input"]
+    if not (isinstance(h, torch.fx.Node) and h.name in index) or sizes[index[h.name]] != k:
+        raise GraphUnsupported(f"{where}: not a normalization of a hidden row")
+    if list(got["normalized_shape"]) != [k]:
+        raise GraphUnsupported(f"{where}: normalizes over {list(got['normalized_shape'])}")
+    w, b = (_vector(consts, got.get(a), k, where) for a in ("weight", "bias"))
+    eps = got.get("eps", 1e-5 if layer else None)
+    if eps is None:  # rms_norm's default: the machine epsilon of the dtype
+        eps = torch.finfo(node.meta["val"].dtype).eps
+    return Norm(k, layer, w, b, float(eps)), (index[h.name],)
 
 
 # the route --------------------------------------------------------------------------------------
@@ -256,7 +289,7 @@ class _Kept:
             op, ins = nodes[i]
             d = tape[i][0]
             if op.second and adjoints[i] is not None:
-                r[ins[0]] = _add(r[ins[0]], adjoints[i] * tape[i][1] * t[ins[0]][:, 0])
+                r[ins[0]] = _add(r[ins[0]], op.curvature_mv(adjoints[i], d, tape[i][1], t[ins[0]]))
             t[i] = op.push([t[j] for j in ins], d)
         for i in range(len(nodes) - 1, 0, -1):
             if r[i] is not None:
@@ -330,9 +363,9 @@ class NumpyPointRoute:
             op, ins = self.nodes[i]
             d, dd, _ = tape[i]
             if op.second and adjoints[i] is not None:
-                W, Ti = adjoints[i] * dd, T[ins[0]]  # (r, k), (k, n)
-                for row in range(r):  # T^T diag(w) T as one BLAS product per row
-                    H[row] += (Ti.T * W[row]) @ Ti
+                A, Ti = adjoints[i], T[ins[0]]  # (r, k), (k, n)
+                for row in range(r):
+                    H[row] += op.curvature(A[row], d, dd, Ti)
             T[i] = op.push([T[j] for j in ins], d)
         return H
 

@@ -3,6 +3,7 @@ torch route (autograd) to 1e-12 relative over random widths, activations and sca
 residual connections, concatenations and slices; the closed-form Hessian of a one-layer net;
 graphs that are not layer graphs are refused by name, and "auto" then measures the others."""
 
+import itertools
 import pickle
 
 import numpy as np
@@ -261,7 +262,93 @@ class WideResidual(nn.Module):
         return self.b(torch.cat([h[:, :10] - torch.tanh(h[:, 10:]), z[:, 5:15]], dim=-1))
 
 
-@pytest.mark.parametrize("model", [mlp([20, 24, 1], nn.Softplus, seed=2), WideResidual()])
+def normed(sizes, norm, act=nn.Tanh, seed=0):
+    """An MLP with a normalization layer before each activation, its weights moved off their
+    initial ones (1 and 0) so that every term of the rule counts."""
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += [NORMS[norm](b), act()]
+    net = nn.Sequential(*layers).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return net
+
+
+SCALER3 = sb.Affine([0.5, -1, 2], [2, 3, 0.5])
+NORMS = {
+    "layer": nn.LayerNorm,
+    "layer-eps": lambda k: nn.LayerNorm(k, eps=1e-3),
+    "layer-plain": lambda k: nn.LayerNorm(k, elementwise_affine=False),
+    "layer-no-bias": lambda k: nn.LayerNorm(k, bias=False),
+    "rms": nn.RMSNorm,
+    "rms-eps-plain": lambda k: nn.RMSNorm(k, eps=1e-4, elementwise_affine=False),
+}
+
+
+class FunctionalNorm(nn.Module):
+    """F.layer_norm with its own eps in a residual block, F.rms_norm with a weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6).double(), nn.Linear(6, 2).double()
+        self.w = nn.Parameter(torch.linspace(0.5, 2.0, 6, dtype=torch.float64))
+
+    def forward(self, z):
+        h = self.a(z)
+        h = h + torch.tanh(nn.functional.layer_norm(h, (6,), eps=0.1))
+        return self.b(nn.functional.silu(nn.functional.rms_norm(h, (6,), self.w)))
+
+
+@pytest.mark.parametrize("n_out", [1, 2])
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_layer_and_rms_norms_agree_with_autograd(norm, n_out):
+    """LayerNorm and RMSNorm layers: the route's closed-form Jacobian and Hessian of a
+    normalization (numpy_ops.Norm) against autograd of the user's model."""
+    num, ref = twins(normed([3, 8, 6, n_out], norm, nn.SiLU, seed=1), SCALER3, None)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(2).normal(size=(3, 3)))
+
+
+def test_functional_norms_in_a_residual_block():
+    num, ref = twins(FunctionalNorm(), SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(3).normal(size=(3, 3)))
+
+
+class NormOverTwoAxes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm = nn.Linear(2, 8).double(), nn.LayerNorm((2, 4)).double()
+
+    def forward(self, z):
+        return torch.tanh(self.norm(self.a(z).reshape(-1, 2, 4))).sum((-2, -1))[:, None]
+
+
+def test_a_norm_over_more_than_the_row_is_refused():
+    with pytest.raises(ValueError, match="not a layer graph"):
+        sb.Surrogate(NormOverTwoAxes(), point_route="numpy")
+
+
+def test_auto_measures_the_numpy_route_on_a_layer_norm_net():
+    """Auto now builds, checks and times the numpy route for such nets (which route wins is
+    the benchmark's to say, not a test's)."""
+    sur = sb.Surrogate(normed([4, 32, 32, 1], "layer"))
+    sur._engine.route.measure(np.linspace(-1.0, 1.0, 4))
+    report = sur.point_route_report
+    assert "unavailable" not in report.get("note", "") and "disagree" not in report
+    assert all("numpy" in report["us"][kind] for kind in report["us"])
+
+
+@pytest.mark.parametrize(
+    "model",
+    [mlp([20, 24, 1], nn.Softplus, seed=2), WideResidual(), normed([20, 24, 1], "layer"),
+     normed([20, 24, 1], "rms", nn.Softplus)],
+    ids=["mlp", "residual", "layer-norm", "rms-norm"],
+)  # fmt: skip
 def test_hessian_vector_products_from_the_kept_tape(model):
     """Past 16 inputs a Hessian-vector product comes from the point's kept tape (a forward
     tangent and one reverse sweep), not from a dense Hessian."""
