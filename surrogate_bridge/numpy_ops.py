@@ -15,7 +15,7 @@ import numpy as np
 
 from .elementwise import FIRST, VALUES
 
-__all__ = ["Activation", "Cat", "Linear", "Norm", "Scale", "Slice", "Sum"]
+__all__ = ["Activation", "Cat", "Linear", "Norm", "PerFeature", "Scale", "Slice", "Sum"]
 
 
 class Linear:
@@ -35,6 +35,26 @@ class Linear:
 
     def pull(self, A, _):
         return (A @ self.W,)
+
+
+class PerFeature:
+    """h -> h * alpha + beta with constant vectors: an eval-mode batch norm, in the form torch's
+    CPU kernel computes it (``alpha = weight / sqrt(var + eps)``, ``beta = bias - mean *
+    alpha``)."""
+
+    second = False
+
+    def __init__(self, alpha: np.ndarray, beta: np.ndarray) -> None:
+        self.alpha, self.beta, self.col = alpha, beta, alpha[:, None]
+
+    def __call__(self, h):
+        return h * self.alpha + self.beta
+
+    def push(self, Ts, _):
+        return Ts[0] * self.col
+
+    def pull(self, A, _):
+        return (A * self.alpha,)
 
 
 class Scale:

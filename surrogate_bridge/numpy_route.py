@@ -3,8 +3,8 @@ write for an MLP, read off the surrogate's exported one-point graph.
 
 It covers *layer graphs*: every hidden tensor is one row of values, and every operation on
 hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as
-the scalers; the sum or difference of two hidden tensors, as in a residual connection; a
-concatenation; a slice of the last axis; a view), an elementwise activation with known first
+the scalers; an eval-mode batch norm; the sum or difference of two hidden tensors, as in a
+residual connection; a concatenation; a slice of the last axis; a view), an elementwise activation with known first
 and second derivatives (``elementwise.ACTIVATIONS``), or a LayerNorm or RMSNorm of the whole row
 (``numpy_ops.Norm``, in closed form). Operations on constants alone are computed
 once, by torch itself (a weight's transpose, say). Anything else (a product of two hidden
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .elementwise import ACTIVATIONS
-from .numpy_ops import Activation, Cat, Linear, Norm, Scale, Slice, Sum
+from .numpy_ops import Activation, Cat, Linear, Norm, PerFeature, Scale, Slice, Sum
 from .physical import VIEWS, constants_of
 
 __all__ = ["GraphUnsupported", "NumpyPointRoute", "read_graph"]
@@ -174,6 +174,8 @@ def _operation(node, index, consts, sizes, k: int):
         return _linear(node, index, consts, sizes, k, where)
     if target in _NORMS:
         return _norm(node, index, consts, sizes, k, where)
+    if target is aten.batch_norm.default:
+        return _batch_norm(node, index, consts, sizes, k, where)
     if target is aten.cat.default:
         dim = args[1] if len(args) > 1 else kw.get("dim", 0)
         parts = args[0]
@@ -263,6 +265,31 @@ def _norm(node, index, consts, sizes, k: int, where: str):
     if eps is None:  # rms_norm's default: the machine epsilon of the dtype
         eps = torch.finfo(node.meta["val"].dtype).eps
     return Norm(k, layer, w, b, float(eps)), (index[h.name],)
+
+
+def _batch_norm(node, index, consts, sizes, k: int, where: str):
+    """batch_norm(h, weight, bias, mean, var, training, momentum, eps, cudnn) in eval mode on one
+    row of features: a per-feature affine map."""
+    names = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum",
+             "eps")  # fmt: skip
+    got = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    h = got["input"]
+    if got["training"]:
+        raise GraphUnsupported(f"{where}: batch statistics (training mode)")
+    if not (isinstance(h, torch.fx.Node) and h.name in index) or h.meta["val"].ndim != 2:
+        raise GraphUnsupported(f"{where}: not a batch norm of a row of features")
+
+    def vector(name):
+        a = got.get(name)
+        return None if a is None else torch.as_tensor(consts[a.name], dtype=torch.float64)
+
+    weight, bias, mean, var = map(vector, ("weight", "bias", "running_mean", "running_var"))
+    if mean is None or var is None or mean.numel() != k:
+        raise GraphUnsupported(f"{where}: no running statistics of {k} features")
+    alpha = 1.0 / torch.sqrt(var + float(got["eps"]))
+    alpha = alpha if weight is None else alpha * weight
+    beta = -mean * alpha if bias is None else bias - mean * alpha
+    return PerFeature(alpha.numpy().copy(), beta.numpy().copy()), (index[h.name],)
 
 
 # the route --------------------------------------------------------------------------------------

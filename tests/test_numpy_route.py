@@ -319,6 +319,22 @@ def test_functional_norms_in_a_residual_block():
     assert_routes_agree(num, ref, np.random.default_rng(3).normal(size=(3, 3)))
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_eval_mode_batch_norms_agree_with_autograd(affine):
+    """BatchNorm1d with running statistics is a per-feature affine map in eval mode."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(8, affine=affine)
+    net = nn.Sequential(nn.Linear(3, 8), bn, nn.Tanh(), nn.Linear(8, 2)).double()
+    net.train()
+    net(torch.randn(64, 3, dtype=torch.float64) * 3 + 1)  # running statistics away from 0, 1
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 2.0), bn.bias.uniform_(-1.0, 1.0)
+    num, ref = twins(net.eval(), SCALER3, None)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(4).normal(size=(3, 3)))
+
+
 class NormOverTwoAxes(nn.Module):
     def __init__(self):
         super().__init__()
