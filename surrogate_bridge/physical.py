@@ -351,10 +351,39 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
     if called & REWRITTEN_FUNCTIONS:  # F.celu, F.hardsigmoid in the forward: rewrites.py
         model = ExactFunctions(model)
         fn = fn._with_rows(type(rows)(model))
-    if type(rows) is Batched and not _rows_independent(fn, X):
-        fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
+    if type(rows) is Batched:
+        _check_alone(fn, X, model)
+        if not _rows_independent(fn, X):
+            fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
     nonsmooth = tuple(sorted(called & PIECEWISE_LINEAR))
     return Built(fn, n_out, nonsmooth, _first_derivatives(fn, X), _second_derivatives(fn, X[:1]))
+
+
+def _check_alone(fn: PhysicalFunction, X: torch.Tensor, model) -> None:
+    """Solvers ask for one point at a time: a model that works on a batch but not on one row
+    (batch statistics of a single row, a squeeze of the batch axis) is refused, naming why."""
+    try:
+        with torch.no_grad():
+            fn(X[:1])
+    except Exception as e:  # the model's own error, of any type, is reported
+        batch_stats = [
+            f"layer {name!r} ({type(m).__name__})" if name else type(m).__name__
+            for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
+        ]
+        why = (
+            f"{', '.join(batch_stats)} normalizes with the statistics of each batch (built with "
+            "track_running_stats=False: even in eval mode), so its output at a point depends on "
+            "the other points. A surrogate must be a function of each point: keep running "
+            "statistics (track_running_stats=True, then train) or normalize per point (LayerNorm)."
+            if batch_stats
+            else "Solvers evaluate one point at a time: look in the forward for a squeeze() of the "
+            "batch axis or a statistic over the batch."
+        )
+        raise ValueError(
+            f"Surrogate: the model works on a batch of {X.shape[0]} points but fails on one point"
+            f" alone (shape {tuple(X[:1].shape)}): {type(e).__name__}: {e}. {why}"
+        ) from e
 
 
 def _rows_independent(fn: PhysicalFunction, X: torch.Tensor) -> bool:

@@ -131,6 +131,26 @@ def test_row_mixing_model_is_evaluated_point_by_point():
     np.testing.assert_allclose(sur.jac(X)[:, 0], np.tile(sur.jac(X[0])[0], (5, 1)), rtol=1e-12)
 
 
+class SqueezesBatch(nn.Module):
+    def forward(self, z):
+        return (z**2).sum(-1).squeeze()[:, None]  # a batch of one loses its axis
+
+
+@pytest.mark.parametrize("case", ["batch-statistics", "squeeze"])
+def test_models_that_fail_on_one_point_alone_are_refused_naming_why(case):
+    """Such a model worked on the probe batch, then failed with torch's bare error."""
+    if case == "squeeze":
+        model, words = SqueezesBatch(), "squeeze"
+    else:
+        norm = nn.BatchNorm1d(4, track_running_stats=False)
+        model, words = nn.Sequential(nn.Linear(2, 4), norm, nn.Tanh(), nn.Linear(4, 1)), "'1'"
+    with pytest.raises(ValueError, match="fails on one point alone") as err:
+        sb.Surrogate(model.double().eval(), n_in=2)
+    assert words in str(err.value)
+    if case != "squeeze":
+        assert "track_running_stats=False" in str(err.value)
+
+
 def test_n_in_inference():
     assert sb.Surrogate(mlp([3, 4, 1])).n_in == 3  # first Linear
     assert sb.Surrogate(FlatOutput(), sb.Affine([0, 0, 0, 0], [1, 1, 1, 1])).n_in == 4  # scaler
