@@ -2,11 +2,11 @@
 write for an MLP, read off the surrogate's exported one-point graph.
 
 It covers *layer graphs*: every hidden tensor is one row of values, and every operation on
-hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as
-the scalers; an eval-mode batch norm; the sum or difference of two hidden tensors, as in a
-residual connection; a concatenation; a slice of the last axis; a view), an elementwise activation with known first
-and second derivatives (``elementwise.ACTIVATIONS``), or a LayerNorm or RMSNorm of the whole row
-(``numpy_ops.Norm``, in closed form). Operations on constants alone are computed
+hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as the
+scalers; an eval-mode batch norm; the sum or difference of two hidden tensors, as in a residual
+connection; a concatenation; a slice of the last axis; a view), an elementwise activation with
+known first and second derivatives (``elementwise.ACTIVATIONS``), or a LayerNorm or RMSNorm of
+the whole row (``numpy_ops.Norm``, in closed form). Operations on constants alone are computed
 once, by torch itself (a weight's transpose, say). Anything else (a product of two hidden
 tensors, a reduction, a tensor of several rows, an operation without a rule here) raises
 :class:`GraphUnsupported`, and the other routes answer.
