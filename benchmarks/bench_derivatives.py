@@ -8,6 +8,8 @@
     forward/backward (forward-over-reverse for the Hessian): the floor. Every call takes a fresh
     point (a cycle through 200 000 points, far more than the cache holds), so the cache never
     answers.
+(a') The same on 10-256-256-1 nets with a LayerNorm or RMSNorm before each activation, as a
+    multiple of the eager torch route.
 (b) Batches, points per second for Jacobians and Hessians, N = 10^3..10^5 (10^6 on a GPU): the
     Surrogate against the per-sample ``backward()`` loop users write, per-sample
     ``torch.autograd.functional``, and ``torch.func`` (``vmap(jacrev)``, ``vmap(hessian)``). The
@@ -135,6 +137,42 @@ def one_point(n, h, rows):
     }
 
 
+def normed_mlp(n, h, norm, seed=0):
+    """n-h-h-1 with a normalization layer before each tanh (weights moved off 1 and 0)."""
+    torch.manual_seed(seed)
+    layer = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}[norm]
+    net = torch.nn.Sequential(
+        torch.nn.Linear(n, h), layer(h), torch.nn.Tanh(),
+        torch.nn.Linear(h, h), layer(h), torch.nn.Tanh(), torch.nn.Linear(h, 1),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return net
+
+
+def one_point_normed(n, h, norm, rows):
+    """Normalization layers: every route per call, as a multiple of the torch route (no
+    hand-written floor: users do not hand-write a LayerNorm's Hessian)."""
+    net, fresh = normed_mlp(n, h, norm), Fresh(n)
+    routes = {}
+    for route in ("torch", "numpy", "casadi", "auto"):
+        sur = sb.Surrogate(net, point_route=route, extrapolation="ignore")
+        if route == "auto":
+            for _ in range(40):
+                sur.hess(fresh())
+        routes[route] = sur
+    calls = {
+        "value+grad": lambda s: s.value_and_grad(fresh()),
+        "hessian": lambda s: s.hess(fresh()),
+    }
+    for name, call in calls.items():
+        times = interleaved({r: partial(call, s) for r, s in routes.items()})
+        for who, t in times.items():
+            label = who if who != "auto" else f"auto ({routes['auto'].point_route})"
+            rows.append([f"{n}-{h}-{h}-1 {norm}", name, label, t * 1e6, t / times["torch"]])
+
+
 def loop_jac(net, X):
     """The per-sample backward() loop, with x.grad and retain_graph, as users write it."""
     out = []
@@ -244,11 +282,26 @@ def _verdicts(one: list[list], many: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _normed_verdicts(rows: list[list]) -> str:
+    lines = []
+    for net in dict.fromkeys(r[0] for r in rows):
+        for call in ("value+grad", "hessian"):
+            auto = next(r for r in rows if r[0] == net and r[1] == call and r[2].startswith("auto"))
+            lines.append(
+                f"- {net} {call}: auto ({auto[2][6:-1]}) costs {auto[4]:.2f}x the eager torch "
+                "route."
+            )
+    return "\n".join(lines)
+
+
 def main(quick: bool = False) -> None:
     torch.set_num_threads(1)
     one, builds = [], []
     for n, h in ((2, 64), (10, 256)):
         builds.append(one_point(n, h, one))
+    normed = []
+    for norm in ("LayerNorm", "RMSNorm"):
+        one_point_normed(10, 256, norm, normed)
     threads_a = torch.get_num_threads()
     torch.set_num_threads(torch.get_num_interop_threads())
     threads_b = torch.get_num_threads()
@@ -270,6 +323,11 @@ def main(quick: bool = False) -> None:
         ["net", "chosen", "build s", "probe s"],
         [[b["net"], b["chosen"], b["build_s"], b["probe_s"]] for b in builds],
     )
+    body += (
+        "\n\n(a') One point on nets with a normalization layer before each activation, as (a);"
+        " ratio to the eager torch route:\n\n"
+    )
+    body += table(["net", "call", "route", "us per call", "/ torch route"], normed)
     body += f"\n\n(b) Batches, points per second, torch threads {threads_b}:\n\n"
     body += table(
         [
@@ -287,6 +345,7 @@ def main(quick: bool = False) -> None:
         many,
     )
     body += "\n\nTargets, judged from these numbers:\n\n" + _verdicts(one, many)
+    body += "\n" + _normed_verdicts(normed)
     write_section("bench_derivatives", body)
 
 
