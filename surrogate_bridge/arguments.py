@@ -9,7 +9,7 @@ from torch import nn
 from .normalization import Affine
 from .routes import POINT_ROUTES
 
-__all__ = ["check_arguments", "check_device", "infer_n_in"]
+__all__ = ["check_arguments", "check_device", "first_linear", "infer_n_in"]
 
 
 def check_arguments(model, dtype, cache_size, point_route) -> None:
@@ -62,14 +62,20 @@ def infer_n_in(n_in, in_aff: Affine | None, model) -> int | None:
         return n_in
     if from_scaler is not None:
         return from_scaler
-    if isinstance(model, nn.Module):  # the first Linear layer, scripted or traced ones too
-        # a traced Linear keeps its weight but not its in_features attribute
-        return next(
-            (
-                int(m.weight.shape[-1])
-                for m in model.modules()
-                if isinstance(m, nn.Linear) or getattr(m, "original_name", None) == "Linear"
-            ),
-            None,
-        )
-    return None
+    first = first_linear(model)
+    return None if first is None else int(first[1].weight.shape[-1])
+
+
+def first_linear(model) -> tuple[str, nn.Module] | None:
+    """(name, module) of the model's first Linear layer, scripted or traced ones too (a traced
+    Linear keeps its weight but not its in_features attribute), or None."""
+    if not isinstance(model, nn.Module):
+        return None
+    return next(
+        (
+            (name, m)
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) or getattr(m, "original_name", None) == "Linear"
+        ),
+        None,
+    )

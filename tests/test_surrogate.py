@@ -151,6 +151,23 @@ def test_models_that_fail_on_one_point_alone_are_refused_naming_why(case):
         assert "track_running_stats=False" in str(err.value)
 
 
+class TwoNets(nn.Module):
+    """Its first Linear layer reads only the first 3 of its 5 inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 4).double(), nn.Linear(2, 4).double()
+
+    def forward(self, z):
+        return (self.first(z[:, :3]) * self.second(z[:, 3:])).sum(-1, keepdim=True)
+
+
+def test_a_wrong_n_in_from_the_first_linear_layer_says_where_it_came_from():
+    with pytest.raises(ValueError, match="n_in=3 was read from the first Linear layer, 'first'"):
+        sb.Surrogate(TwoNets())
+    assert sb.Surrogate(TwoNets(), n_in=5).n_in == 5
+
+
 def test_n_in_inference():
     assert sb.Surrogate(mlp([3, 4, 1])).n_in == 3  # first Linear
     assert sb.Surrogate(FlatOutput(), sb.Affine([0, 0, 0, 0], [1, 1, 1, 1])).n_in == 4  # scaler
