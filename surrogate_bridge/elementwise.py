@@ -1,6 +1,7 @@
-"""Elementwise activations for the numpy route: each rule maps a vector ``h`` (and the
-layer's parameters) to the activation's value, first and second derivative, computed as torch
-computes the value (the same formula; only the math library's last bit may differ).
+"""Elementwise functions for the numpy route (activations; powers, log, sqrt, reciprocal): each
+rule maps a vector ``h`` (and the call's parameters) to the function's value, first and second
+derivative, computed as torch computes the value (the same formula; only the math library's
+last bit may differ).
 
 ``ACTIVATIONS`` maps the aten operation to its rule. ``VALUES`` and ``FIRST`` hold cheaper
 forms (the value alone; value and first derivative) where a rule has them, for the value and
@@ -131,6 +132,44 @@ def _exp(h):
     return e, e, e
 
 
+def _pow(h, p):
+    """h ** p for a constant p; the value as torch's kernel forms it for its special exponents."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if p == 2.0:
+            return h * h, 2.0 * h, np.full_like(h, 2.0)
+        if p == 3.0:
+            hh = h * h
+            return hh * h, 3.0 * hh, 6.0 * h
+        if p in (0.0, 1.0):  # no h ** -1 of 0 times 0 at h = 0
+            return (h + 0.0 if p else np.ones_like(h)), np.full_like(h, p), np.zeros_like(h)
+        special = {0.5: np.sqrt, -1.0: np.reciprocal, -0.5: lambda v: 1.0 / np.sqrt(v)}
+        f = special[p](h) if p in special else np.power(h, p)
+        return f, p * np.power(h, p - 1.0), p * (p - 1.0) * np.power(h, p - 2.0)
+
+
+def _square(h):
+    return h * h, 2.0 * h, np.full_like(h, 2.0)
+
+
+def _log(h):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = 1.0 / h
+        return np.log(h), r, -r * r
+
+
+def _sqrt(h):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.sqrt(h)
+        d = 0.5 / s
+        return s, d, -d / (2.0 * h)
+
+
+def _reciprocal(h):
+    with np.errstate(divide="ignore"):
+        r = 1.0 / h
+        return r, -r * r, 2.0 * r * r * r
+
+
 def _tanh_first(h):
     t = np.tanh(h)
     return t, 1.0 - t * t
@@ -160,4 +199,9 @@ ACTIVATIONS = {
     aten.sin.default: _sin,
     aten.cos.default: _cos,
     aten.exp.default: _exp,
+    aten.pow.Tensor_Scalar: _pow,
+    aten.square.default: _square,
+    aten.log.default: _log,
+    aten.sqrt.default: _sqrt,
+    aten.reciprocal.default: _reciprocal,
 }

@@ -3,8 +3,9 @@ value, tangents pushed forward (``push``: (k, r) columns) and adjoints pulled ba
 (r, k) rows, one array per input). All are linear in their hidden inputs except
 :class:`Activation` and :class:`Norm`, whose ``second = True`` marks the only second derivatives
 of a layer graph. These two also give, for an adjoint row ``a`` at their output, the curvature
-``M(a)`` (the Hessian of ``a . op(h)`` in h) applied to tangents: ``curvature(a, T)`` is
-``T^T M T`` for (k, n) columns T, ``curvature_mv(a, t)`` is ``M t`` for one column t (k, 1).
+``M(a)`` (the Hessian of ``a . op(h)`` in h) applied to tangents: ``curvature(a, Ts)`` is
+``T^T M T`` for (k, n) columns T, ``curvature_mv(a, ts)`` is ``M t`` for one column t (k, 1),
+one term per input. :class:`Product` is the one such operation with two hidden inputs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import numpy as np
 
 from .elementwise import FIRST, VALUES
 
-__all__ = ["Activation", "Cat", "Linear", "Norm", "PerFeature", "Scale", "Slice", "Sum"]
+__all__ = [
+    "Activation", "Cat", "Linear", "Norm", "PerFeature", "Product", "Scale", "Slice", "Sum",
+    "Total",
+]  # fmt: skip
 
 
 class Linear:
@@ -183,13 +187,85 @@ class Activation:
         return (A * d,)
 
     @staticmethod
-    def curvature(a, d, dd, T):
+    def curvature(a, d, dd, Ts):
         """T^T diag(a sigma'') T as one BLAS product."""
+        T = Ts[0]
         return (T.T * (a * dd)) @ T
 
     @staticmethod
-    def curvature_mv(a, d, dd, t):
-        return a * dd * t[:, 0]
+    def curvature_mv(a, d, dd, ts):
+        return (a * dd * ts[0][:, 0],)
+
+
+class Product:
+    """a * b or a / b of two hidden rows of k values. With the first derivatives ``(da, db)``
+    and the second ``(daa, dab, dbb)``, the Hessian of ``c . y`` in (a, b) is the block matrix
+    ``diag(c [[daa, dab], [dab, dbb]])``."""
+
+    second = True
+
+    def __init__(self, divide: bool) -> None:
+        self.divide = divide
+
+    def first(self, ab):
+        a, b = ab
+        if not self.divide:
+            return a * b, (b, a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = a / b
+            return y, (1.0 / b, -y / b)
+
+    def __call__(self, a, b):
+        return a / b if self.divide else a * b
+
+    def derivatives(self, ab):
+        y, d = self.first(ab)
+        if not self.divide:
+            return y, d, (None, 1.0, None)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = d[0]
+            return y, d, (None, -r * r, 2.0 * y * r * r)
+
+    def push(self, Ts, d):
+        return d[0][:, None] * Ts[0] + d[1][:, None] * Ts[1]
+
+    def pull(self, A, d):
+        return (A * d[0], A * d[1])
+
+    def curvature(self, c, d, dd, Ts):
+        _, dab, dbb = dd
+        Ta, Tb = Ts
+        M = (Ta.T * (c * dab)) @ Tb
+        M = M + M.T
+        return M if dbb is None else M + (Tb.T * (c * dbb)) @ Tb
+
+    def curvature_mv(self, c, d, dd, ts):
+        _, dab, dbb = dd
+        ta, tb = ts[0][:, 0], ts[1][:, 0]
+        cab = c * dab
+        rb = cab * ta if dbb is None else cab * ta + c * dbb * tb
+        return (cab * tb, rb)
+
+
+class Total:
+    """The sum (or mean) of a row's k values: a row of one value."""
+
+    second = False
+
+    def __init__(self, k: int, mean: bool) -> None:
+        self.k, self.mean = k, mean
+
+    def __call__(self, h):
+        t = h.sum(keepdims=True)
+        return t / self.k if self.mean else t
+
+    def push(self, Ts, _):
+        t = Ts[0].sum(axis=0, keepdims=True)
+        return t / self.k if self.mean else t
+
+    def pull(self, A, _):
+        out = np.repeat(A, self.k, axis=1)
+        return (out / self.k if self.mean else out,)
 
 
 class Norm:
@@ -255,11 +331,13 @@ class Norm:
             W[1] = a
         return W, c * (alpha * self._C1 + self._C0), alpha * c
 
-    def curvature(self, a, d, dd, T):
+    def curvature(self, a, d, dd, Ts):
         W, C, diag = self._hessian_terms(a, d)
+        T = Ts[0]
         V = W @ T  # (q, n)
         return V.T @ C @ V - diag * (T.T @ T)
 
-    def curvature_mv(self, a, d, dd, t):
+    def curvature_mv(self, a, d, dd, ts):
         W, C, diag = self._hessian_terms(a[0], d)
-        return (W.T @ (C @ (W @ t)) - diag * t).T
+        t = ts[0]
+        return ((W.T @ (C @ (W @ t)) - diag * t).T,)

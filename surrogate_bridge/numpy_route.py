@@ -3,22 +3,25 @@ write for an MLP, read off the surrogate's exported one-point graph.
 
 It covers *layer graphs*: every hidden tensor is one row of values, and every operation on
 hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as the
-scalers; an eval-mode batch norm; the sum or difference of two hidden tensors, as in a residual
-connection; a concatenation; a slice of the last axis; a view), an elementwise activation with
-known first and second derivatives (``elementwise.ACTIVATIONS``), or a LayerNorm or RMSNorm of
-the whole row (``numpy_ops.Norm``, in closed form). Operations on constants alone are computed
-once, by torch itself (a weight's transpose, say). Anything else (a product of two hidden
-tensors, a reduction, a tensor of several rows, an operation without a rule here) raises
+scalers; an eval-mode batch norm; the sum or difference of two hidden rows, as in a residual
+connection; a concatenation or stack; a slice of the last axis; the sum or mean of a row; a
+view), an elementwise function with known first and second derivatives
+(``elementwise.ACTIVATIONS``: activations, powers, log, sqrt), the product or quotient of two
+hidden rows of one length (a gate, a DeepONet's dot product), or a LayerNorm or RMSNorm of the
+whole row (``numpy_ops.Norm``, in closed form). Operations on constants alone are computed once,
+by torch itself (a weight's transpose, say). Anything else (a product that broadcasts, a
+maximum, a tensor of several rows, an operation without a rule here) raises
 :class:`GraphUnsupported`, and the other routes answer.
 
 With node values ``h_i`` (``h_0 = x``) and the output ``y``:
 
 - value and Jacobian: one forward pass and one reverse pass of the adjoints ``A_i = dy/dh_i``
   (m rows), summed where a tensor feeds several operations;
-- Hessian of output r: ``sum_s T_s^T M_s(A_s[r]) T_s`` over the activations and norms s, where
-  ``T_s`` is the Jacobian of their input, carried forward (n columns), and ``M_s(a)`` the
-  Hessian of ``a . s(h)`` (``diag(a * sigma'')`` for an activation). Every other operation is
-  linear in the hidden tensors, so this sum is the whole Hessian;
+- Hessian of output r: ``sum_s T_s^T M_s(A_s[r]) T_s`` over the nonlinear operations s
+  (functions, products, norms), where ``T_s`` is the Jacobian of their inputs, carried forward
+  (n columns), and ``M_s(a)`` the Hessian of ``a . s(h)`` (``diag(a * sigma'')`` for an
+  elementwise function). Every other operation is linear in the hidden tensors, so this sum is
+  the whole Hessian;
 - Hessian-vector product: a forward tangent and one reverse sweep (no n columns).
 
 Every product is numpy's (BLAS), so a wide net costs what a hand-written numpy evaluation
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 
 from .elementwise import ACTIVATIONS
-from .numpy_ops import Activation, Cat, Linear, Norm, PerFeature, Scale, Slice, Sum
+from .numpy_ops import Activation, Cat, Linear, Norm, PerFeature, Product, Scale, Slice, Sum, Total
 from .physical import VIEWS, constants_of
 
 __all__ = ["GraphUnsupported", "NumpyPointRoute", "read_graph"]
@@ -50,6 +53,7 @@ _ARITHMETIC = {
 
 
 _NORMS = (aten.layer_norm.default, aten.rms_norm.default)
+_REDUCTIONS = (aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.mean.default)
 
 
 class GraphUnsupported(ValueError):
@@ -176,6 +180,19 @@ def _operation(node, index, consts, sizes, k: int):
         return _norm(node, index, consts, sizes, k, where)
     if target is aten.batch_norm.default:
         return _batch_norm(node, index, consts, sizes, k, where)
+    if target in _REDUCTIONS:
+        return _total(node, index, sizes, k, where)
+    if target is aten.stack.default:
+        parts, ndim = args[0], node.meta["val"].ndim
+        dim = (args[1] if len(args) > 1 else kw.get("dim", 0)) % ndim
+        if not all(hidden(a) for a in parts):
+            raise GraphUnsupported(f"{where}: not hidden tensors alone")
+        ins = tuple(index[a.name] for a in parts)
+        if len(ins) == 1:  # a new axis of size 1: the same row
+            return None, ins
+        if dim != ndim - 1 or any(sizes[j] != 1 for j in ins):
+            raise GraphUnsupported(f"{where}: not single values side by side")
+        return Cat([1] * len(ins)), ins
     if target is aten.cat.default:
         dim = args[1] if len(args) > 1 else kw.get("dim", 0)
         parts = args[0]
@@ -193,8 +210,10 @@ def _operation(node, index, consts, sizes, k: int):
         raise GraphUnsupported(f"{where}: alpha or rounding mode")
     if hidden(args[0]) and hidden(args[1]):
         i, j = index[args[0].name], index[args[1].name]
-        if op not in ("add", "sub") or not sizes[i] == sizes[j] == k:
-            raise GraphUnsupported(f"{where}: a product of hidden tensors, or a broadcast")
+        if not sizes[i] == sizes[j] == k:
+            raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
+        if op in ("mul", "div"):
+            return Product(divide=op == "div"), (i, j)
         return Sum(1.0 if op == "add" else -1.0), (i, j)
     first = hidden(args[0])
     j = index[(args[0] if first else args[1]).name]
@@ -209,6 +228,26 @@ def _operation(node, index, consts, sizes, k: int):
         elif op == "div":
             raise GraphUnsupported(f"{where}: a constant divided by a hidden tensor")
     return Scale(op, c), (j,)
+
+
+def _total(node, index, sizes, k: int, where: str):
+    """sum or mean over some axes of a row: over its last axis, a row of one value; over
+    leading axes of size 1 alone, the same row."""
+    args, kw = node.args, node.kwargs
+    h = args[0]
+    if not (isinstance(h, torch.fx.Node) and h.name in index):
+        raise GraphUnsupported(f"{where}: not a reduction of a hidden row")
+    if kw.get("dtype") is not None or (len(args) > 3 and args[3] is not None):
+        raise GraphUnsupported(f"{where}: a reduction with a dtype")
+    j, ndim = index[h.name], h.meta["val"].ndim
+    dims = args[1] if len(args) > 1 else kw.get("dim")
+    every = dims is None or len(dims) == 0 or ndim == 0
+    if not every and (ndim - 1) not in {d % ndim for d in dims}:
+        return None, (j,)  # axes of size 1: the same values
+    if k != 1:
+        raise GraphUnsupported(f"{where}: a reduction to {k} values")
+    mean = node.target in (aten.mean.dim, aten.mean.default)
+    return Total(sizes[j], mean), (j,)
 
 
 def _slice(node, j: int, k_in: int, k: int, where: str):
@@ -316,7 +355,9 @@ class _Kept:
             op, ins = nodes[i]
             d = tape[i][0]
             if op.second and adjoints[i] is not None:
-                r[ins[0]] = _add(r[ins[0]], op.curvature_mv(adjoints[i], d, tape[i][1], t[ins[0]]))
+                terms = op.curvature_mv(adjoints[i], d, tape[i][1], [t[j] for j in ins])
+                for j, c in zip(ins, terms, strict=True):
+                    r[j] = _add(r[j], c)
             t[i] = op.push([t[j] for j in ins], d)
         for i in range(len(nodes) - 1, 0, -1):
             if r[i] is not None:
@@ -352,7 +393,7 @@ class NumpyPointRoute:
         blank = [None, None, None]  # never written: only activations' entries are
         for op, ins in self._plan:
             if op.second:
-                pre = h[ins[0]]
+                pre = h[ins[0]] if len(ins) == 1 else [h[j] for j in ins]
                 if second:
                     v, d, dd = op.derivatives(pre)
                 else:
@@ -390,9 +431,9 @@ class NumpyPointRoute:
             op, ins = self.nodes[i]
             d, dd, _ = tape[i]
             if op.second and adjoints[i] is not None:
-                A, Ti = adjoints[i], T[ins[0]]  # (r, k), (k, n)
+                A, Ts = adjoints[i], [T[j] for j in ins]  # (r, k), (k, n) each
                 for row in range(r):
-                    H[row] += op.curvature(A[row], d, dd, Ti)
+                    H[row] += op.curvature(A[row], d, dd, Ts)
             T[i] = op.push([T[j] for j in ins], d)
         return H
 

@@ -43,9 +43,9 @@ def close(a, b, rel=1e-12):
     return np.abs(a - b).max(initial=0) <= rel * max(np.abs(b).max(initial=0), 1e-300)
 
 
-def twins(net, ins, outs):
+def twins(net, ins, outs, n_in=None):
     """The same model on the numpy route and on the torch route."""
-    kw = dict(extrapolation="ignore")
+    kw = dict(extrapolation="ignore", n_in=n_in)
     return (sb.Surrogate(net, ins, outs, point_route="numpy", **kw),
             sb.Surrogate(net, ins, outs, point_route="torch", **kw))  # fmt: skip
 
@@ -142,9 +142,9 @@ def test_residual_connections_concatenations_and_slices(n_out):
     assert_routes_agree(num, ref, np.random.default_rng(2).normal(size=(3, 3)))
 
 
-class Product(nn.Module):
+class BroadcastProduct(nn.Module):
     def forward(self, z):
-        return (z[:, :1] * z[:, 1:]) ** 2
+        return (z[:, :1] * torch.tanh(z)).sum(-1, keepdim=True)
 
 
 class Rows(nn.Module):
@@ -161,13 +161,13 @@ class Rows(nn.Module):
         return self.c(torch.tanh(self.b(h)).reshape(-1, 8))
 
 
-class Reduction(nn.Module):
+class Maximum(nn.Module):
     def forward(self, z):
-        return torch.tanh(z).sum(-1, keepdim=True)
+        return torch.tanh(z).amax(-1, keepdim=True)
 
 
 @pytest.mark.parametrize(
-    "model", [Product(), Rows(), Reduction()], ids=["product", "rows", "reduction"]
+    "model", [BroadcastProduct(), Rows(), Maximum()], ids=["broadcast-product", "rows", "max"]
 )
 def test_graphs_that_are_not_layer_graphs_are_refused_and_auto_measures_the_others(model):
     with pytest.raises(ValueError, match="not a layer graph"):
@@ -202,7 +202,8 @@ def test_every_rule_is_exercised_by_a_test():
     names = {str(op).split(".")[1] for op in ACTIVATIONS}
     assert names == {"tanh", "sigmoid", "softplus", "silu", "gelu", "elu", "selu", "relu",
                      "leaky_relu", "hardtanh", "sin", "cos", "exp", "mish",
-                     "log_sigmoid"}  # fmt: skip
+                     "log_sigmoid", "pow", "square", "log", "sqrt",
+                     "reciprocal"}  # fmt: skip
 
 
 class CosExp(nn.Module):
@@ -335,6 +336,54 @@ def test_eval_mode_batch_norms_agree_with_autograd(affine):
     assert_routes_agree(num, ref, np.random.default_rng(4).normal(size=(3, 3)))
 
 
+class Algebra(nn.Module):
+    """Products and quotients of hidden rows, powers, log, sqrt, reciprocal, sums and means:
+    gates, a hand-written swish, rational and polynomial features."""
+
+    def __init__(self, n_in=4, scalar=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(n_in, 8).double(), nn.Linear(n_in, 8).double()
+        self.scalar = scalar
+
+    def forward(self, z):
+        h, g = self.a(z), self.b(z)
+        terms = [
+            (h * torch.sigmoid(g)).sum(-1),  # a gate
+            (h * torch.sigmoid(h)).mean(-1),  # swish by hand
+            (h / (1 + g**2)).sum(-1),
+            (h.pow(3) * h).sum(dim=-1) + (h * h).mean(-1),
+            torch.square(g).sum(-1) + torch.log(1 + g * g).mean(-1),
+            torch.sqrt(2 + torch.sin(h)).sum(-1) + (1 / (2 + torch.cos(g))).sum(-1),
+            ((g * g + 1) ** -0.5).sum(0).sum(-1) + ((h * h + 1) ** 0.75).sum(-1),
+            torch.reciprocal(h * h + 1).sum(-1) - (g ** 1.0 + h ** 0.0).mean(-1),
+        ]  # fmt: skip
+        y = torch.stack(terms, -1)
+        return y.sum(-1, keepdim=True) if self.scalar else y
+
+
+class DeepONet(nn.Module):
+    """A branch net of the parameters and a trunk net of the coordinates, joined by a dot
+    product: the sum of an elementwise product of two hidden rows."""
+
+    def __init__(self, n_param=17, n_coord=3, width=12):
+        super().__init__()
+        torch.manual_seed(1)
+        self.n_param = n_param
+        self.branch = mlp([n_param, width, width], nn.Tanh, seed=1)
+        self.trunk = mlp([n_coord, width, width], nn.Tanh, seed=2)
+
+    def forward(self, z):
+        b, t = self.branch(z[:, : self.n_param]), torch.tanh(self.trunk(z[:, self.n_param :]))
+        return (b * t).sum(-1, keepdim=True)
+
+
+def test_products_quotients_powers_and_sums_agree_with_autograd():
+    num, ref = twins(Algebra(), sb.Affine([0.5, -1, 2, 0], [2, 3, 0.5, 1]), None)
+    assert num.point_route == "numpy" and ref.n_out == 8
+    assert_routes_agree(num, ref, np.random.default_rng(5).normal(size=(3, 4)))
+
+
 class NormOverTwoAxes(nn.Module):
     def __init__(self):
         super().__init__()
@@ -362,13 +411,13 @@ def test_auto_measures_the_numpy_route_on_a_layer_norm_net():
 @pytest.mark.parametrize(
     "model",
     [mlp([20, 24, 1], nn.Softplus, seed=2), WideResidual(), normed([20, 24, 1], "layer"),
-     normed([20, 24, 1], "rms", nn.Softplus)],
-    ids=["mlp", "residual", "layer-norm", "rms-norm"],
+     normed([20, 24, 1], "rms", nn.Softplus), Algebra(20, scalar=True), DeepONet()],
+    ids=["mlp", "residual", "layer-norm", "rms-norm", "algebra", "deeponet"],
 )  # fmt: skip
 def test_hessian_vector_products_from_the_kept_tape(model):
     """Past 16 inputs a Hessian-vector product comes from the point's kept tape (a forward
     tangent and one reverse sweep), not from a dense Hessian."""
-    num, ref = twins(model, None, sb.Affine([1.0], [3.0]))
+    num, ref = twins(model, None, sb.Affine([1.0], [3.0]), n_in=20)
     X = np.random.default_rng(3).normal(size=(2, 20))
     P = np.random.default_rng(4).normal(size=(3, 20))
     for x in X:
