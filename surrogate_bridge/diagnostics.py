@@ -20,8 +20,9 @@ __all__ = [
 
 
 class SmoothnessWarning(UserWarning):
-    """A second or higher derivative was asked of a piecewise-linear model: it is zero almost
-    everywhere, whatever the true function's curvature."""
+    """A second or higher derivative was asked of a piecewise-linear model (it is zero almost
+    everywhere, whatever the true function's curvature), or any derivative of a model with
+    steps (floor, round, sign: the derivative does not see the jumps)."""
 
 
 class ExtrapolationWarning(UserWarning):
@@ -71,20 +72,58 @@ PIECEWISE_LINEAR = frozenset(
         "clip",
         "clamp_min",
         "clamp_max",
+        "abs",
+        "abs_",
+        "absolute",
+        "__abs__",
+        "softshrink",
+        "hardshrink",
+        "_threshold",
     }
 )
+# branch selections: the Hessian is the branch's taken (zero for a hand-written ReLU)
+SELECTIONS = frozenset({"where", "maximum", "minimum", "fmax", "fmin", "hardswish", "hardswish_"})
+# functions with steps: the model jumps where they do, and no derivative sees it
+PIECEWISE_CONSTANT = frozenset(
+    {"floor", "floor_", "ceil", "ceil_", "round", "round_", "trunc", "trunc_", "fix", "sign",
+     "sign_", "sgn", "heaviside", "frac", "floor_divide", "__floordiv__", "remainder", "fmod",
+     "__mod__"}
+)  # fmt: skip
+NONSMOOTH = PIECEWISE_LINEAR | PIECEWISE_CONSTANT | SELECTIONS
 
 
 def warn_nonsmooth(ops, where: str, stacklevel: int) -> None:
-    """The :class:`SmoothnessWarning` for a model that uses the piecewise-linear ``ops``."""
-    warnings.warn(
-        f"{where}: the model uses piecewise-linear operations ({', '.join(ops)}); its second "
-        "and higher derivatives are zero almost everywhere, whatever the true function's "
-        "curvature (IPOPT's exact Hessian and scipy's trust methods get no curvature from "
-        "them). Use a smooth activation (tanh, softplus, SiLU, GELU) for curvature information.",
-        SmoothnessWarning,
-        stacklevel=stacklevel + 1,
-    )
+    """The :class:`SmoothnessWarning` for a model that uses the non-smooth ``ops``
+    (``NONSMOOTH``): the piecewise-linear ones' curvature, the steps' jumps."""
+    steps = [o for o in ops if o in PIECEWISE_CONSTANT]
+    picks = [o for o in ops if o in SELECTIONS]
+    kinks = [o for o in ops if o not in PIECEWISE_CONSTANT and o not in SELECTIONS]
+    said = []
+    if kinks:
+        said.append(
+            f"the model uses piecewise-linear operations ({', '.join(kinks)}); its second and "
+            "higher derivatives are zero almost everywhere, whatever the true function's "
+            "curvature (IPOPT's exact Hessian and scipy's trust methods get no curvature from "
+            "them). Use a smooth activation (tanh, softplus, SiLU, GELU) for curvature information"
+        )
+    if picks:
+        said.append(
+            f"the model selects between branches ({', '.join(picks)}); its derivatives may jump "
+            "where the selection switches, and its Hessian is the branch's taken (zero for linear "
+            "branches, as in a hand-written ReLU)"
+        )
+    if steps:
+        said.append(
+            f"the model uses functions with steps ({', '.join(steps)}); it jumps where they "
+            "step, and its derivatives do not see the jumps (a step's derivative is zero "
+            "wherever it is defined), so gradient-based solvers are blind to them"
+        )
+    warnings.warn(f"{where}: {'; and '.join(said)}.", SmoothnessWarning, stacklevel=stacklevel + 1)
+
+
+def needs_warning(ops, order: int) -> bool:
+    """Whether a derivative of ``order`` of a model using ``ops`` earns the warning."""
+    return bool(ops) and (order >= 2 or any(o in PIECEWISE_CONSTANT for o in ops))
 
 
 class _OpRecorder(TorchFunctionMode):
@@ -101,7 +140,7 @@ class _OpRecorder(TorchFunctionMode):
 
 def called_functions(fn, x: torch.Tensor) -> set[str]:
     """Names of the torch functions that ``fn(x)`` calls (``F.celu``, ``torch.tanh``, ...):
-    for the smoothness warning (``PIECEWISE_LINEAR``) and the rewrites (``rewrites.py``)."""
+    for the smoothness warning (``NONSMOOTH``) and the rewrites (``rewrites.py``)."""
     rec = _OpRecorder()
     with rec, torch.no_grad():
         fn(x)
@@ -210,10 +249,18 @@ def no_derivative(err: RuntimeError) -> str | None:
     return cannot_differentiate(msg)
 
 
+_CANNOT = "torch cannot take this derivative of the model"
+
+
+def torch_cannot(message: str) -> bool:
+    """Whether ``message`` is :func:`cannot_differentiate`'s."""
+    return message.startswith(_CANNOT)
+
+
 def cannot_differentiate(why: str) -> str:
-    """The message for second derivatives torch cannot take, for the reason ``why``."""
+    """The message for derivatives torch cannot take, for the reason ``why``."""
     return (
-        f"torch cannot take this derivative of the model ({why}): an operation in it has no "
+        f"{_CANNOT} ({why}): an operation in it has no "
         "derivative of this order in torch. Write that operation in differentiable ones "
         "(hardsigmoid(x) is hardtanh(x + 3, 0, 6) / 6; a custom autograd Function without "
         "@once_differentiable), or, where the model translates, let CasADi take them "

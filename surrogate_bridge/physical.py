@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .diagnostics import PIECEWISE_LINEAR, called_functions, cannot_differentiate, no_derivative
+from .diagnostics import (
+    NONSMOOTH,
+    called_functions,
+    cannot_differentiate,
+    no_derivative,
+    torch_cannot,
+)
 from .normalization import Affine
 from .rewrites import REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
 
@@ -230,9 +236,9 @@ class Built:
 
     def refuse(self, where: str, order: int) -> None:
         """Raise where derivatives of ``order`` would be wrong: a cut graph (``ValueError``),
-        or second derivatives torch cannot take (``NotImplementedError``)."""
+        or derivatives torch cannot take (``NotImplementedError``)."""
         if why := getattr(self, "no_first", None):  # (absent from older pickles)
-            raise ValueError(f"{where}: {why}")
+            raise (NotImplementedError if torch_cannot(why) else ValueError)(f"{where}: {why}")
         if order >= 2 and (why := getattr(self, "no_second", None)):
             raise NotImplementedError(f"{where}: {why}")
 
@@ -254,8 +260,8 @@ def _first_derivatives(fn, X: torch.Tensor) -> str | None:
                 cut = [] if _depends((Y @ w.to(Y)).sum(), x) else cut
             elif Y.requires_grad:
                 cut = [j for j in cut if not _depends(Y[:, j].sum(), x)]
-    except RuntimeError:  # any other failure is left to the request that meets it
-        return None
+    except RuntimeError as err:  # no derivative in torch, named; another failure is left to
+        return no_derivative(err)  # the request that meets it
     if not cut:
         return None
     which = "the model's outputs" if len(cut) == Y.shape[1] else f"the model's outputs {cut}"
@@ -355,7 +361,7 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
         _check_alone(fn, X, model)
         if not _rows_independent(fn, X):
             fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
-    nonsmooth = tuple(sorted(called & PIECEWISE_LINEAR))
+    nonsmooth = tuple(sorted(called & NONSMOOTH))
     return Built(fn, n_out, nonsmooth, _first_derivatives(fn, X), _second_derivatives(fn, X[:1]))
 
 
@@ -394,7 +400,10 @@ def _rows_independent(fn: PhysicalFunction, X: torch.Tensor) -> bool:
         alone = torch.cat([fn(X[i : i + 1]) for i in range(X.shape[0])])
     if not torch.allclose(Y, alone, rtol=1e-5, atol=1e-8):
         return False
-    J = torch.autograd.functional.jacobian(fn, X)  # (N, m, N, n)
+    try:
+        J = torch.autograd.functional.jacobian(fn, X)  # (N, m, N, n)
+    except RuntimeError:  # no derivative (floor_divide, say): refused when one is asked for
+        return True  # the values agreed
     off = J.clone()
     for i in range(X.shape[0]):
         off[i, :, i, :] = 0

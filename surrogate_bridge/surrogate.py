@@ -16,7 +16,7 @@ from torch import nn
 from .arguments import check_arguments, check_device, first_linear, infer_n_in
 from .convert import Points, as_points, as_vector, finish
 from .derivatives import Engine
-from .diagnostics import warn_nonsmooth
+from .diagnostics import needs_warning, warn_nonsmooth
 from .domain import Domain
 from .normalization import as_affine
 from .physical import build, export, from_torchscript, frozen_copy
@@ -134,7 +134,9 @@ class Surrogate:
         if nonsmooth is not None:  # new weights, same layers: what was known still holds
             built.nonsmooth = nonsmooth
         engine = Engine(built.fn, n_in, built.n_out, self.dtype, self.device, self._route_policy)
-        engine.points = PointEvaluator(engine.route, n_in, built.n_out, *self._cache_policy)
+        size, prefetch = self._cache_policy
+        prefetch = prefetch and not built.no_first  # no gradient to fill in passing
+        engine.points = PointEvaluator(engine.route, n_in, built.n_out, size, prefetch)
         self._model, self._built, self._engine, self._n_in = model, built, engine, n_in
 
     @classmethod
@@ -252,7 +254,7 @@ class Surrogate:
 
     def _before_derivatives(self, where: str, order: int = 2) -> None:  # refusals, warnings
         self._built.refuse(where, order)
-        if order >= 2 and self._built.nonsmooth and not self._warned_smooth:
+        if not self._warned_smooth and needs_warning(self._built.nonsmooth, order):
             self._warned_smooth = True
             warn_nonsmooth(self._built.nonsmooth, where, stacklevel=3)
 
@@ -301,6 +303,11 @@ class Surrogate:
         only, where = "Surrogate.__call__ and Surrogate.jac", "Surrogate.value_and_grad"
         if type(x) is np.ndarray and x.ndim == 1:  # the solvers' path: the cache, directly
             pts = self._points_of(x, where, only)
+            built = self._built
+            if getattr(built, "no_first", None) or (
+                not self._warned_smooth and needs_warning(built.nonsmooth, 1)
+            ):
+                self._before_derivatives(where, 1)  # refusals, the warning for steps
             return self._engine.points.value_and_grad(pts.data[0])
         return tuple(self._ask(x, where, 1, scalar_only=only, lowest=0))
 

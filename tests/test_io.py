@@ -315,6 +315,7 @@ def test_point_by_point_models_round_trip(model, tmp_path):
     np.testing.assert_allclose(np.array(F(X[0])).ravel(), sur(X[0]), rtol=1e-14)
 
 
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")  # where
 @pytest.mark.parametrize("name", sorted(COMPOSITES))
 def test_composite_operations_round_trip(name, tmp_path):
     """einsum, glu, pad, lerp and the like are saved lowered to allowed operations (torch's own

@@ -564,6 +564,69 @@ def test_functional_relu_detected():
         sb.Surrogate(F(), n_in=2).derivatives([0.5, 0.5], order=2)
 
 
+class Hand(nn.Module):
+    """A hidden layer through a hand-written function of torch calls."""
+
+    def __init__(self, f):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.f = nn.Linear(2, 6).double(), nn.Linear(6, 1).double(), f
+
+    def forward(self, z):
+        return self.b(self.f(self.a(z)))
+
+
+KINKS = {
+    "abs": torch.abs,
+    "builtin-abs": abs,
+    "softshrink": nn.functional.softshrink,
+    "threshold": lambda h: nn.functional.threshold(h, 0.1, 0.0),
+}
+PICKS = {
+    "where": lambda h: torch.where(h > 0, h, 0.1 * h),  # a hand-written leaky ReLU
+    "maximum": lambda h: torch.maximum(h, torch.tanh(h)),
+    "hardswish": nn.functional.hardswish,
+}
+STEPS = {
+    "floor": lambda h: h + torch.floor(h),
+    "round": lambda h: h + torch.round(3 * h) / 3,
+    "sign": lambda h: torch.tanh(h) * torch.sign(h),
+    "remainder": lambda h: h + h % 0.5,
+}
+
+
+@pytest.mark.parametrize("name", [*KINKS, *PICKS, *STEPS])
+def test_smoothness_warning_for_hand_written_non_smooth_functions(name):
+    """Kinks and branch selections warn at second derivatives (their Hessian is zero, or the
+    branch's taken); steps warn at the first derivative already: no derivative sees a jump."""
+    f = {**KINKS, **PICKS, **STEPS}[name]
+    sur, x = sb.Surrogate(Hand(f)), np.array([0.3, -0.4])
+    words = "steps" if name in STEPS else "selects" if name in PICKS else "piecewise-linear"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sb.SmoothnessWarning)
+        sur(x)
+        if name not in STEPS:
+            sur.grad(x), sur.value_and_grad(x)
+    with pytest.warns(sb.SmoothnessWarning, match=words):
+        sur.hess(x) if name not in STEPS else sur.value_and_grad(x)
+
+
+def test_smooth_models_do_not_warn():
+    """No false alarm from the torch functions smooth layers call."""
+    mha = nn.MultiheadAttention(6, 2, batch_first=True).double()
+
+    def attention(h):
+        return mha(h[:, None], h[:, None], h[:, None])[0][:, 0]
+
+    def glu(h):
+        return nn.functional.glu(torch.cat([h, h.flip(-1)], -1))
+
+    for f in (attention, nn.functional.normalize, glu, nn.Mish(), nn.GELU()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", sb.SmoothnessWarning)
+            sb.Surrogate(Hand(f)).hess(np.array([0.3, -0.4]))
+
+
 def test_device_results_match_cpu(device):
     sur, ref = sb.Surrogate(mlp([2, 8, 1]), device=device), sb.Surrogate(mlp([2, 8, 1]))
     X = np.random.default_rng(0).normal(size=(3, 2))

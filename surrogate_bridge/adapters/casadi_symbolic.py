@@ -19,7 +19,7 @@ import casadi as ca
 import numpy as np
 import torch
 
-from ..diagnostics import PIECEWISE_LINEAR
+from ..diagnostics import NONSMOOTH
 from ..lowering import lowered, same_function
 from ..physical import ExportError, constants_of
 from ..surrogate import Surrogate
@@ -316,6 +316,6 @@ def _translate_node(node, env, nonsmooth):
             f"operation aten.{op_name} in {_where(node)} could not be translated ({err}); "
             "use mode='callback' for this model"
         ) from err
-    if op_name in PIECEWISE_LINEAR:
+    if op_name in NONSMOOTH:
         nonsmooth.add(op_name)
     return result
