@@ -20,6 +20,7 @@ how it is called on one point.
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import numpy as np
@@ -338,6 +339,19 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
             hint = (
                 f"The Surrogate runs a copy of the model in {dtype}: a cast inside its forward "
                 "(x.float(), say) breaks that; remove it, or pass the dtype it casts to."
+            )
+            if not isinstance(model, nn.Module):
+                hint = (
+                    f"The Surrogate computes in {dtype}, and cannot copy or convert a model "
+                    "called inside a plain function: pass a module (an nn.Module whose forward "
+                    f"calls it), or convert the model yourself (model.to({dtype}))."
+                )
+        elif re.search(r"missing \d+ required positional argument", str(err)):
+            hint = (
+                "The Surrogate calls the model with one tensor of shape (N, n_in). For a model "
+                "of several inputs, pass a module that splits one, e.g. an nn.Module holding "
+                "the model whose forward(z) returns self.model(z[:, :2], z[:, 2:]), and n_in= "
+                "(a module, not a lambda: the Surrogate then copies and converts it)."
             )
         elif "the model returned a" in str(err):
             hint = "Pass a function of z returning the one output tensor, and n_in="

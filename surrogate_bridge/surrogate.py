@@ -116,7 +116,7 @@ class Surrogate:
             try:
                 self._setup(n_in)
             except ValueError as err:
-                if not (guessed and "failed on a probe batch" in str(err)):
+                if not (guessed and "Check n_in" in str(err)):
                     raise
                 name = first_linear(model)[0] or "the model"
                 raise ValueError(

@@ -168,6 +168,37 @@ def test_a_wrong_n_in_from_the_first_linear_layer_says_where_it_came_from():
     assert sb.Surrogate(TwoNets(), n_in=5).n_in == 5
 
 
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 1)  # float32, as trained
+
+    def forward(self, x, t):
+        return self.a(torch.cat([x, t], -1))
+
+
+def test_models_of_several_inputs_and_models_inside_functions_get_a_fitting_hint():
+    model = TwoInputs()
+    with pytest.raises(ValueError, match="missing 1 required positional") as err:
+        sb.Surrogate(model)
+    assert "pass a module that splits one" in str(err.value)
+    assert "read from the first Linear" not in str(err.value)  # not an n_in question
+    with pytest.raises(ValueError, match="cannot copy or convert a model called inside"):
+        sb.Surrogate(lambda z: model(z[:, :2], z[:, 2:]), n_in=3)
+
+    class Joined(nn.Module):  # what the hint says to write
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z):
+            return self.inner(z[:, :2], z[:, 2:])
+
+    sur = sb.Surrogate(Joined(model), n_in=3)
+    np.testing.assert_allclose(sur.grad([1.0, 2.0, 3.0]), model.a.weight.detach()[0], rtol=1e-7)
+    assert model.a.weight.dtype == torch.float32  # the user's model is untouched
+
+
 def test_n_in_inference():
     assert sb.Surrogate(mlp([3, 4, 1])).n_in == 3  # first Linear
     assert sb.Surrogate(FlatOutput(), sb.Affine([0, 0, 0, 0], [1, 1, 1, 1])).n_in == 4  # scaler
