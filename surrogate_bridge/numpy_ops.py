@@ -17,8 +17,8 @@ import numpy as np
 from .elementwise import FIRST, VALUES
 
 __all__ = [
-    "Activation", "Cat", "Linear", "Norm", "PerFeature", "Product", "Scale", "Slice", "Sum",
-    "Total",
+    "Activation", "Cat", "Gather", "Linear", "Norm", "PerFeature", "Product", "Scale", "Slice",
+    "Sum", "Total",
 ]  # fmt: skip
 
 
@@ -152,6 +152,31 @@ class Slice:
     def pull(self, A, _):
         out = np.zeros((A.shape[0], self.k_in))
         out[:, self.s] = A
+        return (out,)
+
+
+class Gather:
+    """Values of a row at constant positions (a feature selection or permutation; a position
+    may repeat)."""
+
+    second = False
+
+    def __init__(self, k_in: int, idx: np.ndarray) -> None:
+        self.k_in, self.idx = k_in, idx
+        self.unique = len(np.unique(idx)) == len(idx)
+
+    def __call__(self, h):
+        return h[self.idx]
+
+    def push(self, Ts, _):
+        return Ts[0][self.idx]
+
+    def pull(self, A, _):
+        out = np.zeros((A.shape[0], self.k_in))
+        if self.unique:
+            out[:, self.idx] = A
+        else:
+            np.add.at(out, (slice(None), self.idx), A)
         return (out,)
 
 

@@ -4,13 +4,13 @@ write for an MLP, read off the surrogate's exported one-point graph.
 It covers *layer graphs*: every hidden tensor is one row of values, and every operation on
 hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as the
 scalers; an eval-mode batch norm; the sum or difference of two hidden rows, as in a residual
-connection; a concatenation or stack; a slice of the last axis; the sum or mean of a row; a
-view), an elementwise function with known first and second derivatives
-(``elementwise.ACTIVATIONS``: activations, powers, log, sqrt), the product or quotient of two
-hidden rows of one length (a gate, a DeepONet's dot product), or a LayerNorm or RMSNorm of the
-whole row (``numpy_ops.Norm``, in closed form). Operations on constants alone are computed once,
-by torch itself (a weight's transpose, say). Anything else (a product that broadcasts, a
-maximum, a tensor of several rows, an operation without a rule here) raises
+connection; a concatenation or stack; a slice of the last axis or values at constant positions;
+the sum or mean of a row; a view), an elementwise function with known first and second
+derivatives (``elementwise.ACTIVATIONS``: activations, powers, log, sqrt), the product or
+quotient of two hidden rows of one length (a gate, a DeepONet's dot product), or a LayerNorm or
+RMSNorm of the whole row (``numpy_ops.Norm``, in closed form). Operations on constants alone are
+computed once, by torch itself (a weight's transpose, say). Anything else (a product that
+broadcasts, a maximum, a tensor of several rows, an operation without a rule here) raises
 :class:`GraphUnsupported`, and the other routes answer.
 
 With node values ``h_i`` (``h_0 = x``) and the output ``y``:
@@ -37,7 +37,19 @@ import numpy as np
 import torch
 
 from .elementwise import ACTIVATIONS
-from .numpy_ops import Activation, Cat, Linear, Norm, PerFeature, Product, Scale, Slice, Sum, Total
+from .numpy_ops import (
+    Activation,
+    Cat,
+    Gather,
+    Linear,
+    Norm,
+    PerFeature,
+    Product,
+    Scale,
+    Slice,
+    Sum,
+    Total,
+)
 from .physical import VIEWS, constants_of
 
 __all__ = ["GraphUnsupported", "NumpyPointRoute", "read_graph"]
@@ -180,6 +192,8 @@ def _operation(node, index, consts, sizes, k: int):
         return _norm(node, index, consts, sizes, k, where)
     if target is aten.batch_norm.default:
         return _batch_norm(node, index, consts, sizes, k, where)
+    if target in (aten.index.Tensor, aten.index_select.default):
+        return _gather(node, index, consts, sizes, k, where)
     if target in _REDUCTIONS:
         return _total(node, index, sizes, k, where)
     if target is aten.stack.default:
@@ -228,6 +242,29 @@ def _operation(node, index, consts, sizes, k: int):
         elif op == "div":
             raise GraphUnsupported(f"{where}: a constant divided by a hidden tensor")
     return Scale(op, c), (j,)
+
+
+def _gather(node, index, consts, sizes, k: int, where: str):
+    """h[..., idx] (index with None before the last axis) or index_select(h, last axis, idx)
+    with a constant integer idx."""
+    h, args = node.args[0], node.args
+    if not (isinstance(h, torch.fx.Node) and h.name in index):
+        raise GraphUnsupported(f"{where}: not an index into a hidden row")
+    ndim = h.meta["val"].ndim
+    if node.target is aten.index_select.default:
+        dim, idx = args[1] % ndim, args[2]
+    else:
+        positions = [i for i, a in enumerate(args[1]) if a is not None]
+        dim, idx = (positions[0], args[1][positions[0]]) if len(positions) == 1 else (None, None)
+    t = consts.get(idx.name) if isinstance(idx, torch.fx.Node) else None
+    # (constants_of hands integer buffers over in float64: their values are whole numbers)
+    if dim != ndim - 1 or t is None or t.ndim != 1 or not torch.equal(t, t.round()):
+        raise GraphUnsupported(f"{where}: not a constant 1-D index into the last axis")
+    j = index[h.name]
+    positions = t.to(torch.int64).numpy() % sizes[j]
+    if len(positions) != k:
+        raise GraphUnsupported(f"{where}: an index of unexpected length")
+    return Gather(sizes[j], positions.astype(np.intp)), (j,)
 
 
 def _total(node, index, sizes, k: int, where: str):

@@ -378,6 +378,28 @@ class DeepONet(nn.Module):
         return (b * t).sum(-1, keepdim=True)
 
 
+class Selections(nn.Module):
+    """Inputs picked by a list, hidden values by a buffer (repeated positions) and by
+    index_select, a negative position."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(2, 4).double()
+        self.register_buffer("idx", torch.tensor([3, 0, 0, 1]))
+
+    def forward(self, z):
+        h = torch.tanh(self.a(z[:, [0, 2]]))
+        g = h[:, self.idx] * torch.index_select(h, 1, self.idx) + h[..., [1, -2, 3, 3]]
+        return torch.cat([g.sum(-1, keepdim=True), h[:, [2]]], -1)
+
+
+def test_constant_index_selections_agree_with_autograd():
+    num, ref = twins(Selections(), SCALER3, None)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(6).normal(size=(3, 3)))
+
+
 def test_products_quotients_powers_and_sums_agree_with_autograd():
     num, ref = twins(Algebra(), sb.Affine([0.5, -1, 2, 0], [2, 3, 0.5, 1]), None)
     assert num.point_route == "numpy" and ref.n_out == 8
