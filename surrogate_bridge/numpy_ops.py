@@ -223,14 +223,16 @@ class Activation:
 
 
 class Product:
-    """a * b or a / b of two hidden rows of k values. With the first derivatives ``(da, db)``
-    and the second ``(daa, dab, dbb)``, the Hessian of ``c . y`` in (a, b) is the block matrix
-    ``diag(c [[daa, dab], [dab, dbb]])``."""
+    """a * b or a / b of two hidden rows of k values, or of a row and a single value that
+    broadcasts along it. With the first derivatives ``(da, db)`` and the second ``(daa, dab,
+    dbb)``, the Hessian of ``c . y`` in (a, b) is the block matrix ``diag(c [[daa, dab], [dab,
+    dbb]])``; a single value's tangent row is repeated along the row, its adjoint summed."""
 
     second = True
 
-    def __init__(self, divide: bool) -> None:
+    def __init__(self, divide: bool, sizes: tuple[int, int] = (0, 0)) -> None:
         self.divide = divide
+        self.single = tuple(s == 1 for s in sizes)  # which broadcasts (if the row is longer)
 
     def first(self, ab):
         a, b = ab
@@ -251,25 +253,34 @@ class Product:
             r = d[0]
             return y, d, (None, -r * r, 2.0 * y * r * r)
 
+    def _fit(self, terms):
+        """Each input's term summed over the row where that input is a single value."""
+        return tuple(
+            t.sum(axis=-1, keepdims=True) if one and t.shape[-1] != 1 else t
+            for t, one in zip(terms, self.single, strict=True)
+        )
+
     def push(self, Ts, d):
         return d[0][:, None] * Ts[0] + d[1][:, None] * Ts[1]
 
     def pull(self, A, d):
-        return (A * d[0], A * d[1])
+        return self._fit((A * d[0], A * d[1]))
 
     def curvature(self, c, d, dd, Ts):
         _, dab, dbb = dd
-        Ta, Tb = Ts
+        k = len(c)
+        Ta, Tb = (np.broadcast_to(T, (k, T.shape[1])) for T in Ts)
         M = (Ta.T * (c * dab)) @ Tb
         M = M + M.T
         return M if dbb is None else M + (Tb.T * (c * dbb)) @ Tb
 
     def curvature_mv(self, c, d, dd, ts):
         _, dab, dbb = dd
-        ta, tb = ts[0][:, 0], ts[1][:, 0]
+        k = c.shape[-1]
+        ta, tb = (np.broadcast_to(t[:, 0], (k,)) for t in ts)
         cab = c * dab
         rb = cab * ta if dbb is None else cab * ta + c * dbb * tb
-        return (cab * tb, rb)
+        return self._fit((cab * tb, rb))
 
 
 class Total:

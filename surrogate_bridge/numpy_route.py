@@ -224,10 +224,10 @@ def _operation(node, index, consts, sizes, k: int):
         raise GraphUnsupported(f"{where}: alpha or rounding mode")
     if hidden(args[0]) and hidden(args[1]):
         i, j = index[args[0].name], index[args[1].name]
+        if op in ("mul", "div") and {sizes[i], sizes[j]} <= {1, k}:  # a single value broadcasts
+            return Product(op == "div", (sizes[i], sizes[j])), (i, j)
         if not sizes[i] == sizes[j] == k:
-            raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
-        if op in ("mul", "div"):
-            return Product(divide=op == "div"), (i, j)
+            raise GraphUnsupported(f"{where}: a sum of hidden tensors that broadcast")
         return Sum(1.0 if op == "add" else -1.0), (i, j)
     first = hidden(args[0])
     j = index[(args[0] if first else args[1]).name]

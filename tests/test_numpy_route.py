@@ -142,9 +142,9 @@ def test_residual_connections_concatenations_and_slices(n_out):
     assert_routes_agree(num, ref, np.random.default_rng(2).normal(size=(3, 3)))
 
 
-class BroadcastProduct(nn.Module):
+class BroadcastSum(nn.Module):
     def forward(self, z):
-        return (z[:, :1] * torch.tanh(z)).sum(-1, keepdim=True)
+        return (z[:, :1] + torch.tanh(z)).sum(-1, keepdim=True)
 
 
 class Rows(nn.Module):
@@ -167,7 +167,7 @@ class Maximum(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "model", [BroadcastProduct(), Rows(), Maximum()], ids=["broadcast-product", "rows", "max"]
+    "model", [BroadcastSum(), Rows(), Maximum()], ids=["broadcast-sum", "rows", "max"]
 )
 def test_graphs_that_are_not_layer_graphs_are_refused_and_auto_measures_the_others(model):
     with pytest.raises(ValueError, match="not a layer graph"):
@@ -400,6 +400,34 @@ def test_constant_index_selections_agree_with_autograd():
     assert_routes_agree(num, ref, np.random.default_rng(6).normal(size=(3, 3)))
 
 
+class Weighted(nn.Module):
+    """A single value broadcast along a row in products and quotients: a scalar gate, a
+    softmax by hand, a share of a row's sum."""
+
+    def __init__(self, n_in=3, scalar=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.g = nn.Linear(n_in, 5).double(), nn.Linear(n_in, 1).double()
+        self.scalar = scalar
+
+    def forward(self, z):
+        h, g = torch.tanh(self.a(z)), torch.sigmoid(self.g(z))
+        p = torch.exp(h)
+        w = p / p.sum(-1, keepdim=True)
+        y = torch.cat(
+            [(g * h).sum(-1, keepdim=True), (h / (1 + g)).mean(-1, keepdim=True),
+             (w * h).sum(-1, keepdim=True), g * g, h[:, :1] / h.sum(-1, keepdim=True)],
+            -1,
+        )  # fmt: skip
+        return y.sum(-1, keepdim=True) if self.scalar else y
+
+
+def test_a_single_value_broadcast_in_products_and_quotients():
+    num, ref = twins(Weighted(), SCALER3, None)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(7).normal(size=(3, 3)))
+
+
 def test_products_quotients_powers_and_sums_agree_with_autograd():
     num, ref = twins(Algebra(), sb.Affine([0.5, -1, 2, 0], [2, 3, 0.5, 1]), None)
     assert num.point_route == "numpy" and ref.n_out == 8
@@ -433,8 +461,9 @@ def test_auto_measures_the_numpy_route_on_a_layer_norm_net():
 @pytest.mark.parametrize(
     "model",
     [mlp([20, 24, 1], nn.Softplus, seed=2), WideResidual(), normed([20, 24, 1], "layer"),
-     normed([20, 24, 1], "rms", nn.Softplus), Algebra(20, scalar=True), DeepONet()],
-    ids=["mlp", "residual", "layer-norm", "rms-norm", "algebra", "deeponet"],
+     normed([20, 24, 1], "rms", nn.Softplus), Algebra(20, scalar=True), DeepONet(),
+     Weighted(20, scalar=True)],
+    ids=["mlp", "residual", "layer-norm", "rms-norm", "algebra", "deeponet", "broadcast"],
 )  # fmt: skip
 def test_hessian_vector_products_from_the_kept_tape(model):
     """Past 16 inputs a Hessian-vector product comes from the point's kept tape (a forward
