@@ -7,11 +7,11 @@ scalers; an eval-mode batch norm; the sum or difference of two hidden rows, as i
 connection; a concatenation or stack; a slice of the last axis or values at constant positions;
 the sum or mean of a row; a view), an elementwise function with known first and second
 derivatives (``elementwise.ACTIVATIONS``: activations, powers, log, sqrt), the product or
-quotient of two hidden rows of one length (a gate, a DeepONet's dot product), or a LayerNorm or
-RMSNorm of the whole row (``numpy_ops.Norm``, in closed form). Operations on constants alone are
-computed once, by torch itself (a weight's transpose, say). Anything else (a product that
-broadcasts, a maximum, a tensor of several rows, an operation without a rule here) raises
-:class:`GraphUnsupported`, and the other routes answer.
+quotient of two hidden rows of one length, or of a row and a single value (a gate, a DeepONet's
+dot product, a softmax by hand), or a LayerNorm or RMSNorm of the whole row (``numpy_ops.Norm``,
+in closed form). Operations on constants alone are computed once, by torch itself (a weight's
+transpose, say). Anything else (a sum that broadcasts, a maximum, a tensor of several rows, an
+operation without a rule here) raises :class:`GraphUnsupported`, and the other routes answer.
 
 With node values ``h_i`` (``h_0 = x``) and the output ``y``:
 
