@@ -132,6 +132,33 @@ def _exp(h):
     return e, e, e
 
 
+def _abs(h):
+    return np.abs(h), np.sign(h), np.zeros_like(h)
+
+
+def _hardswish(h):
+    """h relu6(h + 3) / 6, with torch's derivative: 0 below -3, h / 3 + 1/2 up to 3, then 1."""
+    f = h * np.minimum(np.maximum(h + 3.0, 0.0), 6.0) / 6.0
+    d = np.where(h < -3.0, 0.0, np.where(h <= 3.0, h / 3.0 + 0.5, 1.0))
+    return f, d, np.where((h > -3.0) & (h < 3.0), 1.0 / 3.0, 0.0)
+
+
+def _softshrink(h, lambd=0.5):
+    out = (h > lambd) | (h < -lambd)
+    f = np.where(h > lambd, h - lambd, np.where(h < -lambd, h + lambd, 0.0))
+    return f, out.astype(np.float64), np.zeros_like(h)
+
+
+def _threshold(h, threshold, value):
+    above = h > threshold
+    return np.where(above, h, value), above.astype(np.float64), np.zeros_like(h)
+
+
+def _rrelu(h, lower=1.0 / 8.0, upper=1.0 / 3.0, training=False):
+    """rrelu in eval mode: a leaky ReLU of the mean slope (training mode is refused)."""
+    return _leaky_relu(h, (lower + upper) / 2.0)
+
+
 def _pow(h, p):
     """h ** p for a constant p; the value as torch's kernel forms it for its special exponents."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -199,6 +226,11 @@ ACTIVATIONS = {
     aten.sin.default: _sin,
     aten.cos.default: _cos,
     aten.exp.default: _exp,
+    aten.abs.default: _abs,
+    aten.hardswish.default: _hardswish,
+    aten.softshrink.default: _softshrink,
+    aten.threshold.default: _threshold,
+    aten.rrelu.default: _rrelu,
     aten.pow.Tensor_Scalar: _pow,
     aten.square.default: _square,
     aten.log.default: _log,

@@ -14,11 +14,11 @@ import math
 
 import numpy as np
 
-from .elementwise import FIRST, VALUES
+from .elementwise import FIRST, VALUES, _logistic
 
 __all__ = [
-    "Activation", "Cat", "Gather", "Linear", "Norm", "PerFeature", "Product", "Scale", "Slice",
-    "Sum", "Total",
+    "Activation", "Cat", "Gather", "Glu", "Linear", "Norm", "PerFeature", "Product", "Scale",
+    "Slice", "Softmax", "Sum", "Total",
 ]  # fmt: skip
 
 
@@ -281,6 +281,108 @@ class Product:
         cab = c * dab
         rb = cab * ta if dbb is None else cab * ta + c * dbb * tb
         return self._fit((cab * tb, rb))
+
+
+class Softmax:
+    """softmax (``log=False``) or log_softmax of the whole row, computed as torch does (the
+    maximum subtracted first). For softmax y with ``g = y (a - a . y)``, the Hessian of ``a . y``
+    is ``diag(g) - g y^T - y g^T``; for log_softmax, with p = softmax(h), it is
+    ``-sum(a) (diag(p) - p p^T)``."""
+
+    second = True
+
+    def __init__(self, log: bool) -> None:
+        self.log = log
+
+    def first(self, h):
+        """(output, p): p = softmax(h)."""
+        z = h - h.max()
+        e = np.exp(z)
+        total = e.sum()
+        p = e / total
+        return (z - math.log(total) if self.log else p), p
+
+    def __call__(self, h):
+        return self.first(h)[0]
+
+    def derivatives(self, h):
+        y, p = self.first(h)
+        return y, p, p
+
+    def push(self, Ts, p):
+        T = Ts[0]
+        pT = p @ T
+        return T - pT[None] if self.log else p[:, None] * T - p[:, None] * pT[None]
+
+    def pull(self, A, p):
+        if self.log:
+            return (A - A.sum(axis=1, keepdims=True) * p,)
+        return (A * p - (A @ p)[:, None] * p,)
+
+    def _weights(self, a, p):
+        """(w, u, v): the Hessian of ``a . y`` is ``diag(w) - u v^T - v u^T``."""
+        if self.log:
+            sigma = a.sum()
+            return -sigma * p, -sigma * p / 2.0, p  # -s (diag(p) - p p^T)
+        g = p * (a - a @ p)
+        return g, g, p
+
+    def curvature(self, a, p, dd, Ts):
+        w, u, v = self._weights(a, p)
+        T = Ts[0]
+        Tu, Tv = u @ T, v @ T
+        M = np.outer(Tu, Tv)
+        return (T.T * w) @ T - M - M.T
+
+    def curvature_mv(self, a, p, dd, ts):
+        w, u, v = self._weights(a[0], p)
+        t = ts[0][:, 0]
+        return ((w * t - u * (v @ t) - v * (u @ t))[None],)
+
+
+class Glu:
+    """glu over the row: its halves a, b give ``a * sigmoid(b)``."""
+
+    second = True
+
+    def __init__(self, k: int) -> None:
+        self.k = k  # values out: half the row
+
+    def first(self, h):
+        a, b = h[: self.k], h[self.k :]
+        s = _logistic(b)
+        return a * s, (a, s, s * (1.0 - s))
+
+    def __call__(self, h):
+        return self.first(h)[0]
+
+    def derivatives(self, h):
+        y, d = self.first(h)
+        _a, s, ds = d
+        return y, d, ds * (1.0 - 2.0 * s)  # sigmoid''
+
+    def push(self, Ts, d):
+        a, s, ds = d
+        T = Ts[0]
+        return s[:, None] * T[: self.k] + (a * ds)[:, None] * T[self.k :]
+
+    def pull(self, A, d):
+        a, s, ds = d
+        return (np.concatenate([A * s, A * (a * ds)], axis=1),)
+
+    def curvature(self, c, d, dd, Ts):
+        a, _s, ds = d
+        T = Ts[0]
+        Ta, Tb = T[: self.k], T[self.k :]
+        M = (Ta.T * (c * ds)) @ Tb
+        return M + M.T + (Tb.T * (c * a * dd)) @ Tb
+
+    def curvature_mv(self, c, d, dd, ts):
+        a, _s, ds = d
+        t = ts[0][:, 0]
+        ta, tb = t[: self.k], t[self.k :]
+        cds = c * ds
+        return (np.concatenate([cds * tb, cds * ta + c * a * dd * tb], axis=1),)
 
 
 class Total:

@@ -5,13 +5,14 @@ It covers *layer graphs*: every hidden tensor is one row of values, and every op
 hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as the
 scalers; an eval-mode batch norm; the sum or difference of two hidden rows, as in a residual
 connection; a concatenation or stack; a slice of the last axis or values at constant positions;
-the sum or mean of a row; a view), an elementwise function with known first and second
-derivatives (``elementwise.ACTIVATIONS``: activations, powers, log, sqrt), the product or
-quotient of two hidden rows of one length, or of a row and a single value (a gate, a DeepONet's
-dot product, a softmax by hand), or a LayerNorm or RMSNorm of the whole row (``numpy_ops.Norm``,
-in closed form). Operations on constants alone are computed once, by torch itself (a weight's
-transpose, say). Anything else (a sum that broadcasts, a maximum, a tensor of several rows, an
-operation without a rule here) raises :class:`GraphUnsupported`, and the other routes answer.
+dropout in eval mode; the sum or mean of a row; a view), an elementwise function with known
+first and second derivatives (``elementwise.ACTIVATIONS``: activations, PReLU, powers, log,
+sqrt), the product or quotient of two hidden rows of one length, or of a row and a single value
+(a gate, a DeepONet's dot product, a softmax by hand), or a LayerNorm, RMSNorm, softmax, log-
+softmax or GLU of the whole row (``numpy_ops.Norm``, ``Softmax``, ``Glu``, in closed form).
+Operations on constants alone are computed once, by torch itself (a weight's transpose, say).
+Anything else (a sum that broadcasts, a maximum, a tensor of several rows, an operation without
+a rule here) raises :class:`GraphUnsupported`, and the other routes answer.
 
 With node values ``h_i`` (``h_0 = x``) and the output ``y``:
 
@@ -36,17 +37,19 @@ import math
 import numpy as np
 import torch
 
-from .elementwise import ACTIVATIONS
+from .elementwise import ACTIVATIONS, _leaky_relu
 from .numpy_ops import (
     Activation,
     Cat,
     Gather,
+    Glu,
     Linear,
     Norm,
     PerFeature,
     Product,
     Scale,
     Slice,
+    Softmax,
     Sum,
     Total,
 )
@@ -65,6 +68,9 @@ _ARITHMETIC = {
 
 
 _NORMS = (aten.layer_norm.default, aten.rms_norm.default)
+_DROPOUTS = (aten.dropout.default, aten.alpha_dropout.default, aten.feature_alpha_dropout.default,
+             aten.feature_dropout.default)  # fmt: skip
+_ROW_WISE = (aten.softmax.int, aten.log_softmax.int, aten.glu.default)
 _REDUCTIONS = (aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.mean.default)
 
 
@@ -171,9 +177,9 @@ def _operation(node, index, consts, sizes, k: int):
         if k != sizes[j]:
             raise GraphUnsupported(f"{where}: a copy that broadcasts")
         return None, (j,)
-    if target in VIEWS or target is aten.slice.Tensor:
+    if target in VIEWS or target in _DROPOUTS or target is aten.slice.Tensor:
         j = index[args[0].name]
-        if target is aten.dropout.default and (args[2] if len(args) > 2 else kw.get("train")):
+        if target in _DROPOUTS and (args[2] if len(args) > 2 else kw.get("train")):
             raise GraphUnsupported(f"{where}: dropout in training mode")
         if target is aten.slice.Tensor:
             return _slice(node, j, sizes[j], k, where)
@@ -192,6 +198,20 @@ def _operation(node, index, consts, sizes, k: int):
         return _norm(node, index, consts, sizes, k, where)
     if target is aten.batch_norm.default:
         return _batch_norm(node, index, consts, sizes, k, where)
+    if target in _ROW_WISE:
+        h, dim = args[0], (args[1] if len(args) > 1 else kw.get("dim", -1))
+        if not hidden(h) or dim % h.meta["val"].ndim != h.meta["val"].ndim - 1:
+            raise GraphUnsupported(f"{where}: not along the last axis of a hidden row")
+        if target is aten.glu.default:
+            return Glu(k), (index[h.name],)
+        if (len(args) > 2 and args[2] not in (None, False)) or kw.get("dtype") is not None:
+            raise GraphUnsupported(f"{where}: with a dtype")
+        return Softmax(log=target is aten.log_softmax.int), (index[h.name],)
+    if target is aten.prelu.default:  # a leaky ReLU whose slope is a weight (one, or per value)
+        if not hidden(args[0]):
+            raise GraphUnsupported(f"{where}: not on a hidden row")
+        slope = _const(consts, args[1], k, where)
+        return Activation(_leaky_relu, (slope,), {}), (index[args[0].name],)
     if target in (aten.index.Tensor, aten.index_select.default):
         return _gather(node, index, consts, sizes, k, where)
     if target in _REDUCTIONS:

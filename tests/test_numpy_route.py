@@ -203,7 +203,8 @@ def test_every_rule_is_exercised_by_a_test():
     assert names == {"tanh", "sigmoid", "softplus", "silu", "gelu", "elu", "selu", "relu",
                      "leaky_relu", "hardtanh", "sin", "cos", "exp", "mish",
                      "log_sigmoid", "pow", "square", "log", "sqrt",
-                     "reciprocal"}  # fmt: skip
+                     "reciprocal", "abs", "hardswish", "softshrink", "threshold",
+                     "rrelu"}  # fmt: skip
 
 
 class CosExp(nn.Module):
@@ -434,6 +435,54 @@ def test_products_quotients_powers_and_sums_agree_with_autograd():
     assert_routes_agree(num, ref, np.random.default_rng(5).normal(size=(3, 4)))
 
 
+LAYERS = {
+    "softmax": lambda: nn.Softmax(-1),
+    "log-softmax": lambda: nn.LogSoftmax(1),
+    "softmin": lambda: nn.Softmin(-1),
+    "glu": nn.GLU,
+    "softsign": nn.Softsign,
+    "alpha-dropout": lambda: nn.AlphaDropout(0.1),
+    "prelu": nn.PReLU,
+    "prelu-per-value": lambda: nn.PReLU(8),
+    "rrelu": nn.RReLU,
+    "hardswish": nn.Hardswish,
+    "softshrink": lambda: nn.Softshrink(0.3),
+    "threshold": lambda: nn.Threshold(0.1, 0.5),
+}
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize("n_out", [1, 2])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_standard_layers_agree_with_autograd(name, n_out):
+    """torch.nn's remaining layers of one row: softmax-like and GLU in closed form, the
+    piecewise ones (their Hessian is zero, and warned of) as elementwise rules."""
+    torch.manual_seed(0)
+    layer = LAYERS[name]()
+    net = nn.Sequential(nn.Linear(3, 8), layer, nn.Linear(4 if name == "glu" else 8, n_out))
+    if name.startswith("prelu"):
+        with torch.no_grad():
+            layer.weight.uniform_(0.1, 0.5)
+    num, ref = twins(net.double(), SCALER3, None)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(8).normal(size=(3, 3)) * 2)
+
+
+class Heads(nn.Module):
+    """A softmax, a log-softmax and a GLU head side by side (their Hessians through the
+    kept tape)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b = nn.Linear(20, 12).double(), nn.Linear(30, 1).double()
+
+    def forward(self, z):
+        h = self.a(z)
+        parts = [torch.softmax(h, -1), torch.log_softmax(h, -1), nn.functional.glu(h, -1)]
+        return self.b(torch.cat(parts, -1))
+
+
 class NormOverTwoAxes(nn.Module):
     def __init__(self):
         super().__init__()
@@ -462,8 +511,9 @@ def test_auto_measures_the_numpy_route_on_a_layer_norm_net():
     "model",
     [mlp([20, 24, 1], nn.Softplus, seed=2), WideResidual(), normed([20, 24, 1], "layer"),
      normed([20, 24, 1], "rms", nn.Softplus), Algebra(20, scalar=True), DeepONet(),
-     Weighted(20, scalar=True)],
-    ids=["mlp", "residual", "layer-norm", "rms-norm", "algebra", "deeponet", "broadcast"],
+     Weighted(20, scalar=True), Heads()],
+    ids=["mlp", "residual", "layer-norm", "rms-norm", "algebra", "deeponet", "broadcast",
+         "heads"],
 )  # fmt: skip
 def test_hessian_vector_products_from_the_kept_tape(model):
     """Past 16 inputs a Hessian-vector product comes from the point's kept tape (a forward
