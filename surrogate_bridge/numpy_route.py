@@ -8,8 +8,8 @@ connection; a concatenation or stack; a slice of the last axis or values at cons
 dropout in eval mode; the sum or mean of a row; a view), an elementwise function with known
 first and second derivatives (``elementwise.ACTIVATIONS``: activations, PReLU, powers, log,
 sqrt), the product or quotient of two hidden rows of one length, or of a row and a single value
-(a gate, a DeepONet's dot product, a softmax by hand), or a LayerNorm, RMSNorm, softmax, log-
-softmax or GLU of the whole row (``numpy_ops.Norm``, ``Softmax``, ``Glu``, in closed form).
+(a gate, a DeepONet's dot product, a softmax by hand), or a LayerNorm, RMSNorm, softmax,
+log-softmax or GLU of the whole row (``numpy_ops.Norm``, ``Softmax``, ``Glu``, in closed form).
 Operations on constants alone are computed once, by torch itself (a weight's transpose, say).
 Anything else (a sum that broadcasts, a maximum, a tensor of several rows, an operation without
 a rule here) raises :class:`GraphUnsupported`, and the other routes answer.
