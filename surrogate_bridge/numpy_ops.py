@@ -18,7 +18,7 @@ from .elementwise import FIRST, VALUES, _logistic
 
 __all__ = [
     "Activation", "Cat", "Gather", "Glu", "Linear", "Norm", "PerFeature", "Product", "Scale",
-    "Slice", "Softmax", "Sum", "Total",
+    "Softmax", "Sum", "Total",
 ]  # fmt: skip
 
 
@@ -135,35 +135,15 @@ class Cat:
         return tuple(A[:, b[i] : b[i + 1]] for i in range(len(b) - 1))
 
 
-class Slice:
-    """A slice of the last axis."""
-
-    second = False
-
-    def __init__(self, k_in: int, start: int, stop: int, step: int) -> None:
-        self.k_in, self.s = k_in, slice(start, stop, step)
-
-    def __call__(self, h):
-        return h[self.s]
-
-    def push(self, Ts, _):
-        return Ts[0][self.s]
-
-    def pull(self, A, _):
-        out = np.zeros((A.shape[0], self.k_in))
-        out[:, self.s] = A
-        return (out,)
-
-
 class Gather:
-    """Values of a row at constant positions (a feature selection or permutation; a position
-    may repeat)."""
+    """Values of a row at constant positions: a slice of it, or an index array (a feature
+    selection or permutation, where a position may repeat)."""
 
     second = False
 
-    def __init__(self, k_in: int, idx: np.ndarray) -> None:
+    def __init__(self, k_in: int, idx: np.ndarray | slice) -> None:
         self.k_in, self.idx = k_in, idx
-        self.unique = len(np.unique(idx)) == len(idx)
+        self.unique = isinstance(idx, slice) or len(np.unique(idx)) == len(idx)
 
     def __call__(self, h):
         return h[self.idx]

@@ -48,7 +48,6 @@ from .numpy_ops import (
     PerFeature,
     Product,
     Scale,
-    Slice,
     Softmax,
     Sum,
     Total,
@@ -317,7 +316,7 @@ def _slice(node, j: int, k_in: int, k: int, where: str):
         lo, hi, st = slice(start, stop, step).indices(k_in)
         if len(range(lo, hi, st)) != k:
             raise GraphUnsupported(f"{where}: a slice of unexpected length")
-        return Slice(k_in, lo, hi, st), (j,)
+        return Gather(k_in, slice(lo, hi, st)), (j,)
     if k != k_in:  # a leading axis of size 1, kept whole: the same row
         raise GraphUnsupported(f"{where}: a slice of a leading axis")
     return None, (j,)
