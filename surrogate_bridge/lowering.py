@@ -10,7 +10,8 @@ file may not contain"), although torch itself can write it in simpler operations
 own decomposition of it (``torch.export.default_decompositions()``: the CompositeImplicitAutograd
 kernels, which are what eager torch runs for those operations, and the core-ATen
 decompositions; for an operation torch has none of, such as ``_trilinear``, which
-``nn.Bilinear`` calls, or ``torch.cdist``, one written here in plain operations), round by
+``nn.Bilinear`` calls, ``torch.cdist`` or ``nn.GroupNorm``, one written here in plain
+operations), round by
 round, until the consumer knows every operation or nothing more can be decomposed.
 Operations the consumer knows stay whole, so an activation with an exact rule of its own, or
 a linear layer, is never broken up. The lowered program must be the same function as the
@@ -141,10 +142,29 @@ def _cdist(x1, x2, p, compute_mode=None):
     return (diff**p).sum(-1) ** (1.0 / p)
 
 
+def _group_norm(x, weight, bias, N, C, HxW, group, eps):
+    """``aten.native_group_norm`` (``nn.GroupNorm``) as its definition: each of the ``group``
+    groups of channels of each sample normalized by its mean and biased variance, then the
+    per-channel weight and bias; also the (N, group) means and reciprocal deviations it
+    returns."""
+    g = x.reshape(N, group, -1)
+    mean = g.mean(-1, keepdim=True)
+    centred = g - mean
+    rstd = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps)
+    out = (centred * rstd).reshape(x.shape)
+    channel = (1, C) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        out = out * weight.reshape(channel)
+    if bias is not None:
+        out = out + bias.reshape(channel)
+    return out, mean.reshape(N, group), rstd.reshape(N, group)
+
+
 # operations torch has no decomposition of, in plain operations (checked like torch's own)
 _OWN = {
     torch.ops.aten._trilinear.default: _trilinear,
     torch.ops.aten._cdist_forward.default: _cdist,
+    torch.ops.aten.native_group_norm.default: _group_norm,
 }
 
 

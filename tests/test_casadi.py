@@ -435,25 +435,30 @@ def _between(layer, n_in=2, width=4):
             layer.running_mean.uniform_(-0.5, 0.5)
             layer.running_var.uniform_(0.5, 2.0)
         net.eval()
+    if isinstance(layer, nn.GroupNorm):  # weights off their initial 1 and 0
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5), layer.bias.uniform_(-0.3, 0.3)
     return sb.Surrogate(net, sb.Affine([0.3, -0.2], [2.0, 0.5]), sb.Affine([1.0], [3.0]))
 
 
 class ConvNet(nn.Module):
-    """2 inputs -> a Linear to a 1-channel signal or image -> convolutions with batch norm."""
+    """2 inputs -> a Linear to a 1-channel signal or image -> convolutions with batch norm (or
+    ``norm``)."""
 
-    def __init__(self, dims):
+    def __init__(self, dims, norm=None):
         super().__init__()
         torch.manual_seed(0)
-        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        conv, batch = (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
         self.shape = (1, 6) if dims == 1 else (1, 3, 3)
         self.lift = nn.Linear(2, 6 if dims == 1 else 9)
         self.conv = conv(1, 3, 2, padding=1, dilation=1)
-        self.norm = norm(3)
+        self.norm = batch(3) if norm is None else norm
         self.conv2 = conv(3, 2, 2, stride=2)
         self.head = nn.LazyLinear(1)
         with torch.no_grad():
-            self.norm.running_mean.uniform_(-0.5, 0.5)
-            self.norm.running_var.uniform_(0.5, 2.0)
+            if norm is None:
+                self.norm.running_mean.uniform_(-0.5, 0.5)
+                self.norm.running_var.uniform_(0.5, 2.0)
             self.norm.weight.uniform_(0.5, 1.5)
             self.norm.bias.uniform_(-0.3, 0.3)
             self(torch.zeros(1, 2))  # the lazy head learns its width
@@ -472,6 +477,8 @@ LAYERS = {
     ),
     "conv2d+batch_norm2d": lambda: sb.Surrogate(ConvNet(2), sb.Affine([0.3, -0.2], [2.0, 0.5])),
     "layer_norm": lambda: _between(nn.LayerNorm(4)),
+    "group_norm": lambda: _between(nn.GroupNorm(2, 4)),
+    "conv1d+group_norm": lambda: sb.Surrogate(ConvNet(1, nn.GroupNorm(3, 3)), n_in=2),
     "batch_norm": lambda: _between(nn.BatchNorm1d(4)),
     "selu": lambda: _between(nn.SELU()),
     # CELU and Hardsigmoid: torch's own derivatives take 1 / alpha and 1 / 6 in single
@@ -484,7 +491,7 @@ LAYERS = {
     "prelu": lambda: _between(nn.PReLU(4, init=0.2)),
     "concat+vector_norm": lambda: sb.Surrogate(Norms(), n_in=2),
 }
-PIECEWISE = {"hardsigmoid", "prelu"}
+PIECEWISE = {"hardsigmoid", "prelu", "hardswish"}
 
 
 @pytest.mark.parametrize("name", list(LAYERS))

@@ -105,6 +105,20 @@ def test_our_trilinear_rule_is_atens_kernel(shapes, args):
     torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
 
 
+@pytest.mark.parametrize("shape", [(3, 6), (2, 6, 5), (2, 6, 2, 3)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_our_group_norm_rule_is_atens_kernel(shape, affine):
+    """aten.native_group_norm (nn.GroupNorm) has no decomposition in torch's table; ours gives
+    its three outputs (normalized input, means, reciprocal deviations)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, dtype=torch.float64, generator=g) * 2 + 1
+    C = shape[1]
+    w, b = (torch.randn(C, dtype=torch.float64, generator=g) if affine else None for _ in "wb")
+    args = (x, w, b, shape[0], C, x[0, 0].numel(), 3, 1e-5)
+    for got, want in zip(lowering._group_norm(*args), aten.native_group_norm(*args), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
+
+
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.5, float("inf")])
 @pytest.mark.parametrize("rows", [5, 40])  # torch.cdist takes a matrix product above 25 rows
 def test_our_cdist_rule_is_torchs_cdist(p, rows):
