@@ -489,9 +489,10 @@ LAYERS = {
     "hardswish": lambda: _between(nn.Hardswish()),
     "hardsigmoid": lambda: _between(nn.Hardsigmoid()),
     "prelu": lambda: _between(nn.PReLU(4, init=0.2)),
+    "rrelu": lambda: _between(nn.RReLU()),
     "concat+vector_norm": lambda: sb.Surrogate(Norms(), n_in=2),
 }
-PIECEWISE = {"hardsigmoid", "prelu", "hardswish"}
+PIECEWISE = {"hardsigmoid", "prelu", "hardswish", "rrelu"}
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
