@@ -246,7 +246,7 @@ def _operation(node, index, consts, sizes, k: int):
         if op in ("mul", "div") and {sizes[i], sizes[j]} <= {1, k}:  # a single value broadcasts
             return Product(op == "div", (sizes[i], sizes[j])), (i, j)
         if not sizes[i] == sizes[j] == k:
-            raise GraphUnsupported(f"{where}: a sum of hidden tensors that broadcast")
+            raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
         return Sum(1.0 if op == "add" else -1.0), (i, j)
     first = hidden(args[0])
     j = index[(args[0] if first else args[1]).name]
