@@ -1,11 +1,12 @@
 """The operations of the numpy route (``numpy_route.py``), each on one row of values: the
 value, tangents pushed forward (``push``: (k, r) columns) and adjoints pulled back (``pull``:
 (r, k) rows, one array per input). All are linear in their hidden inputs except
-:class:`Activation` and :class:`Norm`, whose ``second = True`` marks the only second derivatives
-of a layer graph. These two also give, for an adjoint row ``a`` at their output, the curvature
-``M(a)`` (the Hessian of ``a . op(h)`` in h) applied to tangents: ``curvature(a, Ts)`` is
-``T^T M T`` for (k, n) columns T, ``curvature_mv(a, ts)`` is ``M t`` for one column t (k, 1),
-one term per input. :class:`Product` is the one such operation with two hidden inputs.
+:class:`Activation`, :class:`Product`, :class:`Norm`, :class:`Softmax` and :class:`Glu`, whose
+``second = True`` marks the only second derivatives of a layer graph. These also give, for an
+adjoint row ``a`` at their output, the curvature ``M(a)`` (the Hessian of ``a . op(h)`` in h)
+applied to tangents: ``curvature(a, Ts)`` is ``T^T M T`` for (k, n) columns T,
+``curvature_mv(a, ts)`` is ``M t`` for one column t (k, 1), one term per input (a
+:class:`Product` has two hidden inputs).
 """
 
 from __future__ import annotations
