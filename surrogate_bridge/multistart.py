@@ -38,8 +38,8 @@ def read_box(bounds, n: int, where: str, domain=None) -> tuple[np.ndarray, np.nd
     if bounds is None:
         if domain is None:
             raise ValueError(
-                f"{where}: no bounds given and no training domain known; pass bounds= (or "
-                "x0), or give the Surrogate a domain."
+                f"{where}: no bounds given and no training domain known; pass bounds=, or "
+                "give the Surrogate a domain."
             )
         return domain
     if isinstance(bounds, Bounds):
@@ -81,7 +81,8 @@ def multistart(
         The starts; by default ``n_starts`` points drawn uniformly in ``bounds``. Starts outside
         the bounds are moved onto them, as scipy's L-BFGS-B does.
     bounds : scipy.optimize.Bounds or sequence of (min, max) pairs, optional
-        Box constraints; by default the training domain (``sur.bounds()``).
+        Box constraints; by default the training domain (``sur.bounds()``), and none where no
+        domain is known and ``x0`` is given.
     n_starts : int, optional
         Starts drawn when ``x0`` is not given (64 by default). With ``x0``, leave it out or give
         x0's number of rows.
@@ -146,7 +147,10 @@ def multistart(
         )
     _check_settings(tol, max_iter, merge_tol)
     n = sur.n_in
-    lb, ub = read_box(bounds, n, "multistart", sur.domain)
+    if bounds is None and sur.domain is None and x0 is not None:  # unbounded, from x0
+        lb, ub = np.full(n, -np.inf), np.full(n, np.inf)
+    else:
+        lb, ub = read_box(bounds, n, "multistart", sur.domain)
     X = _starts(x0, n_starts, lb, ub, n, seed)
     funs = None  # the end points' values, where the optimizer holds them
     if method == "newton":

@@ -201,6 +201,26 @@ def test_vector_surrogate_and_unknown_domain_are_refused():
         sb.multistart(sb.Surrogate(sb.mlp((2, 4, 1), seed=0)))
 
 
+class SeedPlusSine(nn.Module):
+    """The seed problem's V plus a sine term: no scaler, so no training domain."""
+
+    def forward(self, z):
+        quad = ((z @ torch.tensor(P_SEED, dtype=z.dtype)) * z).sum(-1, keepdim=True)
+        return quad + torch.sin(z).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("method", ["L-BFGS-B", "newton", "trust-constr"])
+def test_x0_without_bounds_or_domain_optimizes_unbounded(method):
+    """It was refused with "pass bounds= (or x0)" although x0 was given."""
+    sur = sb.Surrogate(SeedPlusSine(), n_in=2)
+    X0 = np.random.default_rng(0).normal(size=(6, 2)) * 3
+    res = sb.multistart(sur, X0, method=method, tol=1e-9)
+    for x0, x in zip(X0, res.xs, strict=True):
+        ref = minimize(sur, x0, jac=sur.grad, method="BFGS", options={"gtol": 1e-11})
+        np.testing.assert_allclose(x, ref.x, atol=1e-6)
+    assert res.success and len(res.minima) == 1
+
+
 def test_newton_takes_one_step_on_a_quadratic_and_stops_converged_starts():
     """Exact Hessians: a quadratic is solved in one Newton step from every start; a start that
     begins converged costs no iteration."""
