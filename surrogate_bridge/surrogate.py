@@ -378,6 +378,12 @@ class Vectorized:
         x = np.asarray(x)
         if x.ndim == 1:  # scipy's single-point calls
             return self.sur(x)
+        n = self.sur.n_in
+        if x.ndim != 2 or (n is not None and x.shape[0] != n):
+            raise ValueError(
+                f"Surrogate.vectorized: x has shape {x.shape}, expected ({n}, S): scipy's "
+                "vectorized convention, one point per column."
+            )
         out = self.sur(x.T)
         return out.T if out.ndim == 2 else out
 

@@ -514,3 +514,6 @@ def test_vectorized_convention_with_differential_evolution(objective):
         objective.vectorized, bounds, vectorized=True, updating="deferred", seed=0, tol=1e-12
     )
     assert np.linalg.norm(res.x) < 1e-4  # x^T P x: the minimum at the origin
+    # points as rows (the transpose of the convention): the error speaks of the convention
+    with pytest.raises(ValueError, match=r"vectorized: x has shape \(7, 2\), expected \(2, S\)"):
+        objective.vectorized(X.T)
