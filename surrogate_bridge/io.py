@@ -143,11 +143,13 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
     Raises
     ------
     FileNotFoundError
-        If there is no file at ``path``.
+        If there is no file at ``path`` (``IsADirectoryError`` if it is a folder).
     ValueError
         If the file is not a surrogate_bridge file, or is truncated, damaged or edited.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"load: {path!r} is a folder; pass the file that sb.save wrote.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load: no file at {path!r}.")
     check_device(device, "load")

@@ -115,6 +115,8 @@ def test_torch_cdist_saves_as_plain_operations(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no file"):
         sb.load(tmp_path / "nope.sbz")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        sb.load(tmp_path)
 
 
 def test_foreign_file(tmp_path):
