@@ -191,6 +191,13 @@ def _sqrt(h):
         return s, d, -d / (2.0 * h)
 
 
+def _rsqrt(h):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = 1.0 / np.sqrt(h)
+        d = -0.5 * r / h
+        return r, d, -1.5 * d / h
+
+
 def _reciprocal(h):
     with np.errstate(divide="ignore"):
         r = 1.0 / h
@@ -236,4 +243,5 @@ ACTIVATIONS = {
     aten.log.default: _log,
     aten.sqrt.default: _sqrt,
     aten.reciprocal.default: _reciprocal,
+    aten.rsqrt.default: _rsqrt,
 }

@@ -10,8 +10,8 @@ file may not contain"), although torch itself can write it in simpler operations
 own decomposition of it (``torch.export.default_decompositions()``: the CompositeImplicitAutograd
 kernels, which are what eager torch runs for those operations, and the core-ATen
 decompositions; for an operation torch has none of, such as ``_trilinear``, which
-``nn.Bilinear`` calls, ``torch.cdist`` or ``nn.GroupNorm``, one written here in plain
-operations), round by
+``nn.Bilinear`` calls, ``torch.cdist`` or ``nn.GroupNorm``, and for ``rrelu``, whose own
+decomposition draws noise, one written here in plain operations), round by
 round, until the consumer knows every operation or nothing more can be decomposed.
 Operations the consumer knows stay whole, so an activation with an exact rule of its own, or
 a linear layer, is never broken up. The lowered program must be the same function as the
@@ -112,7 +112,7 @@ def _decompositions() -> dict:
         return dict(_OWN)
     table = make()
     table = table.materialize() if hasattr(table, "materialize") else dict(table)
-    return {**_OWN, **table}
+    return {**table, **_OWN}
 
 
 def _trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
@@ -160,11 +160,21 @@ def _group_norm(x, weight, bias, N, C, HxW, group, eps):
     return out, mean.reshape(N, group), rstd.reshape(N, group)
 
 
-# operations torch has no decomposition of, in plain operations (checked like torch's own)
+def _rrelu(x, lower=1.0 / 8.0, upper=1.0 / 3.0, training=False, generator=None):
+    """``aten.rrelu`` in eval mode, as ATen computes it: a leaky ReLU of the mean slope (torch's
+    own decomposition draws a noise tensor, which no consumer here takes)."""
+    if training:
+        raise ValueError("rrelu in training mode draws random slopes")
+    return torch.nn.functional.leaky_relu(x, (lower + upper) / 2.0)
+
+
+# operations torch has no decomposition of (or one that draws random numbers), in plain
+# operations, checked like torch's own
 _OWN = {
     torch.ops.aten._trilinear.default: _trilinear,
     torch.ops.aten._cdist_forward.default: _cdist,
     torch.ops.aten.native_group_norm.default: _group_norm,
+    torch.ops.aten.rrelu.default: _rrelu,
 }
 
 

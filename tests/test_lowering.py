@@ -119,6 +119,16 @@ def test_our_group_norm_rule_is_atens_kernel(shape, affine):
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.parametrize("bounds", [(), (0.1, 0.3)])
+def test_our_rrelu_rule_is_atens_eval_kernel(bounds):
+    """torch's decomposition of rrelu draws noise (an empty tensor no consumer takes); in eval
+    mode ATen takes the mean slope, as ours does."""
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    torch.testing.assert_close(lowering._rrelu(x, *bounds), aten.rrelu(x, *bounds), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="training"):
+        lowering._rrelu(x, 0.1, 0.3, True)
+
+
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.5, float("inf")])
 @pytest.mark.parametrize("rows", [5, 40])  # torch.cdist takes a matrix product above 25 rows
 def test_our_cdist_rule_is_torchs_cdist(p, rows):

@@ -203,7 +203,7 @@ def test_every_rule_is_exercised_by_a_test():
     assert names == {"tanh", "sigmoid", "softplus", "silu", "gelu", "elu", "selu", "relu",
                      "leaky_relu", "hardtanh", "sin", "cos", "exp", "mish",
                      "log_sigmoid", "pow", "square", "log", "sqrt",
-                     "reciprocal", "abs", "hardswish", "softshrink", "threshold",
+                     "reciprocal", "rsqrt", "abs", "hardswish", "softshrink", "threshold",
                      "rrelu"}  # fmt: skip
 
 
@@ -358,6 +358,7 @@ class Algebra(nn.Module):
             torch.sqrt(2 + torch.sin(h)).sum(-1) + (1 / (2 + torch.cos(g))).sum(-1),
             ((g * g + 1) ** -0.5).sum(0).sum(-1) + ((h * h + 1) ** 0.75).sum(-1),
             torch.reciprocal(h * h + 1).sum(-1) - (g ** 1.0 + h ** 0.0).mean(-1),
+            torch.rsqrt(g * g + 0.5).mean(-1),
         ]  # fmt: skip
         y = torch.stack(terms, -1)
         return y.sum(-1, keepdim=True) if self.scalar else y
@@ -431,7 +432,7 @@ def test_a_single_value_broadcast_in_products_and_quotients():
 
 def test_products_quotients_powers_and_sums_agree_with_autograd():
     num, ref = twins(Algebra(), sb.Affine([0.5, -1, 2, 0], [2, 3, 0.5, 1]), None)
-    assert num.point_route == "numpy" and ref.n_out == 8
+    assert num.point_route == "numpy" and ref.n_out == 9
     assert_routes_agree(num, ref, np.random.default_rng(5).normal(size=(3, 4)))
 
 
@@ -481,6 +482,28 @@ class Heads(nn.Module):
         h = self.a(z)
         parts = [torch.softmax(h, -1), torch.log_softmax(h, -1), nn.functional.glu(h, -1)]
         return self.b(torch.cat(parts, -1))
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize("name", ["rms", "functional-norms", "softmax", "glu", "rrelu"])
+def test_a_loaded_surrogate_keeps_the_numpy_route(name, tmp_path):
+    """A saved file holds the graph lowered to plain operations (rms_norm to rsqrt and a mean,
+    rrelu to leaky_relu): the numpy route reads that graph as well."""
+    if name in LAYERS:
+        torch.manual_seed(0)
+        width = 4 if name == "glu" else 8
+        model = nn.Sequential(nn.Linear(3, 8), LAYERS[name](), nn.Linear(width, 1)).double()
+    else:
+        model = normed([3, 8, 1], "rms") if name == "rms" else FunctionalNorm()
+    sur = sb.Surrogate(model, SCALER3)
+    sb.save(sur, tmp_path / "s.sbz")
+    back = sb.load(tmp_path / "s.sbz")
+    x = np.array([0.3, -0.4, 1.2])
+    back._engine.route.measure(x)
+    report = back.point_route_report
+    assert "unavailable" not in report.get("note", "") and "disagree" not in report
+    assert all("numpy" in report["us"][kind] for kind in report["us"])
+    assert close(back.hess(x), sur.hess(x), 1e-12) and close(back.jac(x), sur.jac(x), 1e-12)
 
 
 class NormOverTwoAxes(nn.Module):
