@@ -99,13 +99,24 @@ class Scale:
         return (A * self.c,) if op == "mul" else (A / self.c,)
 
 
+def _summed(terms, single):
+    """Each input's adjoint term summed over the row where that input is a single value that
+    broadcast along it."""
+    return tuple(
+        t.sum(axis=-1, keepdims=True) if one and t.shape[-1] != 1 else t
+        for t, one in zip(terms, single, strict=True)
+    )
+
+
 class Sum:
-    """h1 + h2 or h1 - h2 of two hidden tensors (a residual connection)."""
+    """h1 + h2 or h1 - h2 of two hidden tensors (a residual connection), or of a row and a
+    single value that broadcasts along it."""
 
     second = False
 
-    def __init__(self, sign: float) -> None:
+    def __init__(self, sign: float, sizes: tuple[int, int] = (0, 0)) -> None:
         self.sign = sign
+        self.single = tuple(s == 1 for s in sizes)
 
     def __call__(self, a, b):
         return a + b if self.sign > 0 else a - b
@@ -114,7 +125,7 @@ class Sum:
         return Ts[0] + Ts[1] if self.sign > 0 else Ts[0] - Ts[1]
 
     def pull(self, A, _):
-        return (A, A if self.sign > 0 else -A)
+        return _summed((A, A if self.sign > 0 else -A), self.single)
 
 
 class Cat:
@@ -234,18 +245,11 @@ class Product:
             r = d[0]
             return y, d, (None, -r * r, 2.0 * y * r * r)
 
-    def _fit(self, terms):
-        """Each input's term summed over the row where that input is a single value."""
-        return tuple(
-            t.sum(axis=-1, keepdims=True) if one and t.shape[-1] != 1 else t
-            for t, one in zip(terms, self.single, strict=True)
-        )
-
     def push(self, Ts, d):
         return d[0][:, None] * Ts[0] + d[1][:, None] * Ts[1]
 
     def pull(self, A, d):
-        return self._fit((A * d[0], A * d[1]))
+        return _summed((A * d[0], A * d[1]), self.single)
 
     def curvature(self, c, d, dd, Ts):
         _, dab, dbb = dd
@@ -261,7 +265,7 @@ class Product:
         ta, tb = (np.broadcast_to(t[:, 0], (k,)) for t in ts)
         cab = c * dab
         rb = cab * ta if dbb is None else cab * ta + c * dbb * tb
-        return self._fit((cab * tb, rb))
+        return _summed((cab * tb, rb), self.single)
 
 
 class Softmax:

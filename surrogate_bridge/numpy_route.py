@@ -4,15 +4,16 @@ write for an MLP, read off the surrogate's exported one-point graph.
 It covers *layer graphs*: every hidden tensor is one row of values, and every operation on
 hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as the
 scalers; an eval-mode batch norm; the sum or difference of two hidden rows, as in a residual
-connection; a concatenation or stack; a slice of the last axis or values at constant positions;
-dropout in eval mode; the sum or mean of a row; a view), an elementwise function with known
-first and second derivatives (``elementwise.ACTIVATIONS``: activations, PReLU, powers, log,
-sqrt), the product or quotient of two hidden rows of one length, or of a row and a single value
-(a gate, a DeepONet's dot product, a softmax by hand), or a LayerNorm, RMSNorm, softmax,
-log-softmax or GLU of the whole row (``numpy_ops.Norm``, ``Softmax``, ``Glu``, in closed form).
-Operations on constants alone are computed once, by torch itself (a weight's transpose, say).
-Anything else (a sum that broadcasts, a maximum, a tensor of several rows, an operation without
-a rule here) raises :class:`GraphUnsupported`, and the other routes answer.
+connection, or of a row and a single value; a concatenation or stack; a slice of the last axis
+or values at constant positions; dropout in eval mode; the sum or mean of a row; a view), an
+elementwise function with known first and second derivatives (``elementwise.ACTIVATIONS``:
+activations, PReLU, powers, log, sqrt), the product or quotient of two hidden rows of one
+length, or of a row and a single value (a gate, a DeepONet's dot product, a softmax by hand), or
+a LayerNorm, RMSNorm, softmax, log-softmax or GLU of the whole row (``numpy_ops.Norm``,
+``Softmax``, ``Glu``, in closed form). Operations on constants alone are computed once, by torch
+itself (a weight's transpose, say). Anything else (a broadcast of rows into a matrix, a maximum,
+a tensor of several rows, an operation without a rule here) raises :class:`GraphUnsupported`,
+and the other routes answer.
 
 With node values ``h_i`` (``h_0 = x``) and the output ``y``:
 
@@ -243,11 +244,11 @@ def _operation(node, index, consts, sizes, k: int):
         raise GraphUnsupported(f"{where}: alpha or rounding mode")
     if hidden(args[0]) and hidden(args[1]):
         i, j = index[args[0].name], index[args[1].name]
-        if op in ("mul", "div") and {sizes[i], sizes[j]} <= {1, k}:  # a single value broadcasts
-            return Product(op == "div", (sizes[i], sizes[j])), (i, j)
-        if not sizes[i] == sizes[j] == k:
+        if not {sizes[i], sizes[j]} <= {1, k}:  # equal rows, or a single value broadcast
             raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
-        return Sum(1.0 if op == "add" else -1.0), (i, j)
+        if op in ("mul", "div"):
+            return Product(op == "div", (sizes[i], sizes[j])), (i, j)
+        return Sum(1.0 if op == "add" else -1.0, (sizes[i], sizes[j])), (i, j)
     first = hidden(args[0])
     j = index[(args[0] if first else args[1]).name]
     if sizes[j] != k:

@@ -142,9 +142,9 @@ def test_residual_connections_concatenations_and_slices(n_out):
     assert_routes_agree(num, ref, np.random.default_rng(2).normal(size=(3, 3)))
 
 
-class BroadcastSum(nn.Module):
+class Outer(nn.Module):
     def forward(self, z):
-        return (z[:, :1] + torch.tanh(z)).sum(-1, keepdim=True)
+        return (z[:, :, None] * torch.tanh(z)[:, None, :]).sum((-2, -1))[:, None]
 
 
 class Rows(nn.Module):
@@ -167,7 +167,7 @@ class Maximum(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "model", [BroadcastSum(), Rows(), Maximum()], ids=["broadcast-sum", "rows", "max"]
+    "model", [Outer(), Rows(), Maximum()], ids=["outer-product", "rows", "max"]
 )
 def test_graphs_that_are_not_layer_graphs_are_refused_and_auto_measures_the_others(model):
     with pytest.raises(ValueError, match="not a layer graph"):
@@ -403,8 +403,8 @@ def test_constant_index_selections_agree_with_autograd():
 
 
 class Weighted(nn.Module):
-    """A single value broadcast along a row in products and quotients: a scalar gate, a
-    softmax by hand, a share of a row's sum."""
+    """A single value broadcast along a row in products, quotients and sums: a scalar gate, a
+    softmax by hand, a share of a row's sum, a shift by one hidden value."""
 
     def __init__(self, n_in=3, scalar=False):
         super().__init__()
@@ -418,13 +418,14 @@ class Weighted(nn.Module):
         w = p / p.sum(-1, keepdim=True)
         y = torch.cat(
             [(g * h).sum(-1, keepdim=True), (h / (1 + g)).mean(-1, keepdim=True),
-             (w * h).sum(-1, keepdim=True), g * g, h[:, :1] / h.sum(-1, keepdim=True)],
+             (w * h).sum(-1, keepdim=True), g * g, h[:, :1] / h.sum(-1, keepdim=True),
+             torch.tanh(g - h + h[:, 2:3]).sum(-1, keepdim=True)],
             -1,
         )  # fmt: skip
         return y.sum(-1, keepdim=True) if self.scalar else y
 
 
-def test_a_single_value_broadcast_in_products_and_quotients():
+def test_a_single_value_broadcast_in_products_quotients_and_sums():
     num, ref = twins(Weighted(), SCALER3, None)
     assert num.point_route == "numpy"
     assert_routes_agree(num, ref, np.random.default_rng(7).normal(size=(3, 3)))
