@@ -107,6 +107,17 @@ def _hardtanh(h, min_val=-1.0, max_val=1.0):
     return np.clip(h, min_val, max_val), inside.astype(np.float64), np.zeros_like(h)
 
 
+def _clamp(h, lo=None, hi=None):
+    """torch.clamp: its derivative is 1 on the closed interval [lo, hi] (hardtanh's, on the
+    open one)."""
+    f, inside = h, np.ones(h.shape, dtype=bool)
+    if lo is not None:
+        f, inside = np.maximum(f, lo), inside & (h >= lo)
+    if hi is not None:
+        f, inside = np.minimum(f, hi), inside & (h <= hi)
+    return f + 0.0, inside.astype(np.float64), np.zeros_like(h)
+
+
 def _relu(h):
     pos = h > 0
     return np.where(pos, h, 0.0), pos.astype(np.float64), np.zeros_like(h)
@@ -234,6 +245,9 @@ ACTIVATIONS = {
     aten.cos.default: _cos,
     aten.exp.default: _exp,
     aten.abs.default: _abs,
+    aten.clamp.default: _clamp,
+    aten.clamp_min.default: _clamp,
+    aten.clamp_max.default: lambda h, hi: _clamp(h, None, hi),
     aten.hardswish.default: _hardswish,
     aten.softshrink.default: _softshrink,
     aten.threshold.default: _threshold,

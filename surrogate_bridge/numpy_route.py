@@ -7,7 +7,7 @@ scalers; an eval-mode batch norm; the sum or difference of two hidden rows, as i
 connection, or of a row and a single value; a concatenation or stack; a slice of the last axis
 or values at constant positions; dropout in eval mode; the sum or mean of a row; a view), an
 elementwise function with known first and second derivatives (``elementwise.ACTIVATIONS``:
-activations, PReLU, powers, log, sqrt), the product or quotient of two hidden rows of one
+activations, PReLU, clamp, powers, log, sqrt), the product or quotient of two hidden rows of one
 length, or of a row and a single value (a gate, a DeepONet's dot product, a softmax by hand), or
 a LayerNorm, RMSNorm, softmax, log-softmax or GLU of the whole row (``numpy_ops.Norm``,
 ``Softmax``, ``Glu``, in closed form). Operations on constants alone are computed once, by torch
@@ -154,6 +154,16 @@ def _const(consts, a, k: int, where: str):
     return t.to(torch.float64).reshape(k).numpy().copy()
 
 
+def _param(a):
+    """A function's parameter: a string or None as it is, a number as a float (a tensor, such
+    as clamp's bounds given as tensors, is refused by the caller's TypeError)."""
+    if a is None or isinstance(a, str):
+        return a
+    if isinstance(a, torch.fx.Node):
+        raise TypeError("a parameter computed in the graph")
+    return float(a)
+
+
 def _vector(consts, a, k: int, where: str):
     """An optional constant operand as a (k,) vector, or None."""
     if a is None:
@@ -189,8 +199,8 @@ def _operation(node, index, consts, sizes, k: int):
     if target in ACTIVATIONS:
         if not hidden(args[0]) or k != sizes[index[args[0].name]]:
             raise GraphUnsupported(f"{where}: not elementwise on a hidden tensor")
-        params = tuple(a if isinstance(a, str) else float(a) for a in args[1:])
-        kwparams = {key: a if isinstance(a, str) else float(a) for key, a in kw.items()}
+        params = tuple(_param(a) for a in args[1:])
+        kwparams = {key: _param(a) for key, a in kw.items()}
         return Activation(ACTIVATIONS[target], params, kwparams), (index[args[0].name],)
     if target in _LINEAR:
         return _linear(node, index, consts, sizes, k, where)

@@ -204,7 +204,7 @@ def test_every_rule_is_exercised_by_a_test():
                      "leaky_relu", "hardtanh", "sin", "cos", "exp", "mish",
                      "log_sigmoid", "pow", "square", "log", "sqrt",
                      "reciprocal", "rsqrt", "abs", "hardswish", "softshrink", "threshold",
-                     "rrelu"}  # fmt: skip
+                     "rrelu", "clamp", "clamp_min", "clamp_max"}  # fmt: skip
 
 
 class CosExp(nn.Module):
@@ -437,6 +437,15 @@ def test_products_quotients_powers_and_sums_agree_with_autograd():
     assert_routes_agree(num, ref, np.random.default_rng(5).normal(size=(3, 4)))
 
 
+class Clamp(nn.Module):
+    def __init__(self, lo=None, hi=None):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, h):
+        return torch.clamp(h, self.lo, self.hi)
+
+
 LAYERS = {
     "softmax": lambda: nn.Softmax(-1),
     "log-softmax": lambda: nn.LogSoftmax(1),
@@ -450,6 +459,9 @@ LAYERS = {
     "hardswish": nn.Hardswish,
     "softshrink": lambda: nn.Softshrink(0.3),
     "threshold": lambda: nn.Threshold(0.1, 0.5),
+    "clamp": lambda: Clamp(-0.5, 0.5),
+    "clamp-min": lambda: Clamp(lo=0.1),
+    "clamp-max": lambda: Clamp(hi=0.2),
 }
 
 
