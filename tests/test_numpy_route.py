@@ -315,6 +315,25 @@ def test_layer_and_rms_norms_agree_with_autograd(norm, n_out):
     assert_routes_agree(num, ref, np.random.default_rng(2).normal(size=(3, 3)))
 
 
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(
+    st.lists(st.integers(3, 12), min_size=1, max_size=2),
+    st.sampled_from(sorted(NORMS)),
+    st.sampled_from(["tanh", "softplus", "silu", "gelu"]),
+    st.integers(1, 2),
+    st.integers(0, 1000),
+)
+def test_property_normalized_nets_agree_with_autograd(widths, norm, act, n_out, seed):
+    """Random widths (three values or more: a norm of one or two values is a constant up to
+    eps, whose derivatives are rounding), norms, activations and weights."""
+    net = normed([3, *widths, n_out], norm, ACTS[act], seed=seed)
+    num, ref = twins(net, SCALER3, None)
+    assert num.point_route == "numpy"
+    X = np.random.default_rng(seed).normal(size=(2, 3))
+    assert_routes_agree(num, ref, X, rel=1e-9)
+
+
 def test_functional_norms_in_a_residual_block():
     num, ref = twins(FunctionalNorm(), SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
     assert num.point_route == "numpy"
