@@ -85,6 +85,19 @@ class Fresh:
         return self.pts[self.i].copy()
 
 
+def every_route(net, fresh, ins=None, outs=None) -> dict:
+    """A surrogate of ``net`` on each single-point route; "auto" has measured first (32 single
+    points) and is timed on what it chose."""
+    routes = {}
+    for route in ("torch", "numpy", "casadi", "auto"):
+        sur = sb.Surrogate(net, ins, outs, point_route=route, extrapolation="ignore")
+        if route == "auto":
+            for _ in range(40):
+                sur.hess(fresh())
+        routes[route] = sur
+    return routes
+
+
 def one_point(n, h, rows):
     """Scalar nets: value, value+grad and Hessian by every route, the raw call and the floor."""
     net = mlp(n, h, 1)
@@ -92,13 +105,7 @@ def one_point(n, h, rows):
     frozen = mlp(n, h, 1).requires_grad_(False)
     ins, outs = sb.Affine(np.zeros(n), np.ones(n)), sb.Affine([0.0], [1.0])  # identity values
     fresh = Fresh(n)
-    routes = {}
-    for route in ("torch", "numpy", "casadi", "auto"):
-        sur = sb.Surrogate(net, ins, outs, point_route=route, extrapolation="ignore")
-        if route == "auto":  # let it measure first (32 single points), then time what it chose
-            for _ in range(40):
-                sur.hess(fresh())
-        routes[route] = sur
+    routes = every_route(net, fresh, ins, outs)
 
     def raw_value():
         with torch.no_grad():
@@ -155,13 +162,7 @@ def one_point_normed(n, h, norm, rows):
     """Normalization layers: every route per call, as a multiple of the torch route (no
     hand-written floor: users do not hand-write a LayerNorm's Hessian)."""
     net, fresh = normed_mlp(n, h, norm), Fresh(n)
-    routes = {}
-    for route in ("torch", "numpy", "casadi", "auto"):
-        sur = sb.Surrogate(net, point_route=route, extrapolation="ignore")
-        if route == "auto":
-            for _ in range(40):
-                sur.hess(fresh())
-        routes[route] = sur
+    routes = every_route(net, fresh)
     calls = {
         "value+grad": lambda s: s.value_and_grad(fresh()),
         "hessian": lambda s: s.hess(fresh()),

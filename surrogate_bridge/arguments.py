@@ -9,7 +9,7 @@ from torch import nn
 from .normalization import Affine
 from .routes import POINT_ROUTES
 
-__all__ = ["check_arguments", "check_device", "first_linear", "infer_n_in"]
+__all__ = ["check_arguments", "check_device", "infer_n_in"]
 
 
 def check_arguments(model, dtype, cache_size, point_route) -> None:
@@ -52,21 +52,26 @@ def check_device(device, where: str = "Surrogate") -> torch.device:
     return dev
 
 
-def infer_n_in(n_in, in_aff: Affine | None, model) -> int | None:
+def infer_n_in(n_in, in_aff: Affine | None, model) -> tuple[int | None, str | None]:
+    """(n_in, the name of the Linear layer it was read from, or None where n_in was given or
+    read from the input scaler)."""
     from_scaler = None if in_aff is None else in_aff.n_features
     if n_in is not None:
         if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in < 1:
             raise ValueError(f"Surrogate: n_in must be a positive int, got {n_in!r}.")
         if from_scaler is not None and from_scaler != n_in:
             raise ValueError(f"Surrogate: n_in={n_in} but input_scaler has {from_scaler} features.")
-        return n_in
+        return n_in, None
     if from_scaler is not None:
-        return from_scaler
-    first = first_linear(model)
-    return None if first is None else int(first[1].weight.shape[-1])
+        return from_scaler, None
+    first = _first_linear(model)
+    if first is None:
+        return None, None
+    name, layer = first
+    return int(layer.weight.shape[-1]), name or "the model"
 
 
-def first_linear(model) -> tuple[str, nn.Module] | None:
+def _first_linear(model) -> tuple[str, nn.Module] | None:
     """(name, module) of the model's first Linear layer, scripted or traced ones too (a traced
     Linear keeps its weight but not its in_features attribute), or None."""
     if not isinstance(model, nn.Module):

@@ -170,21 +170,6 @@ def _rrelu(h, lower=1.0 / 8.0, upper=1.0 / 3.0, training=False):
     return _leaky_relu(h, (lower + upper) / 2.0)
 
 
-def _pow(h, p):
-    """h ** p for a constant p; the value as torch's kernel forms it for its special exponents."""
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if p == 2.0:
-            return h * h, 2.0 * h, np.full_like(h, 2.0)
-        if p == 3.0:
-            hh = h * h
-            return hh * h, 3.0 * hh, 6.0 * h
-        if p in (0.0, 1.0):  # no h ** -1 of 0 times 0 at h = 0
-            return (h + 0.0 if p else np.ones_like(h)), np.full_like(h, p), np.zeros_like(h)
-        special = {0.5: np.sqrt, -1.0: np.reciprocal, -0.5: lambda v: 1.0 / np.sqrt(v)}
-        f = special[p](h) if p in special else np.power(h, p)
-        return f, p * np.power(h, p - 1.0), p * (p - 1.0) * np.power(h, p - 2.0)
-
-
 def _square(h):
     return h * h, 2.0 * h, np.full_like(h, 2.0)
 
@@ -213,6 +198,23 @@ def _reciprocal(h):
     with np.errstate(divide="ignore"):
         r = 1.0 / h
         return r, -r * r, 2.0 * r * r * r
+
+
+# torch's pow kernel forms these exponents' values by their own formulas
+_SPECIAL_POWERS = {2.0: _square, 0.5: _sqrt, -0.5: _rsqrt, -1.0: _reciprocal}
+
+
+def _pow(h, p):
+    """h ** p for a constant p; the special exponents by their own rules."""
+    if p in _SPECIAL_POWERS:
+        return _SPECIAL_POWERS[p](h)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if p == 3.0:
+            hh = h * h
+            return hh * h, 3.0 * hh, 6.0 * h
+        if p in (0.0, 1.0):  # no h ** -1 of 0 times 0 at h = 0
+            return (h + 0.0 if p else np.ones_like(h)), np.full_like(h, p), np.zeros_like(h)
+        return np.power(h, p), p * np.power(h, p - 1.0), p * (p - 1.0) * np.power(h, p - 2.0)
 
 
 def _tanh_first(h):

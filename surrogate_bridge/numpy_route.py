@@ -154,6 +154,11 @@ def _const(consts, a, k: int, where: str):
     return t.to(torch.float64).reshape(k).numpy().copy()
 
 
+def _named(node, names: tuple) -> dict:
+    """A call's arguments by name: its positional ones under ``names``, and its keywords."""
+    return dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+
+
 def _param(a):
     """A function's parameter: a string or None as it is, a number as a float (a tensor, such
     as clamp's bounds given as tensors, is refused by the caller's TypeError)."""
@@ -355,12 +360,8 @@ def _linear(node, index, consts, sizes, k: int, where: str):
 def _norm(node, index, consts, sizes, k: int, where: str):
     """layer_norm(h, shape, w, b, eps, cudnn) or rms_norm(h, shape, w, eps) over the row."""
     layer = node.target is aten.layer_norm.default
-    names = (
-        ("input", "normalized_shape", "weight", "bias", "eps")
-        if layer
-        else ("input", "normalized_shape", "weight", "eps")
-    )
-    got = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    names = ("input", "normalized_shape", "weight", "bias", "eps")
+    got = _named(node, names if layer else names[:3] + names[4:])
     h = got["input"]
     if not (isinstance(h, torch.fx.Node) and h.name in index) or sizes[index[h.name]] != k:
         raise GraphUnsupported(f"{where}: not a normalization of a hidden row")
@@ -376,9 +377,8 @@ def _norm(node, index, consts, sizes, k: int, where: str):
 def _batch_norm(node, index, consts, sizes, k: int, where: str):
     """batch_norm(h, weight, bias, mean, var, training, momentum, eps, cudnn) in eval mode on one
     row of features: a per-feature affine map."""
-    names = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum",
-             "eps")  # fmt: skip
-    got = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    got = _named(node, ("input", "weight", "bias", "running_mean", "running_var", "training",
+                        "momentum", "eps"))  # fmt: skip
     h = got["input"]
     if got["training"]:
         raise GraphUnsupported(f"{where}: batch statistics (training mode)")

@@ -315,9 +315,13 @@ def _second_derivatives(fn, x: torch.Tensor) -> str | None:
     return None
 
 
-def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype, device) -> Built:
+def build(
+    model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype, device,
+    n_in_from: str | None = None,
+) -> Built:  # fmt: skip
     """Probe ``model`` (already a frozen copy) once: how to call it, n_out, row independence,
-    smoothness. Raises ``ValueError`` naming what failed; leaves nothing behind on failure."""
+    smoothness. Raises ``ValueError`` naming what failed (and, for a failure of shapes, the
+    layer ``n_in_from`` that n_in was read from); leaves nothing behind on failure."""
     X = PhysicalFunction(Batched(model), in_aff, None).probes(n_in).to(dtype).to(device)
     rows, n_out, err = None, None, None
     for wrapper in (Batched, Pointwise):
@@ -335,6 +339,11 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
         err = err or f"it returned {got} for {X.shape[0]} points"
     if rows is None:
         hint = "Check n_in and the scalers' feature counts against the model's input layer."
+        if n_in_from is not None:
+            hint += (
+                f" (n_in={n_in} was read from the first Linear layer, {n_in_from!r}; pass n_in= "
+                "or an input_scaler if the model takes another number of inputs.)"
+            )
         if "dtype" in str(err) or "Float and Double" in str(err):
             hint = (
                 f"The Surrogate runs a copy of the model in {dtype}: a cast inside its forward "
@@ -371,47 +380,45 @@ def build(model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype
     if called & REWRITTEN_FUNCTIONS:  # F.celu, F.hardsigmoid in the forward: rewrites.py
         model = ExactFunctions(model)
         fn = fn._with_rows(type(rows)(model))
-    if type(rows) is Batched:
-        _check_alone(fn, X, model)
-        if not _rows_independent(fn, X):
-            fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
+    if type(rows) is Batched and not _rows_independent(fn, X, model):
+        fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
     nonsmooth = tuple(sorted(called & NONSMOOTH))
     return Built(fn, n_out, nonsmooth, _first_derivatives(fn, X), _second_derivatives(fn, X[:1]))
 
 
-def _check_alone(fn: PhysicalFunction, X: torch.Tensor, model) -> None:
+def _refuse_alone(err: Exception, X: torch.Tensor, model) -> None:
     """Solvers ask for one point at a time: a model that works on a batch but not on one row
     (batch statistics of a single row, a squeeze of the batch axis) is refused, naming why."""
-    try:
-        with torch.no_grad():
-            fn(X[:1])
-    except Exception as e:  # the model's own error, of any type, is reported
-        batch_stats = [
-            f"layer {name!r} ({type(m).__name__})" if name else type(m).__name__
-            for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
-        ]
-        why = (
-            f"{', '.join(batch_stats)} normalizes with the statistics of each batch (built with "
-            "track_running_stats=False: even in eval mode), so its output at a point depends on "
-            "the other points. A surrogate must be a function of each point: keep running "
-            "statistics (track_running_stats=True, then train) or normalize per point (LayerNorm)."
-            if batch_stats
-            else "Solvers evaluate one point at a time: look in the forward for a squeeze() of the "
-            "batch axis or a statistic over the batch."
-        )
-        raise ValueError(
-            f"Surrogate: the model works on a batch of {X.shape[0]} points but fails on one point"
-            f" alone (shape {tuple(X[:1].shape)}): {type(e).__name__}: {e}. {why}"
-        ) from e
+    batch_stats = [
+        f"layer {name!r} ({type(m).__name__})" if name else type(m).__name__
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
+    ]
+    why = (
+        f"{', '.join(batch_stats)} normalizes with the statistics of each batch (built with "
+        "track_running_stats=False: even in eval mode), so its output at a point depends on "
+        "the other points. A surrogate must be a function of each point: keep running "
+        "statistics (track_running_stats=True, then train) or normalize per point (LayerNorm)."
+        if batch_stats
+        else "Solvers evaluate one point at a time: look in the forward for a squeeze() of the "
+        "batch axis or a statistic over the batch."
+    )
+    raise ValueError(
+        f"Surrogate: the model works on a batch of {X.shape[0]} points but fails on one point"
+        f" alone (shape {tuple(X[:1].shape)}): {type(err).__name__}: {err}. {why}"
+    ) from err
 
 
-def _rows_independent(fn: PhysicalFunction, X: torch.Tensor) -> bool:
+def _rows_independent(fn: PhysicalFunction, X: torch.Tensor, model) -> bool:
     """True if row i of fn(X) depends on row i of X alone (checked at random probe points):
-    cross-row Jacobian blocks vanish and one-row evaluation equals batched evaluation."""
+    cross-row Jacobian blocks vanish and one-row evaluation equals batched evaluation. A model
+    that fails on one row alone is refused (:func:`_refuse_alone`)."""
     with torch.no_grad():
         Y = fn(X)
-        alone = torch.cat([fn(X[i : i + 1]) for i in range(X.shape[0])])
+        try:
+            alone = torch.cat([fn(X[i : i + 1]) for i in range(X.shape[0])])
+        except Exception as e:  # the model's own error, of any type, is reported
+            _refuse_alone(e, X, model)
     if not torch.allclose(Y, alone, rtol=1e-5, atol=1e-8):
         return False
     try:

@@ -13,7 +13,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from .arguments import check_arguments, check_device, first_linear, infer_n_in
+from .arguments import check_arguments, check_device, infer_n_in
 from .convert import Points, as_points, as_vector, finish
 from .derivatives import Engine
 from .diagnostics import needs_warning, warn_nonsmooth
@@ -106,30 +106,21 @@ class Surrogate:
         self._baked = (self._in_aff, self._out_aff)  # what the function applies (_setup)
         self._cache_policy, self._route_policy = (cache_size, bool(prefetch_grad)), point_route
         self.chunk_size = 4096 if self.device.type == "cpu" else 16384  # benchmarks/RESULTS.md
-        guessed = n_in is None and self._in_aff is None  # then from the first Linear layer
-        n_in = infer_n_in(n_in, self._in_aff, model)
+        n_in, self._n_in_from = infer_n_in(n_in, self._in_aff, model)  # (_from: for errors)
         self._domain = Domain(domain, self._in_aff, n_in, extrapolation)
         self._model = frozen_copy(from_torchscript(model, n_in), dtype, self.device)
         self._n_in: int | None = None
         self._warned_smooth = False
         if n_in is not None:
-            try:
-                self._setup(n_in)
-            except ValueError as err:
-                if not (guessed and "Check n_in" in str(err)):
-                    raise
-                name = first_linear(model)[0] or "the model"
-                raise ValueError(
-                    f"{err} (n_in={n_in} was read from the first Linear layer, {name!r}; pass "
-                    "n_in= or an input_scaler if the model takes another number of inputs.)"
-                ) from err
+            self._setup(n_in)
 
     def _setup(self, n_in: int, model=None, nonsmooth: tuple | None = None) -> None:
         """Probe ``model`` (by default the current one) and build the function and its single-point
         evaluator, then swap them in: a failure leaves the surrogate as it was, and a call in
         flight in another thread finishes on the engine it started with."""
         model = self._model if model is None else model
-        built = build(model, *self._baked, n_in, self.dtype, self.device)
+        from_ = getattr(self, "_n_in_from", None)  # (absent from older pickles)
+        built = build(model, *self._baked, n_in, self.dtype, self.device, from_)
         self._domain.require_features(n_in)
         if nonsmooth is not None:  # new weights, same layers: what was known still holds
             built.nonsmooth = nonsmooth

@@ -95,12 +95,6 @@ def _leaky_relu(out, x, slope=0.01):
     return ca.fmax(x, 0) + slope * ca.fmin(x, 0)
 
 
-def _rrelu(out, x, lower=1.0 / 8.0, upper=1.0 / 3.0, training=False):
-    if training:
-        raise ValueError("rrelu in training mode (a random slope); the surrogate's copy is eval")
-    return _leaky_relu(out, x, (lower + upper) / 2.0)  # eval mode: the mean slope
-
-
 def _hardtanh(out, x, lo=-1.0, hi=1.0):
     return ca.fmin(ca.fmax(x, lo), hi)
 
@@ -304,7 +298,6 @@ OPS = {
     aten.abs.default: (lambda out, x: ca.fabs(x), None),
     aten.relu.default: (lambda out, x: ca.fmax(x, 0), None),
     aten.leaky_relu.default: (_leaky_relu, None),
-    aten.rrelu.default: (_rrelu, None),
     aten.hardtanh.default: (_hardtanh, None),
     aten.clamp.default: (_clamp, None),
     aten.clamp_min.default: (lambda out, x, lo: ca.fmax(x, lo), None),

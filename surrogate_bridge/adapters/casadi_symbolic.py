@@ -65,14 +65,14 @@ def translate_program(
     (``lowering.lowered``), where torch has one. The translation must compute what the program
     computes, to float64 rounding, at ``probes`` (k, n_in: ``PhysicalFunction.probes``), or
     it is refused: a translation that is not the same function is never handed out."""
-    # the piecewise-linear operations the model itself calls (not those of a decomposition,
-    # such as normalize's guard against a zero norm), for the smoothness warning
+    # the non-smooth operations the model itself calls, whether translated whole or lowered
+    # (not those a decomposition brings in, such as normalize's guard against a zero norm), for
+    # the smoothness warning
     written = {_op_name(n.target) for n in program.graph.nodes if n.op == "call_function"}
     program = lowered(program, lambda op: op in OPS, probes)
     consts = constants_of(program)
     x = ca.MX.sym("x", n_in)
     env: dict = {}
-    nonsmooth: set[str] = set()
     output = None
     for node in program.graph.nodes:
         if node.op == "placeholder":
@@ -82,7 +82,7 @@ def translate_program(
             else:
                 env[node.name] = x.T  # the user input: a (1, n) row, torch's batch of one
         elif node.op == "call_function":
-            env[node.name] = _translate_node(node, env, nonsmooth)
+            env[node.name] = _translate_node(node, env)
         elif node.op == "output":
             output = node.args[0][0]
     y = env[output.name]
@@ -93,7 +93,7 @@ def translate_program(
             "the CasADi translation does not compute what torch computes at probe points "
             "(an operation translated wrongly); use mode='callback' for this model"
         )
-    return f, sorted(nonsmooth & written)
+    return f, sorted(written & NONSMOOTH)
 
 
 def _shape(a) -> tuple | None:
@@ -254,7 +254,7 @@ def _op_name(target) -> str:
     return getattr(target, "__name__", name)
 
 
-def _translate_node(node, env, nonsmooth):
+def _translate_node(node, env):
     target = node.target
     entry = OPS.get(target)
     op_name = _op_name(target)
@@ -316,6 +316,4 @@ def _translate_node(node, env, nonsmooth):
             f"operation aten.{op_name} in {_where(node)} could not be translated ({err}); "
             "use mode='callback' for this model"
         ) from err
-    if op_name in NONSMOOTH:
-        nonsmooth.add(op_name)
     return result
