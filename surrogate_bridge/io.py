@@ -233,11 +233,13 @@ def _check_meta(meta, payloads: dict) -> None:
     for key in ("n_in", "n_out"):
         v = meta.get(key)
         need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{key}={v!r}")
-    need(meta.get("dtype") in _SURROGATE_DTYPES, f"dtype={meta.get('dtype')!r}")
-    need(meta.get("rows") in ("batched", "one_point"), f"rows={meta.get('rows')!r}")
+    for key, allowed in (("dtype", _SURROGATE_DTYPES), ("rows", ("batched", "one_point"))):
+        v = meta.get(key)
+        need(isinstance(v, str) and v in allowed, f"{key}={v!r}")
     ops = meta.get("nonsmooth")
     need(isinstance(ops, list) and all(isinstance(o, str) for o in ops), "nonsmooth")
-    need(meta.get("extrapolation") in ("warn", "ignore", "raise"), "extrapolation")
+    v = meta.get("extrapolation")
+    need(isinstance(v, str) and v in ("warn", "ignore", "raise"), f"extrapolation={v!r}")
     for key in ("input_scaler", "output_scaler", "domain"):
         need(key in meta, f"{key} is missing")
     digests = meta.get("sha256")
@@ -278,9 +280,13 @@ def _read_safetensors(buf: bytes) -> dict[str, torch.Tensor]:
     for name, spec in header.items():
         if name == "__metadata__":
             continue
-        dtype = DTYPES[_mapping(spec, f"weight {name!r}")["dtype"]]
-        shape = [int(s) for s in spec["shape"]]
-        begin, end = (int(b) for b in spec["data_offsets"])
+        spec = _mapping(spec, f"weight {name!r}")
+        code = spec.get("dtype")
+        shape = _integers(spec.get("shape"), name, "shape")
+        begin, end = _integers(spec.get("data_offsets"), name, "data_offsets", 2)
+        if not (isinstance(code, str) and code in DTYPES):
+            raise Refused(f"weight {name!r} has dtype {code!r}, not one of {sorted(DTYPES)}")
+        dtype = DTYPES[code]
         count = 1
         for s in shape:
             count *= s
@@ -291,3 +297,15 @@ def _read_safetensors(buf: bytes) -> dict[str, torch.Tensor]:
         t = torch.frombuffer(raw, dtype=dtype) if size else torch.empty(0, dtype=dtype)
         out[name] = t.reshape(shape).clone()
     return out
+
+
+def _integers(value, name: str, field: str, length: int | None = None) -> list[int]:
+    """A weight's shape or byte range: a list of integers (of ``length``, if given)."""
+    if not (
+        isinstance(value, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and (length is None or len(value) == length)
+    ):
+        want = "a list of integers" if length is None else f"a list of {length} integers"
+        raise Refused(f"weight {name!r} has {field} {str(value)[:60]}, not {want}")
+    return value

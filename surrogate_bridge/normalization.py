@@ -93,6 +93,13 @@ class Affine:
 
     @classmethod
     def from_dict(cls, d: dict) -> Affine:
+        """The inverse of :meth:`to_dict`: ``shift`` and ``scale``, and the data range if any."""
+        missing = [k for k in ("shift", "scale") if k not in d]
+        if missing:
+            raise ValueError(
+                f"Affine.from_dict: the dict has no {' or '.join(map(repr, missing))}; it needs "
+                f"'shift' and 'scale' (and optionally 'data_min', 'data_max'), got {sorted(d)}."
+            )
         return cls(d["shift"], d["scale"], data_min=d.get("data_min"), data_max=d.get("data_max"))
 
     @classmethod

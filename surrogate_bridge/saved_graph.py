@@ -156,11 +156,12 @@ def _check_arg(a, known: set) -> None:
         if len(a) != 1 or next(iter(a)) not in _KINDS:
             raise Refused(f"unknown argument {str(a)[:60]}")
         ((kind, value),) = a.items()
+        named = isinstance(value, str)  # a node, dtype or format is named by a string
         ok = {
-            "node": lambda: value in known,
+            "node": lambda: named and value in known,
             "kwargs": lambda: isinstance(value, dict),
-            "dtype": lambda: value in DTYPES,
-            "memory_format": lambda: value in _FORMATS,
+            "dtype": lambda: named and value in DTYPES,
+            "memory_format": lambda: named and value in _FORMATS,
         }.get(kind, lambda: True)()
         if not ok:
             raise Refused(f"argument {str(a)[:60]} refers to nothing known")
@@ -236,10 +237,10 @@ class SavedGraph(nn.Module):
             self.register_buffer(f"w{i}", t)
             self._names[name] = f"w{i}"
         self.input, self.output, self.one_point = graph["input"], graph["output"], one_point
-        self.nodes = []
-        known = {self.input, *self._names}
         if not isinstance(self.input, str) or not isinstance(self.output, str):
             raise Refused("the graph's input and output must be named by strings")
+        self.nodes = []
+        known = {self.input, *self._names}
         for i, node in enumerate(graph["nodes"]):  # refuse anything malformed now
             if not (isinstance(node, list) and len(node) == 4 and isinstance(node[0], str)):
                 raise Refused(f"node {i} is not [name, target, args, kwargs]: {str(node)[:60]}")

@@ -506,3 +506,103 @@ def test_update_weights_on_a_loaded_surrogate(tmp_path):
     assert back.nonsmooth_ops == ("relu",) and back.input_scaler is not None
     with pytest.warns(sb.SmoothnessWarning, match="relu"):
         back.hess(X[0])
+
+
+class Varied(nn.Module):
+    """Many kinds of graph node (a norm, a gather, a reduction, a product) for the fuzz below."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.n, self.b = nn.Linear(2, 8), nn.LayerNorm(8), nn.Linear(8, 2)
+
+    def forward(self, z):
+        h = nn.functional.silu(self.n(self.a(z)))
+        return self.b(h) + torch.sin(z)[:, [1, 0]] * z.sum(1, keepdim=True)
+
+
+def _json_paths(doc, at=()):
+    yield at
+    if isinstance(doc, (dict, list)):
+        items = doc.items() if isinstance(doc, dict) else enumerate(doc)
+    else:
+        items = ()
+    for k, v in items:
+        yield from _json_paths(v, (*at, k))
+
+
+def _mutated(doc, rng, words):
+    """``doc`` with 1-3 random edits: a value replaced (by a number, a name, a tagged argument,
+    a container), deleted, duplicated, or swapped with another part of the document."""
+    values = [0, 1, -1, 3, 10**6, 2**63, 0.5, 1e308, float("nan"), None, True, [], {}, [0, -1],
+              {"node": "x"}, {"kwargs": {"dim": -1}}, {"dtype": "torch.int64"}]  # fmt: skip
+    paths = list(_json_paths(doc))[1:]
+    for _ in range(rng.randint(1, 3)):
+        at = rng.choice(paths)
+        try:
+            parent = doc
+            for k in at[:-1]:
+                parent = parent[k]
+            key, edit = at[-1], rng.randrange(4)
+            if edit == 0:
+                parent[key] = rng.choice([*values, {"node": rng.choice(words)}, rng.choice(words)])
+            elif edit == 1:
+                del parent[key]
+            elif edit == 2 and isinstance(parent, list):
+                parent.insert(key, json.loads(json.dumps(parent[key])))
+            else:
+                other = doc
+                for k in rng.choice(paths):
+                    other = other[k]
+                parent[key] = json.loads(json.dumps(other))
+        except (KeyError, IndexError, TypeError):  # an earlier edit removed this path
+            pass
+    return doc
+
+
+_RAW_PYTHON = ("unhashable", "object is not", "not iterable", "values to unpack", "invalid literal",
+               "argument must be", "object has no attribute", "list index", "KeyError")  # fmt: skip
+
+
+def test_randomly_edited_files_load_or_are_refused_clearly(tmp_path):
+    """600 files, each one saved file with a few random edits to one member's JSON (the graph,
+    the metadata, or the weights' header), rehashed as a forger would: every one either loads
+    into a surrogate that evaluates, or is refused with a ValueError that says what is wrong in
+    the loader's words (no bare KeyError, TypeError or RuntimeError from deep inside)."""
+    import random
+
+    torch.manual_seed(0)
+    sur = sb.Surrogate(Varied().double(), domain=([-2, -2], [2, 2]))
+    sb.save(sur, tmp_path / "base.sbz")
+    with zipfile.ZipFile(tmp_path / "base.sbz") as zf:
+        base = {n: zf.read(n) for n in zf.namelist()}
+    (n,) = struct.unpack("<Q", base["weights.safetensors"][:8])
+    weights = base["weights.safetensors"]
+    header, data = json.loads(weights[8 : 8 + n]), weights[8 + n :]
+    graph = json.loads(base["graph.json"])
+    words = [w for node in graph["nodes"] for w in node[:2]] + list(header) + [graph["input"]]
+    words += ["aten.expand.default", "aten.full.default", "aten.index.Tensor", "operator.mul"]
+    refused, loaded = 0, 0
+    for seed in range(600):
+        rng = random.Random(seed)
+        member = rng.choice(["graph.json", "graph.json", "meta.json", "weights.safetensors"])
+        if member == "weights.safetensors":
+            head = json.dumps(_mutated(json.loads(json.dumps(header)), rng, words)).encode()
+            head += b" " * (-len(head) % 8)
+            payload = struct.pack("<Q", len(head)) + head + data
+        else:
+            payload = json.dumps(_mutated(json.loads(base[member]), rng, words)).encode()
+        path = rewrite(tmp_path / "base.sbz", tmp_path / "edited.sbz",
+                       lambda m, d, member=member, payload=payload: payload if m == member else d,
+                       rehash=member != "meta.json")  # fmt: skip
+        try:
+            back = sb.load(path)
+        except ValueError as err:
+            refused += 1
+            text = str(err)
+            assert text.startswith("load: ") and not any(w in text for w in _RAW_PYTHON), text
+            continue
+        loaded += 1
+        x = np.array([0.3, -0.4])
+        assert back(x).shape == back.jac(x)[:, 0].shape and back.hess(x).shape == (2, 2, 2)
+        assert back(np.zeros((4, 2))).shape == (4, 2)
+    assert refused > 400 and loaded > 10  # the edits reach deep, and some are harmless
