@@ -29,6 +29,7 @@ from torch import nn
 
 from .diagnostics import (
     NONSMOOTH,
+    PIECEWISE_CONSTANT,
     called_functions,
     cannot_differentiate,
     no_derivative,
@@ -244,12 +245,14 @@ class Built:
             raise NotImplementedError(f"{where}: {why}")
 
 
-def _first_derivatives(fn, X: torch.Tensor) -> str | None:
+def _first_derivatives(fn, X: torch.Tensor, steps: bool = False) -> str | None:
     """Why torch's gradient of ``fn`` would be wrong at the probe rows ``X``, or None: an
     output changes from row to row, but torch's graph does not connect it to x (a forward under
     torch.no_grad, a .detach(), a detour through numpy), so its derivatives would read as exact
     zeros. Each output is checked alone, up to ``_CUT_CHECKED`` of them; beyond that, a random
-    positive mix of them (which cannot cancel)."""
+    positive mix of them (which cannot cancel). Where the model calls a step (``steps``: sign,
+    floor, round), an output connected to x whose gradient is zero is that step's true
+    derivative, not a cut; the SmoothnessWarning says so where it is asked for."""
     x = X.detach().clone().requires_grad_(True)
     try:
         with torch.enable_grad():
@@ -258,9 +261,9 @@ def _first_derivatives(fn, X: torch.Tensor) -> str | None:
             cut = [int(j) for j in varies.nonzero().flatten()]
             if Y.requires_grad and len(cut) > _CUT_CHECKED:
                 w = torch.rand(Y.shape[1], generator=torch.Generator().manual_seed(0)) + 0.5
-                cut = [] if _depends((Y @ w.to(Y)).sum(), x) else cut
+                cut = [] if _depends((Y @ w.to(Y)).sum(), x, steps) else cut
             elif Y.requires_grad:
-                cut = [j for j in cut if not _depends(Y[:, j].sum(), x)]
+                cut = [j for j in cut if not _depends(Y[:, j].sum(), x, steps)]
     except RuntimeError as err:  # no derivative in torch, named; another failure is left to
         return no_derivative(err)  # the request that meets it
     if not cut:
@@ -273,12 +276,13 @@ def _first_derivatives(fn, X: torch.Tensor) -> str | None:
     )
 
 
-def _depends(y: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether the scalar ``y`` has a nonzero gradient with respect to ``x``."""
+def _depends(y: torch.Tensor, x: torch.Tensor, connected: bool = False) -> bool:
+    """Whether the scalar ``y`` has a nonzero gradient with respect to ``x`` (or, with
+    ``connected``, any gradient: torch's graph reaches ``x``)."""
     if not y.requires_grad:
         return False
     (g,) = torch.autograd.grad(y, x, allow_unused=True, retain_graph=True)
-    return g is not None and bool(g.any())
+    return g is not None and (connected or bool(g.any()))
 
 
 def _second_derivatives(fn, x: torch.Tensor) -> str | None:
@@ -383,7 +387,9 @@ def build(
     if type(rows) is Batched and not _rows_independent(fn, X, model):
         fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
     nonsmooth = tuple(sorted(called & NONSMOOTH))
-    return Built(fn, n_out, nonsmooth, _first_derivatives(fn, X), _second_derivatives(fn, X[:1]))
+    steps = bool(called & PIECEWISE_CONSTANT)
+    no_first = _first_derivatives(fn, X, steps)
+    return Built(fn, n_out, nonsmooth, no_first, _second_derivatives(fn, X[:1]))
 
 
 def _refuse_alone(err: Exception, X: torch.Tensor, model) -> None:

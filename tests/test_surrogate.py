@@ -642,6 +642,20 @@ def test_smoothness_warning_for_hand_written_non_smooth_functions(name):
         sur.hess(x) if name not in STEPS else sur.value_and_grad(x)
 
 
+@pytest.mark.parametrize("step", ["round", "sign", "floor"])
+def test_a_model_whose_outputs_are_steps_gives_zero_derivatives_with_a_warning(step):
+    """A quantized input (a net of round(4 x) / 4): every derivative is zero, which is a step's
+    true derivative, not a detached graph; values come, and derivatives with the warning (once
+    per surrogate)."""
+    f = getattr(torch, step)
+    sur = sb.Surrogate(Hand(lambda h: torch.tanh(f(4 * h) / 4)), sb.Affine([0, 0], [2, 2]))
+    x = np.array([0.3, -0.7])
+    assert np.isfinite(sur(x))
+    with pytest.warns(sb.SmoothnessWarning, match="steps"):
+        g = sur.grad(x)
+    assert g.shape == (2,) and not g.any() and not sur.hess(x).any()  # warned once, above
+
+
 def test_smooth_models_do_not_warn():
     """No false alarm from the torch functions smooth layers call."""
     mha = nn.MultiheadAttention(6, 2, batch_first=True).double()
