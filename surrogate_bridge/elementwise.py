@@ -1,7 +1,7 @@
-"""Elementwise functions for the numpy route (activations; powers, log, sqrt, reciprocal): each
-rule maps a vector ``h`` (and the call's parameters) to the function's value, first and second
-derivative, computed as torch computes the value (the same formula; only the math library's
-last bit may differ).
+"""Elementwise functions for the numpy route (activations; powers, logarithms and roots; the
+trigonometric and hyperbolic functions and their inverses; erf): each rule maps a vector ``h``
+(and the call's parameters) to the function's value, first and second derivative, computed as
+torch computes the value (the same formula; only the math library's last bit may differ).
 
 ``ACTIVATIONS`` maps the aten operation to its rule. ``VALUES`` and ``FIRST`` hold cheaper
 forms (the value alone; value and first derivative) where a rule has them, for the value and
@@ -17,12 +17,13 @@ import math
 
 import numpy as np
 import torch
-from scipy.special import erf
+from scipy.special import erf, erfc
 
 __all__ = ["ACTIVATIONS", "FIRST", "VALUES"]
 
 aten = torch.ops.aten
 _SQRT2, _INV_SQRT2PI = math.sqrt(2.0), 1.0 / math.sqrt(2.0 * math.pi)
+_TWO_OVER_SQRTPI, _LN2, _LN10 = 2.0 / math.sqrt(math.pi), math.log(2.0), math.log(10.0)
 
 
 def _tanh(h):
@@ -217,6 +218,99 @@ def _pow(h, p):
         return np.power(h, p), p * np.power(h, p - 1.0), p * (p - 1.0) * np.power(h, p - 2.0)
 
 
+def _sinh(h):
+    return np.sinh(h), np.cosh(h), np.sinh(h)
+
+
+def _cosh(h):
+    return np.cosh(h), np.sinh(h), np.cosh(h)
+
+
+def _tan(h):
+    t = np.tan(h)
+    d = 1.0 + t * t
+    return t, d, 2.0 * t * d
+
+
+def _inverse_sine(sign):
+    """asin (sign 1) and acos (sign -1): +-(1 - h^2)^(-1/2), as torch's derivative is formed."""
+
+    def rule(h):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = 1.0 / np.sqrt(1.0 - h * h)
+            return (np.arcsin(h) if sign > 0 else np.arccos(h)), sign * r, sign * h * r * r * r
+
+    return rule
+
+
+def _atan(h):
+    d = 1.0 / (h * h + 1.0)
+    return np.arctan(h), d, -2.0 * h * d * d
+
+
+def _asinh(h):
+    r = 1.0 / np.sqrt(h * h + 1.0)
+    return np.arcsinh(h), r, -h * r * r * r
+
+
+def _acosh(h):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = 1.0 / np.sqrt(h * h - 1.0)
+        return np.arccosh(h), r, -h * r * r * r
+
+
+def _atanh(h):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = 1.0 / (1.0 - h * h)
+        return np.arctanh(h), d, 2.0 * h * d * d
+
+
+def _expm1(h):
+    e = np.expm1(h)
+    return e, e + 1.0, e + 1.0
+
+
+def _exp2(h):
+    e = np.exp2(h)
+    return e, e * _LN2, e * _LN2 * _LN2
+
+
+def _log1p(h):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = 1.0 / (h + 1.0)
+        return np.log1p(h), r, -r * r
+
+
+def _log_base(log, ln_base):
+    """log2 and log10: 1 / (h ln b), as torch's derivative is formed."""
+
+    def rule(h):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = 1.0 / (h * ln_base)
+            return log(h), d, -d / h
+
+    return rule
+
+
+def _erf(h):
+    d = _TWO_OVER_SQRTPI * np.exp(-(h * h))
+    return erf(h), d, -2.0 * h * d
+
+
+def _erfc(h):
+    d = -_TWO_OVER_SQRTPI * np.exp(-(h * h))
+    return erfc(h), d, -2.0 * h * d
+
+
+def _hardshrink(h, lambd=0.5):
+    out = (h > lambd) | (h < -lambd)
+    return np.where(out, h, 0.0), out.astype(np.float64), np.zeros_like(h)
+
+
+def _sign(h):
+    return np.sign(h), np.zeros_like(h), np.zeros_like(h)
+
+
 def _tanh_first(h):
     t = np.tanh(h)
     return t, 1.0 - t * t
@@ -260,4 +354,22 @@ ACTIVATIONS = {
     aten.sqrt.default: _sqrt,
     aten.reciprocal.default: _reciprocal,
     aten.rsqrt.default: _rsqrt,
+    aten.sinh.default: _sinh,
+    aten.cosh.default: _cosh,
+    aten.tan.default: _tan,
+    aten.asin.default: _inverse_sine(1),
+    aten.acos.default: _inverse_sine(-1),
+    aten.atan.default: _atan,
+    aten.asinh.default: _asinh,
+    aten.acosh.default: _acosh,
+    aten.atanh.default: _atanh,
+    aten.expm1.default: _expm1,
+    aten.exp2.default: _exp2,
+    aten.log1p.default: _log1p,
+    aten.log2.default: _log_base(np.log2, _LN2),
+    aten.log10.default: _log_base(np.log10, _LN10),
+    aten.erf.default: _erf,
+    aten.erfc.default: _erfc,
+    aten.hardshrink.default: _hardshrink,
+    aten.sign.default: _sign,
 }

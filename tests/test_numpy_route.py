@@ -204,7 +204,40 @@ def test_every_rule_is_exercised_by_a_test():
                      "leaky_relu", "hardtanh", "sin", "cos", "exp", "mish",
                      "log_sigmoid", "pow", "square", "log", "sqrt",
                      "reciprocal", "rsqrt", "abs", "hardswish", "softshrink", "threshold",
-                     "rrelu", "clamp", "clamp_min", "clamp_max"}  # fmt: skip
+                     "rrelu", "clamp", "clamp_min", "clamp_max", *MATHS, "hardshrink",
+                     "sign"}  # fmt: skip
+
+
+# each function of torch's math library with its own rule, on a range where it is defined
+MATHS = {
+    "sinh": torch.sinh, "cosh": torch.cosh, "tan": lambda h: torch.tan(0.5 * torch.tanh(h)),
+    "asin": lambda h: torch.asin(0.9 * torch.tanh(h)),
+    "acos": lambda h: torch.acos(0.9 * torch.tanh(h)), "atan": torch.atan, "asinh": torch.asinh,
+    "acosh": lambda h: torch.acosh(h * h + 1.2),
+    "atanh": lambda h: torch.atanh(0.9 * torch.tanh(h)), "expm1": torch.expm1,
+    "exp2": torch.exp2, "log1p": lambda h: torch.log1p(h * h), "erf": torch.erf,
+    "erfc": torch.erfc, "log2": lambda h: torch.log2(h * h + 0.1),
+    "log10": lambda h: torch.log10(h * h + 0.1),
+}  # fmt: skip
+
+
+class Maths(nn.Module):
+    def __init__(self, name):
+        super().__init__()
+        torch.manual_seed(2)
+        self.f, self.a, self.b = MATHS[name], nn.Linear(3, 8).double(), nn.Linear(8, 2).double()
+
+    def forward(self, z):
+        return self.b(self.f(self.a(z)))
+
+
+@pytest.mark.parametrize("name", sorted(MATHS))
+def test_math_library_functions_agree_with_autograd(name):
+    """A PINN's or a physics model's sinh, atan, erf, log1p ...: value, Jacobian, Hessians and
+    Hessian-vector products as autograd of torch's own functions gives them."""
+    num, ref = twins(Maths(name), SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(3).normal(size=(3, 3)))
 
 
 class CosExp(nn.Module):
@@ -456,6 +489,15 @@ def test_products_quotients_powers_and_sums_agree_with_autograd():
     assert_routes_agree(num, ref, np.random.default_rng(5).normal(size=(3, 4)))
 
 
+class Elementwise(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, h):
+        return self.f(h)
+
+
 class Clamp(nn.Module):
     def __init__(self, lo=None, hi=None):
         super().__init__()
@@ -481,6 +523,8 @@ LAYERS = {
     "clamp": lambda: Clamp(-0.5, 0.5),
     "clamp-min": lambda: Clamp(lo=0.1),
     "clamp-max": lambda: Clamp(hi=0.2),
+    "hardshrink": lambda: nn.Hardshrink(0.3),
+    "sign": lambda: Elementwise(torch.sign),
 }
 
 
