@@ -181,7 +181,7 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
         _check_meta(meta, payloads)
         graph = json.loads(payloads["graph.json"])
         tensors = _read_safetensors(payloads["weights.safetensors"])
-        fn = SavedGraph(graph, tensors, one_point=meta["rows"] == "one_point")
+        fn = SavedGraph(graph, tensors, meta["rows"] == "one_point", meta["nonsmooth"])
         dtype = _SURROGATE_DTYPES[meta["dtype"]]
         fn.check_shapes(meta["n_in"], meta["n_out"], dtype)  # before anything is computed
         scalers = {
@@ -194,7 +194,6 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
         return Surrogate.from_physical(  # the graph is the physical function (scalers included)
             fn,
             n_in=meta["n_in"],
-            nonsmooth_ops=meta["nonsmooth"],  # the graph's aten ops hide the activations' names
             dtype=dtype,
             device=device,
             cache_size=cache_size,

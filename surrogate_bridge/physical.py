@@ -380,7 +380,8 @@ def build(
             f"returns {n_out} outputs."
         )
     fn = PhysicalFunction(rows, in_aff, out_aff).to(device=device, dtype=dtype)
-    called = called_functions(fn, X)
+    # a loaded graph's aten calls hide the functions' names: it declares the non-smooth ones
+    called = called_functions(fn, X) | set(getattr(model, "nonsmooth_calls", ()))
     if called & REWRITTEN_FUNCTIONS:  # F.celu, F.hardsigmoid in the forward: rewrites.py
         model = ExactFunctions(model)
         fn = fn._with_rows(type(rows)(model))

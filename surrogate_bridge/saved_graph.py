@@ -41,16 +41,17 @@ _PYTHON_OPS = {  # shape arithmetic that torch.export records for a dynamic batc
 ALLOWED = frozenset(
     """linear addmm mm bmm matmul mv t transpose permute numpy_T add sub rsub mul div neg pow square
     sqrt rsqrt reciprocal exp exp2 log log2 log10 log1p expm1 sin cos tan asin acos atan atan2
-    sinh cosh tanh sigmoid silu softplus elu selu celu gelu erf abs sign relu relu6 leaky_relu
-    hardtanh hardswish hardsigmoid mish log_sigmoid prelu threshold clamp clamp_min clamp_max
-    maximum minimum where gt ge lt le eq ne logical_and logical_or logical_not sum cumsum mean
-    amax amin prod softmax _softmax log_softmax _log_softmax layer_norm native_layer_norm
-    batch_norm _native_batch_norm_legit_no_training linalg_vector_norm norm conv1d conv2d
-    convolution cat concat stack split split_with_sizes chunk unbind slice select index
-    index_select gather narrow constant_pad_nd view reshape _unsafe_view unsqueeze squeeze
-    flatten expand expand_as repeat flip clone copy alias detach detach_ contiguous _to_copy to
-    lift_fresh_copy dropout full full_like zeros zeros_like ones ones_like scalar_tensor
-    sym_size _assert_tensor_metadata _assert_scalar _assert_async sym_constrain_range
+    sinh cosh tanh asinh acosh atanh sigmoid silu softplus elu selu celu gelu erf erfc abs sign
+    floor ceil round trunc frac remainder fmod relu relu6 leaky_relu hardtanh hardswish
+    hardsigmoid mish log_sigmoid prelu threshold clamp clamp_min clamp_max maximum minimum where
+    gt ge lt le eq ne logical_and logical_or logical_not sum cumsum mean amax amin prod softmax
+    _softmax log_softmax _log_softmax layer_norm native_layer_norm batch_norm
+    _native_batch_norm_legit_no_training linalg_vector_norm norm conv1d conv2d convolution cat
+    concat stack split split_with_sizes chunk unbind slice select index index_select gather
+    narrow constant_pad_nd view reshape _unsafe_view unsqueeze squeeze flatten expand expand_as
+    repeat flip clone copy alias detach detach_ contiguous _to_copy to lift_fresh_copy dropout
+    full full_like zeros zeros_like ones ones_like scalar_tensor sym_size
+    _assert_tensor_metadata _assert_scalar _assert_async sym_constrain_range
     sym_constrain_range_for_size""".split()
 )
 
@@ -223,11 +224,16 @@ class SavedGraph(nn.Module):
 
     Every target was checked against the allowed operations when the module was built; the
     weights are buffers. ``one_point`` graphs were captured on a single (1, n_in) point and run
-    here under ``torch.func.vmap``.
+    here under ``torch.func.vmap``. ``nonsmooth_calls`` names the non-smooth torch functions the
+    saved model called (``diagnostics.NONSMOOTH``), which its aten operations no longer show.
     """
 
-    def __init__(self, graph: dict, tensors: dict[str, torch.Tensor], one_point: bool) -> None:
+    def __init__(
+        self, graph: dict, tensors: dict[str, torch.Tensor], one_point: bool,
+        nonsmooth_calls: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         super().__init__()
+        self.nonsmooth_calls = tuple(nonsmooth_calls)
         if not isinstance(graph, dict) or sorted(graph) != ["input", "nodes", "output"]:
             raise Refused("graph.json is not an object of input, nodes and output")
         if not isinstance(graph["nodes"], list):

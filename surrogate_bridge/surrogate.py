@@ -132,15 +132,17 @@ class Surrogate:
 
     @classmethod
     def from_physical(
-        cls, fn, *, n_in: int, input_scaler=None, output_scaler=None, nonsmooth_ops=(), **kwargs
+        cls, fn, *, n_in: int, input_scaler=None, output_scaler=None, nonsmooth_ops=None, **kwargs
     ) -> Surrogate:
         """A surrogate of ``fn``, already in physical units (``io.load``'s graph): the scalers are
-        for reference only (never applied, also not when new weights rebuild the function),
-        ``nonsmooth_ops`` replaces the probe's finding."""
+        for reference only (never applied, also not when new weights rebuild the function);
+        ``nonsmooth_ops``, if given, replaces the probe's finding (a module may also declare
+        them as its ``nonsmooth_calls``, as a loaded graph does: the probe then counts them)."""
         sur = cls(fn, n_in=n_in, **kwargs)
         sur._in_aff = as_affine(input_scaler, "Surrogate.from_physical: input_scaler")
         sur._out_aff = as_affine(output_scaler, "Surrogate.from_physical: output_scaler")
-        sur._built.nonsmooth = tuple(nonsmooth_ops)
+        if nonsmooth_ops is not None:
+            sur._built.nonsmooth = tuple(nonsmooth_ops)
         return sur
 
     n_in = property(lambda self: self._n_in, doc="Number of inputs (None until known).")

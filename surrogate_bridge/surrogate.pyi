@@ -48,7 +48,7 @@ class Surrogate:
         n_in: int,
         input_scaler: Any = None,
         output_scaler: Any = None,
-        nonsmooth_ops: Any = (),
+        nonsmooth_ops: Any = None,
         **kwargs: Any,
     ) -> Surrogate: ...
     @property

@@ -68,6 +68,50 @@ def test_round_trip_keeps_smoothness_warning(tmp_path):
         loaded.hess([0.1, 0.2])
 
 
+class Quantized(nn.Module):
+    """A net of its input rounded to a grid: derivatives zero, and true."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 3).double()
+
+    def forward(self, z):
+        return torch.tanh(self.a(torch.round(4 * z) / 4))
+
+
+def test_a_loaded_step_model_keeps_its_zero_derivatives_and_warning(tmp_path):
+    """The file's graph calls aten.round, whose name the probe of a loaded surrogate does not
+    see: the saved non-smooth names tell it that a zero gradient is the steps' own."""
+    sb.save(sb.Surrogate(Quantized()), tmp_path / "q.sbz")
+    back = sb.load(tmp_path / "q.sbz")
+    assert back.nonsmooth_ops == ("round",)
+    with pytest.warns(sb.SmoothnessWarning, match="steps"):
+        J = back.jac([0.3, -0.2])
+    assert J.shape == (3, 2) and not J.any()
+
+
+@pytest.mark.parametrize(
+    "f",
+    [torch.asinh, torch.erfc, lambda h: torch.acosh(h * h + 1.5),
+     lambda h: torch.atanh(0.5 * torch.tanh(h))],
+    ids=["asinh", "erfc", "acosh", "atanh"],
+)  # fmt: skip
+def test_inverse_hyperbolic_functions_and_erfc_round_trip(f, tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(1)
+            self.a, self.b = nn.Linear(2, 6).double(), nn.Linear(6, 1).double()
+
+        def forward(self, z):
+            return self.b(f(self.a(z)))
+
+    sur = sb.Surrogate(Net())
+    sb.save(sur, tmp_path / "f.sbz")
+    back, x = sb.load(tmp_path / "f.sbz"), np.array([0.4, -0.3])
+    np.testing.assert_allclose(back.hess(x), sur.hess(x), rtol=1e-12, atol=1e-15)
+
+
 def test_float32_round_trip(tmp_path):
     sur = sb.Surrogate(mlp([2, 4, 1]), dtype=torch.float32)
     sb.save(sur, tmp_path / "f32.sbz")
