@@ -18,8 +18,8 @@ import numpy as np
 from .elementwise import FIRST, VALUES, _logistic
 
 __all__ = [
-    "Activation", "Cat", "Gather", "Glu", "Linear", "Norm", "PerFeature", "Product", "Scale",
-    "Softmax", "Sum", "Total",
+    "Activation", "Cat", "Compare", "Gather", "Glu", "Linear", "Norm", "PerFeature", "Product",
+    "Scale", "Select", "Softmax", "Sum", "Total",
 ]  # fmt: skip
 
 
@@ -145,6 +145,71 @@ class Cat:
     def pull(self, A, _):
         b = self.bounds
         return tuple(A[:, b[i] : b[i + 1]] for i in range(len(b) - 1))
+
+
+class Compare:
+    """A comparison of a hidden row with a constant ``c`` (or, with ``c`` None, of two hidden
+    rows): a mask of booleans, which has no derivative. Only :class:`Select` reads a mask, and
+    it passes no adjoint back to it (``None``), so none reaches the rows compared."""
+
+    second = False
+
+    def __init__(self, compare, c=None, hidden_first: bool = True) -> None:
+        self.compare, self.c, self.hidden_first = compare, c, hidden_first
+
+    def __call__(self, *hs):
+        if self.c is None:
+            return self.compare(*hs)
+        return self.compare(hs[0], self.c) if self.hidden_first else self.compare(self.c, hs[0])
+
+    def push(self, Ts, _):
+        return None
+
+    def pull(self, A, _):
+        return (None,) * (1 if self.c is not None else 2)
+
+
+class Select:
+    """``torch.where(mask, a, b)`` with a mask from :class:`Compare`, each branch a hidden row
+    of the mask's length or a constant (``consts``: None where the branch is the next hidden
+    input), or ``h * mask`` (``product``: computed as torch does, a product). For a fixed mask
+    it is linear in the branches, and the mask has no derivative: ``second`` is True only so
+    that the forward pass keeps the mask on the tape; its curvature is zero."""
+
+    second = True
+
+    def __init__(self, consts: tuple, product: bool = False) -> None:
+        self.consts, self.product = consts, product
+
+    def _branches(self, hs, constant):
+        hs = iter(hs)
+        return [next(hs) if c is None else constant(c) for c in self.consts]
+
+    def __call__(self, mask, *hs):
+        if self.product:
+            return hs[0] * mask
+        a, b = self._branches(hs, lambda c: c)
+        return np.where(mask, a, b)
+
+    def first(self, pre):
+        return self(*pre), pre[0]
+
+    def derivatives(self, pre):
+        return (*self.first(pre), None)
+
+    def push(self, Ts, mask):
+        a, b = self._branches(Ts[1:], lambda c: 0.0)
+        return np.where(mask[:, None], a, b)
+
+    def pull(self, A, mask):
+        taken = (np.where(mask, A, 0.0), np.where(mask, 0.0, A))
+        return (None, *(t for t, c in zip(taken, self.consts, strict=True) if c is None))
+
+    def curvature(self, a, d, dd, Ts):
+        return 0.0
+
+    def curvature_mv(self, a, d, dd, ts):
+        return (None,) * len(ts)
 
 
 class Gather:

@@ -7,13 +7,16 @@ scalers; an eval-mode batch norm; the sum or difference of two hidden rows, as i
 connection, or of a row and a single value; a concatenation or stack; a slice of the last axis
 or values at constant positions; dropout in eval mode; the sum or mean of a row; a view), an
 elementwise function with known first and second derivatives (``elementwise.ACTIVATIONS``:
-activations, PReLU, clamp, powers, log, sqrt), the product or quotient of two hidden rows of one
-length, or of a row and a single value (a gate, a DeepONet's dot product, a softmax by hand), or
-a LayerNorm, RMSNorm, softmax, log-softmax or GLU of the whole row (``numpy_ops.Norm``,
+activations, PReLU, clamp, powers, logarithms, roots, trigonometric and hyperbolic functions,
+erf), the product or quotient of two hidden rows of one
+length, or of a row and a single value (a gate, a DeepONet's dot product, a softmax by hand), a
+``torch.where`` on a comparison of the row or a row times such a mask (a hand-written leaky
+ReLU; a saved softshrink; ``numpy_ops.Compare``, ``Select``: the mask has no derivative), or a
+LayerNorm, RMSNorm, softmax, log-softmax or GLU of the whole row (``numpy_ops.Norm``,
 ``Softmax``, ``Glu``, in closed form). Operations on constants alone are computed once, by torch
 itself (a weight's transpose, say). Anything else (a broadcast of rows into a matrix, a maximum,
-a tensor of several rows, an operation without a rule here) raises :class:`GraphUnsupported`,
-and the other routes answer.
+a tensor of several rows, a mask used otherwise, an operation without a rule here) raises
+:class:`GraphUnsupported`, and the other routes answer.
 
 With node values ``h_i`` (``h_0 = x``) and the output ``y``:
 
@@ -42,6 +45,7 @@ from .elementwise import ACTIVATIONS, _leaky_relu
 from .numpy_ops import (
     Activation,
     Cat,
+    Compare,
     Gather,
     Glu,
     Linear,
@@ -49,6 +53,7 @@ from .numpy_ops import (
     PerFeature,
     Product,
     Scale,
+    Select,
     Softmax,
     Sum,
     Total,
@@ -72,6 +77,13 @@ _DROPOUTS = (aten.dropout.default, aten.alpha_dropout.default, aten.feature_alph
              aten.feature_dropout.default)  # fmt: skip
 _ROW_WISE = (aten.softmax.int, aten.log_softmax.int, aten.glu.default)
 _REDUCTIONS = (aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.mean.default)
+_COMPARISONS = {
+    getattr(getattr(aten, name), overload): f
+    for name, f in (("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less),
+                    ("le", np.less_equal), ("eq", np.equal), ("ne", np.not_equal))
+    for overload in ("Scalar", "Tensor")
+}  # fmt: skip
+_WHERE = (aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)
 
 
 class GraphUnsupported(ValueError):
@@ -185,6 +197,13 @@ def _operation(node, index, consts, sizes, k: int):
     def hidden(a):
         return isinstance(a, torch.fx.Node) and a.name in index
 
+    masks = [a for a in node.all_input_nodes if hidden(a) and a.meta["val"].dtype == torch.bool]
+    if target in _COMPARISONS:
+        return _compare(node, index, consts, sizes, k, where)
+    if target in _WHERE or (masks and target is aten.mul.Tensor):
+        return _select(node, index, consts, sizes, k, where)
+    if masks:
+        raise GraphUnsupported(f"{where}: a mask (a comparison's result) used by this operation")
     if target in (aten.copy.default, aten.copy_.default):
         # an in-place call: src's values (a later read of the overwritten tensor would differ
         # from torch at the probe points, and the route is then refused: same_as_torch)
@@ -277,6 +296,54 @@ def _operation(node, index, consts, sizes, k: int):
         elif op == "div":
             raise GraphUnsupported(f"{where}: a constant divided by a hidden tensor")
     return Scale(op, c), (j,)
+
+
+def _compare(node, index, consts, sizes, k: int, where: str):
+    """h > c, c <= h, h1 == h2, ...: a mask of the row (a hidden row against a constant, or two
+    hidden rows of one length or a single value)."""
+    a, b = node.args[:2]
+    hidden = [isinstance(v, torch.fx.Node) and v.name in index for v in (a, b)]
+    f = _COMPARISONS[node.target]
+    if all(hidden):
+        i, j = index[a.name], index[b.name]
+        if not {sizes[i], sizes[j]} <= {1, k}:
+            raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
+        return Compare(f), (i, j)
+    j = index[(a if hidden[0] else b).name]
+    if sizes[j] != k:
+        raise GraphUnsupported(f"{where}: a constant that broadcasts the row")
+    return Compare(f, _const(consts, b if hidden[0] else a, k, where), hidden[0]), (j,)
+
+
+def _select(node, index, consts, sizes, k: int, where: str):
+    """torch.where(mask, a, b) with a mask of the row (from :func:`_compare`) and branches that
+    are hidden rows or constants; or h * mask."""
+
+    def hidden(v):
+        return isinstance(v, torch.fx.Node) and v.name in index
+
+    if node.target is aten.mul.Tensor:
+        mask, h = sorted(node.args[:2], key=lambda v: v.meta["val"].dtype != torch.bool)
+        if not hidden(h) or h.meta["val"].dtype == torch.bool:
+            raise GraphUnsupported(f"{where}: a product of masks")
+        branches, product = (h, 0.0), True
+    else:
+        mask, *branches = node.args[:3]
+        product = False
+    if not (hidden(mask) and mask.meta["val"].dtype == torch.bool):
+        raise GraphUnsupported(f"{where}: a condition that is not a mask of the row")
+    ins, kept = [index[mask.name]], []
+    for v in branches:
+        if hidden(v):
+            if sizes[index[v.name]] != k:
+                raise GraphUnsupported(f"{where}: a branch that broadcasts")
+            ins.append(index[v.name])
+            kept.append(None)
+        else:
+            kept.append(_const(consts, v, k, where))
+    if len(ins) == 1 or sizes[ins[0]] not in (1, k):
+        raise GraphUnsupported(f"{where}: a selection between constants, or a broadcast mask")
+    return Select(tuple(kept), product), tuple(ins)
 
 
 def _gather(node, index, consts, sizes, k: int, where: str):
@@ -438,7 +505,8 @@ class _Kept:
 
 
 def _add(a, b):
-    return b if a is None else a + b
+    """A sum of adjoint terms, where None is none (a mask passes none back)."""
+    return b if a is None else a if b is None else a + b
 
 
 class NumpyPointRoute:
@@ -483,7 +551,7 @@ class NumpyPointRoute:
                 if len(ins) == 1:
                     (c,) = op.pull(A[i], tape[i][0])
                     j = ins[0]
-                    A[j] = c if A[j] is None else A[j] + c
+                    A[j] = c if A[j] is None else A[j] if c is None else A[j] + c
                 else:
                     for j, c in zip(ins, op.pull(A[i], tape[i][0]), strict=True):
                         A[j] = _add(A[j], c)

@@ -454,6 +454,39 @@ def test_constant_index_selections_agree_with_autograd():
     assert_routes_agree(num, ref, np.random.default_rng(6).normal(size=(3, 3)))
 
 
+BRANCHES = {
+    "leaky-by-hand": lambda h: torch.where(h > 0, h, 0.1 * h),
+    "elu-by-hand": lambda h: torch.where(h > 0, h, torch.expm1(h)),
+    "relu-as-mask": lambda h: h * (h > 0),
+    "mask-first": lambda h: (h < 0.2) * torch.tanh(h),
+    "constant-branch": lambda h: torch.where(h <= 0.1, 2.0, h**3),
+    "constant-vector": lambda h: torch.where(h >= 0, torch.linspace(-1, 1, 6).double(), h * h),
+    "two-rows-compared": lambda h: torch.where(torch.sin(h) > torch.cos(h), h * h, torch.tanh(h)),
+    "row-and-value": lambda h: torch.where(h > h.mean(-1, keepdim=True), torch.exp(h), h),
+}
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize("n_out", [1, 2])
+@pytest.mark.parametrize("name", sorted(BRANCHES))
+def test_branch_selections_agree_with_autograd(name, n_out):
+    """torch.where on a comparison of the row (a hand-written leaky ReLU or ELU), and a row
+    times a mask: each branch's derivatives where it is taken, none through the mask."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(3, 6), Elementwise(BRANCHES[name]), nn.Linear(6, n_out))
+    num, ref = twins(net.double(), SCALER3, None)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(4).normal(size=(4, 3)) * 2)
+
+
+def test_a_mask_used_otherwise_is_refused():
+    """A mask summed (a count of active units) or negated is no selection this route knows."""
+    for f in (lambda h: h + (h > 0).sum(-1, keepdim=True), lambda h: torch.where(~(h > 0), h, 0)):
+        with pytest.raises(ValueError, match="not a layer graph"):
+            sb.Surrogate(nn.Sequential(nn.Linear(2, 4), Elementwise(f)).double(),
+                         point_route="numpy")  # fmt: skip
+
+
 class Weighted(nn.Module):
     """A single value broadcast along a row in products, quotients and sums: a scalar gate, a
     softmax by hand, a share of a row's sum, a shift by one hidden value."""
@@ -561,10 +594,13 @@ class Heads(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
-@pytest.mark.parametrize("name", ["rms", "functional-norms", "softmax", "glu", "rrelu"])
+@pytest.mark.parametrize(
+    "name", ["rms", "functional-norms", "softmax", "glu", "rrelu", "softshrink", "hardshrink"]
+)
 def test_a_loaded_surrogate_keeps_the_numpy_route(name, tmp_path):
     """A saved file holds the graph lowered to plain operations (rms_norm to rsqrt and a mean,
-    rrelu to leaky_relu): the numpy route reads that graph as well."""
+    rrelu to leaky_relu, softshrink and hardshrink to a where on |h|): the numpy route reads
+    that graph as well."""
     if name in LAYERS:
         torch.manual_seed(0)
         width = 4 if name == "glu" else 8
