@@ -81,8 +81,12 @@ PIECEWISE_LINEAR = frozenset(
         "_threshold",
     }
 )
-# branch selections: the Hessian is the branch's taken (zero for a hand-written ReLU)
-SELECTIONS = frozenset({"where", "maximum", "minimum", "fmax", "fmin", "hardswish", "hardswish_"})
+# branch selections: the Hessian is the branch's taken (zero for a hand-written ReLU); a
+# comparison's mask selects too, as in h * (h > 0)
+SELECTIONS = frozenset(
+    {"where", "maximum", "minimum", "fmax", "fmin", "hardswish", "hardswish_", "gt", "ge", "lt",
+     "le", "greater", "greater_equal", "less", "less_equal"}
+)  # fmt: skip
 # functions with steps: the model jumps where they do, and no derivative sees it
 PIECEWISE_CONSTANT = frozenset(
     {"floor", "floor_", "ceil", "ceil_", "round", "round_", "trunc", "trunc_", "fix", "sign",
