@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import torch
+from hypothesis import strategies as st
 from torch import nn
 
 # the seed problem: a real user's Lyapunov matrix
@@ -293,3 +294,59 @@ class CdistRBF(nn.Module):
 
     def forward(self, x):
         return self.out(torch.exp(-(torch.cdist(self.a(x), self.centers) ** 2)))
+
+
+# random layer graphs: each step makes a new row of `width` values from earlier rows
+_UNARY = [torch.tanh, torch.sin, torch.sigmoid, nn.functional.softplus, nn.functional.silu,
+          nn.functional.gelu, torch.atan, torch.asinh, torch.erf, torch.square]  # fmt: skip
+_BINARY = {
+    "product": lambda a, b: a * b,
+    "quotient": lambda a, b: a / (1.0 + b * b),
+    "sum": lambda a, b: a + b,
+    "difference": lambda a, b: a - b,
+    "where": lambda a, b: torch.where(a > b, a, torch.tanh(b)),
+    "mask": lambda a, b: a * (b > 0),
+    "gate": lambda a, b: a * b.sum(-1, keepdim=True),
+}
+_ROW = ["layer_norm", "softmax", "linear", "reverse", "clamped"]
+
+
+class RandomGraph(nn.Module):
+    """Steps ``(kind, which, i, j)``: a function, a binary operation or a row-wise operation
+    of rows i (and j) of the earlier ones, each appended; the last row goes to a linear head."""
+
+    def __init__(self, n_in, width, steps, n_out, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.steps, self.width = steps, width
+        self.first = nn.Linear(n_in, width)
+        self.linears = nn.ModuleList(nn.Linear(width, width) for _ in steps)
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, n_out)
+        self.register_buffer("flip", torch.arange(width - 1, -1, -1))
+
+    def forward(self, z):
+        rows = [self.first(z)]
+        for s, (kind, which, i, j) in enumerate(self.steps):
+            a, b = rows[i % len(rows)], rows[j % len(rows)]
+            if kind == "unary":
+                rows.append(_UNARY[which % len(_UNARY)](a))
+            elif kind == "binary":
+                rows.append(_BINARY[sorted(_BINARY)[which % len(_BINARY)]](a, b))
+            else:
+                op = _ROW[which % len(_ROW)]
+                rows.append(
+                    self.norm(a) if op == "layer_norm" else torch.softmax(a, -1)
+                    if op == "softmax" else self.linears[s](a) if op == "linear" else
+                    a[:, self.flip] if op == "reverse" else torch.where(a > 0.3, 0.3, a)
+                )  # fmt: skip
+        return self.head(rows[-1])
+
+
+@st.composite
+def random_graphs(draw):
+    """(a RandomGraph in float64, its n_in)."""
+    steps = draw(st.lists(st.tuples(st.sampled_from(["unary", "binary", "row"]),
+                                    st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)),
+                          min_size=1, max_size=6))  # fmt: skip
+    n_in, width, n_out = draw(st.integers(1, 3)), draw(st.integers(2, 6)), draw(st.integers(1, 2))
+    return RandomGraph(n_in, width, steps, n_out, draw(st.integers(0, 100))).double(), n_in
