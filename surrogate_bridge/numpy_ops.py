@@ -1,8 +1,10 @@
 """The operations of the numpy route (``numpy_route.py``), each on one row of values: the
 value, tangents pushed forward (``push``: (k, r) columns) and adjoints pulled back (``pull``:
-(r, k) rows, one array per input). All are linear in their hidden inputs except
-:class:`Activation`, :class:`Product`, :class:`Norm`, :class:`Softmax` and :class:`Glu`, whose
-``second = True`` marks the only second derivatives of a layer graph. These also give, for an
+(r, k) rows, one array per input, or None for none: a :class:`Compare` mask has no
+derivative). All are linear in their hidden inputs except :class:`Activation`,
+:class:`Product`, :class:`Norm`, :class:`Softmax` and :class:`Glu`, whose ``second = True``
+marks the only second derivatives of a layer graph (:class:`Select` sets it too, to keep its
+mask on the forward tape, and gives zero curvature). These also give, for an
 adjoint row ``a`` at their output, the curvature ``M(a)`` (the Hessian of ``a . op(h)`` in h)
 applied to tangents: ``curvature(a, Ts)`` is ``T^T M T`` for (k, n) columns T,
 ``curvature_mv(a, ts)`` is ``M t`` for one column t (k, 1), one term per input (a
