@@ -297,9 +297,9 @@ class CdistRBF(nn.Module):
 
 
 # random layer graphs: each step makes a new row of `width` values from earlier rows
-_UNARY = [torch.tanh, torch.sin, torch.sigmoid, nn.functional.softplus, nn.functional.silu,
+_GRAPH_UNARY = [torch.tanh, torch.sin, torch.sigmoid, nn.functional.softplus, nn.functional.silu,
           nn.functional.gelu, torch.atan, torch.asinh, torch.erf, torch.square]  # fmt: skip
-_BINARY = {
+_GRAPH_BINARY = {
     "product": lambda a, b: a * b,
     "quotient": lambda a, b: a / (1.0 + b * b),
     "sum": lambda a, b: a + b,
@@ -308,7 +308,7 @@ _BINARY = {
     "mask": lambda a, b: a * (b > 0),
     "gate": lambda a, b: a * b.sum(-1, keepdim=True),
 }
-_ROW = ["layer_norm", "softmax", "linear", "reverse", "clamped"]
+_GRAPH_ROWWISE = ["layer_norm", "softmax", "linear", "reverse", "clamped"]
 
 
 class RandomGraph(nn.Module):
@@ -329,11 +329,11 @@ class RandomGraph(nn.Module):
         for s, (kind, which, i, j) in enumerate(self.steps):
             a, b = rows[i % len(rows)], rows[j % len(rows)]
             if kind == "unary":
-                rows.append(_UNARY[which % len(_UNARY)](a))
+                rows.append(_GRAPH_UNARY[which % len(_GRAPH_UNARY)](a))
             elif kind == "binary":
-                rows.append(_BINARY[sorted(_BINARY)[which % len(_BINARY)]](a, b))
+                rows.append(_GRAPH_BINARY[sorted(_GRAPH_BINARY)[which % len(_GRAPH_BINARY)]](a, b))
             else:
-                op = _ROW[which % len(_ROW)]
+                op = _GRAPH_ROWWISE[which % len(_GRAPH_ROWWISE)]
                 rows.append(
                     self.norm(a) if op == "layer_norm" else torch.softmax(a, -1)
                     if op == "softmax" else self.linears[s](a) if op == "linear" else
