@@ -219,11 +219,13 @@ def _pow(h, p):
 
 
 def _sinh(h):
-    return np.sinh(h), np.cosh(h), np.sinh(h)
+    s = np.sinh(h)
+    return s, np.cosh(h), s
 
 
 def _cosh(h):
-    return np.cosh(h), np.sinh(h), np.cosh(h)
+    c = np.cosh(h)
+    return c, np.sinh(h), c
 
 
 def _tan(h):

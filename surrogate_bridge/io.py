@@ -232,13 +232,12 @@ def _check_meta(meta, payloads: dict) -> None:
     for key in ("n_in", "n_out"):
         v = meta.get(key)
         need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{key}={v!r}")
-    for key, allowed in (("dtype", _SURROGATE_DTYPES), ("rows", ("batched", "one_point"))):
+    for key, allowed in (("dtype", _SURROGATE_DTYPES), ("rows", ("batched", "one_point")),
+                         ("extrapolation", ("warn", "ignore", "raise"))):  # fmt: skip
         v = meta.get(key)
         need(isinstance(v, str) and v in allowed, f"{key}={v!r}")
     ops = meta.get("nonsmooth")
     need(isinstance(ops, list) and all(isinstance(o, str) for o in ops), "nonsmooth")
-    v = meta.get("extrapolation")
-    need(isinstance(v, str) and v in ("warn", "ignore", "raise"), f"extrapolation={v!r}")
     for key in ("input_scaler", "output_scaler", "domain"):
         need(key in meta, f"{key} is missing")
     digests = meta.get("sha256")

@@ -142,6 +142,11 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
     return nodes, out
 
 
+def _hidden(a, index) -> bool:
+    """Whether the argument ``a`` is a hidden tensor (a node the route computes)."""
+    return isinstance(a, torch.fx.Node) and a.name in index
+
+
 def _row(node) -> int:
     """The number of values of a hidden tensor that is one row (all axes but the last of size
     1); anything else (two rows of three, a batch of channels) is refused."""
@@ -195,7 +200,7 @@ def _operation(node, index, consts, sizes, k: int):
     where = f"{target} at {node.name}"
 
     def hidden(a):
-        return isinstance(a, torch.fx.Node) and a.name in index
+        return _hidden(a, index)
 
     masks = [a for a in node.all_input_nodes if hidden(a) and a.meta["val"].dtype == torch.bool]
     if target in _COMPARISONS:
@@ -302,7 +307,7 @@ def _compare(node, index, consts, sizes, k: int, where: str):
     """h > c, c <= h, h1 == h2, ...: a mask of the row (a hidden row against a constant, or two
     hidden rows of one length or a single value)."""
     a, b = node.args[:2]
-    hidden = [isinstance(v, torch.fx.Node) and v.name in index for v in (a, b)]
+    hidden = [_hidden(v, index) for v in (a, b)]
     f = _COMPARISONS[node.target]
     if all(hidden):
         i, j = index[a.name], index[b.name]
@@ -320,7 +325,7 @@ def _select(node, index, consts, sizes, k: int, where: str):
     are hidden rows or constants; or h * mask."""
 
     def hidden(v):
-        return isinstance(v, torch.fx.Node) and v.name in index
+        return _hidden(v, index)
 
     if node.target is aten.mul.Tensor:
         mask, h = sorted(node.args[:2], key=lambda v: v.meta["val"].dtype != torch.bool)
@@ -350,7 +355,7 @@ def _gather(node, index, consts, sizes, k: int, where: str):
     """h[..., idx] (index with None before the last axis) or index_select(h, last axis, idx)
     with a constant integer idx."""
     h, args = node.args[0], node.args
-    if not (isinstance(h, torch.fx.Node) and h.name in index):
+    if not _hidden(h, index):
         raise GraphUnsupported(f"{where}: not an index into a hidden row")
     ndim = h.meta["val"].ndim
     if node.target is aten.index_select.default:
@@ -374,7 +379,7 @@ def _total(node, index, sizes, k: int, where: str):
     leading axes of size 1 alone, the same row."""
     args, kw = node.args, node.kwargs
     h = args[0]
-    if not (isinstance(h, torch.fx.Node) and h.name in index):
+    if not _hidden(h, index):
         raise GraphUnsupported(f"{where}: not a reduction of a hidden row")
     if kw.get("dtype") is not None or (len(args) > 3 and args[3] is not None):
         raise GraphUnsupported(f"{where}: a reduction with a dtype")
@@ -415,7 +420,7 @@ def _linear(node, index, consts, sizes, k: int, where: str):
         h, W, b = args[0], consts[args[1].name], args[2] if len(args) > 2 else None
     else:
         h, W, b = args[0], consts[args[1].name].T, None
-    if not (isinstance(h, torch.fx.Node) and h.name in index):
+    if not _hidden(h, index):
         raise GraphUnsupported(f"{where}: the hidden tensor is not the left operand")
     j = index[h.name]
     shape = tuple(h.meta["val"].shape)
@@ -430,7 +435,7 @@ def _norm(node, index, consts, sizes, k: int, where: str):
     names = ("input", "normalized_shape", "weight", "bias", "eps")
     got = _named(node, names if layer else names[:3] + names[4:])
     h = got["input"]
-    if not (isinstance(h, torch.fx.Node) and h.name in index) or sizes[index[h.name]] != k:
+    if not _hidden(h, index) or sizes[index[h.name]] != k:
         raise GraphUnsupported(f"{where}: not a normalization of a hidden row")
     if list(got["normalized_shape"]) != [k]:
         raise GraphUnsupported(f"{where}: normalizes over {list(got['normalized_shape'])}")
@@ -449,7 +454,7 @@ def _batch_norm(node, index, consts, sizes, k: int, where: str):
     h = got["input"]
     if got["training"]:
         raise GraphUnsupported(f"{where}: batch statistics (training mode)")
-    if not (isinstance(h, torch.fx.Node) and h.name in index) or h.meta["val"].ndim != 2:
+    if not _hidden(h, index) or h.meta["val"].ndim != 2:
         raise GraphUnsupported(f"{where}: not a batch norm of a row of features")
 
     def vector(name):

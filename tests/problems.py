@@ -296,6 +296,20 @@ class CdistRBF(nn.Module):
         return self.out(torch.exp(-(torch.cdist(self.a(x), self.centers) ** 2)))
 
 
+class Hand(nn.Module):
+    """A hidden layer through a hand-written function of torch calls:
+    ``Linear(n_in, width) -> f -> Linear(width, n_out)`` in float64."""
+
+    def __init__(self, f, n_in=2, width=6, n_out=1, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.f = f
+        self.a, self.b = nn.Linear(n_in, width).double(), nn.Linear(width, n_out).double()
+
+    def forward(self, z):
+        return self.b(self.f(self.a(z)))
+
+
 # random layer graphs: each step makes a new row of `width` values from earlier rows
 _GRAPH_UNARY = [torch.tanh, torch.sin, torch.sigmoid, nn.functional.softplus, nn.functional.silu,
           nn.functional.gelu, torch.atan, torch.asinh, torch.erf, torch.square]  # fmt: skip

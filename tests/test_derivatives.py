@@ -10,6 +10,7 @@ from problems import (
     P_SEED,
     SCALER_KINDS,
     CdistRBF,
+    Hand,
     Linear,
     Quadratic,
     SinSum,
@@ -247,24 +248,11 @@ def test_public_derivatives_against_nested_autograd():
     assert x.grad is None and all(p.grad is None for p in net.parameters())
 
 
-class _FloorDivide(nn.Module):
-    """No first derivative in torch (aten::floor_divide has none)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.a, self.b = nn.Linear(2, 6).double(), nn.Linear(6, 1).double()
-
-    def forward(self, z):
-        h = self.a(z)
-        return self.b(h + h // 0.5)
-
-
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 def test_a_model_without_first_derivatives_gives_values_and_refuses_derivatives():
     """It used to fail at construction (the row-independence check took a Jacobian), and a
     value request failed too (values fill gradients in passing)."""
-    model = _FloorDivide()
+    model = Hand(lambda h: h + h // 0.5)  # aten::floor_divide has no derivative in torch
     sur = sb.Surrogate(model)
     X = np.random.default_rng(0).normal(size=(40, 2))
     with torch.no_grad():

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
-from problems import COMPOSITES, CdistRBF, Composite, MixesRows, Unbatched, mlp, random_graphs
+from problems import (
+    COMPOSITES,
+    CdistRBF,
+    Composite,
+    Hand,
+    MixesRows,
+    Unbatched,
+    mlp,
+    random_graphs,
+)
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
@@ -98,16 +107,7 @@ def test_a_loaded_step_model_keeps_its_zero_derivatives_and_warning(tmp_path):
     ids=["asinh", "erfc", "acosh", "atanh"],
 )  # fmt: skip
 def test_inverse_hyperbolic_functions_and_erfc_round_trip(f, tmp_path):
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(1)
-            self.a, self.b = nn.Linear(2, 6).double(), nn.Linear(6, 1).double()
-
-        def forward(self, z):
-            return self.b(f(self.a(z)))
-
-    sur = sb.Surrogate(Net())
+    sur = sb.Surrogate(Hand(f, seed=1))
     sb.save(sur, tmp_path / "f.sbz")
     back, x = sb.load(tmp_path / "f.sbz"), np.array([0.4, -0.3])
     np.testing.assert_allclose(back.hess(x), sur.hess(x), rtol=1e-12, atol=1e-15)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from problems import SCALER_KINDS, fitted_scalers, mlp, random_graphs
+from problems import SCALER_KINDS, Hand, fitted_scalers, mlp, random_graphs
 from torch import nn
 
 import surrogate_bridge as sb
@@ -221,21 +221,12 @@ MATHS = {
 }  # fmt: skip
 
 
-class Maths(nn.Module):
-    def __init__(self, name):
-        super().__init__()
-        torch.manual_seed(2)
-        self.f, self.a, self.b = MATHS[name], nn.Linear(3, 8).double(), nn.Linear(8, 2).double()
-
-    def forward(self, z):
-        return self.b(self.f(self.a(z)))
-
-
 @pytest.mark.parametrize("name", sorted(MATHS))
 def test_math_library_functions_agree_with_autograd(name):
     """A PINN's or a physics model's sinh, atan, erf, log1p ...: value, Jacobian, Hessians and
     Hessian-vector products as autograd of torch's own functions gives them."""
-    num, ref = twins(Maths(name), SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
+    net = Hand(MATHS[name], n_in=3, width=8, n_out=2, seed=2)
+    num, ref = twins(net, SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
     assert num.point_route == "numpy"
     assert_routes_agree(num, ref, np.random.default_rng(3).normal(size=(3, 3)))
 

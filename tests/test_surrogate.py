@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from problems import P_SEED, FlatOutput, MixesRows, Quadratic, Unbatched, counting, mlp
+from problems import P_SEED, FlatOutput, Hand, MixesRows, Quadratic, Unbatched, counting, mlp
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
@@ -593,18 +593,6 @@ def test_functional_relu_detected():
 
     with pytest.warns(sb.SmoothnessWarning):
         sb.Surrogate(F(), n_in=2).derivatives([0.5, 0.5], order=2)
-
-
-class Hand(nn.Module):
-    """A hidden layer through a hand-written function of torch calls."""
-
-    def __init__(self, f):
-        super().__init__()
-        torch.manual_seed(0)
-        self.a, self.b, self.f = nn.Linear(2, 6).double(), nn.Linear(6, 1).double(), f
-
-    def forward(self, z):
-        return self.b(self.f(self.a(z)))
 
 
 KINKS = {
