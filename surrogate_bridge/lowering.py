@@ -10,8 +10,9 @@ file may not contain"), although torch itself can write it in simpler operations
 own decomposition of it (``torch.export.default_decompositions()``: the CompositeImplicitAutograd
 kernels, which are what eager torch runs for those operations, and the core-ATen
 decompositions; for an operation torch has none of, such as ``_trilinear``, which
-``nn.Bilinear`` calls, ``torch.cdist`` or ``nn.GroupNorm``, and for ``rrelu``, whose own
-decomposition draws noise, one written here in plain operations), round by
+``nn.Bilinear`` calls, ``torch.cdist``, ``nn.GroupNorm``, ``nn.InstanceNorm``, ``torch.var``
+(which a hand-written LayerNorm calls), ``torch.hypot`` or ``torch.prod``, and for ``rrelu``,
+whose own decomposition draws noise, one written here in plain operations), round by
 round, until the consumer knows every operation or nothing more can be decomposed.
 Operations the consumer knows stay whole, so an activation with an exact rule of its own, or
 a linear layer, is never broken up. The lowered program must be the same function as the
@@ -168,6 +169,70 @@ def _rrelu(x, lower=1.0 / 8.0, upper=1.0 / 3.0, training=False, generator=None):
     return torch.nn.functional.leaky_relu(x, (lower + upper) / 2.0)
 
 
+def _dims(x, dim) -> list[int]:
+    """``dim`` of a reduction as a list of axes of ``x`` (None or empty: every axis)."""
+    if dim is None or (isinstance(dim, (list, tuple)) and not dim):
+        return list(range(x.dim()))
+    return [d % max(x.dim(), 1) for d in ([dim] if isinstance(dim, int) else dim)]
+
+
+def _var_mean(x, dim=None, *, correction=None, keepdim=False):
+    """``aten.var_mean.correction`` as its definition: the sum of squared deviations from the
+    mean over ``dim``, divided by the count less ``correction`` (1 where None; no less than 0,
+    so that too few values give inf or nan, as torch's kernel does), and the mean."""
+    dims = _dims(x, dim)
+    count = 1
+    for d in dims:
+        count *= x.shape[d] if x.dim() else 1
+    mean = x.mean(dims, keepdim=True) if x.dim() else x
+    centred = x - mean
+    total = (centred * centred).sum(dims, keepdim=keepdim) if x.dim() else centred * centred
+    divisor = max(0.0, count - (1.0 if correction is None else float(correction)))
+    return total / divisor, (mean if keepdim or not x.dim() else mean.squeeze(dims))
+
+
+def _var(x, dim=None, *, correction=None, keepdim=False):
+    """``aten.var.correction`` (``torch.var``, ``Tensor.std``'s square): see :func:`_var_mean`."""
+    return _var_mean(x, dim, correction=correction, keepdim=keepdim)[0]
+
+
+def _hypot(a, b):
+    """``aten.hypot`` as sqrt(a^2 + b^2): the same to rounding wherever the squares neither
+    overflow nor underflow (the probe check holds it to that)."""
+    return torch.sqrt(a * a + b * b)
+
+
+def _prod(x, dim=None, keepdim=False, *, dtype=None):
+    """``aten.prod`` (of one axis, or of every value) as a chain of products of slices."""
+    if dtype is not None:
+        x = x.to(dtype)
+    if dim is None:
+        x, dim = x.reshape(-1), 0
+    parts = x.unbind(dim)
+    out = parts[0] if parts else torch.ones_like(x.sum(dim))
+    for part in parts[1:]:
+        out = out * part
+    return out.unsqueeze(dim) if keepdim else out
+
+
+def _instance_norm(x, weight, bias, training, momentum, eps):
+    """``aten._native_batch_norm_legit.no_stats`` (which ``nn.InstanceNorm`` calls on its input
+    folded to one sample of N * C channels): each channel normalized by its mean and biased
+    variance over every other axis, then the per-channel weight and bias; also the per-channel
+    means and reciprocal deviations it returns."""
+    dims = [0, *range(2, x.dim())]
+    mean = x.mean(dims, keepdim=True)
+    centred = x - mean
+    rstd = torch.rsqrt((centred * centred).mean(dims, keepdim=True) + eps)
+    out = centred * rstd
+    channel = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        out = out * weight.reshape(channel)
+    if bias is not None:
+        out = out + bias.reshape(channel)
+    return out, mean.reshape(-1), rstd.reshape(-1)
+
+
 # operations torch has no decomposition of (or one that draws random numbers), in plain
 # operations, checked like torch's own
 _OWN = {
@@ -175,6 +240,12 @@ _OWN = {
     torch.ops.aten._cdist_forward.default: _cdist,
     torch.ops.aten.native_group_norm.default: _group_norm,
     torch.ops.aten.rrelu.default: _rrelu,
+    torch.ops.aten.var.correction: _var,
+    torch.ops.aten.var_mean.correction: _var_mean,
+    torch.ops.aten.hypot.default: _hypot,
+    torch.ops.aten.prod.dim_int: _prod,
+    torch.ops.aten.prod.default: _prod,
+    torch.ops.aten._native_batch_norm_legit.no_stats: _instance_norm,
 }
 
 

@@ -260,6 +260,19 @@ COMPOSITES = {
     "bmm": lambda h: (
         torch.bmm(h.reshape(-1, 2, 4), torch.tanh(h).reshape(-1, 4, 2)).repeat(1, 1, 2).flatten(1)
     ),
+    # torch has no decomposition of these: lowered by rules of ours (lowering.py)
+    "layer_norm_by_hand": lambda h: (
+        (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, keepdim=True, unbiased=False) + 1e-5)
+        + h.std(-1, keepdim=True)
+    ),
+    "var_mean": lambda h: (
+        h * torch.var_mean(h, -1, keepdim=True)[0] + torch.var_mean(h, -1)[1][:, None]
+    ),
+    "hypot": lambda h: torch.hypot(h, torch.tanh(h) + 0.5),
+    "prod3": lambda h: h * torch.prod(torch.tanh(h).reshape(-1, 2, 4), -1).repeat(1, 4),
+    "instance_norm": lambda h: nn.functional.instance_norm(
+        h.reshape(-1, 2, 4), weight=_CHANNEL[:, 0].to(h.dtype), bias=_CHANNEL[:, 0].to(h.dtype) / 3
+    ).reshape(-1, 8),
     "select_stack3": lambda h: (
         torch.stack([h.reshape(-1, 2, 4)[:, 1], torch.tanh(h.reshape(-1, 2, 4)).select(1, 0)], 2)
         .transpose(1, 2)

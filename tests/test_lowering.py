@@ -137,3 +137,52 @@ def test_our_cdist_rule_is_torchs_cdist(p, rows):
     x2 = torch.randn(7, 3, dtype=torch.float64, generator=g)
     want = torch.cdist(x1, x2, p)
     torch.testing.assert_close(lowering._cdist(x1, x2, p), want, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dim", "correction", "keepdim"),
+    [((3, 5), -1, None, True), ((3, 5), 1, 0, False), ((2, 3, 4), (0, 2), 1.5, True),
+     ((2, 3, 4), None, 1, False), ((3, 1), -1, 1, True), ((4,), 0, 0, False)],
+)  # fmt: skip
+def test_our_var_rules_are_atens_kernels(shape, dim, correction, keepdim):
+    """aten.var.correction and var_mean.correction (torch.var, Tensor.std, a hand-written
+    LayerNorm) have no decomposition in torch's table; ours computes the kernels' values, also
+    inf or nan where the count is no more than the correction (one value, unbiased)."""
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 3
+    kw = {"correction": correction, "keepdim": keepdim}
+    torch.testing.assert_close(
+        lowering._var(x, dim, **kw),
+        aten.var.correction(x, dim, **kw),
+        rtol=1e-13,
+        atol=1e-14,
+        equal_nan=True,
+    )
+    for got, want in zip(lowering._var_mean(x, dim, **kw), aten.var_mean.correction(x, dim, **kw),
+                         strict=True):  # fmt: skip
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14, equal_nan=True)
+
+
+def test_our_hypot_and_prod_rules_are_atens_kernels():
+    g = torch.Generator().manual_seed(5)
+    a, b = (torch.randn(4, 6, dtype=torch.float64, generator=g) * 10 for _ in "ab")
+    torch.testing.assert_close(lowering._hypot(a, b), torch.hypot(a, b), rtol=1e-15, atol=0)
+    t = torch.rand(2, 3, 4, dtype=torch.float64, generator=g) + 0.5
+    for dim, keepdim in ((0, False), (-1, True), (1, False)):
+        want = aten.prod.dim_int(t, dim, keepdim)
+        torch.testing.assert_close(lowering._prod(t, dim, keepdim), want, rtol=1e-14, atol=0)
+    torch.testing.assert_close(lowering._prod(t), aten.prod.default(t), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 5), (1, 4, 2, 3)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_our_instance_norm_rule_is_atens_kernel(shape, affine):
+    """nn.InstanceNorm folds its input to one sample of N * C channels and calls
+    aten._native_batch_norm_legit.no_stats, which torch's table does not decompose."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(shape, dtype=torch.float64, generator=g) * 2 + 1
+    w, b = (torch.randn(shape[1], dtype=torch.float64, generator=g) if affine else None
+            for _ in "wb")  # fmt: skip
+    args = (x, w, b, True, 0.1, 1e-5)
+    for got, want in zip(lowering._instance_norm(*args),
+                         aten._native_batch_norm_legit.no_stats(*args), strict=True):  # fmt: skip
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
