@@ -44,13 +44,13 @@ ALLOWED = frozenset(
     sinh cosh tanh asinh acosh atanh sigmoid silu softplus elu selu celu gelu erf erfc abs sign
     floor ceil round trunc frac remainder fmod relu relu6 leaky_relu hardtanh hardswish
     hardsigmoid mish log_sigmoid prelu threshold clamp clamp_min clamp_max maximum minimum where
-    gt ge lt le eq ne logical_and logical_or logical_not sum cumsum mean amax amin prod softmax
-    _softmax log_softmax _log_softmax layer_norm native_layer_norm batch_norm
+    gt ge lt le eq ne logical_and logical_or logical_not any all sum cumsum mean amax amin prod
+    softmax _softmax log_softmax _log_softmax layer_norm native_layer_norm batch_norm
     _native_batch_norm_legit_no_training linalg_vector_norm norm conv1d conv2d convolution cat
     concat stack split split_with_sizes chunk unbind slice select index index_select gather
     narrow constant_pad_nd view reshape _unsafe_view unsqueeze squeeze flatten expand expand_as
     repeat flip clone copy alias detach detach_ contiguous _to_copy to lift_fresh_copy dropout
-    full full_like zeros zeros_like ones ones_like scalar_tensor sym_size
+    full full_like zeros zeros_like ones ones_like scalar_tensor arange tril triu sym_size
     _assert_tensor_metadata _assert_scalar _assert_async sym_constrain_range
     sym_constrain_range_for_size""".split()
 )

@@ -260,6 +260,14 @@ COMPOSITES = {
     "bmm": lambda h: (
         torch.bmm(h.reshape(-1, 2, 4), torch.tanh(h).reshape(-1, 4, 2)).repeat(1, 1, 2).flatten(1)
     ),
+    "unbind": lambda h: torch.stack(h.unbind(1)[::-1], 1) * torch.tanh(h).unbind(-1)[3][:, None],
+    "chunk_unbind3": lambda h: torch.cat(
+        [*h.reshape(-1, 2, 4).chunk(2, -1)[::-1], *torch.tanh(h).reshape(-1, 2, 2, 2).unbind(3)], 2
+    ).flatten(1)[:, :8],
+    # constants made in the forward (no rule of their own: torch computes them once)
+    "triangular": lambda h: (
+        h @ torch.tril(torch.ones(8, 8, dtype=h.dtype)) + torch.arange(8, dtype=h.dtype) / 8
+    ),
     # torch has no decomposition of these: lowered by rules of ours (lowering.py)
     "layer_norm_by_hand": lambda h: (
         (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, keepdim=True, unbiased=False) + 1e-5)

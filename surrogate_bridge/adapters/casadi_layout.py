@@ -217,6 +217,7 @@ GATHERED = {
     aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default,
     aten.expand.default, aten.repeat.default, aten.flip.default, aten.slice.Tensor,
     aten.select.int, aten.cat.default, aten.concat.default, aten.stack.default,
+    aten.split.Tensor, aten.split_with_sizes.default,
 }  # fmt: skip
 
 # op -> (handler, extra keyword: "rank" | "ranks" | None), as casadi_ops.OPS

@@ -70,19 +70,19 @@ def translate_program(
     # the smoothness warning
     written = {_op_name(n.target) for n in program.graph.nodes if n.op == "call_function"}
     program = lowered(program, lambda op: op in OPS, probes)
-    consts = constants_of(program)
+    consts = constants_of(program, float64=False)
     x = ca.MX.sym("x", n_in)
     env: dict = {}
     output = None
     for node in program.graph.nodes:
         if node.op == "placeholder":
             if node.name in consts:
-                t = consts[node.name].numpy()
-                env[node.name] = ca.DM(t.reshape(shape2(t.shape)))
+                env[node.name] = _dm(consts[node.name])
             else:
                 env[node.name] = x.T  # the user input: a (1, n) row, torch's batch of one
         elif node.op == "call_function":
-            env[node.name] = _translate_node(node, env)
+            folded = _folded(node, consts)
+            env[node.name] = _translate_node(node, env) if folded is None else _dm(folded)
         elif node.op == "output":
             output = node.args[0][0]
     y = env[output.name]
@@ -94,6 +94,34 @@ def translate_program(
             "(an operation translated wrongly); use mode='callback' for this model"
         )
     return f, sorted(written & NONSMOOTH)
+
+
+def _folded(node, consts: dict):
+    """The value of a node that does not depend on x (a causal mask's ``arange`` and ``tril``,
+    a weight's transpose), computed by torch itself and kept in ``consts`` for the nodes that
+    read it; None for a node that depends on x."""
+    reads: list = []
+    torch.fx.node.map_arg((node.args, node.kwargs), reads.append)
+    if not all(r.name in consts for r in reads):
+        return None
+    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda r: consts[r.name])
+    try:
+        with torch.no_grad():
+            consts[node.name] = node.target(*args, **kwargs)
+    except Exception:  # (torch's own error, of any type): the node's rule translates it
+        return None
+    return consts[node.name]
+
+
+def _dm(value):
+    """A constant as the translation holds it: a tensor as its CasADi matrix (``shape2``), a
+    list of tensors as a list, a number as itself."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().to(torch.float64).numpy()
+        return ca.DM(t.reshape(shape2(t.shape)))
+    if isinstance(value, (list, tuple)):
+        return [_dm(v) for v in value]
+    return value
 
 
 def _shape(a) -> tuple | None:
@@ -141,7 +169,7 @@ def _flat_safe(node, extra) -> str | None:
 def _gathered(node, env):
     """A rearrangement (``GATHERED``) of one tensor, or a concatenation of several, as a read
     at the positions that torch's own operation gives when applied to ``arange`` of the
-    tensors' shapes (numbered one after the other)."""
+    tensors' shapes (numbered one after the other); a split into pieces, as one read each."""
     first, rest = node.args[0], node.args[1:]
     if any(isinstance(a, torch.fx.Node) for a in torch.fx.node.map_aggregate(rest, lambda a: a)):
         raise ValueError(f"{node.target} with a tensor argument")
@@ -154,7 +182,10 @@ def _gathered(node, env):
     index = [positions(shape) + int(o) for o, shape in zip(offsets, shapes, strict=False)]
     flat = ca.horzcat(*[reshape(env[p.name], (1, k)) for p, k in zip(parts, sizes, strict=True)])
     arg = index if isinstance(first, (list, tuple)) else index[0]
-    return gather(flat, (int(offsets[-1]),), node.target(arg, *rest, **node.kwargs))
+    at = node.target(arg, *rest, **node.kwargs)
+    if isinstance(at, (list, tuple)):  # split, unbind: one read per piece
+        return [gather(flat, (int(offsets[-1]),), piece) for piece in at]
+    return gather(flat, (int(offsets[-1]),), at)
 
 
 # operations along one axis of a tensor: "last", or the index of their dim argument. On a tensor
