@@ -36,7 +36,7 @@ from .diagnostics import (
     torch_cannot,
 )
 from .normalization import Affine
-from .rewrites import REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
+from .rewrites import ATTENTION_FUNCTIONS, REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
 
 __all__ = [
     "VIEWS",
@@ -383,14 +383,18 @@ def build(
     # a loaded graph's aten calls hide the functions' names: it declares the non-smooth ones
     called = called_functions(fn, X) | set(getattr(model, "nonsmooth_calls", ()))
     if called & REWRITTEN_FUNCTIONS:  # F.celu, F.hardsigmoid in the forward: rewrites.py
-        model = ExactFunctions(model)
-        fn = fn._with_rows(type(rows)(model))
-    if type(rows) is Batched and not _rows_independent(fn, X, model):
-        fn = fn._with_rows(RowByRow(model))  # batch statistics or the like: each point alone
+        fn = fn._with_rows(type(rows)(ExactFunctions(model)))
+    if type(rows) is Batched and not _rows_independent(fn, X, fn.rows.model):
+        fn = fn._with_rows(RowByRow(fn.rows.model))  # batch statistics or the like: each alone
+    no_second = _second_derivatives(fn, X[:1])
+    if no_second and called & ATTENTION_FUNCTIONS:  # torch's attention kernel: rewrites.py
+        exact = fn._with_rows(type(fn.rows)(ExactFunctions(model, attention=True)))
+        if _second_derivatives(exact, X[:1]) is None:
+            fn, no_second = exact, None
     nonsmooth = tuple(sorted(called & NONSMOOTH))
     steps = bool(called & PIECEWISE_CONSTANT)
     no_first = _first_derivatives(fn, X, steps)
-    return Built(fn, n_out, nonsmooth, no_first, _second_derivatives(fn, X[:1]))
+    return Built(fn, n_out, nonsmooth, no_first, no_second)
 
 
 def _refuse_alone(err: Exception, X: torch.Tensor, model) -> None:
@@ -450,9 +454,10 @@ VIEWS = frozenset({
 })  # fmt: skip
 
 
-def constants_of(program) -> dict[str, torch.Tensor]:
-    """The float64 values of an exported program's lifted placeholders (parameters, buffers,
-    constants), by placeholder name; the one placeholder not here is the input."""
+def constants_of(program, float64: bool = True) -> dict[str, torch.Tensor]:
+    """The float64 values (with ``float64=False``: the values as the program holds them) of an
+    exported program's lifted placeholders (parameters, buffers, constants), by placeholder
+    name; the one placeholder not here is the input."""
     state = {**program.state_dict, **program.constants}
     sig = program.graph_signature
     lifted = {
@@ -460,7 +465,10 @@ def constants_of(program) -> dict[str, torch.Tensor]:
         **sig.inputs_to_buffers,
         **sig.inputs_to_lifted_tensor_constants,
     }
-    return {name: state[key].detach().to(torch.float64) for name, key in lifted.items()}
+    return {
+        name: state[key].detach().to(torch.float64) if float64 else state[key].detach()
+        for name, key in lifted.items()
+    }
 
 
 class ExportError(ValueError):

@@ -21,15 +21,29 @@ or not) have the same faults: probing records the torch functions a forward call
 (``physical.build``), and a model that calls one of these is run inside :class:`ExactFunctions`,
 a torch function mode that hands each such call to the same forms, only in that forward (modes
 are per thread; nothing global changes, and other models pay nothing).
+
+One rewrite is the same function to float64 rounding, not bit for bit, and is made only where
+probing finds that torch cannot take second derivatives of the model without it: attention.
+Torch's CPU kernel for ``F.scaled_dot_product_attention`` (which ``nn.MultiheadAttention`` and
+the ``nn.Transformer`` layers call) has no second derivative, so every Hessian of an attention
+surrogate was refused. Such a model is run with ``attention=True``: each
+``F.scaled_dot_product_attention`` call becomes torch's own reference form of it
+(``aten._scaled_dot_product_attention_math``: softmax(q k^T * scale + mask) v, in plain
+products), and each ``F.multi_head_attention_forward`` call is made with ``need_weights=True``,
+torch's path through the same plain products. The kernel and these forms differ only in the
+order of their sums (``tests/test_rewrites.py`` holds them to a few units of the last place on
+dense samples).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["REWRITTEN_FUNCTIONS", "ExactFunctions", "exact_layers"]
+__all__ = ["ATTENTION_FUNCTIONS", "REWRITTEN_FUNCTIONS", "ExactFunctions", "exact_layers"]
 
 
 # the exact forms, for the layers and for the same functions called in a forward -------------
@@ -102,14 +116,47 @@ _FUNCTIONS = {
 REWRITTEN_FUNCTIONS = frozenset({"celu", "celu_", "hardsigmoid"})
 
 
+# attention, where torch's kernel has no second derivative (see the module's docstring) -------
+def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+               enable_gqa=False):  # fmt: skip
+    extra = {"enable_gqa": True} if enable_gqa else {}  # (an argument since torch 2.5)
+    return torch.ops.aten._scaled_dot_product_attention_math(
+        query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, **extra
+    )[0]
+
+
+_MULTI_HEAD = inspect.signature(nn.functional.multi_head_attention_forward)
+
+
+def _multi_head(*args, **kwargs):
+    call = _MULTI_HEAD.bind(*args, **kwargs)
+    call.apply_defaults()
+    wanted = call.arguments["need_weights"]
+    call.arguments["need_weights"] = True  # torch's path through plain products
+    out, weights = nn.functional.multi_head_attention_forward(*call.args, **call.kwargs)
+    return out, (weights if wanted else None)
+
+
+_ATTENTION = {
+    nn.functional.scaled_dot_product_attention: _attention,
+    nn.functional.multi_head_attention_forward: _multi_head,
+}
+ATTENTION_FUNCTIONS = frozenset({"scaled_dot_product_attention", "multi_head_attention_forward"})
+
+
 class _ExactMode(TorchFunctionMode):
+    def __init__(self, table: dict) -> None:
+        super().__init__()
+        self.table = table
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        return _FUNCTIONS.get(func, func)(*args, **(kwargs or {}))
+        return self.table.get(func, func)(*args, **(kwargs or {}))
 
 
 class ExactFunctions(nn.Module):
     """``model`` run with its calls of ``F.celu``, ``torch.celu`` and ``F.hardsigmoid``
-    replaced by the forms above (the layers' rewrites, as functions).
+    replaced by the forms above (the layers' rewrites, as functions); with ``attention``, also
+    its attention calls (twice differentiable, the same to rounding).
 
     Examples
     --------
@@ -123,10 +170,10 @@ class ExactFunctions(nn.Module):
     True
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, attention: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.attention = model, attention
 
     def forward(self, *args, **kwargs):
-        with _ExactMode():
+        with _ExactMode({**_FUNCTIONS, **_ATTENTION} if self.attention else _FUNCTIONS):
             return self.model(*args, **kwargs)

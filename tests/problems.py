@@ -317,6 +317,64 @@ class CdistRBF(nn.Module):
         return self.out(torch.exp(-(torch.cdist(self.a(x), self.centers) ** 2)))
 
 
+class Attention(nn.Module):
+    """Each input feature a token: embedding, one multi-head self-attention (``need_weights=
+    False``: torch's fused kernel, which has no second derivative on the CPU), a linear
+    read-out."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.out = nn.Linear(1, 4), nn.Linear(12, 1)
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        t = self.embed(x[..., None])
+        y, _ = self.attn(t, t, t, need_weights=False)
+        return self.out(torch.tanh(y).flatten(1))
+
+
+class Encoder(nn.Module):
+    """Each input feature a token through an ``nn.TransformerEncoderLayer`` (GELU, no dropout),
+    mean-pooled to two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed, self.out = nn.Linear(1, 8), nn.Linear(8, 2)
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, 0.0, "gelu", batch_first=True)
+
+    def forward(self, x):
+        return self.out(self.layer(self.embed(x[..., None])).mean(1))
+
+
+class Scaled(nn.Module):
+    """``F.scaled_dot_product_attention`` called in a forward: causal, or with an additive
+    mask and its own scale."""
+
+    def __init__(self, causal: bool):
+        super().__init__()
+        torch.manual_seed(2)
+        self.qkv, self.out, self.causal = nn.Linear(1, 12), nn.Linear(4, 1), causal
+        self.register_buffer("mask", torch.linspace(-1, 1, 9).reshape(3, 3))
+
+    def forward(self, x):
+        q, k, v = self.qkv(x[..., None]).reshape(-1, 3, 2, 6).transpose(1, 2).chunk(3, -1)
+        if self.causal:
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = nn.functional.scaled_dot_product_attention(q, k, v, self.mask, scale=0.7)
+        return self.out(torch.tanh(y.transpose(1, 2).flatten(2)).mean(1))
+
+
+ATTENTION = {
+    "multi-head": Attention,
+    "encoder-layer": Encoder,
+    "causal": lambda: Scaled(True),
+    "mask-and-scale": lambda: Scaled(False),
+}
+
+
 class Hand(nn.Module):
     """A hidden layer through a hand-written function of torch calls:
     ``Linear(n_in, width) -> f -> Linear(width, n_out)`` in float64."""

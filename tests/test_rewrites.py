@@ -3,9 +3,11 @@ bit, exact derivatives, and the user's model untouched."""
 
 import warnings
 
+import casadi as ca
 import numpy as np
 import pytest
 import torch
+from problems import ATTENTION
 from torch import nn
 
 import surrogate_bridge as sb
@@ -146,3 +148,50 @@ def test_in_place_calls_save_and_load_as_the_same_function(name, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sb.SmoothnessWarning)
         np.testing.assert_allclose(back.hess(X), sur.hess(X), rtol=1e-14, atol=1e-16)
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION))
+def test_attention_gets_hessians_from_a_form_the_same_to_rounding(name, tmp_path):
+    """torch's CPU attention kernel has no second derivative, so every Hessian of these models
+    was refused. The surrogate runs torch's reference form of attention instead: the user's
+    values to a few units of the last place on a dense sample, Hessians equal to CasADi's
+    symbolic ones and to differences of the exact gradient, on every route and after a save;
+    the user's model still runs torch's kernel, untouched."""
+    model = ATTENTION[name]().double().eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    shift, scale = np.array([0.5, -1.0, 2.0]), np.array([2.0, 0.5, 1.0])
+    sur = sb.Surrogate(model, sb.Affine(shift, scale))
+    X = np.random.default_rng(0).normal(size=(20_000, 3)) * scale + shift
+    with torch.no_grad():
+        want = model(torch.as_tensor((X - shift) / scale)).numpy()
+    got = sur(X).reshape(want.shape)
+    assert np.abs(got - want).max() <= 8 * np.spacing(np.abs(want).max())
+
+    F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 3)
+    y = F(x)
+    H = ca.Function("H", [x], [ca.hessian(y[i], x)[0] for i in range(sur.n_out)])
+    back = sb.save(sur, tmp_path / "attention.sbz") or sb.load(tmp_path / "attention.sbz")
+    step = 1e-5
+    for p in X[:3]:
+        h = np.reshape(sur.hess(p), (sur.n_out, 3, 3))
+        fd = np.stack(  # central differences of the exact Jacobian: the Hessian to O(step^2)
+            [(sur.jac(p + step * e) - sur.jac(p - step * e)) / (2 * step) for e in np.eye(3)], -1
+        )
+        np.testing.assert_allclose(h, fd.reshape(h.shape), rtol=1e-6, atol=1e-8)
+        symbolic = H(p)
+        for i, Hi in enumerate([symbolic] if sur.n_out == 1 else symbolic):
+            np.testing.assert_allclose(np.array(Hi), h[i], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(np.reshape(back.hess(p), h.shape), h, rtol=1e-12, atol=1e-15)
+    for route in ("casadi", "auto"):  # the single-point routes give the same Hessians
+        other = sb.Surrogate(model, sb.Affine(shift, scale), point_route=route)
+        for p in X[3:40]:
+            h = np.reshape(sur.hess(p), (sur.n_out, 3, 3))
+            np.testing.assert_allclose(np.reshape(other.hess(p), h.shape), h, rtol=1e-10,
+                                       atol=1e-13)  # fmt: skip
+
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    z = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(model(z).sum(), z, create_graph=True)
+    with pytest.raises(RuntimeError, match="not implemented"):  # torch's own kernel, as before
+        torch.autograd.grad(g.sum(), z)

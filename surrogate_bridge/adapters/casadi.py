@@ -329,7 +329,7 @@ def _faster(sym: ca.Function, cb: ca.Function, sur: Surrogate) -> ca.Function:
     note = {}
     try:
         costs["callback"] = _cost(cb, points[1::2])
-    except RuntimeError:  # its Hessian: torch cannot take it of this model (attention, cdist)
+    except RuntimeError:  # its Hessian: torch cannot take it of this model (cdist)
         note = {"note": "callback mode cannot give this model's Hessian (torch cannot take it)"}
     chosen = min(costs, key=costs.get)
     F = sym if chosen == "symbolic" else cb
