@@ -344,6 +344,7 @@ ACTIVATIONS = {
     aten.exp.default: _exp,
     aten.abs.default: _abs,
     aten.clamp.default: _clamp,
+    aten.clip.default: _clamp,
     aten.clamp_min.default: _clamp,
     aten.clamp_max.default: lambda h, hi: _clamp(h, None, hi),
     aten.hardswish.default: _hardswish,

@@ -549,6 +549,7 @@ LAYERS = {
     "clamp-max": lambda: Clamp(hi=0.2),
     "hardshrink": lambda: nn.Hardshrink(0.3),
     "sign": lambda: Elementwise(torch.sign),
+    "clip": lambda: Elementwise(lambda h: torch.clip(h, -0.5, 0.4)),
 }
 
 
