@@ -1,8 +1,9 @@
 """Rewrites of a user's layers in the surrogate's private copy of the model.
 
 A layer is rewritten only where torch's own derivative of it is wrong or missing, and only into
-a form whose values are bit for bit the layer's own (``tests/test_rewrites.py`` checks this on
-dense grids); the user's model object is never touched.
+a form whose values are bit for bit the layer's own (attention, below: the same to float64
+rounding; ``tests/test_rewrites.py`` checks both on dense grids); the user's model object is
+never touched.
 
 - ``nn.CELU(alpha)``: torch computes the value in float64 (``elu`` with input scale 1 / alpha),
   but its derivative with 1 / alpha in single precision, so every derivative is off by about
@@ -175,5 +176,6 @@ class ExactFunctions(nn.Module):
         self.model, self.attention = model, attention
 
     def forward(self, *args, **kwargs):
-        with _ExactMode({**_FUNCTIONS, **_ATTENTION} if self.attention else _FUNCTIONS):
+        attention = getattr(self, "attention", False)  # (absent from older pickles)
+        with _ExactMode({**_FUNCTIONS, **_ATTENTION} if attention else _FUNCTIONS):
             return self.model(*args, **kwargs)

@@ -1,5 +1,6 @@
 """Rewrites of a user's layers in the surrogate's copy (rewrites.py): the same values bit for
-bit, exact derivatives, and the user's model untouched."""
+bit (attention: to a few units of the last place), exact derivatives, and the user's model
+untouched."""
 
 import warnings
 
