@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["lowered", "same_function"]
+__all__ = ["constant", "lowered", "same_function"]
 
 _ROUNDS = 4  # a decomposition may call further composite operations: lower again
 _SAME = 1e-12  # relative to the output's size: rounding, not a different function
@@ -72,6 +72,25 @@ def lowered(program, known: Callable[[object], bool], probes: torch.Tensor):
         if current is program:
             return program
         return current if same_function(program, current.module(), probes) else program
+
+
+def constant(node, consts: dict):
+    """The value of a graph node that does not depend on the input (a causal mask's ``arange``
+    and ``tril``, a parametrized weight), computed by torch itself from ``consts`` (values by
+    node name: the program's lifted constants, as it holds them, and the nodes found constant
+    before, to which this one is added); None for a node that depends on the input, or that
+    torch cannot run here."""
+    reads: list = []
+    torch.fx.node.map_arg((node.args, node.kwargs), reads.append)
+    if not all(r.name in consts for r in reads):
+        return None
+    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda r: consts[r.name])
+    try:
+        with torch.no_grad():
+            consts[node.name] = node.target(*args, **kwargs)
+    except Exception:  # (torch's own error, of any type): the consumer's rule takes the node
+        return None
+    return consts[node.name]
 
 
 def same_function(program, other: Callable[[torch.Tensor], torch.Tensor], probes) -> bool:

@@ -19,7 +19,7 @@ from functools import cache
 import torch
 from torch import nn
 
-from .lowering import lowered
+from .lowering import constant, lowered
 
 __all__ = ["CODES", "DTYPES", "Refused", "SavedGraph", "graph_to_data"]
 
@@ -75,15 +75,58 @@ def graph_to_data(program, probes: torch.Tensor) -> tuple[dict, dict[str, torch.
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"save: {spec.target} is a {type(value).__name__}, not a tensor.")
             tensors[spec.arg.name] = value.detach().cpu().contiguous()
+    consts = dict(tensors)  # values of the nodes that do not depend on x, as found
     nodes, output = [], None
     for node in program.graph.nodes:
         if node.op == "call_function":
+            value = constant(node, consts)
+            if isinstance(value, torch.Tensor) and not _allowed(node.target):
+                # a weight computed from weights by an operation a file may not hold (an
+                # orthogonal parametrization's matrix_exp): saved as the weight it computes
+                tensors[node.name] = value.detach().cpu().contiguous()
+                continue
             target = _target_name(node.target)
             nodes.append([node.name, target, _encode(node.args), _encode(dict(node.kwargs))])
         elif node.op == "output":
             (out,) = node.args[0]
             output = out.name
+    nodes, tensors = _used(nodes, tensors, output)
     return {"input": user_inputs[0], "nodes": nodes, "output": output}, tensors
+
+
+def _used(nodes: list, tensors: dict, output: str) -> tuple[list, dict]:
+    """The nodes and weights that the output reads, directly or through other nodes (those a
+    folded weight alone read are left out)."""
+    reads = {}
+    for name, _, args, kwargs in nodes:
+        found: set = set()
+        _names((args, kwargs), found)
+        reads[name] = found
+    needed, todo = set(), [output]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(reads.get(name, ()))
+    # (a run-time check of torch.export's is kept where what it checks is)
+    checks = {
+        n[0] for n in nodes if n[1].split(".")[1].startswith("_assert") and reads[n[0]] <= needed
+    }
+    kept = [n for n in nodes if n[0] in needed | checks]
+    return kept, {k: v for k, v in tensors.items() if k in needed}
+
+
+def _names(a, found: set) -> None:
+    """The node names an encoded argument refers to, added to ``found``."""
+    if isinstance(a, (list, tuple)):
+        for b in a:
+            _names(b, found)
+    elif isinstance(a, dict):
+        if "node" in a and len(a) == 1:
+            found.add(a["node"])
+        else:
+            for b in a.values():
+                _names(b, found)
 
 
 def _allowed(target) -> bool:

@@ -157,6 +157,26 @@ def test_torch_cdist_saves_as_plain_operations(tmp_path):
     np.testing.assert_allclose(back.jac(X), sur.jac(X), rtol=1e-10, atol=1e-13)
 
 
+def test_a_weight_computed_by_an_operation_no_file_holds_is_saved_as_that_weight(tmp_path):
+    """nn.utils.parametrizations.orthogonal computes its weight with matrix_exp, which a saved
+    file may not call (was: save refused the model). That node does not depend on x: it is
+    saved as the matrix it computes, and the loaded surrogate is the same function,
+    derivatives included."""
+    torch.manual_seed(0)
+    layer = nn.utils.parametrizations.orthogonal(nn.Linear(3, 3).double())
+    net = nn.Sequential(layer, nn.Tanh(), nn.Linear(3, 2)).double()
+    sur = sb.Surrogate(net, sb.Affine([0.5, -1, 2], [2, 0.5, 1]))
+    sb.save(sur, tmp_path / "orthogonal.sbz")
+    back = sb.load(tmp_path / "orthogonal.sbz")
+    X = np.random.default_rng(3).normal(size=(6, 3))
+    np.testing.assert_allclose(back(X), sur(X), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(back.jac(X), sur.jac(X), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(back.hess(X), sur.hess(X), rtol=1e-12, atol=1e-14)
+    with zipfile.ZipFile(tmp_path / "orthogonal.sbz") as zf:
+        graph = zf.read("graph.json").decode()
+    assert "aten.linalg_matrix_exp" not in graph and "aten.linear" in graph
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no file"):
         sb.load(tmp_path / "nope.sbz")

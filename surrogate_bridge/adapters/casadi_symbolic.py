@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..diagnostics import NONSMOOTH
-from ..lowering import lowered, same_function
+from ..lowering import constant, lowered, same_function
 from ..physical import ExportError, constants_of
 from ..surrogate import Surrogate
 from .casadi_layout import GATHERED, axis, expand, gather, positions
@@ -81,7 +81,7 @@ def translate_program(
             else:
                 env[node.name] = x.T  # the user input: a (1, n) row, torch's batch of one
         elif node.op == "call_function":
-            folded = _folded(node, consts)
+            folded = constant(node, consts)
             env[node.name] = _translate_node(node, env) if folded is None else _dm(folded)
         elif node.op == "output":
             output = node.args[0][0]
@@ -94,23 +94,6 @@ def translate_program(
             "(an operation translated wrongly); use mode='callback' for this model"
         )
     return f, sorted(written & NONSMOOTH)
-
-
-def _folded(node, consts: dict):
-    """The value of a node that does not depend on x (a causal mask's ``arange`` and ``tril``,
-    a weight's transpose), computed by torch itself and kept in ``consts`` for the nodes that
-    read it; None for a node that depends on x."""
-    reads: list = []
-    torch.fx.node.map_arg((node.args, node.kwargs), reads.append)
-    if not all(r.name in consts for r in reads):
-        return None
-    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda r: consts[r.name])
-    try:
-        with torch.no_grad():
-            consts[node.name] = node.target(*args, **kwargs)
-    except Exception:  # (torch's own error, of any type): the node's rule translates it
-        return None
-    return consts[node.name]
 
 
 def _dm(value):
