@@ -204,7 +204,7 @@ def test_every_rule_is_exercised_by_a_test():
                      "leaky_relu", "hardtanh", "sin", "cos", "exp", "mish",
                      "log_sigmoid", "pow", "square", "log", "sqrt",
                      "reciprocal", "rsqrt", "abs", "hardswish", "softshrink", "threshold",
-                     "rrelu", "clamp", "clamp_min", "clamp_max", *MATHS, "hardshrink",
+                     "rrelu", "clamp", "clamp_min", "clamp_max", "clip", *MATHS, "hardshrink",
                      "sign"}  # fmt: skip
 
 

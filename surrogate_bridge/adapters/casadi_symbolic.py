@@ -166,7 +166,7 @@ def _gathered(node, env):
     flat = ca.horzcat(*[reshape(env[p.name], (1, k)) for p, k in zip(parts, sizes, strict=True)])
     arg = index if isinstance(first, (list, tuple)) else index[0]
     at = node.target(arg, *rest, **node.kwargs)
-    if isinstance(at, (list, tuple)):  # split, unbind: one read per piece
+    if isinstance(at, (list, tuple)):  # a split: one read per piece
         return [gather(flat, (int(offsets[-1]),), piece) for piece in at]
     return gather(flat, (int(offsets[-1]),), at)
 
