@@ -23,6 +23,7 @@ as before. :func:`same_function` is that check, also used on the CasADi translat
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
@@ -167,17 +168,28 @@ def _group_norm(x, weight, bias, N, C, HxW, group, eps):
     groups of channels of each sample normalized by its mean and biased variance, then the
     per-channel weight and bias; also the (N, group) means and reciprocal deviations it
     returns."""
-    g = x.reshape(N, group, -1)
-    mean = g.mean(-1, keepdim=True)
-    centred = g - mean
-    rstd = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps)
-    out = (centred * rstd).reshape(x.shape)
-    channel = (1, C) + (1,) * (x.dim() - 2)
+    out, mean, rstd = _normalized(x.reshape(N, group, -1), [-1], eps)
+    out = _per_channel(out.reshape(x.shape), weight, bias)
+    return out, mean.reshape(N, group), rstd.reshape(N, group)
+
+
+def _normalized(x, dims: list[int], eps: float):
+    """``x`` less its mean over ``dims``, times the reciprocal of its biased deviation there;
+    also that mean and reciprocal deviation (kept dims)."""
+    mean = x.mean(dims, keepdim=True)
+    centred = x - mean
+    rstd = torch.rsqrt((centred * centred).mean(dims, keepdim=True) + eps)
+    return centred * rstd, mean, rstd
+
+
+def _per_channel(out, weight, bias):
+    """``out`` (N, C, ...) times a per-channel weight, plus a per-channel bias (either None)."""
+    channel = (1, out.shape[1]) + (1,) * (out.dim() - 2)
     if weight is not None:
         out = out * weight.reshape(channel)
     if bias is not None:
         out = out + bias.reshape(channel)
-    return out, mean.reshape(N, group), rstd.reshape(N, group)
+    return out
 
 
 def _rrelu(x, lower=1.0 / 8.0, upper=1.0 / 3.0, training=False, generator=None):
@@ -190,9 +202,9 @@ def _rrelu(x, lower=1.0 / 8.0, upper=1.0 / 3.0, training=False, generator=None):
 
 def _dims(x, dim) -> list[int]:
     """``dim`` of a reduction as a list of axes of ``x`` (None or empty: every axis)."""
-    if dim is None or (isinstance(dim, (list, tuple)) and not dim):
+    if x.dim() == 0 or dim is None or (isinstance(dim, (list, tuple)) and not dim):
         return list(range(x.dim()))
-    return [d % max(x.dim(), 1) for d in ([dim] if isinstance(dim, int) else dim)]
+    return [d % x.dim() for d in ([dim] if isinstance(dim, int) else dim)]
 
 
 def _var_mean(x, dim=None, *, correction=None, keepdim=False):
@@ -200,14 +212,12 @@ def _var_mean(x, dim=None, *, correction=None, keepdim=False):
     mean over ``dim``, divided by the count less ``correction`` (1 where None; no less than 0,
     so that too few values give inf or nan, as torch's kernel does), and the mean."""
     dims = _dims(x, dim)
-    count = 1
-    for d in dims:
-        count *= x.shape[d] if x.dim() else 1
-    mean = x.mean(dims, keepdim=True) if x.dim() else x
+    mean = x.mean(dims, keepdim=True)
     centred = x - mean
-    total = (centred * centred).sum(dims, keepdim=keepdim) if x.dim() else centred * centred
-    divisor = max(0.0, count - (1.0 if correction is None else float(correction)))
-    return total / divisor, (mean if keepdim or not x.dim() else mean.squeeze(dims))
+    total = (centred * centred).sum(dims, keepdim=keepdim)
+    correction = 1.0 if correction is None else float(correction)
+    divisor = max(0.0, math.prod(x.shape[d] for d in dims) - correction)
+    return total / divisor, (mean if keepdim else mean.squeeze(dims))
 
 
 def _var(x, dim=None, *, correction=None, keepdim=False):
@@ -239,17 +249,8 @@ def _instance_norm(x, weight, bias, training, momentum, eps):
     folded to one sample of N * C channels): each channel normalized by its mean and biased
     variance over every other axis, then the per-channel weight and bias; also the per-channel
     means and reciprocal deviations it returns."""
-    dims = [0, *range(2, x.dim())]
-    mean = x.mean(dims, keepdim=True)
-    centred = x - mean
-    rstd = torch.rsqrt((centred * centred).mean(dims, keepdim=True) + eps)
-    out = centred * rstd
-    channel = (1, x.shape[1]) + (1,) * (x.dim() - 2)
-    if weight is not None:
-        out = out * weight.reshape(channel)
-    if bias is not None:
-        out = out + bias.reshape(channel)
-    return out, mean.reshape(-1), rstd.reshape(-1)
+    out, mean, rstd = _normalized(x, [0, *range(2, x.dim())], eps)
+    return _per_channel(out, weight, bias), mean.reshape(-1), rstd.reshape(-1)
 
 
 # operations torch has no decomposition of (or one that draws random numbers), in plain
