@@ -82,10 +82,15 @@ PIECEWISE_LINEAR = frozenset(
     }
 )
 # branch selections: the Hessian is the branch's taken (zero for a hand-written ReLU); a
-# comparison's mask selects too, as in h * (h > 0)
+# comparison's mask selects too, as in h * (h > 0), and so do the greatest or least of several
+# values (a max pool, a sort), whose derivatives switch where two of them cross
 SELECTIONS = frozenset(
     {"where", "maximum", "minimum", "fmax", "fmin", "hardswish", "hardswish_", "gt", "ge", "lt",
-     "le", "greater", "greater_equal", "less", "less_equal"}
+     "le", "greater", "greater_equal", "less", "less_equal", "max", "min", "amax", "amin",
+     "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices",
+     "max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d",
+     "adaptive_max_pool2d", "adaptive_max_pool3d", "sort", "msort", "topk", "kthvalue", "median",
+     "nanmedian", "cummax", "cummin"}
 )  # fmt: skip
 # functions with steps: the model jumps where they do, and no derivative sees it
 PIECEWISE_CONSTANT = frozenset(

@@ -166,6 +166,7 @@ class Maximum(nn.Module):
         return torch.tanh(z).amax(-1, keepdim=True)
 
 
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")  # amax
 @pytest.mark.parametrize(
     "model", [Outer(), Rows(), Maximum()], ids=["outer-product", "rows", "max"]
 )

@@ -606,6 +606,10 @@ PICKS = {
     "maximum": lambda h: torch.maximum(h, torch.tanh(h)),
     "hardswish": nn.functional.hardswish,
     "mask": lambda h: h * (h > 0) + 0.1 * h * (h <= 0),  # the same, through masks
+    # the greatest of several values: derivatives switch where two cross
+    "amax": lambda h: h * h.amax(-1, keepdim=True),
+    "max_pool": lambda h: nn.functional.max_pool1d(h[:, None], 2, 1, 1)[:, 0, 1:],
+    "sort": lambda h: h * torch.sort(h, -1).values,
 }
 STEPS = {
     "floor": lambda h: h + torch.floor(h),
