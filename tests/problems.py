@@ -216,6 +216,7 @@ def fitted_scalers(kind: str, n_in: int, n_out: int, seed: int):
 _CENTERS = torch.linspace(-1, 1, 32).reshape(4, 8)  # (centers, features)
 _CHANNEL, _ROW = torch.tensor([[0.5], [-2.0]]), torch.linspace(-1, 1, 4)  # (2, 1), (4,)
 _BILINEAR = torch.linspace(-1, 1, 32).reshape(2, 4, 4).sin()  # (out, in1, in2)
+_PICKS, _ORDER = torch.tensor([[[3, 0, 0, 2], [1, 1, 3, 0]]]), torch.tensor([1, 0])
 COMPOSITES = {
     "chunk": lambda h: torch.cat(h.chunk(2, -1)[::-1], -1),
     "split": lambda h: torch.cat(h.split([3, 5], -1)[::-1], -1),
@@ -281,6 +282,24 @@ COMPOSITES = {
     "instance_norm": lambda h: nn.functional.instance_norm(
         h.reshape(-1, 2, 4), weight=_CHANNEL[:, 0].to(h.dtype), bias=_CHANNEL[:, 0].to(h.dtype) / 3
     ).reshape(-1, 8),
+    # reads at positions the model holds: the translator reads them where torch's own
+    # operation, applied to the positions, says (any rank)
+    "gather3": lambda h: (
+        torch.gather(h.reshape(-1, 2, 4), 2, _PICKS.expand(h.shape[0], -1, -1)).flatten(1)
+        + h[:, [7, 0, 3, 3, 1, 2, -2, 5]]
+        + h.reshape(-1, 2, 4)[:, [1, 0]][..., [3, 2, 1, 0]].flatten(1)
+        * torch.take_along_dim(h.reshape(-1, 2, 4), _PICKS, 2).index_select(1, _ORDER).flatten(1)
+    ),
+    "cosine_similarity": lambda h: h * nn.functional.cosine_similarity(h, torch.tanh(h))[:, None],
+    # steps: exact values, and the derivatives torch gives (1 for a remainder's dividend)
+    "steps": lambda h: (
+        h * torch.floor(h)
+        + torch.ceil(h / 2)
+        + torch.trunc(h) * torch.frac(h)
+        + torch.fmod(h, 0.7)
+        + torch.remainder(h, -0.6)
+        + torch.remainder(h, torch.tanh(h) + 1.5)
+    ),
     "select_stack3": lambda h: (
         torch.stack([h.reshape(-1, 2, 4)[:, 1], torch.tanh(h.reshape(-1, 2, 4)).select(1, 0)], 2)
         .transpose(1, 2)

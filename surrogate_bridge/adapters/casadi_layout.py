@@ -140,19 +140,6 @@ def _select(out, x, dim, index, *, rank):
     return x[:, index].T if d == 1 else x[index, :]
 
 
-def _index(out, x, indices, *, rank):
-    *lead, idx = indices
-    if any(i is not None for i in lead) or idx is None:
-        raise ValueError("only indexing of the last dimension is translated")
-    cols = [int(i) for i in np.asarray(idx).reshape(-1)]
-    return x[:, cols]
-
-
-def _index_select(out, x, dim, index, *, rank):
-    idx = [int(i) for i in np.asarray(ca.DM(index)).reshape(-1)]
-    return _take(x, idx, _along_columns(rank, axis(dim, rank)))
-
-
 def _flip(out, x, dims, *, rank):
     for d in dims:
         columns = _along_columns(rank, axis(d, rank))
@@ -217,7 +204,7 @@ GATHERED = {
     aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default,
     aten.expand.default, aten.repeat.default, aten.flip.default, aten.slice.Tensor,
     aten.select.int, aten.cat.default, aten.concat.default, aten.stack.default,
-    aten.split.Tensor, aten.split_with_sizes.default,
+    aten.split.Tensor, aten.split_with_sizes.default, aten.constant_pad_nd.default,
 }  # fmt: skip
 
 # op -> (handler, extra keyword: "rank" | "ranks" | None), as casadi_ops.OPS
@@ -234,8 +221,12 @@ LAYOUT_OPS = {
     operator.getitem: (lambda out, pieces, i: pieces[i], None),
     aten.slice.Tensor: (_slice, "rank"),
     aten.select.int: (_select, "rank"),
-    aten.index.Tensor: (_index, "rank"),
-    aten.index_select.default: (_index_select, "rank"),
+    # reads at constant positions (indices the model holds or makes from constants), any rank:
+    # always a gather at the positions torch's own operation picks (casadi_symbolic._gathered)
+    aten.index.Tensor: (None, "positions"),
+    aten.index_select.default: (None, "positions"),
+    aten.gather.default: (None, "positions"),
+    aten.take_along_dim.default: (None, "positions"),
     aten.flip.default: (_flip, "rank"),
     aten.constant_pad_nd.default: (_pad, "rank"),
     aten.repeat.default: (_repeat, "rank"),

@@ -100,9 +100,24 @@ def _hardtanh(out, x, lo=-1.0, hi=1.0):
 
 
 def _clamp(out, x, lo=None, hi=None):
+    """clamp of x between bounds (numbers, or tensors broadcast with x; None: no bound)."""
+    x = broadcast(x, out)
     if lo is not None:
-        x = ca.fmax(x, lo)
-    return x if hi is None else ca.fmin(x, hi)
+        x = ca.fmax(x, broadcast(lo, out))
+    return x if hi is None else ca.fmin(x, broadcast(hi, out))
+
+
+def _trunc(x):
+    """x rounded toward zero (CasADi has floor and ceil, not trunc)."""
+    return ca.if_else(x < 0, ca.ceil(x), ca.floor(x))
+
+
+def _remainder(out, a, b):
+    """torch.remainder, as ATen computes it: C's fmod, moved by b where its sign is not b's
+    (Python's ``%``); its derivatives are torch's (1, and -floor(a / b))."""
+    a, b = broadcast(a, out), broadcast(b, out)
+    mod = ca.fmod(a, b)
+    return ca.if_else(ca.logic_and(mod != 0, (mod < 0) != (b < 0)), mod + b, mod)
 
 
 def _softplus0(x):
@@ -302,6 +317,17 @@ OPS = {
     aten.clamp.default: (_clamp, None),
     aten.clamp_min.default: (lambda out, x, lo: ca.fmax(x, lo), None),
     aten.clamp_max.default: (lambda out, x, hi: ca.fmin(x, hi), None),
+    aten.clamp.Tensor: (_clamp, None),
+    aten.clamp_min.Tensor: (lambda out, x, lo: _clamp(out, x, lo), None),
+    aten.clamp_max.Tensor: (lambda out, x, hi: _clamp(out, x, None, hi), None),
+    aten.floor.default: (lambda out, x: ca.floor(x), None),
+    aten.ceil.default: (lambda out, x: ca.ceil(x), None),
+    aten.trunc.default: (lambda out, x: _trunc(x), None),
+    aten.frac.default: (lambda out, x: x - _trunc(x), None),
+    aten.fmod.Scalar: (_binary(ca.fmod), None),
+    aten.fmod.Tensor: (_binary(ca.fmod), None),
+    aten.remainder.Scalar: (_remainder, None),
+    aten.remainder.Tensor: (_remainder, None),
     aten.sum.dim_IntList: (_reduce("sum"), "shapes"),
     aten.sum.default: (_reduce("sum"), "shapes"),
     aten.mean.dim: (_reduce("mean"), "shapes"),

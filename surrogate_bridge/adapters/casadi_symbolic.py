@@ -82,7 +82,7 @@ def translate_program(
                 env[node.name] = x.T  # the user input: a (1, n) row, torch's batch of one
         elif node.op == "call_function":
             folded = constant(node, consts)
-            env[node.name] = _translate_node(node, env) if folded is None else _dm(folded)
+            env[node.name] = _translate_node(node, env, consts) if folded is None else _dm(folded)
         elif node.op == "output":
             output = node.args[0][0]
     y = env[output.name]
@@ -123,8 +123,11 @@ def _flat_safe(node, extra) -> str | None:
     slice, ...), returned as ``"gather"``, an elementwise operation whose arguments
     broadcast, returned as ``"broadcast"``, and prelu's per-channel weight (``"channels"``).
     Operations along axes (``_AXIS``) and batched products (``_MATMULS``) have their own
-    translations. Anything else (indexing by a tensor, say) would compute the wrong thing: it
-    is refused by name."""
+    translations. Anything else (a scatter into a tensor, say) would compute the wrong thing: it
+    is refused by name. A read at constant positions (``index``, ``gather``: ``"positions"``)
+    is a gather at any rank."""
+    if extra == "positions":
+        return "gather"
     if extra == "shapes":
         return None
     meta = node.meta.get("val")
@@ -149,13 +152,21 @@ def _flat_safe(node, extra) -> str | None:
     return None
 
 
-def _gathered(node, env):
+def _gathered(node, env, consts):
     """A rearrangement (``GATHERED``) of one tensor, or a concatenation of several, as a read
     at the positions that torch's own operation gives when applied to ``arange`` of the
-    tensors' shapes (numbered one after the other); a split into pieces, as one read each."""
-    first, rest = node.args[0], node.args[1:]
-    if any(isinstance(a, torch.fx.Node) for a in torch.fx.node.map_aggregate(rest, lambda a: a)):
-        raise ValueError(f"{node.target} with a tensor argument")
+    tensors' shapes (numbered one after the other); a split into pieces, as one read each; a
+    read at positions the model holds (``index``, ``gather``: their values in ``consts``); a
+    padding, as a read of the fill value (one position past the tensor's) where it pads."""
+    first = node.args[0]
+
+    def fixed(a):
+        if a.name not in consts:
+            raise ValueError(f"{node.target} at positions computed from the input")
+        return consts[a.name]
+
+    rest, kwargs = torch.fx.node.map_arg((node.args[1:], node.kwargs), fixed)
+    kwargs = dict(kwargs)
     parts = list(first) if isinstance(first, (list, tuple)) else [first]
     if not all(_shape(p) is not None for p in parts):
         raise ValueError(f"{node.target} of a number")
@@ -165,10 +176,15 @@ def _gathered(node, env):
     index = [positions(shape) + int(o) for o, shape in zip(offsets, shapes, strict=False)]
     flat = ca.horzcat(*[reshape(env[p.name], (1, k)) for p, k in zip(parts, sizes, strict=True)])
     arg = index if isinstance(first, (list, tuple)) else index[0]
-    at = node.target(arg, *rest, **node.kwargs)
+    numel = int(offsets[-1])
+    if node.target is aten.constant_pad_nd.default:  # the fill value: one more position
+        value = kwargs.pop("value", rest[1] if len(rest) > 1 else 0.0)
+        flat, rest, numel = ca.horzcat(flat, float(value)), (rest[0], numel), numel + 1
+    with torch.no_grad():
+        at = node.target(arg, *rest, **kwargs)
     if isinstance(at, (list, tuple)):  # a split: one read per piece
-        return [gather(flat, (int(offsets[-1]),), piece) for piece in at]
-    return gather(flat, (int(offsets[-1]),), at)
+        return [gather(flat, (numel,), piece) for piece in at]
+    return gather(flat, (numel,), at)
 
 
 # operations along one axis of a tensor: "last", or the index of their dim argument. On a tensor
@@ -268,7 +284,7 @@ def _op_name(target) -> str:
     return getattr(target, "__name__", name)
 
 
-def _translate_node(node, env):
+def _translate_node(node, env, consts):
     target = node.target
     entry = OPS.get(target)
     op_name = _op_name(target)
@@ -308,7 +324,7 @@ def _translate_node(node, env):
             )
         flat = _flat_safe(node, extra)
         if flat == "gather":
-            result = _gathered(node, env)
+            result = _gathered(node, env, consts)
         elif flat == "axis":
             result = _along_axis(node, env, val, handler, extra, kwargs)
         elif flat == "batched":  # (bmm's operands are always of rank 3)
@@ -322,8 +338,6 @@ def _translate_node(node, env):
                 if w is not None and math.prod(w) > 1:
                     channels = (1, math.prod(w)) + (1,) * (len(shape) - 2)
                     args[1] = expand(args[1], channels, shape)
-            if target is aten.index.Tensor:
-                args[1] = [None if i is None else np.asarray(ca.DM(i)).ravel() for i in args[1]]
             result = handler(out, *args, **kwargs)
     except (ValueError, TypeError, RuntimeError, NotImplementedError, IndexError) as err:
         raise UnsupportedOperationError(
