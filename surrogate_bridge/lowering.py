@@ -9,9 +9,11 @@ file may not contain"), although torch itself can write it in simpler operations
 :func:`lowered` replaces each operation the consumer does not know, and only those, by torch's
 own decomposition of it (``torch.export.default_decompositions()``: the CompositeImplicitAutograd
 kernels, which are what eager torch runs for those operations, and the core-ATen
-decompositions; for an operation torch has none of, such as ``_trilinear``, which
+decompositions; for the upsampling operations, such as ``upsample_bilinear2d``, torch's
+compiler's forms of them; for an operation torch has none of, such as ``_trilinear``, which
 ``nn.Bilinear`` calls, ``torch.cdist``, ``nn.GroupNorm``, ``nn.InstanceNorm``, ``torch.var``
-(which a hand-written LayerNorm calls), ``torch.hypot`` or ``torch.prod``, and for ``rrelu``,
+(which a hand-written LayerNorm calls), ``torch.hypot``, ``torch.prod`` or the pooling layers
+(average, max and adaptive average pools), and for ``rrelu``,
 whose own decomposition draws noise, one written here in plain operations), round by
 round, until the consumer knows every operation or nothing more can be decomposed.
 Operations the consumer knows stay whole, so an activation with an exact rule of its own, or
@@ -128,12 +130,27 @@ def _operations(program) -> set:
 
 
 def _decompositions() -> dict:
+    """Decompositions by operation: ours (``_OWN``), then those ``torch.export`` runs by
+    default, then, for the upsampling operations it leaves whole (``upsample_bilinear2d``,
+    ``upsample_nearest2d``), torch's reference forms of them from its compiler's table (in
+    plain indexing and arithmetic; the rest of that table goes down to primitives)."""
+    try:  # (a private module of torch's, as stable as its compiler)
+        from torch._decomp import decomposition_table
+    except ImportError:
+        decomposition_table = {}
+    table = {
+        op: fn
+        for op, fn in decomposition_table.items()
+        if isinstance(op, torch._ops.OpOverload) and op.__name__.startswith(_UPSAMPLING)
+    }
     make = getattr(torch.export, "default_decompositions", None)
-    if make is None:  # an older torch: no table to lower with
-        return dict(_OWN)
-    table = make()
-    table = table.materialize() if hasattr(table, "materialize") else dict(table)
+    if make is not None:
+        default = make()
+        table.update(default.materialize() if hasattr(default, "materialize") else default)
     return {**table, **_OWN}
+
+
+_UPSAMPLING = ("upsample_", "_upsample_")
 
 
 def _trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
@@ -253,6 +270,112 @@ def _instance_norm(x, weight, bias, training, momentum, eps):
     return _per_channel(out, weight, bias), mean.reshape(-1), rstd.reshape(-1)
 
 
+def _pair(v) -> list[int]:
+    """A pooling argument (one number, or one per axis) as one number per axis of two."""
+    v = [v] if isinstance(v, int) else list(v)
+    return v * 2 if len(v) == 1 else v
+
+
+def _pooled_size(size, k, pad, stride, dilation, ceil_mode) -> int:
+    """The length of a pooled axis, as ATen's ``pooling_output_shape`` gives it (with
+    ``ceil_mode``, a last window that starts in the right padding is dropped)."""
+    out = (size + 2 * pad - dilation * (k - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride
+    out += 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _windows(x, kernel, stride, padding, dilation, ceil_mode, fill):
+    """The pooling windows of ``x``'s last two axes: one strided slice of ``x`` (padded with
+    ``fill``) per position in the kernel, row by row, and the pooled sizes."""
+    kernel, padding, dilation = _pair(kernel), _pair(padding), _pair(dilation)
+    stride = _pair(stride) if stride else kernel
+    sizes = x.shape[-2:]
+    axes = zip(sizes, kernel, padding, stride, dilation, strict=True)
+    outs = [_pooled_size(*a, ceil_mode) for a in axes]
+    ends = [  # the padding past the end that the last window reaches
+        max(0, (o - 1) * s + d * (k - 1) + 1 - p - n)
+        for o, s, d, k, p, n in zip(outs, stride, dilation, kernel, padding, sizes, strict=True)
+    ]
+    if any(padding) or any(ends):
+        pads = (padding[1], ends[1], padding[0], ends[0])
+        x = torch.nn.functional.pad(x, pads, value=fill)
+    (oh, ow), (sh, sw), (dh, dw) = outs, stride, dilation
+    slices = [
+        x[..., i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+        for i in range(kernel[0])
+        for j in range(kernel[1])
+    ]
+    return slices, (kernel, stride, padding, outs)
+
+
+def _in_order(parts):
+    """The sum of tensors added one after the other, as a pooling kernel's loop adds them."""
+    parts = iter(parts)
+    total = next(parts)
+    for part in parts:
+        total = total + part
+    return total
+
+
+def _avg_pool2d(
+    x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor=None
+):
+    """``aten.avg_pool2d`` (``nn.AvgPool1d``/``2d``) as ATen computes it: each window's values
+    summed in order, then divided by the window's size (clipped to the padded input), by the
+    count of its values inside the input (``count_include_pad=False``), or by ``divisor``."""
+    slices, (kernel, stride, padding, outs) = _windows(
+        x, kernel_size, stride, padding, 1, ceil_mode, 0.0
+    )
+    total = _in_order(slices)
+    if divisor is None:
+        counts = []
+        for k, s, p, o, n in zip(kernel, stride, padding, outs, x.shape[-2:], strict=True):
+            start = torch.arange(o) * s - p
+            end = torch.clamp(start + k, max=n + p)
+            counts.append(
+                (end - start) if count_include_pad else (end.clamp(max=n) - start.clamp(min=0))
+            )
+        divisor = (counts[0][:, None] * counts[1][None, :]).to(x.dtype)
+    return total / divisor
+
+
+def _max_pool2d_with_indices(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    """``aten.max_pool2d_with_indices`` (``nn.MaxPool1d``/``2d``) as its definition: the
+    greatest value of each window (padding never wins), and where in the input it lies (the
+    first such position, as ATen picks it)."""
+    slices, _ = _windows(x, kernel_size, stride, padding, dilation, ceil_mode, -math.inf)
+    values = torch.stack(slices, -1)
+    h, w = x.shape[-2:]
+    at = torch.arange(h * w).reshape(h, w).expand(x.shape)
+    places, _ = _windows(at, kernel_size, stride, padding, dilation, ceil_mode, -1)
+    index = torch.stack(places, -1).gather(-1, values.argmax(-1, keepdim=True)).squeeze(-1)
+    return values.amax(-1), index
+
+
+def _adaptive_avg_pool2d(x, output_size):
+    """``aten._adaptive_avg_pool2d`` (``nn.AdaptiveAvgPool1d``/``2d``) as ATen computes it:
+    output cell i of an axis of n sums the input's positions floor(i n / out) to
+    ceil((i + 1) n / out) in order and divides by their counts; an average pool where out
+    divides n."""
+    (h, w), (oh, ow) = x.shape[-2:], _pair(output_size)
+    if h % oh == 0 and w % ow == 0:  # equal windows side by side
+        kernel = [h // oh, w // ow]
+        slices, _ = _windows(x, kernel, kernel, 0, 1, False, 0.0)
+        return _in_order(slices) / kernel[0] / kernel[1]
+    rows = []
+    for i in range(oh):
+        a, b = (i * h) // oh, -((-(i + 1) * h) // oh)
+        cells = []
+        for j in range(ow):
+            c, d = (j * w) // ow, -((-(j + 1) * w) // ow)
+            cells.append(_in_order(x[..., r, q] for r in range(a, b) for q in range(c, d)))
+            cells[-1] = cells[-1] / (b - a) / (d - c)
+        rows.append(torch.stack(cells, -1))
+    return torch.stack(rows, -2)
+
+
 # operations torch has no decomposition of (or one that draws random numbers), in plain
 # operations, checked like torch's own
 _OWN = {
@@ -266,6 +389,9 @@ _OWN = {
     torch.ops.aten.prod.dim_int: _prod,
     torch.ops.aten.prod.default: _prod,
     torch.ops.aten._native_batch_norm_legit.no_stats: _instance_norm,
+    torch.ops.aten.avg_pool2d.default: _avg_pool2d,
+    torch.ops.aten.max_pool2d_with_indices.default: _max_pool2d_with_indices,
+    torch.ops.aten._adaptive_avg_pool2d.default: _adaptive_avg_pool2d,
 }
 
 

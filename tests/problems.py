@@ -290,6 +290,13 @@ COMPOSITES = {
         + h.reshape(-1, 2, 4)[:, [1, 0]][..., [3, 2, 1, 0]].flatten(1)
         * torch.take_along_dim(h.reshape(-1, 2, 4), _PICKS, 2).index_select(1, _ORDER).flatten(1)
     ),
+    "interpolate": lambda h: (  # linear, bilinear, nearest: reads at positions, times weights
+        nn.functional.interpolate(h.reshape(-1, 2, 4), size=6, mode="linear").flatten(1)[:, :8]
+        + nn.functional.interpolate(h.reshape(-1, 1, 2, 4), (3, 5), mode="bilinear")[
+            ..., 1:
+        ].flatten(1)[:, 2:10]
+        * nn.functional.interpolate(h.reshape(-1, 2, 1, 4), scale_factor=(2, 1)).flatten(1)[:, 4:12]
+    ),
     "cosine_similarity": lambda h: h * nn.functional.cosine_similarity(h, torch.tanh(h))[:, None],
     # steps: exact values, and the derivatives torch gives (1 for a remainder's dividend)
     "steps": lambda h: (
@@ -300,6 +307,25 @@ COMPOSITES = {
         + torch.remainder(h, -0.6)
         + torch.remainder(h, torch.tanh(h) + 1.5)
     ),
+    # pooling: no decomposition in torch; lowered by rules of ours, bit for bit
+    "pool1d": lambda h: (
+        torch.cat(
+            [
+                nn.functional.avg_pool1d(h[:, None], 3, 2, 1, count_include_pad=False),
+                nn.functional.max_pool1d(torch.tanh(h)[:, None], 2),
+            ],
+            -1,
+        ).flatten(1)
+        * nn.functional.adaptive_avg_pool1d(h[:, None], 3).flatten(1).sum(-1, keepdim=True)
+    ),
+    "pool2d": lambda h: torch.cat(
+        [
+            nn.functional.avg_pool2d(h.reshape(-1, 1, 2, 4), (1, 2)).flatten(1),
+            nn.functional.max_pool2d(h.reshape(-1, 1, 2, 4), 2, 1, 1, ceil_mode=True).flatten(1),
+            nn.functional.adaptive_avg_pool2d(h.reshape(-1, 2, 4), (1, 3)).flatten(1),
+        ],
+        1,
+    )[:, 5:13],
     "select_stack3": lambda h: (
         torch.stack([h.reshape(-1, 2, 4)[:, 1], torch.tanh(h.reshape(-1, 2, 4)).select(1, 0)], 2)
         .transpose(1, 2)

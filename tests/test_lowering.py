@@ -1,5 +1,7 @@
 """Lowering exported graphs to the operations a consumer knows (lowering.py)."""
 
+import itertools
+
 import casadi as ca
 import pytest
 import torch
@@ -186,3 +188,58 @@ def test_our_instance_norm_rule_is_atens_kernel(shape, affine):
     for got, want in zip(lowering._instance_norm(*args),
                          aten._native_batch_norm_legit.no_stats(*args), strict=True):  # fmt: skip
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
+
+
+_POOL_SHAPES = [(1, 2, 7, 9), (3, 5, 6), (2, 1, 1, 11)]  # (N, C, H, W), (C, H, W), a 1-D pool
+
+
+def _pool_cases(kernels, strides, extra):
+    """Every combination torch accepts (padding no more than half the kernel)."""
+    for shape, k, stride, pad, *rest in itertools.product(_POOL_SHAPES, kernels, strides, [0, 1],
+                                                          *extra):  # fmt: skip
+        kernel = [min(k, shape[-2]), k]
+        if pad <= min(kernel) // 2:
+            yield shape, kernel, stride, pad, rest
+
+
+def test_our_pooling_rules_are_atens_kernels_bit_for_bit():
+    """avg_pool2d and max_pool2d_with_indices (what nn.AvgPool1d/2d and MaxPool1d/2d call)
+    have no decomposition in torch's table; ours sum or compare the windows in the kernels'
+    order, so that they agree to the last bit, over strides, padding, ceil_mode, dilation,
+    count_include_pad and a divisor, indices included."""
+    g = torch.Generator().manual_seed(7)
+    checked = 0
+    avg = _pool_cases([1, 2, 3], [[], 1, 2, 3], [[False, True], [True, False], [None, 5]])
+    for shape, kernel, stride, pad, (ceil, include, divisor) in avg:
+        x = torch.randn(shape, dtype=torch.float64, generator=g)
+        try:
+            want = aten.avg_pool2d(x, kernel, stride, pad, ceil, include, divisor)
+        except RuntimeError:  # (an output of size 0)
+            continue
+        got = lowering._avg_pool2d(x, kernel, stride, pad, ceil, include, divisor)
+        assert got.shape == want.shape and torch.equal(got, want), (shape, kernel, stride, pad)
+        checked += 1
+    for shape, kernel, stride, pad, (dilation, ceil) in _pool_cases(
+        [1, 2, 3], [[], 1, 2], [[1, 2], [False, True]]
+    ):
+        x = torch.randn(shape, dtype=torch.float64, generator=g)
+        try:
+            want = aten.max_pool2d_with_indices(x, kernel, stride, pad, dilation, ceil)
+        except RuntimeError:
+            continue
+        got = lowering._max_pool2d_with_indices(x, kernel, stride, pad, dilation, ceil)
+        for a, b in zip(got, want, strict=True):
+            assert a.shape == b.shape and torch.equal(a, b), (shape, kernel, stride, pad)
+        checked += 1
+    assert checked > 300
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (3, 4), (5, 2), (7, 9)])
+def test_our_adaptive_average_pooling_rule_is_atens_kernel_bit_for_bit(size):
+    """Windows of unequal sizes (floor(i n / out) to ceil((i + 1) n / out)), or equal ones side
+    by side, each summed in order and divided by its two sizes as ATen divides."""
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    for t in (x, x[0], x[:, :, :1]):
+        want = aten._adaptive_avg_pool2d(t, [min(size[0], t.shape[-2]), size[1]])
+        got = lowering._adaptive_avg_pool2d(t, [min(size[0], t.shape[-2]), size[1]])
+        assert got.shape == want.shape and torch.equal(got, want)
