@@ -103,10 +103,12 @@ def test_a_loaded_step_model_keeps_its_zero_derivatives_and_warning(tmp_path):
 @pytest.mark.parametrize(
     "f",
     [torch.asinh, torch.erfc, lambda h: torch.acosh(h * h + 1.5),
-     lambda h: torch.atanh(0.5 * torch.tanh(h))],
-    ids=["asinh", "erfc", "acosh", "atanh"],
+     lambda h: torch.atanh(0.5 * torch.tanh(h)), lambda h: torch.erfinv(0.9 * torch.tanh(h)),
+     lambda h: torch.lgamma(h * h + 0.5) + torch.digamma(h * h + 1.5),
+     lambda h: torch.special.gammaln(h * h + 0.5)],
+    ids=["asinh", "erfc", "acosh", "atanh", "erfinv", "lgamma-digamma", "gammaln"],
 )  # fmt: skip
-def test_inverse_hyperbolic_functions_and_erfc_round_trip(f, tmp_path):
+def test_inverse_and_special_functions_round_trip(f, tmp_path):
     sur = sb.Surrogate(Hand(f, seed=1))
     sb.save(sur, tmp_path / "f.sbz")
     back, x = sb.load(tmp_path / "f.sbz"), np.array([0.4, -0.3])
