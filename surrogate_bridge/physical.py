@@ -9,8 +9,10 @@ device; the user's model object is never touched.
 fails or returns the wrong shape, the model is taken as written for one unbatched point and
 wrapped in :class:`Pointwise` (``torch.func.vmap``). If it succeeds, the cross-row Jacobian blocks
 and one-row-at-a-time values are compared with the batched call: a model that mixes rows (batch
-statistics) is wrapped in :class:`RowByRow`. After this every row is independent, which every fast
-derivative route relies on (``derivatives.py``).
+statistics) is wrapped in :class:`RowByRow`. A forward that branches on its input's values (a
+Python ``if`` on a tensor), which ``vmap`` cannot trace, is called point by point instead
+(:class:`PointwiseLoop`, :class:`RowByRowLoop`). After this every row is independent, which
+every fast derivative route relies on (``derivatives.py``).
 
 **Export** (:func:`export`) captures the function with ``torch.export`` for ``io.save`` (a dynamic
 batch) and for the CasADi translator (one point, no ``vmap`` in the graph): each row wrapper says
@@ -88,6 +90,30 @@ class RowByRow(Batched):
 
     def one_point(self) -> nn.Module:
         return Batched(self.model)  # a batch of one is exactly one point
+
+
+class PointwiseLoop(Pointwise):
+    """A model written for one unbatched point whose forward branches on its values (a Python
+    ``if`` on a tensor, ``.item()``), which ``vmap`` cannot trace: called point by point."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.model(r).reshape(-1) for r in z]).reshape(z.shape[0], -1)
+
+
+class RowByRowLoop(RowByRow):
+    """A model that mixes rows and branches on its values: each point alone, one call each."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.model(z[i : i + 1]) for i in range(z.shape[0])])
+
+
+# torch.func.vmap's refusal of a forward that branches on a tensor's values
+_BRANCHES = re.compile(r"vmap: It looks like you're (attempting to use a Tensor in some "
+                       r"data-dependent control flow|calling \.item\(\))")  # fmt: skip
+
+
+def _branches(err: BaseException) -> bool:
+    return isinstance(err, RuntimeError) and bool(_BRANCHES.search(str(err)))
 
 
 class _OnePoint(Batched):
@@ -328,12 +354,16 @@ def build(
     layer ``n_in_from`` that n_in was read from); leaves nothing behind on failure."""
     X = PhysicalFunction(Batched(model), in_aff, None).probes(n_in).to(dtype).to(device)
     rows, n_out, err = None, None, None
-    for wrapper in (Batched, Pointwise):
+    wrappers = [Batched, Pointwise]
+    for wrapper in wrappers:
         probe = PhysicalFunction(wrapper(model), in_aff, None).to(device, dtype)
         try:
             with torch.no_grad():
                 Y = probe(X)
         except Exception as e:  # the model's own error, of any type, is reported
+            if wrapper is Pointwise and _branches(e):  # a branch on values: point by point
+                wrappers.append(PointwiseLoop)
+                err = None  # (the batch's failure was the branch's: not what to report)
             err = err or f"{type(e).__name__}: {e}"
             continue
         if isinstance(Y, torch.Tensor) and Y.ndim == 2 and Y.shape[0] == X.shape[0]:
@@ -386,6 +416,12 @@ def build(
         fn = fn._with_rows(type(rows)(ExactFunctions(model)))
     if type(rows) is Batched and not _rows_independent(fn, X, fn.rows.model):
         fn = fn._with_rows(RowByRow(fn.rows.model))  # batch statistics or the like: each alone
+        try:
+            with torch.no_grad():
+                fn(X)
+        except Exception as e:  # (any other failure is the model's own, reported when asked)
+            if _branches(e):  # a branch on values: each point alone, one call each
+                fn = fn._with_rows(RowByRowLoop(fn.rows.model))
     no_second = _second_derivatives(fn, X[:1])
     if no_second and called & ATTENTION_FUNCTIONS:  # torch's attention kernel: rewrites.py
         exact = fn._with_rows(type(fn.rows)(ExactFunctions(model, attention=True)))
@@ -488,6 +524,12 @@ def export(
             "the TorchScript model could not be converted to a torch graph "
             f"({fn.model.reason}); save and symbolic CasADi need one. Callback mode and every "
             "derivative work; or pass the original nn.Module (before torch.jit.script/trace)."
+        )
+    if isinstance(fn.rows, (PointwiseLoop, RowByRowLoop)):  # (torch.export would fail noisily)
+        raise ExportError(
+            "the model's forward branches on its input's values (a Python if on a tensor, or "
+            ".item()), so no one graph computes it; save and symbolic CasADi need one. Callback "
+            "mode and every derivative work; or write the branch with torch.where."
         )
     module = fn._with_rows(fn.rows.one_point()) if one_point else fn
     with warnings.catch_warnings():

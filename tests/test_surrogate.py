@@ -131,6 +131,56 @@ def test_row_mixing_model_is_evaluated_point_by_point():
     np.testing.assert_allclose(sur.jac(X)[:, 0], np.tile(sur.jac(X[0])[0], (5, 1)), rtol=1e-12)
 
 
+def _piecewise(z):
+    """For one point (2,): a different smooth formula on each side of z[0] = 0."""
+    if z[0] > 0:
+        return torch.stack([z[0] ** 2 * z[1], torch.sin(z[1])])
+    return torch.stack([-(z[0] ** 3) + z[1], torch.cos(z[0] * z[1])])
+
+
+def _piecewise_jacobian(x):
+    a, b = x
+    if a > 0:
+        return np.array([[2 * a * b, a * a], [0.0, np.cos(b)]])
+    s = -np.sin(a * b)
+    return np.array([[-3 * a * a, 1.0], [s * b, s * a]])
+
+
+class BranchesOnTheBatch(nn.Module):
+    """Branches on a statistic of the whole batch: mixes rows, and vmap cannot trace it."""
+
+    def forward(self, z):
+        return z**2 if z.sum() > 0 else z**3
+
+
+def test_a_forward_that_branches_on_its_values_is_evaluated_point_by_point(tmp_path):
+    """vmap cannot trace a Python if on a tensor: such a model is called one point at a time,
+    each point taking its own branch, and its derivatives stay exact; the graph consumers
+    (save, symbolic CasADi) refuse it by saying why, and callback CasADi takes it."""
+    sur = sb.Surrogate(_piecewise, n_in=2)
+    X = np.array([[0.5, 0.2], [-0.5, 0.3], [1.5, -2.0]])
+    with pytest.warns(sb.SmoothnessWarning, match="selects between branches"):
+        sur.hess(X)  # (the comparison the branch takes is seen, and said)
+    J = sur.jac(X)
+    for x, j in zip(X, J, strict=True):
+        np.testing.assert_allclose(j, _piecewise_jacobian(x), rtol=1e-14, atol=1e-15)
+        h = 1e-6
+        fd = np.stack([(sur.jac(x + h * e) - sur.jac(x - h * e)) / (2 * h) for e in np.eye(2)], -1)
+        np.testing.assert_allclose(sur.hess(x), fd, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(sur(X), [sur(x) for x in X], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="branches on its input's values"):
+        sb.save(sur, tmp_path / "s.sbz")
+    with pytest.raises(NotImplementedError, match="branches on its input's values"):
+        sb.casadi_function(sur, mode="symbolic")
+    F = sb.casadi_function(sur, mode="callback")
+    np.testing.assert_allclose(np.array(F(X[1])).ravel(), sur(X[1]), rtol=1e-15)
+
+    mixing = sb.Surrogate(BranchesOnTheBatch(), n_in=2)
+    assert isinstance(mixing.function.rows, RowByRow)
+    Z = np.array([[1.0, 0.5], [-2.0, 0.5]])  # the first point squares, the second cubes
+    np.testing.assert_allclose(mixing.jac(Z), [np.diag(2 * Z[0]), np.diag(3 * Z[1] ** 2)])
+
+
 class SqueezesBatch(nn.Module):
     def forward(self, z):
         return (z**2).sum(-1).squeeze()[:, None]  # a batch of one loses its axis
