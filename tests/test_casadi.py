@@ -607,7 +607,7 @@ def test_layer_norm_over_the_last_axes_of_a_rank3_tensor_translates_exactly(trai
 # random rearrangements of rank-3+ tensors: every translated one must be torch's function ------
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 _STEPS = ("permute", "flip", "slice", "scale", "cat", "expand", "select", "transpose", "softmax",
-          "cumsum", "amax")  # fmt: skip
+          "cumsum", "amax", "index", "gather", "pad")  # fmt: skip
 
 
 class Rearranged(nn.Module):
@@ -662,6 +662,16 @@ class Rearranged(nn.Module):
                 h = torch.cumsum(h, d)
             elif step == "amax" and h.dim() > 3:
                 h = h * h.amax(d, keepdim=True)
+            elif step == "index":  # positions the model holds, repeats and negatives included
+                at = torch.tensor([(k * j + 1) % h.shape[d] - (j % 2) for j in range(k + 1)])
+                h = h[(slice(None),) * d + (at,)]
+            elif step == "gather":
+                at = (
+                    torch.arange(math.prod(h.shape[1:])).reshape(h.shape[1:]) * (k + 1)
+                ) % h.shape[d]
+                h = torch.gather(h, d, at[None].expand_as(h))
+            elif step == "pad":  # the last axis or two, a constant fill
+                h = nn.functional.pad(h, [1, k % 2, 0, 1][: 2 + 2 * (k % 2)], value=0.25 * k)
         h = torch.tanh(h).flatten(1)
         return (h * const([1, h.shape[1]])).sum(-1, keepdim=True)
 
