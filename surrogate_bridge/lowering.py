@@ -370,8 +370,8 @@ def _adaptive_avg_pool2d(x, output_size):
         cells = []
         for j in range(ow):
             c, d = (j * w) // ow, -((-(j + 1) * w) // ow)
-            cells.append(_in_order(x[..., r, q] for r in range(a, b) for q in range(c, d)))
-            cells[-1] = cells[-1] / (b - a) / (d - c)
+            total = _in_order(x[..., r, q] for r in range(a, b) for q in range(c, d))
+            cells.append(total / (b - a) / (d - c))
         rows.append(torch.stack(cells, -1))
     return torch.stack(rows, -2)
 
