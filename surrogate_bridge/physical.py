@@ -363,7 +363,8 @@ def build(
         except Exception as e:  # the model's own error, of any type, is reported
             if wrapper is Pointwise and _branches(e):  # a branch on values: point by point
                 wrappers.append(PointwiseLoop)
-                err = None  # (the batch's failure was the branch's: not what to report)
+                err = None  # (the batch's failure was the branch's; the loop's is what to say)
+                continue
             err = err or f"{type(e).__name__}: {e}"
             continue
         if isinstance(Y, torch.Tensor) and Y.ndim == 2 and Y.shape[0] == X.shape[0]:
