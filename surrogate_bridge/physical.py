@@ -230,10 +230,28 @@ def from_torchscript(model, n_in: int | None):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the converter's notes about its own internals
-            return TS2EPConverter(model, (example,)).convert().module()
+            converted = TS2EPConverter(model, (example,)).convert().module()
     except Exception as err:  # the converter raises many types: keep the reason for export
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         return _Scripted(model, f"{type(err).__name__}: {first}")
+    return _Converted(converted)
+
+
+class _Converted(nn.Module):
+    """A converted TorchScript graph. Its aten calls hide the functions' names from the probe,
+    so it declares the non-smooth ones, as a loaded graph does (an attribute of this holder: a
+    graph module's copy keeps only its graph)."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.converted = graph
+        ops = {getattr(n.target, "_opname", "") for n in graph.graph.nodes}
+        self.nonsmooth_calls = tuple(sorted(ops & NONSMOOTH))
+
+    def forward(self, z):
+        return self.converted(z)
+
+
 
 
 class _Scripted(nn.Module):

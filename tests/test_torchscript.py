@@ -110,3 +110,16 @@ def test_a_script_model_without_a_linear_layer_needs_n_in():
     with pytest.raises(ValueError, match="TorchScript model does not say its input count"):
         sb.Surrogate(module)
     assert sb.Surrogate(module, n_in=3).grad([1.0, 2.0, 3.0]).tolist() == [2.0, 4.0, 6.0]
+
+
+@pytest.mark.parametrize("kind", ["script", "trace", "load"])
+def test_a_converted_relu_model_warns_as_the_eager_one_does(kind, tmp_path):
+    """The converter's aten calls do not name F.relu to the probe: the converted graph declares
+    its non-smooth calls, so the torch route's Hessian warns too, and a saved file keeps them."""
+    net = sb.mlp((2, 8, 1), activation="relu", seed=2)
+    sur = sb.Surrogate(scripted(kind, net), SCALER)
+    assert sur.nonsmooth_ops == sb.Surrogate(net, SCALER).nonsmooth_ops == ("relu",)
+    with pytest.warns(sb.SmoothnessWarning, match="relu"):
+        sur.hess(X)
+    sb.save(sur, tmp_path / "relu.sbz")
+    assert sb.load(tmp_path / "relu.sbz").nonsmooth_ops == ("relu",)
