@@ -69,7 +69,7 @@ class CasadiPointRoute:
     name = "casadi"
 
     def __init__(self, program, n: int, m: int, probes) -> None:
-        f, _ = translate_program(program, n, m, "f", probes)
+        f = translate_program(program, n, m, "f", probes)
         self.n, self.m = n, m
         x = ca.MX.sym("x", n)
         y = f.call([x], True, False)[0]  # inlined: one expression graph, not a call node

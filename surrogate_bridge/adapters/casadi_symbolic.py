@@ -19,7 +19,6 @@ import casadi as ca
 import numpy as np
 import torch
 
-from ..diagnostics import NONSMOOTH
 from ..lowering import constant, lowered, same_function
 from ..physical import ExportError, constants_of
 from ..surrogate import Surrogate
@@ -49,26 +48,25 @@ def _where(node) -> str:
 
 def translate(sur: Surrogate, name: str) -> tuple[ca.Function, list[str]]:
     """``casadi.Function(name, [x (n, 1)], [y (m, 1)])`` built from the surrogate's graph, and
-    the names of the piecewise-linear operations met (for the smoothness warning)."""
+    the names of the non-smooth operations its model calls (for the smoothness warning: the
+    surrogate's own finding, so that every route warns alike, and a scaling's Yeo-Johnson
+    branches, smooth by construction, are not counted)."""
     try:  # one point: no vmap in the captured graph
         program = sur.export(one_point=True, dtype=torch.float64)
     except ExportError as err:
         raise UnsupportedOperationError(str(err)) from err
-    return translate_program(program, sur.n_in, sur.n_out, name, sur.function.probes(sur.n_in))
+    probes = sur.function.probes(sur.n_in)
+    return translate_program(program, sur.n_in, sur.n_out, name, probes), list(sur.nonsmooth_ops)
 
 
 def translate_program(
     program, n_in: int, n_out: int, name: str, probes: torch.Tensor
-) -> tuple[ca.Function, list[str]]:
+) -> ca.Function:
     """:func:`translate` of a one-point ``torch.export`` program of n_in inputs, n_out outputs.
     Operations without a rule in ``OPS`` are first lowered to torch's own decompositions of them
     (``lowering.lowered``), where torch has one. The translation must compute what the program
     computes, to float64 rounding, at ``probes`` (k, n_in: ``PhysicalFunction.probes``), or
     it is refused: a translation that is not the same function is never handed out."""
-    # the non-smooth operations the model itself calls, whether translated whole or lowered
-    # (not those a decomposition brings in, such as normalize's guard against a zero norm), for
-    # the smoothness warning
-    written = {_op_name(n.target) for n in program.graph.nodes if n.op == "call_function"}
     program = lowered(program, lambda op: op in OPS, probes)
     consts = constants_of(program, float64=False)
     x = ca.MX.sym("x", n_in)
@@ -93,7 +91,7 @@ def translate_program(
             "the CasADi translation does not compute what torch computes at probe points "
             "(an operation translated wrongly); use mode='callback' for this model"
         )
-    return f, sorted(written & NONSMOOTH)
+    return f
 
 
 def _dm(value):
