@@ -93,7 +93,8 @@ def _elu(h, alpha=1.0, scale=1.0, input_scale=1.0):
     neg = scale * alpha
     f = np.where(pos, h * scale, (e - 1.0) * neg)
     d = np.where(pos, scale, neg * input_scale * e)
-    return f, d, np.where(pos, 0.0, neg * input_scale * input_scale * e)
+    # torch: at 0 the negative side's first derivative, and the positive side's second (0)
+    return f, d, np.where(h >= 0, 0.0, neg * input_scale * input_scale * e)
 
 
 _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
@@ -149,9 +150,10 @@ def _abs(h):
 
 
 def _hardswish(h):
-    """h relu6(h + 3) / 6, with torch's derivative: 0 below -3, h / 3 + 1/2 up to 3, then 1."""
+    """h relu6(h + 3) / 6, with torch's derivative: 0 up to -3, h / 3 + 1/2 strictly inside
+    (-3, 3), then 1 (the outer pieces' slopes at the ties, as torch's kernel gives them)."""
     f = h * np.minimum(np.maximum(h + 3.0, 0.0), 6.0) / 6.0
-    d = np.where(h < -3.0, 0.0, np.where(h <= 3.0, h / 3.0 + 0.5, 1.0))
+    d = np.where(h <= -3.0, 0.0, np.where(h < 3.0, h / 3.0 + 0.5, 1.0))
     return f, d, np.where((h > -3.0) & (h < 3.0), 1.0 / 3.0, 0.0)
 
 

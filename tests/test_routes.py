@@ -165,3 +165,65 @@ def test_auto_measures_models_whose_hessian_torch_cannot_take(model):
     assert "hessian: torch cannot take it, not measured" in sur.point_route_report["note"]
     with pytest.raises(NotImplementedError, match="torch cannot take this derivative"):
         sur.hess(np.zeros(2))
+
+
+class _Clamp01(nn.Module):
+    def forward(self, h):
+        return h.clamp(0.0, 1.0)
+
+
+class _Abs(nn.Module):
+    def forward(self, h):
+        return h.abs()
+
+
+# activations and the points where their pieces meet (ties of the selection)
+KINKS = {
+    "relu": (nn.ReLU, [0.0]),
+    "leaky": (lambda: nn.LeakyReLU(0.1), [0.0]),
+    "prelu": (lambda: nn.PReLU(init=0.2), [0.0]),
+    "rrelu": (nn.RReLU, [0.0]),
+    "hardtanh": (nn.Hardtanh, [-1.0, 1.0]),
+    "relu6": (nn.ReLU6, [0.0, 6.0]),
+    "hardsigmoid": (nn.Hardsigmoid, [-3.0, 3.0]),
+    "hardswish": (nn.Hardswish, [-3.0, 3.0]),
+    "clamp": (_Clamp01, [0.0, 1.0]),
+    "abs": (_Abs, [0.0]),
+    "elu": (lambda: nn.ELU(2.0), [0.0]),
+    "celu": (lambda: nn.CELU(0.5), [0.0]),
+    "selu": (nn.SELU, [0.0]),
+    "softplus": (nn.Softplus, [0.0]),
+    "logsigmoid": (nn.LogSigmoid, [0.0]),
+    "mish": (nn.Mish, [0.0]),
+    "softshrink": (lambda: nn.Softshrink(0.5), [-0.5, 0.5]),
+    "hardshrink": (lambda: nn.Hardshrink(0.5), [-0.5, 0.5]),
+    "threshold": (lambda: nn.Threshold(0.1, 2.0), [0.1]),
+}
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize("name", list(KINKS))
+def test_every_route_takes_torchs_derivatives_where_pieces_meet(name):
+    """At a kink every derivative is a convention; the routes keep torch's (a bias-free net at
+    x = 0, a clamp at its bound, where solvers do evaluate): CasADi's fmax and fmin would give
+    the mean of the two slopes, and an ELU's second derivative at 0 is torch's 0."""
+    import casadi as ca
+
+    make, ties = KINKS[name]
+    first = nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        first.weight.copy_(torch.eye(2, dtype=torch.float64))  # x itself reaches the kink
+    net = nn.Sequential(first, make().double(), nn.Linear(2, 1).double())
+    torch.manual_seed(0)
+    ref = sb.Surrogate(net, n_in=2, point_route="torch")
+    num = sb.Surrogate(net, n_in=2, point_route="numpy")
+    F = sb.casadi_function(ref, mode="symbolic")
+    x = ca.MX.sym("x", 2)
+    G = ca.Function("G", [x], [ca.jacobian(F(x), x)])
+    H = ca.Function("H", [x], [ca.hessian(F(x), x)[0]])
+    for t in ties:
+        p = np.array([t, t + 0.25])  # one input on the kink, one beside it
+        g, h = ref.grad(p), ref.hess(p)
+        for got_g, got_h in ((num.grad(p), num.hess(p)), (np.array(G(p)).ravel(), H(p))):
+            np.testing.assert_allclose(got_g, g, rtol=TOL["rel"], atol=1e-15)
+            np.testing.assert_allclose(np.array(got_h), h, rtol=TOL["rel"], atol=1e-15)

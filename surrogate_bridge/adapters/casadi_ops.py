@@ -82,7 +82,10 @@ def _softplus(out, x, beta=1, threshold=20):
 
 
 def _elu(out, x, alpha=1.0, scale=1.0, input_scale=1.0):
-    return ca.if_else(x > 0, scale * x, scale * alpha * (ca.exp(x * input_scale) - 1))
+    """At x = 0 torch's first derivative is the negative side's, its second the positive
+    side's (0): the middle branch, exact at 0 alone, gives both."""
+    neg = scale * alpha * (ca.exp(x * input_scale) - 1)
+    return ca.if_else(x > 0, scale * x, ca.if_else(x == 0, scale * alpha * input_scale * x, neg))
 
 
 def _gelu(out, x, approximate="none"):
@@ -91,20 +94,28 @@ def _gelu(out, x, approximate="none"):
     return 0.5 * x * (1 + ca.erf(x / math.sqrt(2)))
 
 
+# Kinks are selections (if_else) on torch's side of each tie, so that every derivative at the
+# kink itself is torch's: fmax and fmin would give the mean of the two sides' slopes there.
 def _leaky_relu(out, x, slope=0.01):
-    return ca.fmax(x, 0) + slope * ca.fmin(x, 0)
+    return ca.if_else(x > 0, x, slope * x)  # torch: the negative side at 0
 
 
 def _hardtanh(out, x, lo=-1.0, hi=1.0):
-    return ca.fmin(ca.fmax(x, lo), hi)
+    """torch: slope 1 strictly inside (lo, hi) only."""
+    return ca.if_else(x <= lo, lo, ca.if_else(x >= hi, hi, x))
 
 
 def _clamp(out, x, lo=None, hi=None):
-    """clamp of x between bounds (numbers, or tensors broadcast with x; None: no bound)."""
+    """clamp of x between bounds (numbers, or tensors broadcast with x; None: no bound); torch
+    passes x's slope on at either bound, the bound's only beyond it."""
     x = broadcast(x, out)
     if lo is not None:
-        x = ca.fmax(x, broadcast(lo, out))
-    return x if hi is None else ca.fmin(x, broadcast(hi, out))
+        lo = broadcast(lo, out)
+        x = ca.if_else(x >= lo, x, lo)
+    if hi is None:
+        return x
+    hi = broadcast(hi, out)
+    return ca.if_else(x <= hi, x, hi)
 
 
 def _trunc(x):
@@ -121,8 +132,9 @@ def _remainder(out, a, b):
 
 
 def _softplus0(x):
-    """log(1 + e^x) without overflow for large x."""
-    return ca.fmax(x, 0) + ca.log1p(ca.exp(-ca.fabs(x)))
+    """log(1 + e^x) without overflow for large x: each side smooth (fmax and fabs would lose
+    the curvature at 0)."""
+    return ca.if_else(x > 0, x + ca.log1p(ca.exp(-x)), ca.log1p(ca.exp(x)))
 
 
 def _row_stats(x):
@@ -195,11 +207,11 @@ _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
 
 def _celu(out, x, alpha=1.0):
-    return ca.if_else(x > 0, x, alpha * (ca.exp(x / alpha) - 1))
+    return _elu(out, x, alpha, 1.0, 1.0 / alpha)
 
 
 def _prelu(out, x, weight):
-    return ca.fmax(x, 0) + broadcast(weight, x.shape) * ca.fmin(x, 0)
+    return ca.if_else(x > 0, x, broadcast(weight, x.shape) * x)  # torch: the weight's side at 0
 
 
 def _vector_norm(out, x, ord=2, dim=None, keepdim=False, dtype=None, *, shapes):
@@ -311,7 +323,7 @@ OPS = {
     aten.gelu.default: (_gelu, None),
     aten.erf.default: (lambda out, x: ca.erf(x), None),
     aten.abs.default: (lambda out, x: ca.fabs(x), None),
-    aten.relu.default: (lambda out, x: ca.fmax(x, 0), None),
+    aten.relu.default: (lambda out, x: ca.if_else(x > 0, x, 0), None),  # torch: slope 0 at 0
     aten.leaky_relu.default: (_leaky_relu, None),
     aten.hardtanh.default: (_hardtanh, None),
     aten.clamp.default: (_clamp, None),
@@ -340,15 +352,18 @@ OPS = {
     aten.conv3d.default: (_conv(aten.conv3d.default), "shapes"),
     aten.conv1d.padding: (_conv(aten.conv1d.padding), "shapes"),
     aten.conv2d.padding: (_conv(aten.conv2d.padding), "shapes"),
-    aten.selu.default: (
-        lambda out, x: _SELU_SCALE * ca.if_else(x > 0, x, _SELU_ALPHA * (ca.exp(x) - 1)),
-        None,
-    ),
+    aten.selu.default: (lambda out, x: _elu(out, x, _SELU_ALPHA, _SELU_SCALE), None),
     aten.celu.default: (_celu, None),
     aten.mish.default: (lambda out, x: x * ca.tanh(_softplus0(x)), None),
     aten.log_sigmoid.default: (lambda out, x: -_softplus0(-x), None),
-    aten.hardswish.default: (lambda out, x: x * ca.fmin(ca.fmax(x + 3, 0), 6) / 6, None),
-    aten.hardsigmoid.default: (lambda out, x: ca.fmin(ca.fmax(x / 6 + 0.5, 0), 1), None),
+    aten.hardswish.default: (  # torch: the outer pieces at both ties
+        lambda out, x: ca.if_else(x <= -3, 0, ca.if_else(x < 3, x * (x + 3) / 6, x)),
+        None,
+    ),
+    aten.hardsigmoid.default: (  # torch: slope 1/6 strictly inside (-3, 3) only
+        lambda out, x: ca.if_else(x <= -3, 0, ca.if_else(x >= 3, 1, x / 6 + 0.5)),
+        None,
+    ),
     aten.prelu.default: (_prelu, None),
     aten.linalg_vector_norm.default: (_vector_norm, "shapes"),
     aten.reciprocal.default: (lambda out, x: 1 / x, None),
