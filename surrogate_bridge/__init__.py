@@ -22,6 +22,7 @@ from .io import load, save
 from .multistart import multistart
 from .normalization import Affine
 from .points import CacheInfo
+from .scaling import Scaling, Warp
 from .surrogate import Surrogate
 from .threads import limit_threads
 from .training import fit, mlp
@@ -56,8 +57,10 @@ __all__ = [
     "ExtrapolationError",
     "ExtrapolationWarning",
     "PrecisionWarning",
+    "Scaling",
     "SmoothnessWarning",
     "Surrogate",
+    "Warp",
     "__version__",
     "check_derivatives",
     "derivatives",

@@ -8,6 +8,7 @@ from torch import nn
 
 from .normalization import Affine
 from .routes import POINT_ROUTES
+from .scaling import Scaling
 
 __all__ = ["check_arguments", "check_device", "infer_n_in"]
 
@@ -52,7 +53,7 @@ def check_device(device, where: str = "Surrogate") -> torch.device:
     return dev
 
 
-def infer_n_in(n_in, in_aff: Affine | None, model) -> tuple[int | None, str | None]:
+def infer_n_in(n_in, in_aff: Affine | Scaling | None, model) -> tuple[int | None, str | None]:
     """(n_in, the name of the Linear layer it was read from, or None where n_in was given or
     read from the input scaler)."""
     from_scaler = None if in_aff is None else in_aff.n_features

@@ -16,6 +16,7 @@ import torch
 from .convert import Points, to_host
 from .diagnostics import ExtrapolationError, ExtrapolationWarning
 from .normalization import Affine
+from .scaling import Scaling
 
 __all__ = ["EXTRAPOLATION_POLICIES", "Domain"]
 
@@ -26,10 +27,14 @@ _REL_TOL = 1e-9  # of the box width (at least 1): points on the boundary up to r
 class Domain:
     """Bounds ``lb <= x <= ub`` (or none known) and the policy for points outside them."""
 
-    def __init__(self, bounds, in_aff: Affine | None, n_in: int | None, policy: str) -> None:
+    def __init__(
+        self, bounds, in_aff: Affine | Scaling | None, n_in: int | None, policy: str
+    ) -> None:
         self.policy = policy
         self._warned = False
         self.lb = self.ub = None
+        # where the input scaler is defined at all (a log needs x > 0): outside it, an error
+        self.defined = in_aff.defined() if isinstance(in_aff, Scaling) else None
         if bounds is None and in_aff is not None and in_aff.data_min is not None:
             bounds = (in_aff.data_min, in_aff.data_max)
         if bounds is not None:
@@ -73,7 +78,10 @@ class Domain:
         )
 
     def check(self, pts: Points, where: str) -> None:
-        """Apply the policy to validated points (a no-op without bounds or when ignoring)."""
+        """Refuse points where the input scaler is undefined; apply the policy to the others
+        (a no-op without bounds or when ignoring)."""
+        if getattr(self, "defined", None) is not None:  # (absent from older pickles)
+            self._require_defined(pts.data, where)
         if not self.known or self._policy == "ignore":
             return
         data = pts.data
@@ -96,6 +104,25 @@ class Domain:
                 ExtrapolationWarning,
                 stacklevel=4,
             )
+
+    def _require_defined(self, data, where: str) -> None:
+        lo, hi = self.defined
+        if isinstance(data, torch.Tensor):
+            lo_t, hi_t = (
+                torch.as_tensor(b, dtype=data.dtype, device=data.device) for b in (lo, hi)
+            )
+            if bool(((data > lo_t) & (data < hi_t)).all()):
+                return
+            data = to_host(data).astype(np.float64)
+        bad = ~((data > lo) & (data < hi))
+        if not bad.any():
+            return
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{where}: x[{i}, {j}] = {data[i, j]:.6g} is outside where the input scaler is "
+            f"defined ({lo[j]:.6g} < x < {hi[j]:.6g} for feature {j}: a log or Box-Cox step "
+            "there); the surrogate has no value at it."
+        )
 
     def box(self) -> tuple[np.ndarray, np.ndarray] | None:
         return (self.lb.copy(), self.ub.copy()) if self.known else None

@@ -33,9 +33,9 @@ import zipfile
 import torch
 
 from .arguments import check_device
-from .normalization import Affine
 from .physical import Batched, ExportError
 from .saved_graph import CODES, DTYPES, Refused, SavedGraph, graph_to_data
+from .scaling import scaler_from_dict
 from .surrogate import Surrogate
 
 __all__ = ["load", "save"]
@@ -185,7 +185,7 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
         dtype = _SURROGATE_DTYPES[meta["dtype"]]
         fn.check_shapes(meta["n_in"], meta["n_out"], dtype)  # before anything is computed
         scalers = {
-            k: None if meta[k] is None else Affine.from_dict(_mapping(meta[k], k))
+            k: None if meta[k] is None else scaler_from_dict(_mapping(meta[k], k))
             for k in ("input_scaler", "output_scaler")
         }
     except (Refused, ValueError, TypeError, KeyError, IndexError, RecursionError) as err:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .convert import as_array
 
-__all__ = ["FIT_KINDS", "Affine", "as_affine"]
+__all__ = ["FIT_KINDS", "Affine"]
 
 FIT_KINDS = ("minmax", "standard")  # what Affine.fit (and so sb.fit's string scalers) knows
 
@@ -152,8 +152,10 @@ class Affine:
                 raise TypeError(
                     f"Affine.from_sklearn: {name} is not an affine per-feature scaler "
                     "(z = (x - shift) / scale), so it cannot be baked into the surrogate as one. "
-                    "Write the transform as torch code inside the model (the surrogate then "
-                    "differentiates through it), or scale with one of "
+                    "A Surrogate also takes a PowerTransformer, a FunctionTransformer of np.log, "
+                    "np.log1p, np.exp or np.expm1, and Pipelines of them (sb.Scaling); for "
+                    "anything else, write the transform as torch code inside the model (the "
+                    "surrogate then differentiates through it), or scale with one of "
                     f"{sorted(_SKLEARN_READERS)}."
                 )
             raise TypeError(
@@ -267,13 +269,3 @@ _SKLEARN_READERS: dict[str, Callable[[object], Affine]] = {
     "MaxAbsScaler": _read_maxabs,
     "RobustScaler": _read_robust,
 }
-
-
-def as_affine(scaler, role: str) -> Affine | None:
-    """Accept ``None``, an ``Affine`` or a fitted sklearn scaler for ``role`` (an argument name)."""
-    if scaler is None or isinstance(scaler, Affine):
-        return scaler
-    try:
-        return Affine.from_sklearn(scaler)
-    except TypeError as err:
-        raise TypeError(f"{role}: {err}") from None

@@ -39,6 +39,7 @@ from .diagnostics import (
 )
 from .normalization import Affine
 from .rewrites import ATTENTION_FUNCTIONS, REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
+from .scaling import Scaling, ScalingMap
 
 __all__ = [
     "VIEWS",
@@ -54,6 +55,7 @@ _PROBE_ROWS = 3
 _CUT_CHECKED = 64  # outputs checked one by one for a cut graph
 # deep-copying a torch.export graph module makes torch warn about its own pytree API
 _TREESPEC = ".*treespec.*"
+Scaler = Affine | Scaling | None
 
 
 # row handling ------------------------------------------------------------------------------------
@@ -127,17 +129,24 @@ class _OnePoint(Batched):
 class PhysicalFunction(nn.Module):
     """``x (N, n_in) -> y (N, n_out)`` in physical units; ``(n_in,) -> (n_out,)`` for one point.
 
-    ``rows`` is one of the row wrappers above, holding the frozen model; the scalers are buffers.
+    ``rows`` is one of the row wrappers above, holding the frozen model; an affine scaler is two
+    buffers, a nonlinear one (:class:`~.scaling.Scaling`) its :class:`~.scaling.ScalingMap`.
     """
 
-    def __init__(self, rows: Batched, in_aff: Affine | None, out_aff: Affine | None) -> None:
+    def __init__(self, rows: Batched, in_aff: Scaler, out_aff: Scaler) -> None:
         super().__init__()
         self.rows = rows
         self.has_in, self.has_out = in_aff is not None, out_aff is not None
+        self.in_scaling = in_aff if isinstance(in_aff, Scaling) else None  # (for probes)
         for prefix, aff in (("in", in_aff), ("out", out_aff)):
-            shift, scale = (np.zeros(1), np.ones(1)) if aff is None else (aff.shift, aff.scale)
+            # an Affine as two buffers (the graph every route knows); a Scaling as its module
+            affine = aff is None or isinstance(aff, Affine)
+            shift, scale = (
+                (np.zeros(1), np.ones(1)) if aff is None or not affine else (aff.shift, aff.scale)
+            )
             self.register_buffer(f"{prefix}_shift", torch.as_tensor(shift))
             self.register_buffer(f"{prefix}_scale", torch.as_tensor(scale))
+            setattr(self, f"{prefix}_map", None if affine else ScalingMap(aff))
 
     @property
     def model(self):
@@ -147,8 +156,7 @@ class PhysicalFunction(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 1:
             return self.forward(x[None])[0]
-        z = (x - self.in_shift) / self.in_scale if self.has_in else x
-        y = self.rows(z)
+        y = self.rows(self.normalize(x))
         if not isinstance(y, torch.Tensor):
             raise TypeError(
                 f"the model returned a {type(y).__name__}, expected one tensor of shape "
@@ -156,13 +164,23 @@ class PhysicalFunction(nn.Module):
             )
         if y.ndim == 1:
             y = y[:, None]
+        if self.out_map is not None:
+            return self.out_map.inverse(y)
         return y * self.out_scale + self.out_shift if self.has_out else y
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical inputs (N, n_in) -> the model's own."""
+        if self.in_map is not None:
+            return self.in_map(x)
+        return (x - self.in_shift) / self.in_scale if self.has_in else x
 
     def probes(self, n_in: int, rows: int = _PROBE_ROWS) -> torch.Tensor:
         """Fixed pseudo-random physical points (rows, n_in), float64, where the model's own
         inputs are standard normal: for probing the model and checking rewrites of its graph."""
         gen = torch.Generator().manual_seed(0)
         Z = torch.randn(rows, n_in, generator=gen, dtype=torch.float64)
+        if self.in_scaling is not None:  # moved inside where each inverse step is defined
+            return torch.as_tensor(self.in_scaling.physical(Z.numpy()))
         if not self.has_in:
             return Z
         return Z * self.in_scale.detach().cpu().double() + self.in_shift.detach().cpu().double()
@@ -250,8 +268,6 @@ class _Converted(nn.Module):
 
     def forward(self, z):
         return self.converted(z)
-
-
 
 
 class _Scripted(nn.Module):
@@ -364,7 +380,7 @@ def _second_derivatives(fn, x: torch.Tensor) -> str | None:
 
 
 def build(
-    model, in_aff: Affine | None, out_aff: Affine | None, n_in: int, dtype, device,
+    model, in_aff: Scaler, out_aff: Scaler, n_in: int, dtype, device,
     n_in_from: str | None = None,
 ) -> Built:  # fmt: skip
     """Probe ``model`` (already a frozen copy) once: how to call it, n_out, row independence,
@@ -430,7 +446,10 @@ def build(
         )
     fn = PhysicalFunction(rows, in_aff, out_aff).to(device=device, dtype=dtype)
     # a loaded graph's aten calls hide the functions' names: it declares the non-smooth ones
-    called = called_functions(fn, X) | set(getattr(model, "nonsmooth_calls", ()))
+    # (the model's calls alone: a scaling's own where and clamp are smooth by construction)
+    with torch.no_grad():
+        Z = fn.normalize(X)
+    called = called_functions(fn.rows, Z) | set(getattr(model, "nonsmooth_calls", ()))
     if called & REWRITTEN_FUNCTIONS:  # F.celu, F.hardsigmoid in the forward: rewrites.py
         fn = fn._with_rows(type(rows)(ExactFunctions(model)))
     if type(rows) is Batched and not _rows_independent(fn, X, fn.rows.model):

@@ -18,9 +18,9 @@ from .convert import Points, as_points, as_vector, finish
 from .derivatives import Engine
 from .diagnostics import needs_warning, warn_nonsmooth
 from .domain import Domain
-from .normalization import as_affine
 from .physical import build, export, from_torchscript, frozen_copy
 from .points import CacheInfo, PointEvaluator
+from .scaling import Scaling, as_scaler
 
 __all__ = [
     "Surrogate",
@@ -39,8 +39,11 @@ class Surrogate:
         Normalized inputs (N, n_in) -> normalized outputs (N, n_out) or (N,); models written for
         one point, or that mix rows, are run point by point (vmap). Used through a private
         frozen copy: ``model`` itself is never changed.
-    input_scaler, output_scaler : Affine, fitted sklearn scaler, or None
-        ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``; None: identity.
+    input_scaler, output_scaler : Affine, Scaling, fitted sklearn scaler, or None
+        ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``, a
+        ``PowerTransformer``, a ``FunctionTransformer`` of ``np.log``/``log1p``/``exp``/``expm1``,
+        or a ``Pipeline`` of them (an affine one is read as one :class:`Affine`, one with a log
+        or power step as a :class:`Scaling`); None: identity.
     dtype : torch.dtype
         Working dtype (float64 by default: solver-grade derivatives).
     device : str or torch.device, optional
@@ -101,8 +104,8 @@ class Surrogate:
     ) -> None:
         check_arguments(model, dtype, cache_size, point_route)
         self.dtype, self.device = dtype, check_device(device)
-        self._in_aff = as_affine(input_scaler, "Surrogate: input_scaler")
-        self._out_aff = as_affine(output_scaler, "Surrogate: output_scaler")
+        self._in_aff = as_scaler(input_scaler, "Surrogate: input_scaler")
+        self._out_aff = as_scaler(output_scaler, "Surrogate: output_scaler")
         self._baked = (self._in_aff, self._out_aff)  # what the function applies (_setup)
         self._cache_policy, self._route_policy = (cache_size, bool(prefetch_grad)), point_route
         self.chunk_size = 4096 if self.device.type == "cpu" else 16384  # benchmarks/RESULTS.md
@@ -139,16 +142,18 @@ class Surrogate:
         ``nonsmooth_ops``, if given, replaces the probe's finding (a module may also declare
         them as its ``nonsmooth_calls``, as a loaded graph does: the probe then counts them)."""
         sur = cls(fn, n_in=n_in, **kwargs)
-        sur._in_aff = as_affine(input_scaler, "Surrogate.from_physical: input_scaler")
-        sur._out_aff = as_affine(output_scaler, "Surrogate.from_physical: output_scaler")
+        sur._in_aff = as_scaler(input_scaler, "Surrogate.from_physical: input_scaler")
+        sur._out_aff = as_scaler(output_scaler, "Surrogate.from_physical: output_scaler")
+        if isinstance(sur._in_aff, Scaling):  # (its graph applies it: still undefined where it is)
+            sur._domain.defined = sur._in_aff.defined()
         if nonsmooth_ops is not None:
             sur._built.nonsmooth = tuple(nonsmooth_ops)
         return sur
 
     n_in = property(lambda self: self._n_in, doc="Number of inputs (None until known).")
     n_out = property(lambda self: self._built.n_out if self._n_in else None, doc="Outputs.")
-    input_scaler = property(lambda self: self._in_aff, doc="The input Affine, or None.")
-    output_scaler = property(lambda self: self._out_aff, doc="The output Affine, or None.")
+    input_scaler = property(lambda self: self._in_aff, doc="The input Affine or Scaling, or None.")
+    output_scaler = property(lambda self: self._out_aff, doc="The output Affine or Scaling.")
     prefetch_grad = property(lambda self: self._cache_policy[1], doc="Values fill gradients.")
 
     nonsmooth_ops = property(

@@ -12,6 +12,7 @@ from torch import nn
 
 from .normalization import Affine
 from .points import CacheInfo
+from .scaling import Scaling
 
 __all__ = [
     "Surrogate",
@@ -56,9 +57,9 @@ class Surrogate:
     @property
     def n_out(self) -> int | None: ...
     @property
-    def input_scaler(self) -> Affine | None: ...
+    def input_scaler(self) -> Affine | Scaling | None: ...
     @property
-    def output_scaler(self) -> Affine | None: ...
+    def output_scaler(self) -> Affine | Scaling | None: ...
     @property
     def prefetch_grad(self) -> bool: ...
     @property

@@ -19,8 +19,9 @@ from torch import nn
 
 from .convert import as_array
 from .derivatives import rowwise
-from .normalization import FIT_KINDS, Affine, as_affine
+from .normalization import FIT_KINDS, Affine
 from .physical import frozen_copy
+from .scaling import Scaling, as_scaler
 from .surrogate import Surrogate
 
 __all__ = ["fit", "mlp"]
@@ -68,7 +69,7 @@ def mlp(sizes, activation: str = "tanh", *, seed: int | None = None, dtype=torch
     return nn.Sequential(*layers[:-1]).to(dtype)
 
 
-def _scaler(spec, data: np.ndarray | None, role: str) -> Affine | None:
+def _scaler(spec, data: np.ndarray | None, role: str) -> Affine | Scaling | None:
     if isinstance(spec, str):
         if spec not in FIT_KINDS:
             raise ValueError(
@@ -76,7 +77,16 @@ def _scaler(spec, data: np.ndarray | None, role: str) -> Affine | None:
                 "an Affine, a fitted sklearn scaler, or None."
             )
         return Affine.fit(data, kind=spec)
-    return as_affine(spec, f"fit: {role}")
+    return as_scaler(spec, f"fit: {role}")
+
+
+def _slope(scaler, data: np.ndarray | None, N: int, k: int) -> np.ndarray:
+    """d(normalized)/d(physical) of each of N samples' k features: 1 / scale for an Affine."""
+    if scaler is None:
+        return np.ones((N, k))
+    if isinstance(scaler, Affine):
+        return np.broadcast_to(1.0 / scaler.scale, (N, k))
+    return scaler.slope(data)
 
 
 def _progress(total: int, enabled: bool | None):
@@ -119,8 +129,8 @@ class _Data:
     Z: torch.Tensor  # (N, n) inputs
     T: torch.Tensor | None  # (N, m) values
     GT: torch.Tensor | None  # (N, m, n) gradients
-    in_aff: Affine | None
-    out_aff: Affine | None
+    in_aff: Affine | Scaling | None
+    out_aff: Affine | Scaling | None
     m: int
 
 
@@ -177,23 +187,29 @@ def _prepare(model, X, y, dydx, input_scaler, output_scaler) -> _Data:
     _check_model(model, X, m)
 
     in_aff = _scaler(input_scaler, X, "input_scaler")
-    x_scale = np.ones(n) if in_aff is None else in_aff.scale
+    x_slope = _slope(in_aff, X, N, n)  # dz/dx, per sample and feature
     if Y is not None or not isinstance(output_scaler, str):
         out_aff = _scaler(output_scaler, Y, "output_scaler")
     else:  # gradients only: scale from gradient magnitude times input ranges; shift by anchor
-        mag = np.sqrt(np.mean(np.sum((G * x_scale) ** 2, axis=2), axis=0))
+        mag = np.sqrt(np.mean(np.sum((G / x_slope[:, None, :]) ** 2, axis=2), axis=0))
         out_aff = Affine(np.zeros(m), np.where(mag > 0, mag, 1.0))
-    y_shift = np.zeros(m) if out_aff is None else out_aff.shift
-    y_scale = np.ones(m) if out_aff is None else out_aff.scale
+    if isinstance(out_aff, Scaling) and Y is None:
+        raise ValueError(
+            "fit: a nonlinear output_scaler (a log or power step) needs the values y: the "
+            "gradients' normalized form depends on them. Pass y, or an affine output_scaler."
+        )
     dtype, device = _dtype_device(model)
 
     def tens(a):
         return None if a is None else torch.as_tensor(a, dtype=dtype, device=device)
 
+    if G is not None:  # the chain rule, per sample: dz_y/dz_x = y'(z) G / x'(z)
+        y_slope = _slope(out_aff, Y, N, m)
+        G = G * y_slope[:, :, None] / x_slope[:, None, :]
     return _Data(
         Z=tens(X if in_aff is None else in_aff.transform(X)),
-        T=tens(None if Y is None else (Y - y_shift) / y_scale),
-        GT=tens(None if G is None else G * x_scale[None, None, :] / y_scale[None, :, None]),
+        T=tens(None if Y is None else Y if out_aff is None else out_aff.transform(Y)),
+        GT=tens(G),
         in_aff=in_aff,
         out_aff=out_aff,
         m=m,
@@ -325,10 +341,13 @@ def fit(
         Values.
     dydx : array_like, shape (N, m, n), or (N, n) for m == 1, optional
         Gradients (Jacobians) in physical units. At least one of ``y`` and ``dydx`` is needed.
-    input_scaler, output_scaler : "minmax", "standard", Affine, fitted sklearn scaler, or None
-        String kinds are fitted to ``X`` and ``y``. With gradients only and a string output
-        kind, the output scale is the gradients' magnitude times the input ranges (the RMS over
-        samples of ``|dy_k/dx * x_scale|``), and the shift is set by ``anchor``.
+    input_scaler, output_scaler : "minmax", "standard", Affine, Scaling, sklearn scaler, or None
+        String kinds are fitted to ``X`` and ``y`` (a sklearn scaler comes fitted). With
+        gradients only and a string output kind, the output scale is the gradients' magnitude
+        times the input ranges (the RMS over samples of ``|dy_k/dx * x_scale|``), and the shift
+        is set by ``anchor``. A scaler with a log or power step (``PowerTransformer``,
+        ``FunctionTransformer(np.log)``, a :class:`Scaling`) is applied to the gradients by the
+        chain rule at each sample; as an output scaler it needs the values ``y``.
     epochs, lr, batch_size : int, float, int or None
         Adam epochs and learning rate; ``batch_size=None`` trains on the full batch.
     weights : (float, float)
@@ -371,6 +390,11 @@ def fit(
         raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}.")
     _check_options(epochs, lr, batch_size, weights, validation, patience)
     data = _prepare(model, X, y, dydx, input_scaler, output_scaler)
+    if anchor is not None and isinstance(data.out_aff, Scaling):
+        raise ValueError(
+            "fit: anchor shifts an affine output scaler, and this one has a log or power step; "
+            "the values y already fix the constant, so leave anchor out."
+        )
     N = data.Z.shape[0]
 
     rng = np.random.default_rng(seed)
