@@ -121,3 +121,13 @@ def test_readme_complete_example_runs_as_written():
     np.testing.assert_allclose(x_ipopt, x_scipy, atol=1e-5)
     np.testing.assert_allclose(x_flow, x_scipy, atol=1e-3)
     assert np.linalg.norm(ns["sur"].grad(x_scipy)) < 1e-6
+
+
+def test_log_scaled_design(capsys):
+    pytest.importorskip("casadi")
+    out = load("log_scaled_design").main(n_samples=500, epochs=300)
+    (med_std, max_std), (med_log, max_log) = out["errors"].values()
+    assert med_log < med_std and max_log < max_std  # log units: right over every decade
+    d = out["designs"]
+    np.testing.assert_allclose(d["trust-constr"], d["IPOPT"], rtol=1e-5)  # one surrogate problem
+    assert "IPOPT" in capsys.readouterr().out
