@@ -232,6 +232,7 @@ def _read_columns(ct) -> Affine:
                 "the model sees fewer features than x has; drop them before scaling instead."
             )
         keep = _passthrough(part)
+        _affine_part(part, idx)
         a = Affine(np.zeros(len(idx)), np.ones(len(idx))) if keep else Affine.from_sklearn(part)
         shift[idx], scale[idx] = a.shift, a.scale
         ranged = ranged and a.data_min is not None
@@ -245,6 +246,19 @@ def _read_columns(ct) -> Affine:
             "its transformers in column order (remainder last, for the last columns)."
         )
     return Affine(shift, scale, **({"data_min": lo, "data_max": hi} if ranged else {}))
+
+
+def _affine_part(part, idx) -> None:
+    """A log or power step of some columns only is refused, saying where it can go instead."""
+    names = [type(e).__name__ for e in (part, *(e for _, e in getattr(part, "steps", ())))]
+    nonlinear = [n for n in names if n in ("PowerTransformer", "FunctionTransformer")]
+    if nonlinear and not _passthrough(part):
+        raise TypeError(
+            f"Affine.from_sklearn: the ColumnTransformer applies a {nonlinear[0]} to columns "
+            f"{idx.tolist()} only; a log or power step is read for all features at once (a "
+            "Pipeline around the ColumnTransformer, whose parts are affine scalers), or write "
+            "it as torch code inside the model."
+        )
 
 
 def _passthrough(part) -> bool:

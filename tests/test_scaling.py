@@ -309,3 +309,12 @@ def test_points_where_a_log_is_undefined_are_refused_naming_them(tmp_path):
     assert (
         sb.Scaling([sb.Warp("exp", n_features=1), sb.Warp("log1p", n_features=1)]).defined() is None
     )
+
+
+def test_a_log_on_some_columns_only_is_refused_saying_where_it_can_go():
+    from sklearn.compose import ColumnTransformer
+
+    parts = [("log", FunctionTransformer(np.log), [0]), ("rest", MinMaxScaler(), [1, 2])]
+    ct = ColumnTransformer(parts).fit(POSITIVE)
+    with pytest.raises(TypeError, match=r"FunctionTransformer to columns \[0\] only.*Pipeline"):
+        sb.Surrogate(mlp([3, 4, 1]), ct)
