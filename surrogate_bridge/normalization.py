@@ -102,6 +102,18 @@ class Affine:
             )
         return cls(d["shift"], d["scale"], data_min=d.get("data_min"), data_max=d.get("data_max"))
 
+    def then(self, other: Affine) -> Affine:
+        """This map followed by ``other``, as one: (((x - s1) / c1) - s2) / c2 is
+        (x - (s1 + s2 c1)) / (c1 c2). The data range is this map's, if it recorded one.
+
+        Examples
+        --------
+        >>> Affine([1.0], [2.0]).then(Affine([3.0], [4.0])).transform([[15.0]]).tolist()
+        [[1.0]]
+        """
+        return Affine(self.shift + other.shift * self.scale, self.scale * other.scale,
+                      data_min=self.data_min, data_max=self.data_max)  # fmt: skip
+
     @classmethod
     def identity(cls, n_features: int) -> Affine:
         return cls(np.zeros(n_features), np.ones(n_features))
@@ -199,17 +211,15 @@ def _read_robust(s) -> Affine:
 
 
 def _read_pipeline(p) -> Affine:
-    """Affine steps in sequence compose into one: (((x - s1) / c1) - s2) / c2 is
-    (x - (s1 + s2 c1)) / (c1 c2). The data range is the first step's, if it recorded one."""
+    """Affine steps in sequence, composed into one (:meth:`Affine.then`)."""
     steps = [est for _, est in p.steps if est not in (None, "passthrough")]
     if not steps:
         raise TypeError("Affine.from_sklearn: the Pipeline has no steps to read.")
     parts = [Affine.from_sklearn(est) for est in steps]
-    shift, scale = parts[0].shift, parts[0].scale
+    out = parts[0]
     for a in parts[1:]:
-        shift, scale = shift + a.shift * scale, scale * a.scale
-    first = parts[0]
-    return Affine(shift, scale, data_min=first.data_min, data_max=first.data_max)
+        out = out.then(a)
+    return out
 
 
 def _read_columns(ct) -> Affine:

@@ -137,16 +137,13 @@ class PhysicalFunction(nn.Module):
         super().__init__()
         self.rows = rows
         self.has_in, self.has_out = in_aff is not None, out_aff is not None
-        self.in_scaling = in_aff if isinstance(in_aff, Scaling) else None  # (for probes)
         for prefix, aff in (("in", in_aff), ("out", out_aff)):
             # an Affine as two buffers (the graph every route knows); a Scaling as its module
-            affine = aff is None or isinstance(aff, Affine)
-            shift, scale = (
-                (np.zeros(1), np.ones(1)) if aff is None or not affine else (aff.shift, aff.scale)
-            )
+            affine = isinstance(aff, Affine)
+            shift, scale = (aff.shift, aff.scale) if affine else (np.zeros(1), np.ones(1))
             self.register_buffer(f"{prefix}_shift", torch.as_tensor(shift))
             self.register_buffer(f"{prefix}_scale", torch.as_tensor(scale))
-            setattr(self, f"{prefix}_map", None if affine else ScalingMap(aff))
+            setattr(self, f"{prefix}_map", ScalingMap(aff) if isinstance(aff, Scaling) else None)
 
     @property
     def model(self):
@@ -179,8 +176,8 @@ class PhysicalFunction(nn.Module):
         inputs are standard normal: for probing the model and checking rewrites of its graph."""
         gen = torch.Generator().manual_seed(0)
         Z = torch.randn(rows, n_in, generator=gen, dtype=torch.float64)
-        if self.in_scaling is not None:  # moved inside where each inverse step is defined
-            return torch.as_tensor(self.in_scaling.physical(Z.numpy()))
+        if self.in_map is not None:  # moved inside where each inverse step is defined
+            return torch.as_tensor(self.in_map.scaling.physical(Z.numpy()))
         if not self.has_in:
             return Z
         return Z * self.in_scale.detach().cpu().double() + self.in_shift.detach().cpu().double()

@@ -382,9 +382,7 @@ def _merged(steps: list) -> list:
     out = []
     for s in steps:
         if out and isinstance(s, Affine) and isinstance(out[-1], Affine):
-            a = out[-1]
-            out[-1] = Affine(a.shift + s.shift * a.scale, a.scale * s.scale,
-                             data_min=a.data_min, data_max=a.data_max)  # fmt: skip
+            out[-1] = out[-1].then(s)
         else:
             out.append(s)
     return out
@@ -471,6 +469,7 @@ class ScalingMap(nn.Module):
 
     def __init__(self, scaling: Scaling) -> None:
         super().__init__()
+        self.scaling = scaling  # (the numpy form, for probes)
         self.plan = []  # (kind, {name in _warp: buffer name or None})
         for i, s in enumerate(scaling.steps):
             consts = (
