@@ -109,6 +109,11 @@ def _hardtanh(h, min_val=-1.0, max_val=1.0):
     return np.clip(h, min_val, max_val), inside.astype(np.float64), np.zeros_like(h)
 
 
+def _relu6(h):
+    """F.relu6 (nn.ReLU6 reaches the graph as hardtanh): hardtanh on [0, 6], as torch forms it."""
+    return _hardtanh(h, 0.0, 6.0)
+
+
 def _clamp(h, lo=None, hi=None):
     """torch.clamp: its derivative is 1 on the closed interval [lo, hi] (hardtanh's, on the
     open one)."""
@@ -331,6 +336,7 @@ FIRST = {_tanh: _tanh_first, _sigmoid: _sigmoid_first}
 ACTIVATIONS = {
     aten.tanh.default: _tanh,
     aten.sigmoid.default: _sigmoid,
+    aten.special_expit.default: _sigmoid,
     aten.softplus.default: _softplus,
     aten.silu.default: _silu,
     aten.mish.default: _mish,
@@ -339,6 +345,7 @@ ACTIVATIONS = {
     aten.elu.default: _elu,
     aten.selu.default: _selu,
     aten.hardtanh.default: _hardtanh,
+    aten.relu6.default: _relu6,
     aten.relu.default: _relu,
     aten.leaky_relu.default: _leaky_relu,
     aten.sin.default: _sin,

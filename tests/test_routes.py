@@ -172,6 +172,11 @@ class _Clamp01(nn.Module):
         return h.clamp(0.0, 1.0)
 
 
+class _Relu6(nn.Module):  # F.relu6 calls aten.relu6 (nn.ReLU6 calls hardtanh)
+    def forward(self, h):
+        return nn.functional.relu6(h)
+
+
 class _Abs(nn.Module):
     def forward(self, h):
         return h.abs()
@@ -185,6 +190,7 @@ KINKS = {
     "rrelu": (nn.RReLU, [0.0]),
     "hardtanh": (nn.Hardtanh, [-1.0, 1.0]),
     "relu6": (nn.ReLU6, [0.0, 6.0]),
+    "relu6_call": (_Relu6, [0.0, 6.0]),
     "hardsigmoid": (nn.Hardsigmoid, [-3.0, 3.0]),
     "hardswish": (nn.Hardswish, [-3.0, 3.0]),
     "clamp": (_Clamp01, [0.0, 1.0]),
