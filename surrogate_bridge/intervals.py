@@ -4,8 +4,16 @@ Every value of the one-point ``torch.export`` graph becomes an enclosure over a 
 lower and upper bounds of the value and of its derivatives with respect to the inputs (interval
 forward mode), with a leading axis over boxes. Linear layers use the center-radius form
 (``W c`` and ``|W| r``: exact for an affine map of a box); elementwise functions use their
-monotonicity and the range of their derivative over the interval. This bounds V, grad V and f
+the numpy route's rules (``elementwise.py``: the value and derivative as torch computes them),
+evaluated at the interval's ends and at the points inside it where the value or the derivative
+can turn (critical points, kinks with both one-sided slopes, poles). This bounds V, grad V and f
 over a box, so the Lyapunov conditions can be *proven* box by box (``lyapunov.certify``).
+
+At a kink (ReLU at 0, a clamp at its bound) the derivative bounds hold both one-sided slopes,
+so for a piecewise-smooth network they enclose Clarke's generalized gradient; a ``where`` whose
+condition is undecided over a box takes the hull of both branches. Where a function is undefined
+on part of a box (a log of a box reaching 0 or below) its bounds are NaN and the box is never
+proven.
 
 The bounds are computed in float64 without directed rounding: enclosures are exact up to float64
 rounding (about 1e-16 relative), which the certificate's strict margins absorb.
@@ -13,11 +21,16 @@ rounding (about 1e-16 relative), which the certificate's strict margins absorb.
 
 from __future__ import annotations
 
+import functools
+import math
+
+import numpy as np
 import torch
 
+from .elementwise import ACTIVATIONS
 from .physical import constants_of
 
-__all__ = ["IntervalProgram", "Iv", "box_r2", "interval_mul"]
+__all__ = ["Cond", "IntervalProgram", "Iv", "box_r2", "interval_mul"]
 
 aten = torch.ops.aten
 
@@ -73,48 +86,268 @@ def _times(a: Iv, b: Iv) -> Iv:
     return Iv(lo, hi, dlo, dhi)
 
 
-def _monotone(a: Iv, fn, dfn_range) -> Iv:
-    """An increasing fn; ``dfn_range(lo, hi)`` bounds fn' over [lo, hi]."""
-    slo, shi = dfn_range(a.lo, a.hi)
-    return Iv(fn(a.lo), fn(a.hi), *_dscale(slo, shi, a))
+# elementwise functions ----------------------------------------------------------------------------
+# Each function's value and slope come from the numpy route's rule (as torch computes them); over
+# [lo, hi] they range between their values at the ends and at the points listed here that lie
+# inside: where the value or the slope turns, and each kink with the floats either side of it (so
+# both one-sided slopes are held). A pole inside makes the bounds infinite.
 
 
-def _tanh_slope(lo, hi):
-    t_lo, t_hi = torch.tanh(lo) ** 2, torch.tanh(hi) ** 2
-    inside = (lo <= 0) & (hi >= 0)
-    return 1 - torch.maximum(t_lo, t_hi), torch.where(inside, 1.0, 1 - torch.minimum(t_lo, t_hi))
+def _kinks(*points) -> list:
+    out = []
+    for k in points:
+        if k is not None:
+            k = np.asarray(k, dtype=np.float64)
+            out += [np.nextafter(k, -np.inf), k, np.nextafter(k, np.inf)]
+    return out
 
 
-def _sigmoid_slope(lo, hi):
-    s = lambda v: torch.sigmoid(v) * (1 - torch.sigmoid(v))  # noqa: E731
-    inside = (lo <= 0) & (hi >= 0)
-    return torch.minimum(s(lo), s(hi)), torch.where(inside, 0.25, torch.maximum(s(lo), s(hi)))
+@functools.cache
+def _turns(target, brackets: tuple, params: tuple) -> tuple:
+    """The points in each bracket ``(order, a, b)`` where the rule's derivative of that order (1:
+    the value turns, 2: the slope turns) changes sign, found by bisection to adjacent floats
+    (both kept). Computed once per function and parameters."""
+    rule, out = ACTIVATIONS[target], []
+    for order, a, b in brackets:
+        with np.errstate(all="ignore"):
+            g = lambda x: float(rule(np.array([x]), *params)[order][0])  # noqa: B023, E731
+            ga = g(a)
+            while a < (m := 0.5 * (a + b)) < b:
+                if (g(m) > 0) == (ga > 0):
+                    a = m
+                else:
+                    b = m
+        out += [a, b]
+    return tuple(out)
 
 
-def _pow(a: Iv, p) -> Iv:
-    if not (float(p).is_integer() and p >= 1):
-        raise ValueError(f"pow with exponent {p} (integer exponents >= 1 are bounded)")
-    p = int(p)
-
-    def powr(lo, hi, k):
-        if k == 0:
-            return torch.ones_like(lo), torch.ones_like(hi)
-        l_k, h_k = lo**k, hi**k
-        if k % 2:
-            return l_k, h_k
-        inside = (lo <= 0) & (hi >= 0)
-        return torch.where(inside, 0.0, torch.minimum(l_k, h_k)), torch.maximum(l_k, h_k)
-
-    lo, hi = powr(a.lo, a.hi, p)
-    slo, shi = powr(a.lo, a.hi, p - 1)
-    return Iv(lo, hi, *_dscale(p * slo, p * shi, a))
+def _none(*_, **__):
+    return [], []
 
 
-def _softplus(a: Iv, beta) -> Iv:
-    if beta != 1:
-        raise ValueError(f"softplus with beta = {beta} (beta = 1 is bounded)")
-    slope = lambda lo, hi: (torch.sigmoid(lo), torch.sigmoid(hi))  # noqa: E731
-    return _monotone(a, torch.nn.functional.softplus, slope)
+def _at(*points):
+    return lambda *_, **__: (list(points), [])
+
+
+def _kinked(at):
+    """Kinks where ``at(*params, **kw)`` says (a tuple of points; None for an absent bound)."""
+    return lambda lo, hi, *params, **kw: (_kinks(*at(*params, **kw)), [])
+
+
+def _smooth(target, *brackets):
+    def points(lo, hi, *params, **kw):
+        return list(_turns(target, brackets, (*params, *kw.values()))), []
+
+    return points
+
+
+def _periodic(lo, hi, *_):
+    """sin, cos: value and slope turn at multiples of pi / 2; five from lo on cover a period."""
+    first = np.ceil(lo / (math.pi / 2)) * (math.pi / 2)
+    return [first + j * (math.pi / 2) for j in range(5)], []
+
+
+def _tan(lo, hi):
+    first_pole = np.ceil((lo - math.pi / 2) / math.pi) * math.pi + math.pi / 2
+    return _periodic(lo, hi)[0], [first_pole]
+
+
+def _discontinuous(name):
+    def refuse(*_, **__):
+        raise ValueError(f"{name} is discontinuous: bounds of its derivative prove nothing")
+
+    return refuse
+
+
+def _threshold_points(lo, hi, threshold, value):
+    if value != threshold:
+        return _discontinuous(f"threshold with value {value} != threshold {threshold}")()
+    return _kinks(threshold), []
+
+
+def _gelu_points(lo, hi, approximate="none"):
+    return list(_turns(aten.gelu.default, ((1, -1.5, -0.5), (2, -2.0, -1.0), (2, 1.0, 2.0)),
+                       (approximate,))), []  # fmt: skip
+
+
+def _pow_points(lo, hi, p):
+    return [0.0], ([0.0] if p < 0 else [])
+
+
+# the points where each of elementwise.ACTIVATIONS can turn, kink or blow up
+_POINTS = {
+    aten.tanh.default: _at(0.0),
+    aten.sigmoid.default: _at(0.0),
+    aten.special_expit.default: _at(0.0),
+    aten.softplus.default: _kinked(lambda beta=1.0, threshold=20.0: (threshold / beta,)),
+    aten.silu.default: _smooth(aten.silu.default, (1, -2.0, -0.5), (2, -3.0, -2.0), (2, 2.0, 3.0)),
+    aten.mish.default: _smooth(aten.mish.default, (1, -2.0, -0.5), (2, -3.0, -2.0), (2, 1.0, 2.0)),
+    aten.log_sigmoid.default: _none,
+    aten.gelu.default: _gelu_points,
+    aten.elu.default: _kinked(lambda *_: (0.0,)),
+    aten.selu.default: _kinked(lambda: (0.0,)),
+    aten.hardtanh.default: _kinked(lambda min_val=-1.0, max_val=1.0: (min_val, max_val)),
+    aten.relu6.default: _kinked(lambda: (0.0, 6.0)),
+    aten.relu.default: _kinked(lambda: (0.0,)),
+    aten.leaky_relu.default: _kinked(lambda *_: (0.0,)),
+    aten.sin.default: _periodic,
+    aten.cos.default: _periodic,
+    aten.exp.default: _none,
+    aten.abs.default: _kinked(lambda: (0.0,)),
+    aten.clamp.default: _kinked(lambda lo=None, hi=None: (lo, hi)),
+    aten.clip.default: _kinked(lambda lo=None, hi=None: (lo, hi)),
+    aten.clamp_min.default: _kinked(lambda lo: (lo,)),
+    aten.clamp_max.default: _kinked(lambda hi: (hi,)),
+    aten.hardswish.default: lambda lo, hi: ([-1.5, *_kinks(-3.0, 3.0)], []),
+    aten.softshrink.default: _kinked(lambda lambd=0.5: (-lambd, lambd)),
+    aten.threshold.default: _threshold_points,
+    aten.rrelu.default: _kinked(lambda *_: (0.0,)),
+    aten.pow.Tensor_Scalar: _pow_points,
+    aten.square.default: _at(0.0),
+    aten.log.default: _none,
+    aten.sqrt.default: _none,
+    aten.reciprocal.default: lambda lo, hi: ([], [0.0]),
+    aten.rsqrt.default: _none,
+    aten.sinh.default: _at(0.0),
+    aten.cosh.default: _at(0.0),
+    aten.tan.default: _tan,
+    aten.asin.default: _at(0.0),
+    aten.acos.default: _at(0.0),
+    aten.atan.default: _at(0.0),
+    aten.asinh.default: _at(0.0),
+    aten.acosh.default: _none,
+    aten.atanh.default: _at(0.0),
+    aten.expm1.default: _none,
+    aten.exp2.default: _none,
+    aten.log1p.default: _none,
+    aten.log2.default: _none,
+    aten.log10.default: _none,
+    aten.erf.default: _at(0.0),
+    aten.erfc.default: _at(0.0),
+    aten.hardshrink.default: _discontinuous("hardshrink"),
+    aten.sign.default: _discontinuous("sign"),
+}
+
+
+def _number(p):
+    """A call's parameter for a numpy rule: a tensor as an array, anything else as it is."""
+    return p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else p
+
+
+def _tanh(h):
+    t = torch.tanh(h)
+    return t, 1.0 - t * t
+
+
+def _sigmoid(h):
+    s = torch.sigmoid(h)
+    return s, s * (1.0 - s)
+
+
+# the common smooth activations' value and slope in torch, which is faster on large boxes
+_TORCH_FIRST = {
+    aten.tanh.default: _tanh,
+    aten.sigmoid.default: _sigmoid,
+    aten.special_expit.default: _sigmoid,
+    aten.exp.default: lambda h: (h.exp(),) * 2,
+}
+
+
+def _elementwise(target):
+    rule, where, fast = ACTIVATIONS[target], _POINTS[target], _TORCH_FIRST.get(target)
+
+    def op(a: Iv, *params, **kw) -> Iv:
+        params, kw = [_number(p) for p in params], {k: _number(v) for k, v in kw.items()}
+        lo, hi = a.lo, a.hi
+        points, poles = where(lo.detach().cpu().numpy(), hi.detach().cpu().numpy(), *params, **kw)
+
+        def value_slope(h: torch.Tensor):
+            if fast is not None:
+                return fast(h)
+            with np.errstate(all="ignore"):
+                f, d = rule(h.detach().cpu().numpy(), *params, **kw)[:2]
+            return tuple(torch.as_tensor(np.asarray(v, dtype=np.float64)).to(lo) for v in (f, d))
+
+        (f_lo, d_lo), (f_hi, d_hi) = value_slope(lo), value_slope(hi)
+        f_min, f_max = torch.minimum(f_lo, f_hi), torch.maximum(f_lo, f_hi)
+        d_min, d_max = torch.minimum(d_lo, d_hi), torch.maximum(d_lo, d_hi)
+        for p in points:  # (a fixed point is evaluated once, not per entry)
+            p = torch.as_tensor(np.asarray(p, dtype=np.float64)).to(lo)
+            f_p, d_p = value_slope(p.reshape(-1) if p.ndim == 0 else p)
+            inside = (lo <= p) & (p <= hi)
+            f_min = torch.where(inside, torch.minimum(f_min, f_p), f_min)
+            f_max = torch.where(inside, torch.maximum(f_max, f_p), f_max)
+            d_min = torch.where(inside, torch.minimum(d_min, d_p), d_min)
+            d_max = torch.where(inside, torch.maximum(d_max, d_p), d_max)
+        for p in poles:
+            inside = (lo <= torch.as_tensor(p).to(lo)) & (torch.as_tensor(p).to(lo) <= hi)
+            f_min, d_min = (
+                f_min.masked_fill(inside, -math.inf),
+                d_min.masked_fill(inside, -math.inf),
+            )
+            f_max, d_max = f_max.masked_fill(inside, math.inf), d_max.masked_fill(inside, math.inf)
+        return Iv(f_min, f_max, *_dscale(d_min, d_max, a))
+
+    return op
+
+
+def _prelu(a: Iv, weight) -> Iv:
+    """prelu: a leaky ReLU whose slope is a weight per channel (dim 1) or one for all."""
+    w = weight.detach()
+    if w.numel() > 1:
+        w = w.reshape(-1, *[1] * (a.lo.ndim - 2))
+    return _elementwise(aten.leaky_relu.default)(a, w)
+
+
+# comparisons and where ----------------------------------------------------------------------------
+
+
+class Cond:
+    """A comparison over boxes: ``surely`` true at every point of a box, ``maybe`` at some (also
+    where its bounds are NaN, so that a ``where`` then keeps both branches)."""
+
+    __slots__ = ("maybe", "surely")
+
+    def __init__(self, surely, maybe) -> None:
+        self.surely, self.maybe = surely, maybe
+
+
+def _compare(kind: str):
+    def op(a, b) -> Cond:
+        d = _add(_iv(a), _iv(b), -1.0)  # a - b
+        lo, hi = torch.as_tensor(d.lo), torch.as_tensor(d.hi)
+        if kind == "ge":
+            return Cond(lo >= 0, ~(hi < 0))
+        if kind == "gt":
+            return Cond(lo > 0, ~(hi <= 0))
+        if kind == "le":
+            return Cond(hi <= 0, ~(lo > 0))
+        return Cond(hi < 0, ~(lo >= 0))
+
+    return op
+
+
+def _where(cond, a, b) -> Iv:
+    """The branch the condition takes on the box, or the hull of both where it is undecided."""
+    if not isinstance(cond, Cond):
+        cond = Cond(torch.as_tensor(cond), torch.as_tensor(cond))
+    a, b = _iv(a), _iv(b)
+
+    def pick(x, y, join, surely, maybe):
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        return torch.where(surely, x, torch.where(maybe, join(x, y), y))
+
+    lo = pick(a.lo, b.lo, torch.minimum, cond.surely, cond.maybe)
+    hi = pick(a.hi, b.hi, torch.maximum, cond.surely, cond.maybe)
+    if a.dlo is None and b.dlo is None:
+        return Iv(lo, hi)
+    n = (a.dlo if a.dlo is not None else b.dlo).shape[-1]
+    zero = lo.new_zeros((*lo.shape, n))
+    da = (a.dlo, a.dhi) if a.dlo is not None else (zero, zero)
+    db = (b.dlo, b.dhi) if b.dlo is not None else (zero, zero)
+    s, m = cond.surely[..., None], cond.maybe[..., None]
+    return Iv(lo, hi, pick(da[0], db[0], torch.minimum, s, m),
+              pick(da[1], db[1], torch.maximum, s, m))  # fmt: skip
 
 
 def _linear(x: Iv, W, b=None) -> Iv:
@@ -210,9 +443,9 @@ def _binary(kind):
             return _add(a, b if alpha == 1 else _scale(b, alpha), -1.0)
         if kind == "mul":
             return _times(a, b)
-        if b.dlo is not None or not torch.all(torch.as_tensor(b.lo == b.hi)):
-            raise ValueError("division by a non-constant")
-        return _times(a, Iv.const(1 / torch.as_tensor(b.lo)))
+        if b.dlo is None and torch.all(torch.as_tensor(b.lo == b.hi)):
+            return _times(a, Iv.const(1 / torch.as_tensor(b.lo)))
+        return _times(a, _elementwise(aten.reciprocal.default)(b))
 
     return op
 
@@ -232,12 +465,11 @@ _RULES = {
     aten.div.Scalar: _binary("div"),
     aten.rsub.Scalar: lambda a, s, alpha=1: _add(_iv(torch.as_tensor(s)), _scale(a, alpha), -1.0),
     aten.neg.default: lambda a: _scale(a, -1.0),
-    aten.pow.Tensor_Scalar: _pow,
-    aten.square.default: lambda a: _pow(a, 2),
-    aten.tanh.default: lambda a: _monotone(a, torch.tanh, _tanh_slope),
-    aten.sigmoid.default: lambda a: _monotone(a, torch.sigmoid, _sigmoid_slope),
-    aten.exp.default: lambda a: _monotone(a, torch.exp, lambda lo, hi: (lo.exp(), hi.exp())),
-    aten.softplus.default: lambda a, beta=1, threshold=20: _softplus(a, beta),
+    **{target: _elementwise(target) for target in ACTIVATIONS},
+    aten.prelu.default: _prelu,
+    **{getattr(aten, k).Scalar: _compare(k) for k in ("ge", "gt", "le", "lt")},
+    **{getattr(aten, k).Tensor: _compare(k) for k in ("ge", "gt", "le", "lt")},
+    aten.where.self: _where,
     aten.select.int: _structural(torch.select, _shift_dim(1)),
     aten.slice.Tensor: _structural(torch.ops.aten.slice.Tensor, _shift_dim(1)),
     aten.stack.default: _structural(torch.stack, _shift_dim(1)),
@@ -264,7 +496,8 @@ class IntervalProgram:
 
     ``program``: ``Surrogate.export(one_point=True)``; ``__call__(lo, hi)`` with lo, hi of shape
     (B, n) returns an ``Iv`` of the (B, m) output with (B, m, n) derivative bounds. An operation
-    without an interval rule raises ``ValueError`` naming it.
+    without an interval rule, or one whose bounds would prove nothing (a discontinuous function),
+    raises ``ValueError`` naming it, here rather than at the first box.
     """
 
     def __init__(self, program) -> None:
@@ -282,6 +515,8 @@ class IntervalProgram:
                 known = node.target in _RULES or node.target in _IDENTITY
                 if not known and not str(node.target).startswith("aten._assert"):
                     raise ValueError(f"operation {node.target} has no interval rule")
+        n = next(node for node in program.graph.nodes if node.name in varying).meta["val"].shape[-1]
+        self(torch.zeros(1, n, dtype=torch.float64), torch.zeros(1, n, dtype=torch.float64))
 
     def __call__(self, lo: torch.Tensor, hi: torch.Tensor) -> Iv:
         B, n = lo.shape
@@ -302,10 +537,15 @@ class IntervalProgram:
                 args = _map_nodes(node.args, env)
                 skip = ("memory_format", "layout", "device", "pin_memory")
                 kwargs = {k: v for k, v in _map_nodes_kw(node.kwargs, env).items() if k not in skip}
-                if not any(isinstance(a, Iv) for a in _flat([*args, *kwargs.values()])):
+                if not any(isinstance(a, (Iv, Cond)) for a in _flat([*args, *kwargs.values()])):
                     env[node.name] = node.target(*args, **kwargs)  # constants only: exact
-                else:
+                    continue
+                try:
                     env[node.name] = _RULES[node.target](*args, **kwargs)
+                except TypeError as err:
+                    raise ValueError(
+                        f"operation {node.target} with these arguments: {err}"
+                    ) from err
             elif node.op == "output":
                 out = env[node.args[0][0].name]
         return out if isinstance(out, Iv) else Iv.const(out)

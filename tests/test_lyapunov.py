@@ -197,7 +197,7 @@ def test_refuses_vector_V_and_non_autonomous_dynamics():
 
 
 # certificates: interval bounds with branch and bound -------------------------------------------
-@pytest.mark.parametrize("act", ["tanh", "softplus", "sigmoid"])
+@pytest.mark.parametrize("act", ["tanh", "softplus", "sigmoid", "relu", "silu", "gelu", "elu"])
 def test_interval_bounds_enclose_values_and_derivatives(act):
     """On random boxes, every sampled point's value and Jacobian lie inside the bounds."""
     from surrogate_bridge.intervals import IntervalProgram
@@ -245,8 +245,10 @@ def test_certificate_of_the_van_der_pol_region_just_below_and_above_its_level():
     v = np.einsum("ij,jk,ik->i", X, VDP_P, X)
     vdot = 2 * np.einsum("ij,jk,ik->i", X, VDP_P, vdp_numpy(X))
     assert not np.any((v <= 0.98 * level) & (np.linalg.norm(X, axis=1) >= 0.07) & (vdot >= 0))
-    with pytest.raises(ValueError, match="cannot bound the model"):
-        sb.lyapunov.certify(sb.Surrogate(lambda x: torch.sin(x).sum(-1), n_in=2), VdP(), VDP_BOX)
+    with pytest.raises(ValueError, match="cannot bound the model.*floor.*no interval rule"):
+        sb.lyapunov.certify(sb.Surrogate(lambda x: torch.floor(x).sum(-1), n_in=2), VdP(), VDP_BOX)
+    with pytest.raises(ValueError, match="cannot bound the model.*sign is discontinuous"):
+        sb.lyapunov.certify(sb.Surrogate(lambda x: torch.sign(x).sum(-1), n_in=2), VdP(), VDP_BOX)
 
 
 def test_surrogates_on_a_device_give_the_cpu_results(device):
@@ -268,3 +270,55 @@ def test_surrogates_on_a_device_give_the_cpu_results(device):
     assert roa.simulation.n_converged == 16
     cert = sb.lyapunov.certify(Vq, VdP(), VDP_BOX, level=0.95 * roa.level, exclude_radius=0.15)
     assert cert.proven
+
+
+class L1(torch.nn.Module):
+    """|x1| + |x2| as a ReLU network: relu(x) + relu(-x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(2, 4, bias=False), torch.nn.Linear(4, 1, bias=False)
+        with torch.no_grad():
+            self.a.weight.copy_(torch.tensor([[1.0, 0], [0, 1], [-1, 0], [0, -1]]))
+            self.b.weight.fill_(1.0)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_relu_network_is_certified_through_its_kinks():
+    """V = |x|_1 for x' = -x: across the axes the bounds hold both one-sided slopes (Clarke's
+    generalized gradient), and the decrease is still proven there; for x' = x it is refused."""
+    V = sb.Surrogate(L1().double(), n_in=2)
+    stable = sb.lyapunov.certify(V, lambda x: -x, [(-1, 1), (-1, 1)], exclude_radius=0.1)
+    assert stable.proven
+    unstable = sb.lyapunov.certify(V, lambda x: x, [(-1, 1), (-1, 1)], exclude_radius=0.1,
+                                   max_boxes=2000)  # fmt: skip
+    assert not unstable.proven
+
+
+class SquaredFeatures(torch.nn.Module):
+    def forward(self, z):
+        return (z**2).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("kind", ["log", "yeo-johnson"])
+def test_certificates_through_log_and_power_input_scalers(kind):
+    """V = |warp(x)|^2 with a log (equilibrium x* = (1, 1), f = -x log x, so z = log x decays
+    as z' = -z) or a Yeo-Johnson input step (x* = 0, f = -x): both proven; a box that leaves
+    where the log is defined is refused by name."""
+    from sklearn.preprocessing import FunctionTransformer, PowerTransformer
+
+    X = np.random.default_rng(0).uniform(0.2, 3.0, (64, 2))
+    if kind == "log":
+        scaler, eq, box = FunctionTransformer(np.log, np.exp).fit(X), [1.0, 1.0], [(0.4, 2.5)] * 2
+        f = lambda x: -x * torch.log(x)  # noqa: E731
+    else:
+        scaler = PowerTransformer(standardize=False).fit(X - 1.0)
+        eq, box, f = None, [(-1.5, 1.5)] * 2, (lambda x: -x)
+    V = sb.Surrogate(SquaredFeatures(), scaler, n_in=2, extrapolation="ignore")
+    proof = sb.lyapunov.certify(V, f, box, equilibrium=eq, exclude_radius=0.05)
+    assert proof.proven, proof
+    if kind == "log":
+        with pytest.raises(ValueError, match=r"feature 0 leave where V's input scaler is defined"):
+            sb.lyapunov.certify(V, f, [(-0.5, 2.0), (0.4, 2.5)], equilibrium=eq)

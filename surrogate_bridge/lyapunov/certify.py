@@ -64,8 +64,12 @@ def certify(
 
     Sound up to float64 rounding, unlike :func:`falsify`: ``proven=True`` means that interval
     bounds of the exact derivatives hold the conditions on every box. V and f must be
-    surrogates (or torch callables) whose graphs use operations with interval rules (linear
-    layers, tanh, sigmoid, softplus, exp, integer powers, sums, products, indexing).
+    surrogates (or torch callables) whose graphs use operations with interval rules: linear
+    layers; every continuous elementwise function the numpy route knows (smooth activations,
+    ReLU-type kinks, whose derivative bounds hold both one-sided slopes, so that a ReLU V is
+    proven in Clarke's generalized sense; logs, powers, the math library); sums, products,
+    quotients, indexing, comparisons and ``where`` (so log and power input scalers too). The
+    box must lie where V's input scaler is defined.
 
     Parameters
     ----------

@@ -144,6 +144,16 @@ def settings(V, bounds, exclude_radius, where):
     lb, ub = read_box(bounds, n, where)
     if not (np.isfinite(lb).all() and np.isfinite(ub).all()) or np.any(lb >= ub):
         raise ValueError(f"{where}: bounds must be a finite box with lb < ub, got {lb}, {ub}.")
+    defined = getattr(V._domain, "defined", None)  # (a log or Box-Cox input step)
+    if defined is not None:
+        out = ~((lb > defined[0]) & (ub < defined[1]))
+        if out.any():
+            j = int(np.argmax(out))
+            raise ValueError(
+                f"{where}: bounds [{lb[j]:.6g}, {ub[j]:.6g}] of feature {j} leave where V's input "
+                f"scaler is defined ({defined[0][j]:.6g} < x < {defined[1][j]:.6g}: a log or "
+                "Box-Cox step there)."
+            )
     if exclude_radius is None:
         exclude_radius = 0.01 * float(np.max(ub - lb))
     elif isinstance(exclude_radius, bool) or not (

@@ -1,0 +1,171 @@
+"""Interval bounds (intervals.py) of every elementwise function, comparison and where: sampled
+values and torch's own derivatives (at kinks too) lie inside them, and they are tight where
+the function turns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import surrogate_bridge as sb
+from surrogate_bridge.elementwise import ACTIVATIONS
+from surrogate_bridge.intervals import _POINTS, IntervalProgram
+
+aten = torch.ops.aten
+WIDE, POSITIVE, UNIT = (-5.0, 5.0), (0.05, 4.0), (-0.95, 0.95)
+
+# (name, function of a (B, 3) tensor, the aten call it makes, where boxes are drawn)
+CASES = [
+    ("tanh", torch.tanh, aten.tanh.default, WIDE),
+    ("sigmoid", torch.sigmoid, aten.sigmoid.default, WIDE),
+    ("softplus", F.softplus, aten.softplus.default, WIDE),
+    ("softplus_beta_threshold", lambda x: F.softplus(x, 2.0, 3.0), aten.softplus.default, WIDE),
+    ("silu", F.silu, aten.silu.default, WIDE),
+    ("mish", F.mish, aten.mish.default, WIDE),
+    ("log_sigmoid", F.logsigmoid, aten.log_sigmoid.default, WIDE),
+    ("gelu", F.gelu, aten.gelu.default, WIDE),
+    ("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"), aten.gelu.default, WIDE),
+    ("elu", lambda x: F.elu(x, 0.5), aten.elu.default, WIDE),
+    ("celu", lambda x: F.celu(x, 2.0), aten.elu.default, WIDE),
+    ("selu", F.selu, aten.selu.default, WIDE),
+    ("hardtanh", lambda x: F.hardtanh(x, -0.5, 2.0), aten.hardtanh.default, WIDE),
+    ("relu6", F.relu6, aten.relu6.default, (-3.0, 8.0)),
+    ("expit", torch.special.expit, aten.special_expit.default, WIDE),
+    ("relu", F.relu, aten.relu.default, WIDE),
+    ("leaky_relu", lambda x: F.leaky_relu(x, 0.2), aten.leaky_relu.default, WIDE),
+    ("rrelu", F.rrelu, aten.rrelu.default, WIDE),
+    ("sin", torch.sin, aten.sin.default, (-10.0, 10.0)),
+    ("cos", torch.cos, aten.cos.default, (-10.0, 10.0)),
+    ("tan", torch.tan, aten.tan.default, WIDE),
+    ("exp", torch.exp, aten.exp.default, WIDE),
+    ("abs", torch.abs, aten.abs.default, WIDE),
+    ("clamp", lambda x: torch.clamp(x, -1.0, 0.5), aten.clamp.default, WIDE),
+    ("clip_min", lambda x: x.clip(min=0.3), aten.clip.default, WIDE),
+    ("clamp_min", lambda x: aten.clamp_min(x, 0.3), aten.clamp_min.default, WIDE),
+    ("clamp_max", lambda x: aten.clamp_max(x, 0.3), aten.clamp_max.default, WIDE),
+    ("hardswish", F.hardswish, aten.hardswish.default, WIDE),
+    ("softshrink", lambda x: F.softshrink(x, 0.7), aten.softshrink.default, WIDE),
+    ("threshold", lambda x: F.threshold(x, 0.3, 0.3), aten.threshold.default, WIDE),
+    ("square", torch.square, aten.square.default, WIDE),
+    ("cube", lambda x: x**3, aten.pow.Tensor_Scalar, WIDE),
+    ("pow_half", lambda x: x**1.5, aten.pow.Tensor_Scalar, POSITIVE),
+    ("pow_minus_two", lambda x: x**-2, aten.pow.Tensor_Scalar, WIDE),
+    ("log", torch.log, aten.log.default, POSITIVE),
+    ("log1p", torch.log1p, aten.log1p.default, (-0.9, 4.0)),
+    ("log2", torch.log2, aten.log2.default, POSITIVE),
+    ("log10", torch.log10, aten.log10.default, POSITIVE),
+    ("sqrt", torch.sqrt, aten.sqrt.default, POSITIVE),
+    ("rsqrt", torch.rsqrt, aten.rsqrt.default, POSITIVE),
+    ("reciprocal", torch.reciprocal, aten.reciprocal.default, WIDE),
+    ("sinh", torch.sinh, aten.sinh.default, WIDE),
+    ("cosh", torch.cosh, aten.cosh.default, WIDE),
+    ("asin", torch.asin, aten.asin.default, UNIT),
+    ("acos", torch.acos, aten.acos.default, UNIT),
+    ("atan", torch.atan, aten.atan.default, WIDE),
+    ("asinh", torch.asinh, aten.asinh.default, WIDE),
+    ("acosh", torch.acosh, aten.acosh.default, (1.05, 5.0)),
+    ("atanh", torch.atanh, aten.atanh.default, UNIT),
+    ("expm1", torch.expm1, aten.expm1.default, WIDE),
+    ("exp2", torch.exp2, aten.exp2.default, WIDE),
+    ("erf", torch.erf, aten.erf.default, WIDE),
+    ("erfc", torch.erfc, aten.erfc.default, WIDE),
+    ("prelu", lambda x: F.prelu(x, torch.tensor([0.25], dtype=x.dtype)), aten.prelu.default, WIDE),
+    ("softsign", F.softsign, aten.div.Tensor, WIDE),
+    (
+        "yeo_johnson_where",
+        lambda x: torch.where(x >= 0, torch.log1p(x.clip(min=0)), -torch.log1p(-x.clip(max=0))),
+        aten.where.self,
+        WIDE,
+    ),
+]
+# where each function kinks or turns: boxes start and end there too
+SPECIAL = [-3.0, -2.399, -1.5, -1.2785, -1.0, -0.7518, -0.7, -0.5, 0.0, 0.3, 0.5, 0.7, 1.0,
+           1.4142, 2.0, 3.0, 2.399, 1.5708, 4.0, 6.0]  # fmt: skip
+
+
+def program_of(fn, n=3):
+    sur = sb.Surrogate(lambda x: fn(x), n_in=n)
+    return sur, IntervalProgram(sur.export(one_point=True))
+
+
+def boxes(domain, rng, k=40):
+    """Random boxes in the domain, and boxes with an end exactly at a special point."""
+    a, b = domain
+    lo = rng.uniform(a, b, (k, 3))
+    hi = np.minimum(lo + rng.uniform(0.0, 0.6 * (b - a), (k, 3)), b)
+    special = [s for s in SPECIAL if a <= s <= b]
+    s = rng.choice(special, (k, 3))
+    w = rng.uniform(0.0, 0.3 * (b - a), (k, 3))
+    return (np.concatenate([lo, s, np.maximum(s - w, a), lo[:, :1].repeat(3, 1)]),
+            np.concatenate([hi, np.minimum(s + w, b), s, lo[:, :1].repeat(3, 1)]))  # fmt: skip
+
+
+def inside(v, lo, hi, tol=1e-12):
+    scale = 1.0 + np.abs(np.nan_to_num(v, posinf=0.0, neginf=0.0))
+    return np.all((v >= lo - tol * scale) & (v <= hi + tol * scale))
+
+
+def test_every_elementwise_rule_says_where_it_turns():
+    assert set(_POINTS) == set(ACTIVATIONS)
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bounds_hold_torchs_values_and_derivatives(case):
+    """Over each box, torch's values and derivatives at its corners, at the special points in
+    it and at random points lie inside the bounds."""
+    _, fn, target, domain = case
+    sur, program = program_of(fn)
+    assert target in {node.target for node in program.program.graph.nodes}
+    rng = np.random.default_rng(0)
+    lo, hi = boxes(domain, rng)
+    iv = program(torch.as_tensor(lo), torch.as_tensor(hi))
+    vlo, vhi = iv.lo.numpy(), iv.hi.numpy()
+    dlo, dhi = iv.dlo.diagonal(0, 1, 2).numpy(), iv.dhi.diagonal(0, 1, 2).numpy()
+    for b in range(len(lo)):
+        t = np.concatenate([[0.0, 1.0], rng.uniform(0, 1, 30)])
+        X = np.clip(lo[b] + t[:, None] * (hi[b] - lo[b]), lo[b], hi[b])  # (rounding)
+        specials = np.array(SPECIAL)[(np.array(SPECIAL) >= lo[b].min())]
+        X = np.concatenate([X, np.clip(specials[:, None], lo[b], hi[b])])
+        Y, J = sur(X), sur.jac(X).diagonal(0, 1, 2)
+        assert inside(Y, vlo[b], vhi[b]), (b, lo[b], hi[b])
+        assert inside(J, dlo[b], dhi[b]), (b, lo[b], hi[b])
+
+
+@pytest.mark.parametrize(
+    ("fn", "low"),
+    [(F.silu, -0.27846454276107379), (F.mish, -0.30884), (F.gelu, -0.16997120742539),
+     (F.hardswish, -0.375), (torch.cos, -1.0)],
+)  # fmt: skip
+def test_bounds_are_the_true_minimum_where_the_value_turns(fn, low):
+    """A box holding the turning point: the lower bound is the function there, not at an end."""
+    _, program = program_of(fn, 1)
+    iv = program(torch.tensor([[-3.0]], dtype=torch.float64), torch.tensor([[3.2]]).double())
+    assert float(iv.lo) == pytest.approx(low, rel=1e-4, abs=1e-12)
+
+
+def test_a_kink_inside_a_box_holds_both_slopes_and_a_pole_is_unbounded():
+    _, relu = program_of(F.relu, 1)
+    iv = relu(torch.tensor([[-1.0]]).double(), torch.tensor([[2.0]]).double())
+    assert (float(iv.dlo), float(iv.dhi)) == (0.0, 1.0)
+    iv = relu(torch.tensor([[0.0]]).double(), torch.tensor([[2.0]]).double())  # torch's 0 at 0
+    assert (float(iv.dlo), float(iv.dhi)) == (0.0, 1.0)
+    iv = relu(torch.tensor([[0.5]]).double(), torch.tensor([[2.0]]).double())
+    assert (float(iv.dlo), float(iv.dhi)) == (1.0, 1.0)
+    _, inv = program_of(torch.reciprocal, 1)
+    iv = inv(torch.tensor([[-1.0]]).double(), torch.tensor([[2.0]]).double())
+    assert (float(iv.lo), float(iv.hi)) == (-np.inf, np.inf)
+    _, log = program_of(torch.log, 1)  # partly undefined: NaN, never a proof
+    assert np.isnan(float(log(torch.tensor([[-1.0]]).double(), torch.tensor([[2.0]]).double()).lo))
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [(torch.sign, "sign is discontinuous"), (lambda x: F.hardshrink(x, 0.5), "hardshrink"),
+     (lambda x: F.threshold(x, 0.3, 1.0), "threshold with value 1"), (torch.floor, "floor")],
+)  # fmt: skip
+def test_discontinuous_or_unknown_functions_are_refused_by_name(fn, message):
+    with pytest.raises(ValueError, match=message):
+        program_of(fn, 1)
