@@ -2,9 +2,9 @@
 value, tangents pushed forward (``push``: (k, r) columns) and adjoints pulled back (``pull``:
 (r, k) rows, one array per input, or None for none: a :class:`Compare` mask has no
 derivative). All are linear in their hidden inputs except :class:`Activation`,
-:class:`Product`, :class:`Norm`, :class:`Softmax` and :class:`Glu`, whose ``second = True``
-marks the only second derivatives of a layer graph (:class:`Select` sets it too, to keep its
-mask on the forward tape, and gives zero curvature). These also give, for an
+:class:`Product`, :class:`Norm`, :class:`Softmax`, :class:`LogSumExp` and :class:`Glu`, whose
+``second = True`` marks the only second derivatives of a layer graph (:class:`Select` sets it
+too, to keep its mask on the forward tape, and gives zero curvature). These also give, for an
 adjoint row ``a`` at their output, the curvature ``M(a)`` (the Hessian of ``a . op(h)`` in h)
 applied to tangents: ``curvature(a, Ts)`` is ``T^T M T`` for (k, n) columns T,
 ``curvature_mv(a, ts)`` is ``M t`` for one column t (k, 1), one term per input (a
@@ -20,8 +20,8 @@ import numpy as np
 from .elementwise import FIRST, VALUES, _logistic
 
 __all__ = [
-    "Activation", "Cat", "Compare", "Gather", "Glu", "Linear", "Norm", "PerFeature", "Product",
-    "Scale", "Select", "Softmax", "Sum", "Total",
+    "Activation", "Cat", "Compare", "Gather", "Glu", "Linear", "LogSumExp", "Norm", "PerFeature",
+    "Product", "Scale", "Select", "Softmax", "Sum", "Total",
 ]  # fmt: skip
 
 
@@ -390,6 +390,41 @@ class Softmax:
         w, u, v = self._weights(a[0], p)
         t = ts[0][:, 0]
         return ((w * t - u * (v @ t) - v * (u @ t))[None],)
+
+
+class LogSumExp:
+    """log sum exp of the whole row (a row of one value), computed as torch does: the maximum
+    subtracted first, and the gradient ``p = exp(h - y)`` (softmax); the Hessian of ``a y`` is
+    ``a (diag(p) - p p^T)``."""
+
+    second = True
+
+    def first(self, h):
+        m = h.max()
+        y = math.log(np.exp(h - m).sum()) + m
+        return np.array([y]), np.exp(h - y)
+
+    def __call__(self, h):
+        return self.first(h)[0]
+
+    def derivatives(self, h):
+        y, p = self.first(h)
+        return y, p, p
+
+    def push(self, Ts, p):
+        return (p @ Ts[0])[None]
+
+    def pull(self, A, p):
+        return (A * p,)
+
+    def curvature(self, a, p, dd, Ts):
+        T = Ts[0]
+        pT = p @ T
+        return a[0] * ((T.T * p) @ T - np.outer(pT, pT))
+
+    def curvature_mv(self, a, p, dd, ts):
+        t = ts[0][:, 0]
+        return (a[0, 0] * (p * t - p * (p @ t))[None],)
 
 
 class Glu:

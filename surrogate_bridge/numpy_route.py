@@ -5,15 +5,16 @@ It covers *layer graphs*: every hidden tensor is one row of values, and every op
 hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as the
 scalers; an eval-mode batch norm; the sum or difference of two hidden rows, as in a residual
 connection, or of a row and a single value; a concatenation or stack; a slice of the last axis
-or values at constant positions; dropout in eval mode; the sum or mean of a row; a view), an
+or values at constant positions, such as ``x[:, 0]`` or the parts of ``x.unbind(-1)``; dropout
+in eval mode; the sum or mean of a row; a view), an
 elementwise function with known first and second derivatives (``elementwise.ACTIVATIONS``:
 activations, PReLU, clamp, powers, logarithms, roots, trigonometric and hyperbolic functions,
 erf), the product or quotient of two hidden rows of one
 length, or of a row and a single value (a gate, a DeepONet's dot product, a softmax by hand), a
 ``torch.where`` on a comparison of the row or a row times such a mask (a hand-written leaky
 ReLU; a saved softshrink; ``numpy_ops.Compare``, ``Select``: the mask has no derivative), or a
-LayerNorm, RMSNorm, softmax, log-softmax or GLU of the whole row (``numpy_ops.Norm``,
-``Softmax``, ``Glu``, in closed form). Operations on constants alone are computed once, by torch
+LayerNorm, RMSNorm, softmax, log-softmax, log-sum-exp or GLU of the whole row
+(``numpy_ops.Norm``, ``Softmax``, ``LogSumExp``, ``Glu``, in closed form). Operations on constants alone are computed once, by torch
 itself (a weight's transpose, say). Anything else (a broadcast of rows into a matrix, a maximum,
 a tensor of several rows, a mask used otherwise, an operation without a rule here) raises
 :class:`GraphUnsupported`, and the other routes answer.
@@ -37,6 +38,7 @@ faster than the others and agreed with torch at the probe point.
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 import torch
@@ -49,6 +51,7 @@ from .numpy_ops import (
     Gather,
     Glu,
     Linear,
+    LogSumExp,
     Norm,
     PerFeature,
     Product,
@@ -97,6 +100,7 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
     (see the module's docstring); else :class:`GraphUnsupported` naming the operation."""
     consts: dict[str, object] = dict(constants_of(program))
     index: dict[str, int] = {}  # a hidden tensor's name -> its node
+    unbound: dict[str, torch.fx.Node] = {}  # unbind calls on hidden rows
     nodes: list = [(None, ())]
     sizes = [n]
     out = None
@@ -110,6 +114,17 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
                 raise GraphUnsupported("more than one input")
         elif node.op == "call_function":
             inputs = node.all_input_nodes
+            if node.target is aten.unbind.int and _hidden(node.args[0], index):
+                unbound[node.name] = node  # (read by the getitem calls that follow)
+                continue
+            if node.target is operator.getitem and node.args[0].name in unbound:
+                source = unbound[node.args[0].name]
+                dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)
+                op, ins = _pick(source.args[0], dim, node.args[1], index, _row(node), node.name)
+                index[node.name] = len(nodes)
+                nodes.append((op, ins))
+                sizes.append(1)
+                continue
             if not any(a.name in index for a in inputs):
                 if not all(a.name in consts for a in inputs):
                     raise GraphUnsupported(f"{node.target} at {node.name}: an unknown operand")
@@ -216,6 +231,8 @@ def _operation(node, index, consts, sizes, k: int):
         if k != sizes[j]:
             raise GraphUnsupported(f"{where}: a copy that broadcasts")
         return None, (j,)
+    if target is aten.select.int and hidden(args[0]):
+        return _pick(args[0], args[1], args[2], index, k, where)
     if target in VIEWS or target in _DROPOUTS or target is aten.slice.Tensor:
         j = index[args[0].name]
         if target in _DROPOUTS and (args[2] if len(args) > 2 else kw.get("train")):
@@ -253,7 +270,7 @@ def _operation(node, index, consts, sizes, k: int):
         return Activation(_leaky_relu, (slope,), {}), (index[args[0].name],)
     if target in (aten.index.Tensor, aten.index_select.default):
         return _gather(node, index, consts, sizes, k, where)
-    if target in _REDUCTIONS:
+    if target in _REDUCTIONS or target is aten.logsumexp.default:
         return _total(node, index, sizes, k, where)
     if target is aten.stack.default:
         parts, ndim = args[0], node.meta["val"].ndim
@@ -390,6 +407,8 @@ def _total(node, index, sizes, k: int, where: str):
         return None, (j,)  # axes of size 1: the same values
     if k != 1:
         raise GraphUnsupported(f"{where}: a reduction to {k} values")
+    if node.target is aten.logsumexp.default:
+        return LogSumExp(), (j,)
     mean = node.target in (aten.mean.dim, aten.mean.default)
     return Total(sizes[j], mean), (j,)
 
@@ -407,6 +426,20 @@ def _slice(node, j: int, k_in: int, k: int, where: str):
         return Gather(k_in, slice(lo, hi, st)), (j,)
     if k != k_in:  # a leading axis of size 1, kept whole: the same row
         raise GraphUnsupported(f"{where}: a slice of a leading axis")
+    return None, (j,)
+
+
+def _pick(h, dim: int, i: int, index, k: int, where: str):
+    """h.select(dim, i), or the i-th part of h.unbind(dim) (``x[:, i]``, ``a, b = x.unbind(-1)``
+    of a row): along the row's own axis, its i-th value; along an axis of size 1, the row."""
+    shape = tuple(h.meta["val"].shape)
+    j, dim = index[h.name], dim % len(shape)
+    if dim == len(shape) - 1:
+        if k != 1:
+            raise GraphUnsupported(f"{where}: a selection of {k} values")
+        return Gather(shape[-1], slice(i % shape[-1], i % shape[-1] + 1)), (j,)
+    if shape[dim] != 1:
+        raise GraphUnsupported(f"{where}: a selection along an axis of {shape[dim]}")
     return None, (j,)
 
 

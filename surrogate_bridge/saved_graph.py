@@ -46,6 +46,7 @@ ALLOWED = frozenset(
     floor ceil round trunc frac remainder fmod relu relu6 leaky_relu hardtanh hardswish
     hardsigmoid mish log_sigmoid prelu threshold clamp clamp_min clamp_max maximum minimum where
     gt ge lt le eq ne logical_and logical_or logical_not any all sum cumsum mean amax amin prod
+    logsumexp
     softmax _softmax log_softmax _log_softmax layer_norm native_layer_norm batch_norm
     _native_batch_norm_legit_no_training linalg_vector_norm norm conv1d conv2d convolution cat
     concat stack split split_with_sizes chunk unbind slice select index index_select gather

@@ -589,7 +589,8 @@ class Heads(nn.Module):
 
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 @pytest.mark.parametrize(
-    "name", ["rms", "functional-norms", "softmax", "glu", "rrelu", "softshrink", "hardshrink"]
+    "name",
+    ["rms", "functional-norms", "softmax", "glu", "rrelu", "softshrink", "hardshrink", "logsumexp"],
 )
 def test_a_loaded_surrogate_keeps_the_numpy_route(name, tmp_path):
     """A saved file holds the graph lowered to plain operations (rms_norm to rsqrt and a mean,
@@ -599,6 +600,8 @@ def test_a_loaded_surrogate_keeps_the_numpy_route(name, tmp_path):
         torch.manual_seed(0)
         width = 4 if name == "glu" else 8
         model = nn.Sequential(nn.Linear(3, 8), LAYERS[name](), nn.Linear(width, 1)).double()
+    elif name == "logsumexp":  # kept whole (its lowering would take a row's maximum)
+        model = LogSumExpHeads()
     else:
         model = normed([3, 8, 1], "rms") if name == "rms" else FunctionalNorm()
     sur = sb.Surrogate(model, SCALER3)
@@ -673,3 +676,30 @@ def test_property_random_layer_graphs_agree_with_autograd(case):
     num, ref = twins(net, None, None, n_in=n_in)
     assert num.point_route == "numpy"
     assert_routes_agree(num, ref, np.random.default_rng(0).normal(size=(2, n_in)), rel=1e-9)
+
+
+class LogSumExpHeads(nn.Module):
+    """A log-sum-exp head (a smooth convex max of affine pieces, the form of convex
+    surrogates), one without keepdim, and a physics term that picks single values out of the
+    input by ``z[:, i]`` and by ``unbind``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.a, self.b = nn.Linear(3, 12).double(), nn.Linear(3, 5).double()
+
+    def forward(self, z):
+        u, v, w = z.unbind(-1)
+        physics = torch.tanh(z[:, 0]) * z[..., 2] + u * v * w
+        soft = torch.logsumexp(self.b(z), dim=-1)
+        return torch.cat([torch.logsumexp(self.a(z), -1, keepdim=True),
+                          torch.stack([physics, soft], -1)], -1)  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0], ids=["moderate", "large"])
+def test_log_sum_exp_and_single_value_selections_agree_with_autograd(scale):
+    """log-sum-exp's gradient is a softmax and its Hessian diag(p) - p p^T; at a large scale
+    the maximum subtracted first keeps exp from overflowing, as in torch."""
+    num, ref = twins(LogSumExpHeads(), None, None, n_in=3)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(6).normal(size=(3, 3)) * scale)
