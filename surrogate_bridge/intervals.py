@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import numpy as np
 import torch
@@ -50,9 +51,19 @@ class Iv:
 
 
 def interval_mul(alo, ahi, blo, bhi):
-    """The interval product, elementwise with broadcasting."""
+    """The interval product, elementwise with broadcasting; an exact 0 times an unbounded
+    factor (a pole's slope on a derivative that does not depend on that input) is 0."""
     p = torch.stack(torch.broadcast_tensors(alo * blo, alo * bhi, ahi * blo, ahi * bhi))
-    return p.amin(0), p.amax(0)
+    lo = p.amin(0)  # (NaN wherever a product is)
+    if lo.isnan().any():
+
+        def times(x, y):
+            return torch.where((x == 0) | (y == 0), 0.0, x * y)
+
+        p = torch.stack(torch.broadcast_tensors(times(alo, blo), times(alo, bhi),
+                                                times(ahi, blo), times(ahi, bhi)))  # fmt: skip
+        lo = p.amin(0)
+    return lo, p.amax(0)
 
 
 def _dscale(slo, shi, a: Iv):
@@ -431,7 +442,7 @@ def _shift_dim(position: int):
 
 
 def _iv(a) -> Iv:
-    return a if isinstance(a, Iv) else Iv.const(a)
+    return a if isinstance(a, Iv) else Iv.const(torch.as_tensor(a, dtype=torch.float64))
 
 
 def _binary(kind):
@@ -448,6 +459,37 @@ def _binary(kind):
         return _times(a, _elementwise(aten.reciprocal.default)(b))
 
     return op
+
+
+def _unbind(a: Iv, dim: int = 0) -> list:
+    dim %= a.lo.ndim  # (derivatives carry one more axis, last)
+    parts = zip(a.lo.unbind(dim), a.hi.unbind(dim), strict=True)
+    if a.dlo is None:
+        return [Iv(lo, hi) for lo, hi in parts]
+    slopes = zip(a.dlo.unbind(dim), a.dhi.unbind(dim), strict=True)
+    return [Iv(lo, hi, dlo, dhi) for (lo, hi), (dlo, dhi) in zip(parts, slopes, strict=True)]
+
+
+def _logsumexp(a: Iv, dims, keepdim=False) -> Iv:
+    """log sum exp over the last axis: increasing in each value, with the gradient
+    ``p_i = 1 / (1 + sum_j!=i exp(h_j - h_i))`` bounded by the values' bounds."""
+    rank = a.lo.ndim
+    if [d % rank for d in dims] != [rank - 1]:
+        raise ValueError("logsumexp over other axes than the last")
+    lo = torch.logsumexp(a.lo, -1, keepdim=keepdim)
+    hi = torch.logsumexp(a.hi, -1, keepdim=keepdim)
+    if a.dlo is None:
+        return Iv(lo, hi)
+
+    def share(top, bottom):  # 1 / (1 + sum_j!=i exp(top_j - bottom_i)), stably
+        z = top[..., None, :] - bottom[..., :, None]  # (..., i, j)
+        eye = torch.eye(z.shape[-1], dtype=torch.bool, device=z.device)
+        z = z.masked_fill(eye, 0.0)  # exp(0) = 1: the 1 + ...
+        return torch.exp(-torch.logsumexp(z, -1))
+
+    p_lo, p_hi = share(a.hi, a.lo), share(a.lo, a.hi)
+    dlo, dhi = interval_mul(p_lo[..., None], p_hi[..., None], a.dlo, a.dhi)
+    return Iv(lo, hi, dlo.sum(-2, keepdim=keepdim), dhi.sum(-2, keepdim=keepdim))
 
 
 _RULES = {
@@ -477,6 +519,9 @@ _RULES = {
     aten.unsqueeze.default: _structural(torch.unsqueeze, _shift_dim(1)),
     aten.squeeze.dim: _structural(torch.squeeze, _shift_dim(1)),
     aten.sum.dim_IntList: lambda a, dims, keepdim=False, dtype=None: _sum(a, dims, keepdim),
+    aten.logsumexp.default: _logsumexp,
+    aten.unbind.int: _unbind,
+    operator.getitem: lambda parts, i: parts[i],
 }
 _IDENTITY = {aten.clone.default, aten.alias.default, aten.detach.default, aten._to_copy.default,
              aten.contiguous.default, aten.dropout.default}  # fmt: skip
