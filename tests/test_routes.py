@@ -177,6 +177,16 @@ class _Relu6(nn.Module):  # F.relu6 calls aten.relu6 (nn.ReLU6 calls hardtanh)
         return nn.functional.relu6(h)
 
 
+class _ClampMin(nn.Module):  # Tensor.clamp(min=...) calls aten.clamp_min
+    def forward(self, h):
+        return torch.ops.aten.clamp_min(h, 0.0)
+
+
+class _ClampMax(nn.Module):
+    def forward(self, h):
+        return torch.ops.aten.clamp_max(h, 0.0)
+
+
 class _Abs(nn.Module):
     def forward(self, h):
         return h.abs()
@@ -194,6 +204,8 @@ KINKS = {
     "hardsigmoid": (nn.Hardsigmoid, [-3.0, 3.0]),
     "hardswish": (nn.Hardswish, [-3.0, 3.0]),
     "clamp": (_Clamp01, [0.0, 1.0]),
+    "clamp_min": (_ClampMin, [0.0]),
+    "clamp_max": (_ClampMax, [0.0]),
     "abs": (_Abs, [0.0]),
     "elu": (lambda: nn.ELU(2.0), [0.0]),
     "celu": (lambda: nn.CELU(0.5), [0.0]),
