@@ -6,18 +6,18 @@ hidden tensors is either linear in them (a linear layer; arithmetic with a const
 scalers; an eval-mode batch norm; the sum or difference of two hidden rows, as in a residual
 connection, or of a row and a single value; a concatenation or stack; a slice of the last axis
 or values at constant positions, such as ``x[:, 0]`` or the parts of ``x.unbind(-1)``; dropout
-in eval mode; the sum or mean of a row; a view), an
-elementwise function with known first and second derivatives (``elementwise.ACTIVATIONS``:
-activations, PReLU, clamp, powers, logarithms, roots, trigonometric and hyperbolic functions,
-erf), the product or quotient of two hidden rows of one
-length, or of a row and a single value (a gate, a DeepONet's dot product, a softmax by hand), a
-``torch.where`` on a comparison of the row or a row times such a mask (a hand-written leaky
-ReLU; a saved softshrink; ``numpy_ops.Compare``, ``Select``: the mask has no derivative), or a
-LayerNorm, RMSNorm, softmax, log-softmax, log-sum-exp or GLU of the whole row
-(``numpy_ops.Norm``, ``Softmax``, ``LogSumExp``, ``Glu``, in closed form). Operations on constants alone are computed once, by torch
-itself (a weight's transpose, say). Anything else (a broadcast of rows into a matrix, a maximum,
-a tensor of several rows, a mask used otherwise, an operation without a rule here) raises
-:class:`GraphUnsupported`, and the other routes answer.
+in eval mode; the sum or mean of a row; a view), an elementwise function with known first and
+second derivatives (``elementwise.ACTIVATIONS``: activations, PReLU, clamp (bounds numbers or
+per-value constants), powers, logarithms, roots, trigonometric and hyperbolic functions, erf),
+the product or quotient of two hidden rows of one length, or of a row and a single value (a
+gate, a DeepONet's dot product, a softmax by hand), a ``torch.where`` on a comparison of the row
+or a row times such a mask (a hand-written leaky ReLU; a saved softshrink;
+``numpy_ops.Compare``, ``Select``: the mask has no derivative), or a LayerNorm, RMSNorm,
+softmax, log-softmax, log-sum-exp or GLU of the whole row (``numpy_ops.Norm``, ``Softmax``,
+``LogSumExp``, ``Glu``, in closed form). Operations on constants alone are computed once, by
+torch itself (a weight's transpose, say). Anything else (a broadcast of rows into a matrix, a
+maximum, a tensor of several rows, a mask used otherwise, an operation without a rule here)
+raises :class:`GraphUnsupported`, and the other routes answer.
 
 With node values ``h_i`` (``h_0 = x``) and the output ``y``:
 
@@ -43,7 +43,7 @@ import operator
 import numpy as np
 import torch
 
-from .elementwise import ACTIVATIONS, _leaky_relu
+from .elementwise import ACTIVATIONS, _clamp, _leaky_relu
 from .numpy_ops import (
     Activation,
     Cat,
@@ -85,6 +85,10 @@ _COMPARISONS = {
     for name, f in (("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less),
                     ("le", np.less_equal), ("eq", np.equal), ("ne", np.not_equal))
     for overload in ("Scalar", "Tensor")
+}  # fmt: skip
+_CLAMP_TENSORS = {  # their bounds, by position
+    aten.clamp.Tensor: ("min", "max"), aten.clip.Tensor: ("min", "max"),
+    aten.clamp_min.Tensor: ("min",), aten.clamp_max.Tensor: ("max",),
 }  # fmt: skip
 _WHERE = (aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)
 
@@ -263,6 +267,13 @@ def _operation(node, index, consts, sizes, k: int):
         if (len(args) > 2 and args[2] not in (None, False)) or kw.get("dtype") is not None:
             raise GraphUnsupported(f"{where}: with a dtype")
         return Softmax(log=target is aten.log_softmax.int), (index[h.name],)
+    if target in _CLAMP_TENSORS:  # per-value bounds: constants, one or per value
+        if not hidden(args[0]):
+            raise GraphUnsupported(f"{where}: not on a hidden row")
+        bounds = _named(node, ("x", *_CLAMP_TENSORS[target]))
+        lo, hi = (None if bounds.get(b) is None else _const(consts, bounds[b], k, where)
+                  for b in ("min", "max"))  # fmt: skip
+        return Activation(_clamp, (lo, hi), {}), (index[args[0].name],)
     if target is aten.prelu.default:  # a leaky ReLU whose slope is a weight (one, or per value)
         if not hidden(args[0]):
             raise GraphUnsupported(f"{where}: not on a hidden row")

@@ -15,6 +15,7 @@ from surrogate_bridge.elementwise import ACTIVATIONS
 from surrogate_bridge.intervals import _POINTS, IntervalProgram
 
 aten = torch.ops.aten
+BOUND_LO, BOUND_HI = torch.tensor([-1.0, 0.0, 0.5]), torch.tensor([0.5, 0.3, 2.0])
 WIDE, POSITIVE, UNIT = (-5.0, 5.0), (0.05, 4.0), (-0.95, 0.95)
 
 # (name, function of a (B, 3) tensor, the aten call it makes, where boxes are drawn)
@@ -46,6 +47,13 @@ CASES = [
     ("clip_min", lambda x: x.clip(min=0.3), aten.clip.default, WIDE),
     ("clamp_min", lambda x: aten.clamp_min(x, 0.3), aten.clamp_min.default, WIDE),
     ("clamp_max", lambda x: aten.clamp_max(x, 0.3), aten.clamp_max.default, WIDE),
+    (
+        "clamp_tensor",
+        lambda x: torch.clamp(x, BOUND_LO.to(x), BOUND_HI.to(x)),
+        aten.clamp.Tensor,
+        WIDE,
+    ),
+    ("clamp_min_tensor", lambda x: x.clamp(min=BOUND_LO.to(x)), aten.clamp.Tensor, WIDE),
     ("hardswish", F.hardswish, aten.hardswish.default, WIDE),
     ("softshrink", lambda x: F.softshrink(x, 0.7), aten.softshrink.default, WIDE),
     ("threshold", lambda x: F.threshold(x, 0.3, 0.3), aten.threshold.default, WIDE),

@@ -703,3 +703,32 @@ def test_log_sum_exp_and_single_value_selections_agree_with_autograd(scale):
     num, ref = twins(LogSumExpHeads(), None, None, n_in=3)
     assert num.point_route == "numpy"
     assert_routes_agree(num, ref, np.random.default_rng(6).normal(size=(3, 3)) * scale)
+
+
+class PerValueClamps(nn.Module):
+    """Physical bounds per value: torch.clamp with tensor bounds, both or one side, on the
+    input itself (where a point can sit exactly on a bound) and on a hidden layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.b = nn.Linear(3, 3).double(), nn.Linear(12, 2).double()
+        self.register_buffer("lo", torch.tensor([-0.5, 0.0, 0.2], dtype=torch.float64))
+        self.register_buffer("hi", torch.tensor([0.5, 0.4, 1.0], dtype=torch.float64))
+
+    def forward(self, z):
+        h = torch.tanh(self.a(z))
+        parts = [z.clamp(self.lo, self.hi), h.clamp(self.lo, self.hi), h.clamp(min=self.lo),
+                 torch.clamp(h, max=self.hi)]  # fmt: skip
+        return self.b(torch.tanh(torch.cat(parts, -1)))
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+def test_per_value_clamp_bounds_agree_with_autograd_also_on_a_bound():
+    """Tensor bounds (aten.clamp.Tensor) read as per-value constants; at points on a lower or
+    an upper bound, torch's slope (1 on the closed interval) is kept."""
+    num, ref = twins(PerValueClamps(), None, None, n_in=3)
+    assert num.point_route == "numpy"
+    X = np.random.default_rng(9).normal(size=(3, 3))
+    ties = np.array([[-0.5, 0.1, 1.0], [0.5, 0.0, 0.2]])
+    assert_routes_agree(num, ref, np.vstack([X, ties]))
