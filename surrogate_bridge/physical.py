@@ -31,7 +31,6 @@ from torch import nn
 
 from .diagnostics import (
     NONSMOOTH,
-    PIECEWISE_CONSTANT,
     called_functions,
     cannot_differentiate,
     no_derivative,
@@ -302,14 +301,16 @@ class Built:
             raise NotImplementedError(f"{where}: {why}")
 
 
-def _first_derivatives(fn, X: torch.Tensor, steps: bool = False) -> str | None:
+def _first_derivatives(fn, X: torch.Tensor, flat: bool = False) -> str | None:
     """Why torch's gradient of ``fn`` would be wrong at the probe rows ``X``, or None: an
     output changes from row to row, but torch's graph does not connect it to x (a forward under
     torch.no_grad, a .detach(), a detour through numpy), so its derivatives would read as exact
     zeros. Each output is checked alone, up to ``_CUT_CHECKED`` of them; beyond that, a random
-    positive mix of them (which cannot cancel). Where the model calls a step (``steps``: sign,
-    floor, round), an output connected to x whose gradient is zero is that step's true
-    derivative, not a cut; the SmoothnessWarning says so where it is asked for."""
+    positive mix of them (which cannot cancel). Where the model calls a function flat on whole
+    pieces (``flat``: a step such as sign or floor; a clamp or hardtanh saturated at either
+    bound; a where), an output connected to x whose gradient is zero at every probe row is that
+    function's true derivative, not a cut; the SmoothnessWarning says so where it is asked
+    for."""
     x = X.detach().clone().requires_grad_(True)
     try:
         with torch.enable_grad():
@@ -318,9 +319,9 @@ def _first_derivatives(fn, X: torch.Tensor, steps: bool = False) -> str | None:
             cut = [int(j) for j in varies.nonzero().flatten()]
             if Y.requires_grad and len(cut) > _CUT_CHECKED:
                 w = torch.rand(Y.shape[1], generator=torch.Generator().manual_seed(0)) + 0.5
-                cut = [] if _depends((Y @ w.to(Y)).sum(), x, steps) else cut
+                cut = [] if _depends((Y @ w.to(Y)).sum(), x, flat) else cut
             elif Y.requires_grad:
-                cut = [j for j in cut if not _depends(Y[:, j].sum(), x, steps)]
+                cut = [j for j in cut if not _depends(Y[:, j].sum(), x, flat)]
     except RuntimeError as err:  # no derivative in torch, named; another failure is left to
         return no_derivative(err)  # the request that meets it
     if not cut:
@@ -463,8 +464,7 @@ def build(
         if _second_derivatives(exact, X[:1]) is None:
             fn, no_second = exact, None
     nonsmooth = tuple(sorted(called & NONSMOOTH))
-    steps = bool(called & PIECEWISE_CONSTANT)
-    no_first = _first_derivatives(fn, X, steps)
+    no_first = _first_derivatives(fn, X, flat=bool(called & NONSMOOTH))
     return Built(fn, n_out, nonsmooth, no_first, no_second)
 
 

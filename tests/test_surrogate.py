@@ -441,6 +441,21 @@ def test_a_partly_cut_graph_names_the_outputs():
         sur.jac(np.ones(2))
 
 
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize("flat", ["clamp", "hardtanh", "where"])
+def test_a_function_saturated_at_every_probe_is_not_a_cut_graph(flat):
+    """A narrow clamp (a physical limit) that every probe point meets on one side or the other:
+    the output changes while its gradient is zero at each of them, which is that function's
+    true derivative; derivatives are given, and where inside, they are 1."""
+    f = {"clamp": lambda h: h.clamp(0.0, 1e-3),
+         "hardtanh": lambda h: nn.functional.hardtanh(h, 0.0, 1e-3),
+         "where": lambda h: torch.where(h < 0, 0.0, torch.where(h > 1e-3, 1e-3, h))}  # fmt: skip
+    f = f[flat]
+    sur = sb.Surrogate(lambda x: f(x[:, :1] - 0.25), n_in=2, point_route="torch")
+    np.testing.assert_array_equal(sur.grad(np.array([3.0, 0.0])), [0.0, 0.0])
+    np.testing.assert_array_equal(sur.grad(np.array([0.2505, 0.0])), [1.0, 0.0])
+
+
 def test_a_model_constant_in_x_keeps_its_zero_derivatives():
     class Constant(nn.Module):
         def __init__(self):
