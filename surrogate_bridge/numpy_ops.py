@@ -335,13 +335,25 @@ class Product:
         return _summed((cab * tb, rb), self.single)
 
 
-class Softmax:
+class _ByShares:
+    """An operation whose ``first(h)`` gives its value and the shares ``p`` (a softmax), all its
+    derivatives need."""
+
+    second = True
+
+    def __call__(self, h):
+        return self.first(h)[0]
+
+    def derivatives(self, h):
+        y, p = self.first(h)
+        return y, p, p
+
+
+class Softmax(_ByShares):
     """softmax (``log=False``) or log_softmax of the whole row, computed as torch does (the
     maximum subtracted first). For softmax y with ``g = y (a - a . y)``, the Hessian of ``a . y``
     is ``diag(g) - g y^T - y g^T``; for log_softmax, with p = softmax(h), it is
     ``-sum(a) (diag(p) - p p^T)``."""
-
-    second = True
 
     def __init__(self, log: bool) -> None:
         self.log = log
@@ -353,13 +365,6 @@ class Softmax:
         total = e.sum()
         p = e / total
         return (z - math.log(total) if self.log else p), p
-
-    def __call__(self, h):
-        return self.first(h)[0]
-
-    def derivatives(self, h):
-        y, p = self.first(h)
-        return y, p, p
 
     def push(self, Ts, p):
         T = Ts[0]
@@ -392,24 +397,15 @@ class Softmax:
         return ((w * t - u * (v @ t) - v * (u @ t))[None],)
 
 
-class LogSumExp:
+class LogSumExp(_ByShares):
     """log sum exp of the whole row (a row of one value), computed as torch does: the maximum
     subtracted first, and the gradient ``p = exp(h - y)`` (softmax); the Hessian of ``a y`` is
     ``a (diag(p) - p p^T)``."""
-
-    second = True
 
     def first(self, h):
         m = h.max()
         y = math.log(np.exp(h - m).sum()) + m
         return np.array([y]), np.exp(h - y)
-
-    def __call__(self, h):
-        return self.first(h)[0]
-
-    def derivatives(self, h):
-        y, p = self.first(h)
-        return y, p, p
 
     def push(self, Ts, p):
         return (p @ Ts[0])[None]
