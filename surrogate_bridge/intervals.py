@@ -291,7 +291,8 @@ def _elementwise(target):
             d_min = torch.where(inside, torch.minimum(d_min, d_p), d_min)
             d_max = torch.where(inside, torch.maximum(d_max, d_p), d_max)
         for p in poles:
-            inside = (lo <= torch.as_tensor(p).to(lo)) & (torch.as_tensor(p).to(lo) <= hi)
+            p = torch.as_tensor(p).to(lo)
+            inside = (lo <= p) & (p <= hi)
             f_min, d_min = (
                 f_min.masked_fill(inside, -math.inf),
                 d_min.masked_fill(inside, -math.inf),
@@ -307,7 +308,7 @@ def _prelu(a: Iv, weight) -> Iv:
     w = weight.detach()
     if w.numel() > 1:
         w = w.reshape(-1, *[1] * (a.lo.ndim - 2))
-    return _elementwise(aten.leaky_relu.default)(a, w)
+    return _RULES[aten.leaky_relu.default](a, w)
 
 
 # comparisons and where ----------------------------------------------------------------------------
@@ -456,7 +457,7 @@ def _binary(kind):
             return _times(a, b)
         if b.dlo is None and torch.all(torch.as_tensor(b.lo == b.hi)):
             return _times(a, Iv.const(1 / torch.as_tensor(b.lo)))
-        return _times(a, _elementwise(aten.reciprocal.default)(b))
+        return _times(a, _RULES[aten.reciprocal.default](b))
 
     return op
 
@@ -509,10 +510,11 @@ _RULES = {
     aten.neg.default: lambda a: _scale(a, -1.0),
     **{target: _elementwise(target) for target in ACTIVATIONS},
     aten.prelu.default: _prelu,
-    aten.clamp.Tensor: lambda a, lo=None, hi=None: _elementwise(aten.clamp.default)(a, lo, hi),
-    aten.clip.Tensor: lambda a, lo=None, hi=None: _elementwise(aten.clamp.default)(a, lo, hi),
-    aten.clamp_min.Tensor: lambda a, lo: _elementwise(aten.clamp.default)(a, lo, None),
-    aten.clamp_max.Tensor: lambda a, hi: _elementwise(aten.clamp.default)(a, None, hi),
+    # (tensor bounds: the clamp rule, built once above, with per-value kinks)
+    aten.clamp.Tensor: lambda a, lo=None, hi=None: _RULES[aten.clamp.default](a, lo, hi),
+    aten.clip.Tensor: lambda a, lo=None, hi=None: _RULES[aten.clamp.default](a, lo, hi),
+    aten.clamp_min.Tensor: lambda a, lo: _RULES[aten.clamp.default](a, lo, None),
+    aten.clamp_max.Tensor: lambda a, hi: _RULES[aten.clamp.default](a, None, hi),
     **{getattr(aten, k).Scalar: _compare(k) for k in ("ge", "gt", "le", "lt")},
     **{getattr(aten, k).Tensor: _compare(k) for k in ("ge", "gt", "le", "lt")},
     aten.where.self: _where,

@@ -121,15 +121,7 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
             if node.target is aten.unbind.int and _hidden(node.args[0], index):
                 unbound[node.name] = node  # (read by the getitem calls that follow)
                 continue
-            if node.target is operator.getitem and node.args[0].name in unbound:
-                source = unbound[node.args[0].name]
-                dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)
-                op, ins = _pick(source.args[0], dim, node.args[1], index, _row(node), node.name)
-                index[node.name] = len(nodes)
-                nodes.append((op, ins))
-                sizes.append(1)
-                continue
-            if not any(a.name in index for a in inputs):
+            if not any(a.name in index or a.name in unbound for a in inputs):
                 if not all(a.name in consts for a in inputs):
                     raise GraphUnsupported(f"{node.target} at {node.name}: an unknown operand")
 
@@ -142,7 +134,10 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
                 continue
             k = _row(node)
             try:
-                op, ins = _operation(node, index, consts, sizes, k)
+                if node.target is operator.getitem and node.args[0].name in unbound:
+                    op, ins = _part(node, unbound[node.args[0].name], index, k)
+                else:
+                    op, ins = _operation(node, index, consts, sizes, k)
             except (KeyError, IndexError, AttributeError, TypeError) as err:  # an odd operand
                 raise GraphUnsupported(f"{node.target} at {node.name}: {err!r}") from err
             if op is None:  # a view: the same values under another name
@@ -438,6 +433,12 @@ def _slice(node, j: int, k_in: int, k: int, where: str):
     if k != k_in:  # a leading axis of size 1, kept whole: the same row
         raise GraphUnsupported(f"{where}: a slice of a leading axis")
     return None, (j,)
+
+
+def _part(node, source, index, k: int):
+    """The i-th part of ``h.unbind(dim)`` (``source``), read by ``node``."""
+    dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)
+    return _pick(source.args[0], dim, node.args[1], index, k, f"unbind at {source.name}")
 
 
 def _pick(h, dim: int, i: int, index, k: int, where: str):

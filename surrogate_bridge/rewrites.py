@@ -142,6 +142,7 @@ _ATTENTION = {
     nn.functional.scaled_dot_product_attention: _attention,
     nn.functional.multi_head_attention_forward: _multi_head,
 }
+_WITH_ATTENTION = {**_FUNCTIONS, **_ATTENTION}
 ATTENTION_FUNCTIONS = frozenset({"scaled_dot_product_attention", "multi_head_attention_forward"})
 
 
@@ -177,5 +178,5 @@ class ExactFunctions(nn.Module):
 
     def forward(self, *args, **kwargs):
         attention = getattr(self, "attention", False)  # (absent from older pickles)
-        with _ExactMode({**_FUNCTIONS, **_ATTENTION} if attention else _FUNCTIONS):
+        with _ExactMode(_WITH_ATTENTION if attention else _FUNCTIONS):
             return self.model(*args, **kwargs)

@@ -732,3 +732,11 @@ def test_per_value_clamp_bounds_agree_with_autograd_also_on_a_bound():
     X = np.random.default_rng(9).normal(size=(3, 3))
     ties = np.array([[-0.5, 0.1, 1.0], [0.5, 0.0, 0.2]])
     assert_routes_agree(num, ref, np.vstack([X, ties]))
+
+
+def test_unbind_along_an_axis_of_one_is_the_same_row():
+    """``h[:, None, :].unbind(1)[0]`` is h itself: a view, with the row's own size."""
+    f = lambda x: torch.tanh(x[:, None, :].unbind(1)[0] * 1.5).sum(-1, keepdim=True)  # noqa: E731
+    num, ref = twins(f, None, None, n_in=3)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(2).normal(size=(2, 3)))
