@@ -37,7 +37,7 @@ from .diagnostics import (
     torch_cannot,
 )
 from .normalization import Affine
-from .rewrites import ATTENTION_FUNCTIONS, REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
+from .rewrites import KERNEL_FUNCTIONS, REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
 from .scaling import Scaling, ScalingMap
 
 __all__ = [
@@ -459,8 +459,8 @@ def build(
             if _branches(e):  # a branch on values: each point alone, one call each
                 fn = fn._with_rows(RowByRowLoop(fn.rows.model))
     no_second = _second_derivatives(fn, X[:1])
-    if no_second and called & ATTENTION_FUNCTIONS:  # torch's attention kernel: rewrites.py
-        exact = fn._with_rows(type(fn.rows)(ExactFunctions(model, attention=True)))
+    if no_second and called & KERNEL_FUNCTIONS:  # torch's attention or cdist: rewrites.py
+        exact = fn._with_rows(type(fn.rows)(ExactFunctions(model, kernels=True)))
         if _second_derivatives(exact, X[:1]) is None:
             fn, no_second = exact, None
     nonsmooth = tuple(sorted(called & NONSMOOTH))

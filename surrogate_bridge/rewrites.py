@@ -1,9 +1,9 @@
 """Rewrites of a user's layers in the surrogate's private copy of the model.
 
 A layer is rewritten only where torch's own derivative of it is wrong or missing, and only into
-a form whose values are bit for bit the layer's own (attention, below: the same to float64
-rounding; ``tests/test_rewrites.py`` checks both on dense grids); the user's model object is
-never touched.
+a form whose values are bit for bit the layer's own (attention and distances, below: the same
+to float64 rounding; ``tests/test_rewrites.py`` checks both on dense grids); the user's model
+object is never touched.
 
 - ``nn.CELU(alpha)``: torch computes the value in float64 (``elu`` with input scale 1 / alpha),
   but its derivative with 1 / alpha in single precision, so every derivative is off by about
@@ -23,17 +23,32 @@ or not) have the same faults: probing records the torch functions a forward call
 a torch function mode that hands each such call to the same forms, only in that forward (modes
 are per thread; nothing global changes, and other models pay nothing).
 
-One rewrite is the same function to float64 rounding, not bit for bit, and is made only where
-probing finds that torch cannot take second derivatives of the model without it: attention.
+Two rewrites are the same function to float64 rounding, not bit for bit, and are made only
+where probing finds that torch cannot take second derivatives of the model without them:
+attention and distances.
 Torch's CPU kernel for ``F.scaled_dot_product_attention`` (which ``nn.MultiheadAttention`` and
 the ``nn.Transformer`` layers call) has no second derivative, so every Hessian of an attention
-surrogate was refused. Such a model is run with ``attention=True``: each
+surrogate was refused. Such a model is run with ``kernels=True``: each
 ``F.scaled_dot_product_attention`` call becomes torch's own reference form of it
 (``aten._scaled_dot_product_attention_math``: softmax(q k^T * scale + mask) v, in plain
 products), and each ``F.multi_head_attention_forward`` call is made with ``need_weights=True``,
 torch's path through the same plain products. The kernel and these forms differ only in the
 order of their sums (``tests/test_rewrites.py`` holds them to a few units of the last place on
 dense samples).
+
+Distances, likewise: ``torch.cdist`` (the usual way to write a radial basis function layer) and
+``torch.pdist`` (the distances between a point's particles, in a potential's features) have no
+second derivative in torch. Where probing finds that a model calling them has none, each
+``pdist(x, p)`` call becomes the p-norm of the differences of the rows that ``triu_indices``
+pairs, and each ``cdist`` call torch's own arithmetic for the same path: for p = 2 where torch's
+kernel multiplies matrices (more than 25 rows in either operand, or
+``compute_mode="use_mm_for_euclid_dist"``), the very products, sums and clamp of
+``aten._euclidean_dist``, with a square root whose derivative is zero at a zero distance, as
+torch's is; otherwise the p-norm of the differences,
+``torch.linalg.vector_norm(x1[..., :, None, :] - x2[..., None, :, :], p, -1)``. The values are
+torch's to a few units of the last place. (A point at a center: the distance's derivative is
+zero there, as torch's, and its second derivative through the root NaN, as for any norm in
+torch; the CasADi translation simplifies the squared root away and gives the Hessian.)
 """
 
 from __future__ import annotations
@@ -44,7 +59,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ATTENTION_FUNCTIONS", "REWRITTEN_FUNCTIONS", "ExactFunctions", "exact_layers"]
+__all__ = ["KERNEL_FUNCTIONS", "REWRITTEN_FUNCTIONS", "ExactFunctions", "exact_layers"]
 
 
 # the exact forms, for the layers and for the same functions called in a forward -------------
@@ -138,12 +153,47 @@ def _multi_head(*args, **kwargs):
     return out, (weights if wanted else None)
 
 
-_ATTENTION = {
+# distances, where torch's kernel has no second derivative (see the module's docstring) -------
+_CDIST_MODES = {
+    "use_mm_for_euclid_dist_if_necessary": 0, "use_mm_for_euclid_dist": 1,
+    "donot_use_mm_for_euclid_dist": 2,
+}  # fmt: skip
+
+
+def _euclidean_dist(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """``aten._euclidean_dist``'s own arithmetic; at a zero distance, slope zero (torch's)."""
+    n1, n2 = x1.pow(2).sum(-1, keepdim=True), x2.pow(2).sum(-1, keepdim=True)
+    a = torch.cat([x1.mul(-2), n1, torch.ones_like(n1)], -1)
+    b = torch.cat([x2, torch.ones_like(n2), n2], -1)
+    r = a.matmul(b.mT).clamp_min(0)
+    positive = r > 0
+    return torch.where(positive, torch.where(positive, r, 1.0).sqrt(), 0.0)
+
+
+def _cdist(x1, x2, p=2.0, compute_mode="use_mm_for_euclid_dist_if_necessary"):
+    mode = _CDIST_MODES.get(compute_mode)
+    if mode is None:
+        raise ValueError(f"{compute_mode} is not a valid value for compute_mode")
+    if p == 2 and (mode == 1 or (mode == 0 and (x1.shape[-2] > 25 or x2.shape[-2] > 25))):
+        return _euclidean_dist(x1, x2)
+    return torch.linalg.vector_norm(x1.unsqueeze(-2) - x2.unsqueeze(-3), ord=p, dim=-1)
+
+
+def _pdist(x, p=2.0):
+    i, j = torch.triu_indices(x.shape[0], x.shape[0], 1, device=x.device)
+    return torch.linalg.vector_norm(x[i] - x[j], ord=p, dim=-1)
+
+
+_KERNELS = {
     nn.functional.scaled_dot_product_attention: _attention,
     nn.functional.multi_head_attention_forward: _multi_head,
+    torch.cdist: _cdist,
+    torch.pdist: _pdist,  # (nn.functional.pdist is the same function)
 }
-_WITH_ATTENTION = {**_FUNCTIONS, **_ATTENTION}
-ATTENTION_FUNCTIONS = frozenset({"scaled_dot_product_attention", "multi_head_attention_forward"})
+_WITH_KERNELS = {**_FUNCTIONS, **_KERNELS}
+# the kernels' names, as probing records them
+KERNEL_FUNCTIONS = frozenset({"scaled_dot_product_attention", "multi_head_attention_forward",
+                              "cdist", "pdist"})  # fmt: skip
 
 
 class _ExactMode(TorchFunctionMode):
@@ -157,8 +207,8 @@ class _ExactMode(TorchFunctionMode):
 
 class ExactFunctions(nn.Module):
     """``model`` run with its calls of ``F.celu``, ``torch.celu`` and ``F.hardsigmoid``
-    replaced by the forms above (the layers' rewrites, as functions); with ``attention``, also
-    its attention calls (twice differentiable, the same to rounding).
+    replaced by the forms above (the layers' rewrites, as functions); with ``kernels``, also
+    its attention and ``torch.cdist`` calls (twice differentiable, the same to rounding).
 
     Examples
     --------
@@ -172,11 +222,12 @@ class ExactFunctions(nn.Module):
     True
     """
 
-    def __init__(self, model: nn.Module, attention: bool = False) -> None:
+    def __init__(self, model: nn.Module, kernels: bool = False) -> None:
         super().__init__()
-        self.model, self.attention = model, attention
+        self.model, self.kernels = model, kernels
 
     def forward(self, *args, **kwargs):
-        attention = getattr(self, "attention", False)  # (absent from older pickles)
-        with _ExactMode(_WITH_ATTENTION if attention else _FUNCTIONS):
+        # (older pickles: no flag, or the same flag named for attention alone)
+        kernels = getattr(self, "kernels", getattr(self, "attention", False))
+        with _ExactMode(_WITH_KERNELS if kernels else _FUNCTIONS):
             return self.model(*args, **kwargs)

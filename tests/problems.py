@@ -348,8 +348,9 @@ class Composite(nn.Module):
 
 class CdistRBF(nn.Module):
     """x (N, n_in) -> a linear layer -> Gaussians of torch.cdist distances to k centers -> a
-    linear read-out (N, n_out). torch has no second derivative of cdist; the translation and
-    the saved file lower it to plain operations (lowering.py)."""
+    linear read-out (N, n_out). torch has no second derivative of cdist: the surrogate runs
+    torch's own arithmetic for it (rewrites.py), and the translation and the saved file lower
+    it to plain operations (lowering.py)."""
 
     def __init__(self, n_in: int = 2, k: int = 5, n_out: int = 1, seed: int = 0):
         super().__init__()
@@ -358,8 +359,19 @@ class CdistRBF(nn.Module):
         self.centers = nn.Parameter(torch.randn(k, n_in))
         self.double()
 
+    def distances(self, h):
+        return torch.cdist(h, self.centers)
+
     def forward(self, x):
-        return self.out(torch.exp(-(torch.cdist(self.a(x), self.centers) ** 2)))
+        return self.out(torch.exp(-(self.distances(self.a(x)) ** 2)))
+
+
+class KernelCdistRBF(CdistRBF):
+    """:class:`CdistRBF` calling torch's distance kernel itself, ``aten._cdist_forward``, which
+    no rewrite replaces: a model whose Hessian torch cannot take (the translation can)."""
+
+    def distances(self, h):
+        return torch.ops.aten._cdist_forward(h, self.centers, 2.0, None)
 
 
 class Attention(nn.Module):

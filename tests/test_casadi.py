@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from problems import (
     COMPOSITES,
     P_SEED,
-    CdistRBF,
     Composite,
+    KernelCdistRBF,
     fit_full_batch,
     mlp,
     random_graphs,
@@ -726,10 +726,11 @@ def test_property_random_layer_graphs_translate_to_torchs_function(case):
 
 
 def test_translation_gives_hessians_torch_cannot_take():
-    """torch has no second derivative of cdist (nor of its CPU attention kernel, which the
-    surrogate rewrites: tests/test_rewrites.py); the CasADi translation is the exact Hessian
-    here, checked against differences of torch's exact gradient."""
-    sur = sb.Surrogate(CdistRBF(3, 6, 2), sb.Affine([0.5, -1, 2], [2, 0.5, 1]))
+    """torch has no second derivative of its distance kernel (a model calling torch.cdist, or
+    attention, is rewritten: tests/test_rewrites.py; this one calls the kernel itself); the
+    CasADi translation is the exact Hessian here, checked against differences of torch's exact
+    gradient."""
+    sur = sb.Surrogate(KernelCdistRBF(3, 6, 2), sb.Affine([0.5, -1, 2], [2, 0.5, 1]))
     with pytest.raises(NotImplementedError, match="torch cannot take this derivative"):
         sur.hess(np.zeros(3))
     F = sb.casadi_function(sur, mode="symbolic")

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from problems import (
     P_SEED,
     SCALER_KINDS,
-    CdistRBF,
     Hand,
+    KernelCdistRBF,
     Linear,
     Quadratic,
     SinSum,
@@ -288,7 +288,7 @@ class _Cube(nn.Module):
 @pytest.mark.parametrize(
     ("model", "named"),
     [
-        (CdistRBF(), "cdist"),  # (F.hardsigmoid and F.celu are rewritten: rewrites.py)
+        (KernelCdistRBF(), "cdist"),  # (torch.cdist, F.hardsigmoid, F.celu: rewrites.py)
         (_Cube(), "once_differentiable"),
     ],
     ids=["cdist", "once-differentiable"],

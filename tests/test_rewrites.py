@@ -8,10 +8,11 @@ import casadi as ca
 import numpy as np
 import pytest
 import torch
-from problems import ATTENTION
+from problems import ATTENTION, CdistRBF
 from torch import nn
 
 import surrogate_bridge as sb
+from surrogate_bridge import rewrites
 from surrogate_bridge.rewrites import exact_layers
 
 EDGES = [0.0, -0.0, 3.0, -3.0, 1e-300, -1e-300, float("inf"), float("-inf")]
@@ -193,6 +194,118 @@ def test_attention_gets_hessians_from_a_form_the_same_to_rounding(name, tmp_path
 
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     z = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(model(z).sum(), z, create_graph=True)
+    with pytest.raises(RuntimeError, match="not implemented"):  # torch's own kernel, as before
+        torch.autograd.grad(g.sum(), z)
+
+
+# distances: torch.cdist and torch.pdist ---------------------------------------------------------
+CDIST_MODES = ["use_mm_for_euclid_dist_if_necessary", "use_mm_for_euclid_dist",
+               "donot_use_mm_for_euclid_dist"]  # fmt: skip
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, 3.0, 0.5, float("inf")])
+def test_distance_forms_are_torchs_kernels_to_rounding(p):
+    """Both operands' row counts on either side of 25 (where torch's p = 2 kernel switches to
+    matrix products), a batch axis, every compute mode, a zero distance: the rewrite gives
+    torch's values to a few units of the last place."""
+    g = torch.Generator().manual_seed(0)
+    for rows1, rows2, cols in [(1, 5, 3), (30, 5, 3), (1, 40, 7), (26, 26, 2), (4, 3, 64)]:
+        x1 = torch.randn(2, rows1, cols, dtype=torch.float64, generator=g)
+        x2 = torch.randn(rows2, cols, dtype=torch.float64, generator=g)
+        x2[0] = x1[0, 0]  # a zero distance
+        for mode in CDIST_MODES:
+            want = torch.cdist(x1, x2, p, compute_mode=mode)
+            got = rewrites._cdist(x1, x2, p, mode)
+            assert (got - want).abs().max() <= 4 * np.spacing(want.abs().max().item())
+        want = torch.pdist(x1[0], p).numpy()
+        got = rewrites._pdist(x1[0], p).numpy()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max(initial=0) <= 4 * np.spacing(np.abs(want).max(initial=0))
+    with pytest.raises(ValueError, match="compute_mode"):
+        rewrites._cdist(x1, x2, 2.0, "fastest")
+
+
+class Potential(nn.Module):
+    """The energy of 4 particles in 3-D from their 6 pair distances (torch.pdist of a point's
+    12 coordinates, as a potential-energy surrogate reads them), through a tanh MLP."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+
+    def forward(self, x):
+        return torch.cat([self.net(torch.pdist(r.view(4, 3))[None]) for r in x])
+
+
+def _rbf_truth(model):
+    """A CdistRBF's function written with the sum of squared differences (no root)."""
+
+    def f(x):
+        h = model.a(x)
+        return model.out(torch.exp(-((h[None, :] - model.centers) ** 2).sum(-1)))
+
+    return f
+
+
+def _potential_truth(model):
+    def f(x):
+        r = x.view(4, 3)
+        i, j = torch.triu_indices(4, 4, 1)
+        return model.net(((r[i] - r[j]) ** 2).sum(-1).sqrt())
+
+    return f
+
+
+DISTANCES = {  # (model, truth, n_in, points): batches of more than 25 rows take the matrix path
+    "cdist": (lambda: CdistRBF(3, 5, 2), _rbf_truth, 3, 5),
+    "cdist, a batch of 40": (lambda: CdistRBF(3, 8, 1, seed=1), _rbf_truth, 3, 40),
+    "pdist potential": (Potential, _potential_truth, 12, 5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DISTANCES))
+def test_distances_get_hessians_from_a_form_the_same_to_rounding(name, tmp_path):
+    """torch has no second derivative of cdist or pdist, so every Hessian of a radial basis
+    function net or a pair-distance potential was refused. The surrogate runs torch's own
+    arithmetic instead: Hessians equal the closed form's (squared distances summed, no
+    distance kernel), on every route, in batches, in CasADi's translation and after a save;
+    the user's model still runs torch's kernel, untouched."""
+    make, truth, n, points = DISTANCES[name]
+    model = make()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    f = truth(model)
+    X = np.random.default_rng(0).normal(size=(points, n))
+    want = np.stack([torch.func.jacrev(torch.func.jacrev(f))(x).detach().numpy()
+                     for x in torch.as_tensor(X)])  # fmt: skip
+    sur = sb.Surrogate(model, n_in=n)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(sur.hess(X).reshape(want.shape), want, rtol=0, atol=1e-13 * scale)
+    with torch.no_grad():
+        values = model(torch.as_tensor(X)).numpy()
+    assert np.abs(sur(X).reshape(values.shape) - values).max() <= 8 * np.spacing(
+        np.abs(values).max()
+    )
+    for route in ("torch", "casadi", "auto"):
+        other = sb.Surrogate(model, n_in=n, point_route=route)
+        for x, w in zip(X[:5], want[:5], strict=True):
+            got = other.hess(x).reshape(w.shape)
+            np.testing.assert_allclose(got, w, rtol=0, atol=1e-13 * scale)
+
+    F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", n)
+    y = F(x)
+    H = ca.Function("H", [x], [ca.hessian(y[i], x)[0] for i in range(sur.n_out)])
+    back = sb.save(sur, tmp_path / "distances.sbz") or sb.load(tmp_path / "distances.sbz")
+    for p, w in zip(X[:5], want[:5], strict=True):
+        symbolic = H(p)
+        for i, Hi in enumerate([symbolic] if sur.n_out == 1 else symbolic):
+            np.testing.assert_allclose(np.array(Hi), w[i], rtol=0, atol=1e-13 * scale)
+        np.testing.assert_allclose(back.hess(p).reshape(w.shape), w, rtol=0, atol=1e-13 * scale)
+
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    z = torch.as_tensor(X[:1]).requires_grad_(True)
     (g,) = torch.autograd.grad(model(z).sum(), z, create_graph=True)
     with pytest.raises(RuntimeError, match="not implemented"):  # torch's own kernel, as before
         torch.autograd.grad(g.sum(), z)

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from problems import CdistRBF, mlp
+from problems import KernelCdistRBF, mlp
 from torch import nn
 
 import surrogate_bridge as sb
@@ -154,7 +154,7 @@ def test_auto_leaves_a_route_that_is_not_the_same_function_unused(monkeypatch):
         assert close(sur.hess(x + 0.1), exact.hess(x + 0.1))
 
 
-@pytest.mark.parametrize("model", [CdistRBF], ids=["cdist"])
+@pytest.mark.parametrize("model", [KernelCdistRBF], ids=["cdist"])
 def test_auto_measures_models_whose_hessian_torch_cannot_take(model):
     """The routes' check and their timing ask torch for Hessians only where it can take them:
     a solver's 32nd point used to raise torch's error instead of an answer."""
