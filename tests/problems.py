@@ -326,6 +326,12 @@ COMPOSITES = {
         ],
         1,
     )[:, 5:13],
+    # a deep ensemble's mean and spread: members stacked on a new leading axis, reduced over it
+    "ensemble": lambda h: (
+        torch.stack([torch.tanh(h), torch.sin(h), h * h / 4]).mean(0)
+        + torch.stack([torch.tanh(h), h / 3]).std(0)
+        + torch.stack([h, h.flip(-1)], 1).sum((1, 2))[:, None]
+    ),
     "select_stack3": lambda h: (
         torch.stack([h.reshape(-1, 2, 4)[:, 1], torch.tanh(h.reshape(-1, 2, 4)).select(1, 0)], 2)
         .transpose(1, 2)

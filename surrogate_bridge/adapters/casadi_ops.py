@@ -2,13 +2,13 @@
 
 Tensors are CasADi matrices in torch's layout: a 2-D tensor (a, b) is an (a, b) matrix, a 1-D
 tensor (k,) a (1, k) row, a scalar (1, 1); a tensor of higher rank (a batch of one image or
-signal, (1, C, L) or (1, C, H, W)) is its row-major flattening, a (1, numel) row, so that a
-convolution is one (sparse) matrix product built once from its weights, elementwise operations
-apply as they are, and views and flattening are the identity. ``OPS`` maps each aten overload to
-``(handler, extra)``, where ``extra`` says whether the handler also takes the rank of its first
-argument (``"rank"``), of every argument (``"ranks"``), or the shapes of its arguments
-(``"shapes"``). A handler that cannot
-translate its arguments raises ``ValueError``, which the translator reports with the op's place.
+signal, (1, C, L) or (1, C, H, W); an ensemble's stacked outputs, (S, 1, k)) is its row-major
+flattening, a (1, numel) row, so that a convolution is one (sparse) matrix product built once
+from its weights, elementwise operations apply as they are, and views and flattening are the
+identity. ``OPS`` maps each aten overload to ``(handler, extra)``, where ``extra`` says whether
+the handler also takes the rank of its first argument (``"rank"``), of every argument
+(``"ranks"``), or the shapes of its arguments (``"shapes"``). A handler that cannot translate
+its arguments raises ``ValueError``, which the translator reports with the op's place.
 """
 
 from __future__ import annotations
@@ -48,10 +48,13 @@ def _reduce(kind):
         shape = shapes[0]
         rank = len(shape)
         dims = set(range(rank)) if not dims else {axis(d, rank) for d in dims}
-        if rank > 2:  # a flattened (1, ...) tensor: the reduction as a matrix built by torch
+        if rank > 2:  # a flattened tensor: the reduction as a matrix built by torch (over any
+            # axes: a batch of one's, or an ensemble's, torch.stack(members).mean(0))
             reduce = torch.sum if kind == "sum" else torch.mean
-            dims -= {0}  # a batch of one: reducing it changes nothing
-            return ca.mtimes(x, ca.DM(_matrix_of(lambda B: reduce(B, tuple(dims)), shape)))
+            numel = math.prod(shape)
+            basis = torch.eye(numel, dtype=torch.float64).reshape(numel, *shape)
+            M = reduce(basis, tuple(d + 1 for d in dims)).reshape(numel, -1).numpy()
+            return reshape(ca.mtimes(reshape(x, (1, numel)), ca.DM(M)), out)
         n = 1
         # a rank-2 tensor's dim 0 is the matrix's rows; the last torch dim is always its columns
         if rank == 2 and 0 in dims:
