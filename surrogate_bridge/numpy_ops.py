@@ -21,7 +21,7 @@ from .elementwise import FIRST, VALUES, _logistic
 
 __all__ = [
     "Activation", "Cat", "Compare", "Gather", "Glu", "Linear", "LogSumExp", "Norm", "PerFeature",
-    "Product", "Scale", "Select", "Softmax", "Sum", "Total",
+    "Pool", "Product", "Scale", "Select", "Softmax", "Sum", "Total",
 ]  # fmt: skip
 
 
@@ -487,6 +487,32 @@ class Total:
     def pull(self, A, _):
         out = np.repeat(A, self.k, axis=1)
         return (out / self.k if self.mean else out,)
+
+
+class Pool:
+    """The sum (or mean) of several hidden rows of one length: their stack reduced over the
+    stacking axis (a deep ensemble's ``torch.stack(members).mean(0)``)."""
+
+    second = False
+
+    def __init__(self, count: int, mean: bool) -> None:
+        self.count, self.mean = count, mean
+
+    def _reduce(self, parts):
+        t = parts[0]
+        for u in parts[1:]:
+            t = t + u
+        return t / self.count if self.mean else t
+
+    def __call__(self, *hs):
+        return self._reduce(hs)
+
+    def push(self, Ts, _):
+        return self._reduce(Ts)
+
+    def pull(self, A, _):
+        part = A / self.count if self.mean else A
+        return (part,) * self.count
 
 
 class Norm:

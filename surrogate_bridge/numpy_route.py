@@ -1,23 +1,23 @@
 """A numpy single-point route: the hand-written forward and reverse pass that a user would
 write for an MLP, read off the surrogate's exported one-point graph.
 
-It covers *layer graphs*: every hidden tensor is one row of values, and every operation on
-hidden tensors is either linear in them (a linear layer; arithmetic with a constant, such as the
-scalers; an eval-mode batch norm; the sum or difference of two hidden rows, as in a residual
-connection, or of a row and a single value; a concatenation or stack; a slice of the last axis
-or values at constant positions, such as ``x[:, 0]`` or the parts of ``x.unbind(-1)``; dropout
-in eval mode; the sum or mean of a row; a view), an elementwise function with known first and
-second derivatives (``elementwise.ACTIVATIONS``: activations, PReLU, clamp (bounds numbers or
-per-value constants), powers, logarithms, roots, trigonometric and hyperbolic functions, erf),
-the product or quotient of two hidden rows of one length, or of a row and a single value (a
-gate, a DeepONet's dot product, a softmax by hand), a ``torch.where`` on a comparison of the row
-or a row times such a mask (a hand-written leaky ReLU; a saved softshrink;
-``numpy_ops.Compare``, ``Select``: the mask has no derivative), or a LayerNorm, RMSNorm,
-softmax, log-softmax, log-sum-exp or GLU of the whole row (``numpy_ops.Norm``, ``Softmax``,
-``LogSumExp``, ``Glu``, in closed form). Operations on constants alone are computed once, by
-torch itself (a weight's transpose, say). Anything else (a broadcast of rows into a matrix, a
-maximum, a tensor of several rows, a mask used otherwise, an operation without a rule here)
-raises :class:`GraphUnsupported`, and the other routes answer.
+It covers *layer graphs*: every hidden tensor is one row of values, and every operation on hidden
+tensors is either linear in them (a linear layer; arithmetic with a constant, such as the scalers;
+an eval-mode batch norm; the sum or difference of two hidden rows, as in a residual connection, or
+of a row and a single value; a concatenation or stack; rows stacked on a new axis and summed or
+averaged over it, as a deep ensemble's members are (``numpy_ops.Pool``); a slice of the last axis or
+values at constant positions, such as ``x[:, 0]`` or the parts of ``x.unbind(-1)``; dropout in eval
+mode; the sum or mean of a row; a view), an elementwise function with known first and second
+derivatives (``elementwise.ACTIVATIONS``: activations, PReLU, clamp (bounds numbers or per-value
+constants), powers, logarithms, roots, trigonometric and hyperbolic functions, erf), the product or
+quotient of two hidden rows of one length, or of a row and a single value (a gate, a DeepONet's dot
+product, a softmax by hand), a ``torch.where`` on a comparison of the row or a row times such a mask
+(a hand-written leaky ReLU; a saved softshrink; ``numpy_ops.Compare``, ``Select``: the mask has no
+derivative), or a LayerNorm, RMSNorm, softmax, log-softmax, log-sum-exp or GLU of the whole row
+(``numpy_ops.Norm``, ``Softmax``, ``LogSumExp``, ``Glu``, in closed form). Operations on constants
+alone are computed once, by torch itself (a weight's transpose, say). Anything else (a broadcast of
+rows into a matrix, a maximum, a tensor of several rows, a mask used otherwise, an operation without
+a rule here) raises :class:`GraphUnsupported`, and the other routes answer.
 
 With node values ``h_i`` (``h_0 = x``) and the output ``y``:
 
@@ -54,6 +54,7 @@ from .numpy_ops import (
     LogSumExp,
     Norm,
     PerFeature,
+    Pool,
     Product,
     Scale,
     Select,
@@ -105,6 +106,7 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
     consts: dict[str, object] = dict(constants_of(program))
     index: dict[str, int] = {}  # a hidden tensor's name -> its node
     unbound: dict[str, torch.fx.Node] = {}  # unbind calls on hidden rows
+    stacked: dict[str, torch.fx.Node] = {}  # hidden rows stacked into several rows
     nodes: list = [(None, ())]
     sizes = [n]
     out = None
@@ -121,7 +123,10 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
             if node.target is aten.unbind.int and _hidden(node.args[0], index):
                 unbound[node.name] = node  # (read by the getitem calls that follow)
                 continue
-            if not any(a.name in index or a.name in unbound for a in inputs):
+            if _rows_stacked(node, index):
+                stacked[node.name] = node  # (read by the reduction over them that follows)
+                continue
+            if not any(a.name in index or a.name in unbound or a.name in stacked for a in inputs):
                 if not all(a.name in consts for a in inputs):
                     raise GraphUnsupported(f"{node.target} at {node.name}: an unknown operand")
 
@@ -136,6 +141,8 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
             try:
                 if node.target is operator.getitem and node.args[0].name in unbound:
                     op, ins = _part(node, unbound[node.args[0].name], index, k)
+                elif node.target in _REDUCTIONS and node.args[0].name in stacked:
+                    op, ins = _pool(node, stacked[node.args[0].name], index, sizes, k)
                 else:
                     op, ins = _operation(node, index, consts, sizes, k)
             except (KeyError, IndexError, AttributeError, TypeError) as err:  # an odd operand
@@ -417,6 +424,41 @@ def _total(node, index, sizes, k: int, where: str):
         return LogSumExp(), (j,)
     mean = node.target in (aten.mean.dim, aten.mean.default)
     return Total(sizes[j], mean), (j,)
+
+
+def _rows_stacked(node, index) -> bool:
+    """Whether ``node`` stacks hidden rows into a tensor of several rows (an ensemble's
+    members' outputs), which only a sum or mean over the stacking axis may read."""
+    if node.target is not aten.stack.default:
+        return False
+    parts, val = node.args[0], node.meta.get("val")
+    return (
+        len(parts) > 1
+        and all(_hidden(a, index) for a in parts)
+        and isinstance(val, torch.Tensor)
+        and math.prod(val.shape[:-1]) != 1
+    )
+
+
+def _pool(node, source, index, sizes, k: int):
+    """sum or mean over the stacking axis of hidden rows stacked by ``source`` (and over axes
+    of size 1): the sum or mean of the rows."""
+    where = f"{node.target} at {node.name}"
+    args, kw = node.args, node.kwargs
+    parts, shape = source.args[0], tuple(source.meta["val"].shape)
+    stack_dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)
+    stack_dim %= len(shape)
+    dims = args[1] if len(args) > 1 else kw.get("dim")
+    if kw.get("dtype") is not None or (len(args) > 3 and args[3] is not None) or not dims:
+        raise GraphUnsupported(f"{where}: not a reduction over the stacking axis alone")
+    dims = {d % len(shape) for d in dims}
+    ins = tuple(index[a.name] for a in parts)
+    if stack_dim not in dims or any(shape[d] != 1 for d in dims - {stack_dim}):
+        raise GraphUnsupported(f"{where}: not a reduction over the stacking axis alone")
+    if any(sizes[j] != k for j in ins):
+        raise GraphUnsupported(f"{where}: rows of unequal length")
+    mean = node.target in (aten.mean.dim, aten.mean.default)
+    return Pool(len(ins), mean), ins
 
 
 def _slice(node, j: int, k_in: int, k: int, where: str):

@@ -740,3 +740,42 @@ def test_unbind_along_an_axis_of_one_is_the_same_row():
     num, ref = twins(f, None, None, n_in=3)
     assert num.point_route == "numpy"
     assert_routes_agree(num, ref, np.random.default_rng(2).normal(size=(2, 3)))
+
+
+class Ensemble(nn.Module):
+    """A deep ensemble of three tanh MLPs: their outputs stacked on a new axis (first, middle
+    or last) and averaged or summed over it, as ensemble surrogates are written."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        torch.manual_seed(6)
+        self.how = how
+        self.members = nn.ModuleList(
+            nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)) for _ in range(3)
+        ).double()
+
+    def forward(self, z):
+        ys = [m(z) for m in self.members]
+        if self.how == "mean(0)":
+            return torch.stack(ys).mean(0)
+        if self.how == "sum(1)":
+            return torch.stack(ys, 1).sum(1)
+        return torch.stack(ys, -1).mean(-1)  # "mean(-1)"
+
+
+@pytest.mark.parametrize("how", ["mean(0)", "sum(1)", "mean(-1)"])
+def test_a_deep_ensembles_mean_agrees_with_autograd(how):
+    """Members' rows stacked and reduced over the stacking axis: the sum or mean of the rows
+    (the stacked tensor of several rows is never formed)."""
+    num, ref = twins(Ensemble(how), SCALER3, None)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(3).normal(size=(3, 3)))
+
+
+def test_a_stack_read_otherwise_is_refused():
+    """Stacked rows read by anything but a reduction over the stacking axis (here a spread
+    over the members, and a sum over the features alone) leave the route."""
+    for f in (lambda h: torch.stack([h, torch.tanh(h)]).std(0),
+              lambda h: torch.stack([h, torch.tanh(h)]).sum(-1).T):  # fmt: skip
+        with pytest.raises(ValueError, match="not a layer graph"):
+            sb.Surrogate(f, n_in=3, point_route="numpy")
