@@ -225,6 +225,15 @@ def _pow(h, p):
         return np.power(h, p), p * np.power(h, p - 1.0), p * (p - 1.0) * np.power(h, p - 2.0)
 
 
+def _base_power(h, base):
+    """base ** h for a constant base > 0 (``10 ** h``: torch's pow(Scalar, Tensor)); torch's
+    derivative is the value times ln(base)."""
+    with np.errstate(over="ignore"):
+        v = np.power(base, h)
+    ln = math.log(base)
+    return v, v * ln, v * ln * ln
+
+
 def _sinh(h):
     s = np.sinh(h)
     return s, np.cosh(h), s

@@ -43,7 +43,7 @@ import operator
 import numpy as np
 import torch
 
-from .elementwise import ACTIVATIONS, _clamp, _leaky_relu
+from .elementwise import ACTIVATIONS, _base_power, _clamp, _leaky_relu
 from .numpy_ops import (
     Activation,
     Cat,
@@ -276,6 +276,11 @@ def _operation(node, index, consts, sizes, k: int):
         lo, hi = (None if bounds.get(b) is None else _const(consts, bounds[b], k, where)
                   for b in ("min", "max"))  # fmt: skip
         return Activation(_clamp, (lo, hi), {}), (index[args[0].name],)
+    if target is aten.pow.Scalar:  # base ** h, a constant base
+        base = args[0]
+        if not hidden(args[1]) or isinstance(base, torch.fx.Node) or not float(base) > 0:
+            raise GraphUnsupported(f"{where}: not a positive constant to a hidden row's power")
+        return Activation(_base_power, (float(base),), {}), (index[args[1].name],)
     if target is aten.prelu.default:  # a leaky ReLU whose slope is a weight (one, or per value)
         if not hidden(args[0]):
             raise GraphUnsupported(f"{where}: not on a hidden row")

@@ -278,6 +278,7 @@ COMPOSITES = {
         h * torch.var_mean(h, -1, keepdim=True)[0] + torch.var_mean(h, -1)[1][:, None]
     ),
     "hypot": lambda h: torch.hypot(h, torch.tanh(h) + 0.5),
+    "base_power": lambda h: 10 ** (h / 4) + 0.5**h,  # aten.pow.Scalar: a quantity in decades
     "prod3": lambda h: h * torch.prod(torch.tanh(h).reshape(-1, 2, 4), -1).repeat(1, 4),
     "instance_norm": lambda h: nn.functional.instance_norm(
         h.reshape(-1, 2, 4), weight=_CHANNEL[:, 0].to(h.dtype), bias=_CHANNEL[:, 0].to(h.dtype) / 3

@@ -779,3 +779,22 @@ def test_a_stack_read_otherwise_is_refused():
               lambda h: torch.stack([h, torch.tanh(h)]).sum(-1).T):  # fmt: skip
         with pytest.raises(ValueError, match="not a layer graph"):
             sb.Surrogate(f, n_in=3, point_route="numpy")
+
+
+class Decades(nn.Module):
+    """A quantity trained in decades, 10 ** net(z), and a decay 0.5 ** h (aten.pow.Scalar)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.a, self.b = nn.Linear(3, 6).double(), nn.Linear(6, 2).double()
+
+    def forward(self, z):
+        return 10 ** self.b(0.5 ** torch.tanh(self.a(z)))
+
+
+def test_a_constant_to_a_hidden_power_agrees_with_autograd():
+    """10 ** h and 0.5 ** h: the value times ln(base) as slope, as torch takes it."""
+    num, ref = twins(Decades(), SCALER3, None)
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(4).normal(size=(3, 3)))

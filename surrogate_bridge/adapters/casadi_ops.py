@@ -309,6 +309,7 @@ OPS = {
     aten.neg.default: (lambda out, x: -x, None),
     aten.pow.Tensor_Scalar: (lambda out, x, p: x**p, None),
     aten.pow.Tensor_Tensor: (lambda out, x, p: broadcast(x, out) ** broadcast(p, out), None),
+    aten.pow.Scalar: (lambda out, base, x: float(base) ** x, None),  # 10 ** h
     aten.square.default: (lambda out, x: x**2, None),
     aten.sqrt.default: (lambda out, x: ca.sqrt(x), None),
     aten.rsqrt.default: (lambda out, x: 1 / ca.sqrt(x), None),
