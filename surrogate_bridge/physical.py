@@ -459,7 +459,7 @@ def build(
             if _branches(e):  # a branch on values: each point alone, one call each
                 fn = fn._with_rows(RowByRowLoop(fn.rows.model))
     no_second = _second_derivatives(fn, X[:1])
-    if no_second and called & KERNEL_FUNCTIONS:  # torch's attention or cdist: rewrites.py
+    if no_second and called & KERNEL_FUNCTIONS:  # attention, cdist, pdist: rewrites.py
         exact = fn._with_rows(type(fn.rows)(ExactFunctions(model, kernels=True)))
         if _second_derivatives(exact, X[:1]) is None:
             fn, no_second = exact, None
