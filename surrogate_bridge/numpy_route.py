@@ -80,7 +80,8 @@ _NORMS = (aten.layer_norm.default, aten.rms_norm.default)
 _DROPOUTS = (aten.dropout.default, aten.alpha_dropout.default, aten.feature_alpha_dropout.default,
              aten.feature_dropout.default)  # fmt: skip
 _ROW_WISE = (aten.softmax.int, aten.log_softmax.int, aten.glu.default)
-_REDUCTIONS = (aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.mean.default)
+_MEANS = (aten.mean.dim, aten.mean.default)
+_REDUCTIONS = (aten.sum.dim_IntList, aten.sum.default, *_MEANS)
 _COMPARISONS = {
     getattr(getattr(aten, name), overload): f
     for name, f in (("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less),
@@ -409,26 +410,33 @@ def _gather(node, index, consts, sizes, k: int, where: str):
     return Gather(sizes[j], positions.astype(np.intp)), (j,)
 
 
+def _reduced_axes(node, ndim: int, where: str) -> set[int] | None:
+    """The axes (of ``ndim``) that a sum, mean or log-sum-exp ``node`` reduces, or None for
+    every axis; a reduction with a dtype is refused."""
+    args, kw = node.args, node.kwargs
+    if kw.get("dtype") is not None or (len(args) > 3 and args[3] is not None):
+        raise GraphUnsupported(f"{where}: a reduction with a dtype")
+    dims = args[1] if len(args) > 1 else kw.get("dim")
+    if dims is None or len(dims) == 0 or ndim == 0:
+        return None
+    return {d % ndim for d in dims}
+
+
 def _total(node, index, sizes, k: int, where: str):
     """sum or mean over some axes of a row: over its last axis, a row of one value; over
     leading axes of size 1 alone, the same row."""
-    args, kw = node.args, node.kwargs
-    h = args[0]
+    h = node.args[0]
     if not _hidden(h, index):
         raise GraphUnsupported(f"{where}: not a reduction of a hidden row")
-    if kw.get("dtype") is not None or (len(args) > 3 and args[3] is not None):
-        raise GraphUnsupported(f"{where}: a reduction with a dtype")
     j, ndim = index[h.name], h.meta["val"].ndim
-    dims = args[1] if len(args) > 1 else kw.get("dim")
-    every = dims is None or len(dims) == 0 or ndim == 0
-    if not every and (ndim - 1) not in {d % ndim for d in dims}:
+    dims = _reduced_axes(node, ndim, where)
+    if dims is not None and (ndim - 1) not in dims:
         return None, (j,)  # axes of size 1: the same values
     if k != 1:
         raise GraphUnsupported(f"{where}: a reduction to {k} values")
     if node.target is aten.logsumexp.default:
         return LogSumExp(), (j,)
-    mean = node.target in (aten.mean.dim, aten.mean.default)
-    return Total(sizes[j], mean), (j,)
+    return Total(sizes[j], node.target in _MEANS), (j,)
 
 
 def _rows_stacked(node, index) -> bool:
@@ -449,21 +457,16 @@ def _pool(node, source, index, sizes, k: int):
     """sum or mean over the stacking axis of hidden rows stacked by ``source`` (and over axes
     of size 1): the sum or mean of the rows."""
     where = f"{node.target} at {node.name}"
-    args, kw = node.args, node.kwargs
     parts, shape = source.args[0], tuple(source.meta["val"].shape)
     stack_dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)
     stack_dim %= len(shape)
-    dims = args[1] if len(args) > 1 else kw.get("dim")
-    if kw.get("dtype") is not None or (len(args) > 3 and args[3] is not None) or not dims:
+    dims = _reduced_axes(node, len(shape), where)
+    if dims is None or stack_dim not in dims or any(shape[d] != 1 for d in dims - {stack_dim}):
         raise GraphUnsupported(f"{where}: not a reduction over the stacking axis alone")
-    dims = {d % len(shape) for d in dims}
     ins = tuple(index[a.name] for a in parts)
-    if stack_dim not in dims or any(shape[d] != 1 for d in dims - {stack_dim}):
-        raise GraphUnsupported(f"{where}: not a reduction over the stacking axis alone")
     if any(sizes[j] != k for j in ins):
         raise GraphUnsupported(f"{where}: rows of unequal length")
-    mean = node.target in (aten.mean.dim, aten.mean.default)
-    return Pool(len(ins), mean), ins
+    return Pool(len(ins), node.target in _MEANS), ins
 
 
 def _slice(node, j: int, k_in: int, k: int, where: str):

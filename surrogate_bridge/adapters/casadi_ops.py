@@ -51,9 +51,8 @@ def _reduce(kind):
         if rank > 2:  # a flattened tensor: the reduction as a matrix built by torch (over any
             # axes: a batch of one's, or an ensemble's, torch.stack(members).mean(0))
             reduce = torch.sum if kind == "sum" else torch.mean
-            numel = math.prod(shape)
-            basis = torch.eye(numel, dtype=torch.float64).reshape(numel, *shape)
-            M = reduce(basis, tuple(d + 1 for d in dims)).reshape(numel, -1).numpy()
+            numel, axes = math.prod(shape), tuple(d + 1 for d in dims)
+            M = _matrix_of(lambda B: reduce(B.reshape(numel, *shape), axes), (1, numel))
             return reshape(ca.mtimes(reshape(x, (1, numel)), ca.DM(M)), out)
         n = 1
         # a rank-2 tensor's dim 0 is the matrix's rows; the last torch dim is always its columns
