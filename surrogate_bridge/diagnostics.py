@@ -83,14 +83,15 @@ PIECEWISE_LINEAR = frozenset(
 )
 # branch selections: the Hessian is the branch's taken (zero for a hand-written ReLU); a
 # comparison's mask selects too, as in h * (h > 0), and so do the greatest or least of several
-# values (a max pool, a sort), whose derivatives switch where two of them cross
+# values (a max pool, a sort), whose derivatives switch where two of them cross, and a logit
+# with eps, flat outside [eps, 1 - eps]
 SELECTIONS = frozenset(
     {"where", "maximum", "minimum", "fmax", "fmin", "hardswish", "hardswish_", "gt", "ge", "lt",
      "le", "greater", "greater_equal", "less", "less_equal", "max", "min", "amax", "amin",
      "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices",
      "max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d",
      "adaptive_max_pool2d", "adaptive_max_pool3d", "sort", "msort", "topk", "kthvalue", "median",
-     "nanmedian", "cummax", "cummin"}
+     "nanmedian", "cummax", "cummin", "logit with eps"}
 )  # fmt: skip
 # functions with steps: the model jumps where they do, and no derivative sees it
 PIECEWISE_CONSTANT = frozenset(
@@ -143,7 +144,10 @@ class _OpRecorder(TorchFunctionMode):
         self.names: set[str] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.names.add(getattr(func, "__name__", str(func)))
+        name = getattr(func, "__name__", str(func))
+        self.names.add(name)
+        if name == "logit" and (args[1:2] or [(kwargs or {}).get("eps")])[0] is not None:
+            self.names.add("logit with eps")  # flat outside [eps, 1 - eps]: a clamp inside
         return func(*args, **(kwargs or {}))
 
 

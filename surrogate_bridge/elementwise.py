@@ -1,6 +1,6 @@
 """Elementwise functions for the numpy route (activations; powers, logarithms and roots; the
-trigonometric and hyperbolic functions and their inverses; erf): each rule maps a vector ``h``
-(and the call's parameters) to the function's value, first and second derivative, computed as
+trigonometric and hyperbolic functions and their inverses; erf; logit): each rule maps a vector
+``h`` (and the call's parameters) to the function's value, first and second derivative, computed as
 torch computes the value (the same formula; only the math library's last bit may differ).
 
 ``ACTIVATIONS`` maps the aten operation to its rule. ``VALUES`` and ``FIRST`` hold cheaper
@@ -234,6 +234,19 @@ def _base_power(h, base):
     return v, v * ln, v * ln * ln
 
 
+def _logit(h, eps=None):
+    """log(z / (1 - z)), z = h or h clamped to [eps, 1 - eps] (then flat outside it), as
+    torch's logit; its slope is 1 / (h (1 - h)) inside, torch's formula."""
+    z = h if eps is None else np.clip(h, eps, 1.0 - eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = 1.0 / (h * (1.0 - h))
+        d, dd = r, (2.0 * h - 1.0) * r * r
+        if eps is not None:
+            outside = (h < eps) | (h > 1.0 - eps)
+            d, dd = np.where(outside, 0.0, d), np.where(outside, 0.0, dd)
+        return np.log(z / (1.0 - z)), d, dd
+
+
 def _sinh(h):
     s = np.sinh(h)
     return s, np.cosh(h), s
@@ -391,6 +404,7 @@ ACTIVATIONS = {
     aten.log10.default: _log_base(np.log10, _LN10),
     aten.erf.default: _erf,
     aten.erfc.default: _erfc,
+    aten.logit.default: _logit,
     aten.hardshrink.default: _hardshrink,
     aten.sign.default: _sign,
 }

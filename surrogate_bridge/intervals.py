@@ -185,6 +185,11 @@ def _pow_points(lo, hi, p):
     return [0.0], ([0.0] if p < 0 else [])
 
 
+def _logit_points(lo, hi, eps=None):
+    """The slope turns at 1/2; poles at 0 and 1; with eps, kinks at eps and 1 - eps."""
+    return [0.5, *([] if eps is None else _kinks(eps, 1.0 - eps))], [0.0, 1.0]
+
+
 # the points where each of elementwise.ACTIVATIONS can turn, kink or blow up
 _POINTS = {
     aten.tanh.default: _at(0.0),
@@ -235,6 +240,7 @@ _POINTS = {
     aten.log10.default: _none,
     aten.erf.default: _at(0.0),
     aten.erfc.default: _at(0.0),
+    aten.logit.default: _logit_points,
     aten.hardshrink.default: _discontinuous("hardshrink"),
     aten.sign.default: _discontinuous("sign"),
 }

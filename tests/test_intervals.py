@@ -80,6 +80,8 @@ CASES = [
     ("exp2", torch.exp2, aten.exp2.default, WIDE),
     ("erf", torch.erf, aten.erf.default, WIDE),
     ("erfc", torch.erfc, aten.erfc.default, WIDE),
+    ("logit", torch.logit, aten.logit.default, (0.02, 0.98)),
+    ("logit_eps", lambda x: torch.logit(x, 0.3), aten.logit.default, (-0.5, 1.5)),
     ("prelu", lambda x: F.prelu(x, torch.tensor([0.25], dtype=x.dtype)), aten.prelu.default, WIDE),
     ("softsign", F.softsign, aten.div.Tensor, WIDE),
     (

@@ -220,6 +220,7 @@ MATHS = {
     "exp2": torch.exp2, "log1p": lambda h: torch.log1p(h * h), "erf": torch.erf,
     "erfc": torch.erfc, "log2": lambda h: torch.log2(h * h + 0.1),
     "log10": lambda h: torch.log10(h * h + 0.1),
+    "logit": lambda h: torch.logit(0.8 * torch.sigmoid(h) + 0.1),
 }  # fmt: skip
 
 
@@ -798,3 +799,20 @@ def test_a_constant_to_a_hidden_power_agrees_with_autograd():
     num, ref = twins(Decades(), SCALER3, None)
     assert num.point_route == "numpy"
     assert_routes_agree(num, ref, np.random.default_rng(4).normal(size=(3, 3)))
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+def test_a_logit_with_eps_is_flat_outside_its_bounds_as_torchs():
+    """torch.logit(p, eps): the clamp of p to [eps, 1 - eps] inside, so a zero slope (and
+    curvature) where p is outside; points on both pieces."""
+
+    def squashed(h):
+        return 0.9 * torch.sigmoid(3.0 * h) + 0.05
+
+    net = Hand(lambda h: torch.logit(squashed(h), eps=0.2), n_in=3, width=8, seed=4)
+    num, ref = twins(net, SCALER3, None)
+    assert num.point_route == "numpy"
+    X = np.random.default_rng(6).normal(size=(4, 3))
+    h = squashed(net.a(torch.as_tensor(SCALER3.transform(X))))
+    assert ((h < 0.2) | (h > 0.8)).any() and ((h > 0.2) & (h < 0.8)).any()  # both pieces met
+    assert_routes_agree(num, ref, X)

@@ -442,18 +442,21 @@ def test_a_partly_cut_graph_names_the_outputs():
 
 
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
-@pytest.mark.parametrize("flat", ["clamp", "hardtanh", "where"])
+@pytest.mark.parametrize("flat", ["clamp", "hardtanh", "where", "logit-eps"])
 def test_a_function_saturated_at_every_probe_is_not_a_cut_graph(flat):
     """A narrow clamp (a physical limit) that every probe point meets on one side or the other:
     the output changes while its gradient is zero at each of them, which is that function's
     true derivative; derivatives are given, and where inside, they are 1."""
     f = {"clamp": lambda h: h.clamp(0.0, 1e-3),
          "hardtanh": lambda h: nn.functional.hardtanh(h, 0.0, 1e-3),
-         "where": lambda h: torch.where(h < 0, 0.0, torch.where(h > 1e-3, 1e-3, h))}  # fmt: skip
+         "where": lambda h: torch.where(h < 0, 0.0, torch.where(h > 1e-3, 1e-3, h)),
+         "logit-eps": lambda h: torch.logit(h + 0.4995, eps=0.4995)}  # fmt: skip
     f = f[flat]
     sur = sb.Surrogate(lambda x: f(x[:, :1] - 0.25), n_in=2, point_route="torch")
     np.testing.assert_array_equal(sur.grad(np.array([3.0, 0.0])), [0.0, 0.0])
-    np.testing.assert_array_equal(sur.grad(np.array([0.2505, 0.0])), [1.0, 0.0])
+    z = 0.2505 - 0.25 + 0.4995  # inside: logit's slope 1 / (z (1 - z)); the others' 1
+    slope = 1.0 / (z * (1.0 - z)) if flat == "logit-eps" else 1.0
+    np.testing.assert_allclose(sur.grad(np.array([0.2505, 0.0])), [slope, 0.0], rtol=1e-12)
 
 
 def test_a_model_constant_in_x_keeps_its_zero_derivatives():
