@@ -2,9 +2,10 @@
 value, tangents pushed forward (``push``: (k, r) columns) and adjoints pulled back (``pull``:
 (r, k) rows, one array per input, or None for none: a :class:`Compare` mask has no
 derivative). All are linear in their hidden inputs except :class:`Activation`,
-:class:`Product`, :class:`Norm`, :class:`Softmax`, :class:`LogSumExp` and :class:`Glu`, whose
-``second = True`` marks the only second derivatives of a layer graph (:class:`Select` sets it
-too, to keep its mask on the forward tape, and gives zero curvature). These also give, for an
+:class:`Product`, :class:`Norm`, :class:`Softmax`, :class:`LogSumExp`, :class:`Glu` and
+:class:`Spread`, whose ``second = True`` marks the only second derivatives of a layer graph
+(:class:`Select`, :class:`Larger` and :class:`Peak` set it too, to keep their mask or weights on
+the forward tape, and give zero curvature). These also give, for an
 adjoint row ``a`` at their output, the curvature ``M(a)`` (the Hessian of ``a . op(h)`` in h)
 applied to tangents: ``curvature(a, Ts)`` is ``T^T M T`` for (k, n) columns T,
 ``curvature_mv(a, ts)`` is ``M t`` for one column t (k, 1), one term per input (a
@@ -20,8 +21,9 @@ import numpy as np
 from .elementwise import FIRST, VALUES, _logistic
 
 __all__ = [
-    "Activation", "Cat", "Compare", "Gather", "Glu", "Linear", "LogSumExp", "Norm", "PerFeature",
-    "Pool", "Product", "Scale", "Select", "Softmax", "Sum", "Total",
+    "Activation", "Cat", "Compare", "CumSum", "Gather", "Glu", "Larger", "Linear", "LogSumExp",
+    "Norm", "Peak", "PerFeature", "Pool", "Product", "Scale", "Select", "Softmax", "Spread",
+    "Sum", "Total",
 ]  # fmt: skip
 
 
@@ -214,6 +216,86 @@ class Select:
         return (None,) * len(ts)
 
 
+class Larger:
+    """``torch.maximum(a, b)`` (``largest``) or ``torch.minimum(a, b)`` of two hidden rows, a
+    row and a single value, or a row and a constant ``c`` (then the one hidden input). The
+    derivative takes the winner's, and half of each at a tie, as torch's; for a fixed winner it
+    is linear: ``second`` keeps the weights on the tape, and the curvature is zero."""
+
+    second = True
+
+    def __init__(self, largest: bool, sizes: tuple[int, ...], c=None) -> None:
+        self.pick = np.maximum if largest else np.minimum
+        self.largest, self.c = largest, c
+        self.single = tuple(s == 1 for s in sizes)
+
+    def first(self, ab):
+        a, b = (ab, self.c) if self.c is not None else ab
+        y = self.pick(a, b)
+        wins = a > b if self.largest else a < b
+        return y, np.where(a == b, 0.5, wins.astype(np.float64))  # a's share
+
+    def __call__(self, *hs):
+        return self.pick(*hs, self.c) if self.c is not None else self.pick(*hs)
+
+    def derivatives(self, ab):
+        return (*self.first(ab), None)
+
+    def push(self, Ts, w):
+        if self.c is not None:
+            return w[:, None] * Ts[0]
+        return w[:, None] * Ts[0] + (1.0 - w)[:, None] * Ts[1]
+
+    def pull(self, A, w):
+        if self.c is not None:
+            return (A * w,)
+        return _summed((A * w, A * (1.0 - w)), self.single)
+
+    def curvature(self, a, d, dd, Ts):
+        return 0.0
+
+    def curvature_mv(self, a, d, dd, ts):
+        return (None,) * len(ts)
+
+
+class Peak:
+    """The greatest (``largest``) or least of a row's values: a row of one value, with zero
+    curvature, as for :class:`Larger`. Its derivative is shared evenly between the values that
+    tie for it (``amax``, ``max()``), or (``first``: ``max(dim)``, whose positions torch
+    differentiates through) taken by the first of them, as torch's."""
+
+    second = True
+
+    def __init__(self, largest: bool, first: bool = False) -> None:
+        self.largest, self.first_only = largest, first
+
+    def first(self, h):
+        i = int(np.argmax(h) if self.largest else np.argmin(h))
+        w = (h == h[i]).astype(np.float64)
+        if self.first_only:
+            w[:] = 0.0
+            w[i] = 1.0
+        return h[i : i + 1].copy(), w / w.sum()
+
+    def __call__(self, h):
+        return np.array([h.max() if self.largest else h.min()])
+
+    def derivatives(self, h):
+        return (*self.first(h), None)
+
+    def push(self, Ts, w):
+        return (w @ Ts[0])[None]
+
+    def pull(self, A, w):
+        return (A * w,)
+
+    def curvature(self, a, d, dd, Ts):
+        return 0.0
+
+    def curvature_mv(self, a, d, dd, ts):
+        return (None,)
+
+
 class Gather:
     """Values of a row at constant positions: a slice of it, or an index array (a feature
     selection or permutation, where a position may repeat)."""
@@ -237,6 +319,22 @@ class Gather:
         else:
             np.add.at(out, (slice(None), self.idx), A)
         return (out,)
+
+
+class CumSum:
+    """The running sum along the row (``torch.cumsum``): tangents summed the same way, adjoints
+    summed from the end."""
+
+    second = False
+
+    def __call__(self, h):
+        return np.cumsum(h)
+
+    def push(self, Ts, _):
+        return np.cumsum(Ts[0], axis=0)
+
+    def pull(self, A, _):
+        return (np.cumsum(A[:, ::-1], axis=1)[:, ::-1],)
 
 
 class Activation:
@@ -487,6 +585,66 @@ class Total:
     def pull(self, A, _):
         out = np.repeat(A, self.k, axis=1)
         return (out / self.k if self.mean else out,)
+
+
+class Spread:
+    """One value measuring a row's spread: ``q = c . c / divisor`` with ``c = h - mean(h)``
+    (``center``: a variance, its divisor k minus the correction) or ``c = h`` (a squared
+    length), or its root ``r = sqrt(q)`` (``root``: a standard deviation, a Euclidean norm).
+    With ``P`` the centring projection (or I), the gradient is ``g = 2 c / divisor`` (``c /
+    (divisor r)``) and the Hessian of ``a q`` is ``a (2 / divisor) P`` (``a (P / (divisor r) -
+    c c^T / (divisor^2 r^3))``). At a zero spread or norm the gradient is zero, and the Hessian
+    zero (a spread) or NaN (a norm), as torch's."""
+
+    second = True
+
+    def __init__(self, k: int, center: bool, divisor: float, root: bool) -> None:
+        self.k, self.center, self.divisor, self.root = k, center, divisor, root
+
+    def first(self, h):
+        """(the value, (g, c, alpha, beta)): the Hessian of ``a q`` is ``a (alpha P - beta c
+        c^T)``."""
+        c = h - h.sum() / self.k if self.center else h
+        q = c @ c / self.divisor
+        if not self.root:
+            return np.array([q]), (2.0 * c / self.divisor, c, 2.0 / self.divisor, 0.0)
+        r = math.sqrt(q)
+        if r == 0.0:  # torch's: a zero gradient; a Hessian of zeros (std) or NaNs (norm)
+            curved = 0.0 if self.center else math.nan
+            return np.array([r]), (np.zeros(self.k), c, curved, curved)
+        alpha = 1.0 / (self.divisor * r)
+        return np.array([r]), (c * alpha, c, alpha, alpha / (self.divisor * r * r))
+
+    def __call__(self, h):
+        return self.first(h)[0]
+
+    def derivatives(self, h):
+        y, d = self.first(h)
+        return y, d, d
+
+    def push(self, Ts, d):
+        return (d[0] @ Ts[0])[None]
+
+    def pull(self, A, d):
+        return (A * d[0],)
+
+    def _projected(self, T):
+        return T - T.sum(axis=0, keepdims=True) / self.k if self.center else T
+
+    def curvature(self, a, d, dd, Ts):
+        _, c, alpha, beta = d
+        T = Ts[0]
+        M = alpha * (T.T @ self._projected(T))
+        if beta:
+            cT = c @ T
+            M = M - beta * np.outer(cT, cT)
+        return a[0] * M
+
+    def curvature_mv(self, a, d, dd, ts):
+        _, c, alpha, beta = d
+        t = ts[0][:, 0]
+        m = alpha * self._projected(t[:, None])[:, 0] - beta * c * (c @ t)
+        return (a[0, 0] * m[None],)
 
 
 class Pool:

@@ -6,18 +6,23 @@ tensors is either linear in them (a linear layer; arithmetic with a constant, su
 an eval-mode batch norm; the sum or difference of two hidden rows, as in a residual connection, or
 of a row and a single value; a concatenation or stack; rows stacked on a new axis and summed or
 averaged over it, as a deep ensemble's members are (``numpy_ops.Pool``); a slice of the last axis or
-values at constant positions, such as ``x[:, 0]`` or the parts of ``x.unbind(-1)``; dropout in eval
-mode; the sum or mean of a row; a view), an elementwise function with known first and second
-derivatives (``elementwise.ACTIVATIONS``: activations, PReLU, clamp (bounds numbers or per-value
-constants), powers, logarithms, roots, trigonometric and hyperbolic functions, erf), the product or
-quotient of two hidden rows of one length, or of a row and a single value (a gate, a DeepONet's dot
-product, a softmax by hand), a ``torch.where`` on a comparison of the row or a row times such a mask
-(a hand-written leaky ReLU; a saved softshrink; ``numpy_ops.Compare``, ``Select``: the mask has no
-derivative), or a LayerNorm, RMSNorm, softmax, log-softmax, log-sum-exp or GLU of the whole row
-(``numpy_ops.Norm``, ``Softmax``, ``LogSumExp``, ``Glu``, in closed form). Operations on constants
-alone are computed once, by torch itself (a weight's transpose, say). Anything else (a broadcast of
-rows into a matrix, a maximum, a tensor of several rows, a mask used otherwise, an operation without
-a rule here) raises :class:`GraphUnsupported`, and the other routes answer.
+values at constant positions, such as ``x[:, 0]``, the parts of ``x.unbind(-1)``, of ``chunk`` or
+of ``split``, a flip or a roll; a running sum (``CumSum``); a single value broadcast along the row
+(``expand``); dropout in eval mode; the sum or mean of a row; a view), an elementwise function
+with known first and second derivatives (``elementwise.ACTIVATIONS``: activations, PReLU, clamp
+(bounds numbers or per-value constants), powers, logarithms, roots, trigonometric and hyperbolic
+functions, erf, logit), the product or quotient of two hidden rows of one length, or of a row and a
+single value (a gate, a DeepONet's dot product, a softmax by hand), a ``torch.where`` on a
+comparison of the row or a row times such a mask (a hand-written leaky ReLU; a saved softshrink;
+``numpy_ops.Compare``, ``Select``: the mask has no derivative), the maximum or minimum of two rows
+or of a row and a constant, and the greatest or least value of a row (``Larger``, ``Peak``: the
+winner's derivative, shared at a tie as torch shares it), or a LayerNorm, RMSNorm, softmax,
+log-softmax, log-sum-exp, GLU, variance, standard deviation or Euclidean norm of the whole row
+(``numpy_ops.Norm``, ``Softmax``, ``LogSumExp``, ``Glu``, ``Spread``, in closed form). Operations on
+constants alone, and calls whose values depend on a hidden tensor's shape alone (``zeros_like``),
+are computed once, by torch itself (a weight's transpose, say). Anything else (a broadcast of rows
+into a matrix, a sort, a tensor of several rows, a mask used otherwise, an operation without a
+rule here) raises :class:`GraphUnsupported`, and the other routes answer.
 
 With node values ``h_i`` (``h_0 = x``) and the output ``y``:
 
@@ -48,17 +53,21 @@ from .numpy_ops import (
     Activation,
     Cat,
     Compare,
+    CumSum,
     Gather,
     Glu,
+    Larger,
     Linear,
     LogSumExp,
     Norm,
+    Peak,
     PerFeature,
     Pool,
     Product,
     Scale,
     Select,
     Softmax,
+    Spread,
     Sum,
     Total,
 )
@@ -82,6 +91,18 @@ _DROPOUTS = (aten.dropout.default, aten.alpha_dropout.default, aten.feature_alph
 _ROW_WISE = (aten.softmax.int, aten.log_softmax.int, aten.glu.default)
 _MEANS = (aten.mean.dim, aten.mean.default)
 _REDUCTIONS = (aten.sum.dim_IntList, aten.sum.default, *_MEANS)
+# the greatest or least value: amax, amin, max and min over every axis (max.dim and min.dim,
+# whose values are read by a getitem, in read_graph)
+_PEAKS = {aten.amax.default: True, aten.amin.default: False, aten.max.default: True,
+          aten.min.default: False, aten.max.dim: True, aten.min.dim: False}  # fmt: skip
+_SPREADS = {  # variances and standard deviations: (the root taken, the argument names)
+    aten.var.dim: (False, ("self", "dim", "unbiased", "keepdim")),
+    aten.var.correction: (False, ("self", "dim")),
+    aten.var.default: (False, ("self", "unbiased")),
+    aten.std.dim: (True, ("self", "dim", "unbiased", "keepdim")),
+    aten.std.correction: (True, ("self", "dim")),
+    aten.std.default: (True, ("self", "unbiased")),
+}
 _COMPARISONS = {
     getattr(getattr(aten, name), overload): f
     for name, f in (("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less),
@@ -93,6 +114,15 @@ _CLAMP_TENSORS = {  # their bounds, by position
     aten.clamp_min.Tensor: ("min",), aten.clamp_max.Tensor: ("max",),
 }  # fmt: skip
 _WHERE = (aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)
+# calls whose values depend on a hidden tensor's shape alone: constants (torch.where(h > 0, h,
+# torch.zeros_like(h)), say)
+_SHAPE_ONLY = (aten.zeros_like.default, aten.ones_like.default, aten.full_like.default,
+               aten.new_zeros.default, aten.new_ones.default, aten.new_full.default)  # fmt: skip
+# calls that cut a tensor into parts along one axis, read by the getitem calls that follow (as
+# are max.dim and min.dim's values)
+_BY_DIM = (aten.max.dim, aten.min.dim)
+_SPLITS = (aten.unbind.int, aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default,
+           aten.unsafe_split.Tensor, aten.unsafe_split_with_sizes.default)  # fmt: skip
 
 
 class GraphUnsupported(ValueError):
@@ -106,7 +136,7 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
     (see the module's docstring); else :class:`GraphUnsupported` naming the operation."""
     consts: dict[str, object] = dict(constants_of(program))
     index: dict[str, int] = {}  # a hidden tensor's name -> its node
-    unbound: dict[str, torch.fx.Node] = {}  # unbind calls on hidden rows
+    parted: dict[str, torch.fx.Node] = {}  # unbind, chunk and split calls on hidden rows
     stacked: dict[str, torch.fx.Node] = {}  # hidden rows stacked into several rows
     nodes: list = [(None, ())]
     sizes = [n]
@@ -121,13 +151,18 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
                 raise GraphUnsupported("more than one input")
         elif node.op == "call_function":
             inputs = node.all_input_nodes
-            if node.target is aten.unbind.int and _hidden(node.args[0], index):
-                unbound[node.name] = node  # (read by the getitem calls that follow)
+            if node.target is operator.getitem and not node.users:
+                continue  # a part never read (the positions of h.max(dim), say)
+            if node.target in _SPLITS + _BY_DIM and _hidden(node.args[0], index):
+                parted[node.name] = node  # (read by the getitem calls that follow)
                 continue
             if _rows_stacked(node, index):
                 stacked[node.name] = node  # (read by the reduction over them that follows)
                 continue
-            if not any(a.name in index or a.name in unbound or a.name in stacked for a in inputs):
+            if node.target in _SHAPE_ONLY and _hidden(node.args[0], index):
+                consts[node.name] = _shape_only(node, consts)
+                continue
+            if not any(a.name in index or a.name in parted or a.name in stacked for a in inputs):
                 if not all(a.name in consts for a in inputs):
                     raise GraphUnsupported(f"{node.target} at {node.name}: an unknown operand")
 
@@ -140,8 +175,8 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
                 continue
             k = _row(node)
             try:
-                if node.target is operator.getitem and node.args[0].name in unbound:
-                    op, ins = _part(node, unbound[node.args[0].name], index, k)
+                if node.target is operator.getitem and node.args[0].name in parted:
+                    op, ins = _part(node, parted[node.args[0].name], index, k)
                 elif node.target in _REDUCTIONS and node.args[0].name in stacked:
                     op, ins = _pool(node, stacked[node.args[0].name], index, sizes, k)
                 else:
@@ -289,8 +324,21 @@ def _operation(node, index, consts, sizes, k: int):
         return Activation(_leaky_relu, (slope,), {}), (index[args[0].name],)
     if target in (aten.index.Tensor, aten.index_select.default):
         return _gather(node, index, consts, sizes, k, where)
+    if target in (aten.expand.default, aten.expand_as.default) and hidden(args[0]):
+        j = index[args[0].name]
+        if sizes[j] == k:  # new axes of size 1: the same row
+            return None, (j,)
+        return Gather(1, np.zeros(k, dtype=np.intp)), (j,)  # a single value along the row
+    if target in (aten.flip.default, aten.roll.default, aten.cumsum.default):
+        return _along_row(node, index, sizes, where)
     if target in _REDUCTIONS or target is aten.logsumexp.default:
         return _total(node, index, sizes, k, where)
+    if target in _PEAKS:
+        return _peak(node, index, sizes, k, where)
+    if target in (aten.maximum.default, aten.minimum.default):
+        return _larger(node, index, consts, sizes, k, where)
+    if target in _SPREADS or target is aten.linalg_vector_norm.default:
+        return _spread(node, index, sizes, k, where)
     if target is aten.stack.default:
         parts, ndim = args[0], node.meta["val"].ndim
         dim = (args[1] if len(args) > 1 else kw.get("dim", 0)) % ndim
@@ -410,6 +458,31 @@ def _gather(node, index, consts, sizes, k: int, where: str):
     return Gather(sizes[j], positions.astype(np.intp)), (j,)
 
 
+def _along_row(node, index, sizes, where: str):
+    """h.flip(dims), h.roll(shifts, dims) or h.cumsum(dim) of a row: along its last axis a
+    permutation of its values or their running sum; along the other axes (of size 1), the
+    row itself."""
+    args, kw = node.args, node.kwargs
+    h = args[0]
+    if not _hidden(h, index):
+        raise GraphUnsupported(f"{where}: not on a hidden row")
+    ndim, j = h.meta["val"].ndim, index[h.name]
+    k = sizes[j]
+    if node.target is aten.roll.default:
+        got = _named(node, ("self", "shifts", "dims"))
+        shifts, dims = list(got["shifts"]), list(got.get("dims") or [])
+        # no dims: the flattened tensor rolls, a row's values
+        shift = sum(s for s, d in zip(shifts, dims or [-1], strict=True) if d % ndim == ndim - 1)
+        return (Gather(k, np.roll(np.arange(k), shift)), (j,)) if shift % k else (None, (j,))
+    if node.target is aten.flip.default:
+        if ndim - 1 in {d % ndim for d in args[1]}:
+            return Gather(k, np.arange(k)[::-1].copy()), (j,)
+        return None, (j,)
+    if kw.get("dtype") is not None:
+        raise GraphUnsupported(f"{where}: a running sum with a dtype")
+    return (CumSum(), (j,)) if args[1] % ndim == ndim - 1 else (None, (j,))
+
+
 def _reduced_axes(node, ndim: int, where: str) -> set[int] | None:
     """The axes (of ``ndim``) that a sum, mean or log-sum-exp ``node`` reduces, or None for
     every axis; a reduction with a dtype is refused."""
@@ -437,6 +510,71 @@ def _total(node, index, sizes, k: int, where: str):
     if node.target is aten.logsumexp.default:
         return LogSumExp(), (j,)
     return Total(sizes[j], node.target in _MEANS), (j,)
+
+
+def _peak(node, index, sizes, k: int, where: str, source=None):
+    """amax or amin (and max or min, over every axis or, as ``source``, over ``dim`` with its
+    values read by ``node``) of a row, over its last axis: one value (:class:`Peak`); over axes
+    of size 1 alone, the row itself."""
+    call = source if source is not None else node
+    h = call.args[0]
+    if not _hidden(h, index):
+        raise GraphUnsupported(f"{where}: not of a hidden row")
+    if source is not None and node.args[1] != 0:
+        raise GraphUnsupported(f"{where}: the positions of a maximum (integers)")
+    ndim, j = h.meta["val"].ndim, index[h.name]
+    dims = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", [])
+    dims = {d % ndim for d in ([dims] if isinstance(dims, int) else dims)} or set(range(ndim))
+    if ndim - 1 not in dims:
+        return None, (j,)
+    if k != 1:
+        raise GraphUnsupported(f"{where}: a reduction to {k} values")
+    return Peak(_PEAKS[call.target], first=source is not None), (j,)
+
+
+def _larger(node, index, consts, sizes, k: int, where: str):
+    """maximum(a, b) or minimum(a, b): of hidden rows of one length or a single value, or of a
+    hidden row and a constant (one, or one per value)."""
+    largest = node.target is aten.maximum.default
+    a, b = node.args[:2]
+    if _hidden(a, index) and _hidden(b, index):
+        ins = (index[a.name], index[b.name])
+        if not {sizes[i] for i in ins} <= {1, k}:
+            raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
+        return Larger(largest, tuple(sizes[i] for i in ins)), ins
+    h, c = (a, b) if _hidden(a, index) else (b, a)
+    j = index[h.name]
+    if sizes[j] != k:
+        raise GraphUnsupported(f"{where}: a constant that broadcasts the row")
+    return Larger(largest, (k,), _const(consts, c, k, where)), (j,)
+
+
+def _spread(node, index, sizes, k: int, where: str):
+    """var or std (any correction) or the Euclidean norm of a row, over its last axis: one
+    value (:class:`numpy_ops.Spread`); over axes of size 1 alone, a row of zero spreads and
+    norms of single values, which this route leaves to the others."""
+    h = node.args[0]
+    if not _hidden(h, index):
+        raise GraphUnsupported(f"{where}: not of a hidden row")
+    ndim, j = h.meta["val"].ndim, index[h.name]
+    if node.target is aten.linalg_vector_norm.default:
+        got = _named(node, ("self", "ord", "dim", "keepdim"))
+        if float(got.get("ord", 2)) != 2.0 or got.get("dtype") is not None:
+            raise GraphUnsupported(f"{where}: a norm other than the Euclidean one")
+        root, center, correction = True, False, 0.0
+    else:
+        root, names = _SPREADS[node.target]
+        got, center = _named(node, names), True
+        correction = got.get("correction")
+        if correction is None:
+            correction = 1.0 if got.get("unbiased", True) else 0.0
+    dims = got.get("dim")
+    if dims is not None and not isinstance(dims, (list, tuple)):
+        dims = [dims]
+    if k != 1 or (dims and ndim - 1 not in {d % ndim for d in dims}):
+        raise GraphUnsupported(f"{where}: not over the whole row")
+    n = sizes[j]
+    return Spread(n, center, n - float(correction) if center else 1.0, root), (j,)
 
 
 def _rows_stacked(node, index) -> bool:
@@ -486,9 +624,41 @@ def _slice(node, j: int, k_in: int, k: int, where: str):
 
 
 def _part(node, source, index, k: int):
-    """The i-th part of ``h.unbind(dim)`` (``source``), read by ``node``."""
-    dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)
-    return _pick(source.args[0], dim, node.args[1], index, k, f"unbind at {source.name}")
+    """The i-th part of ``h.unbind(dim)``, ``h.chunk(c, dim)`` or ``h.split(s, dim)``
+    (``source``), read by ``node``: an unbind's part is a selection (:func:`_pick`), a chunk's
+    or split's a slice of the row, or along an axis of size 1 the row itself."""
+    where = f"{source.target} at {source.name}"
+    h, i = source.args[0], node.args[1]
+    dim = source.args[-1] if len(source.args) > 2 else source.kwargs.get("dim", 0)
+    if source.target in _BY_DIM:  # (values, positions) of a maximum or minimum
+        return _peak(node, index, None, k, where, source)
+    if source.target is aten.unbind.int:
+        dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)
+        return _pick(h, dim, i, index, k, where)
+    shape, pieces = tuple(h.meta["val"].shape), source.meta["val"]
+    j, dim = index[h.name], dim % len(shape)
+    if shape[dim] == 1:
+        return None, (j,)
+    if dim != len(shape) - 1:
+        raise GraphUnsupported(f"{where}: parts along an axis of {shape[dim]}")
+    start = sum(int(p.shape[dim]) for p in pieces[:i])
+    if int(pieces[i].shape[dim]) != k:
+        raise GraphUnsupported(f"{where}: a part of unexpected length")
+    return Gather(shape[-1], slice(start, start + k)), (j,)
+
+
+def _shape_only(node, consts) -> torch.Tensor:
+    """The value of a call whose values depend on its hidden operand's shape alone (zeros_like,
+    full_like, new_ones ...): computed once, by torch, on a stand-in of that shape."""
+    val = node.args[0].meta["val"]
+    stand_in = torch.zeros(tuple(val.shape), dtype=val.dtype)
+
+    def value(a):
+        return consts[a.name] if isinstance(a, torch.fx.Node) else a
+
+    args = torch.fx.node.map_aggregate(node.args[1:], value)
+    kwargs = torch.fx.node.map_aggregate(node.kwargs, value)
+    return node.target(stand_in, *args, **kwargs)
 
 
 def _pick(h, dim: int, i: int, index, k: int, where: str):

@@ -464,8 +464,16 @@ _GRAPH_BINARY = {
     "where": lambda a, b: torch.where(a > b, a, torch.tanh(b)),
     "mask": lambda a, b: a * (b > 0),
     "gate": lambda a, b: a * b.sum(-1, keepdim=True),
+    "larger": torch.maximum,
 }
-_GRAPH_ROWWISE = ["layer_norm", "softmax", "linear", "reverse", "clamped"]
+_GRAPH_ROWWISE = ["layer_norm", "softmax", "linear", "reverse", "clamped", "running",
+                  "standardized", "unit", "rolled"]  # fmt: skip
+_GRAPH_ROW_FUNCTIONS = {
+    "running": lambda a: torch.cumsum(a, -1),
+    "standardized": lambda a: (a - a.mean(-1, keepdim=True)) / (a.std(-1, keepdim=True) + 0.5),
+    "unit": lambda a: nn.functional.normalize(a, dim=-1),
+    "rolled": lambda a: torch.roll(a, 1, -1),
+}
 
 
 class RandomGraph(nn.Module):
@@ -492,6 +500,7 @@ class RandomGraph(nn.Module):
             else:
                 op = _GRAPH_ROWWISE[which % len(_GRAPH_ROWWISE)]
                 rows.append(
+                    _GRAPH_ROW_FUNCTIONS[op](a) if op in _GRAPH_ROW_FUNCTIONS else
                     self.norm(a) if op == "layer_norm" else torch.softmax(a, -1)
                     if op == "softmax" else self.linears[s](a) if op == "linear" else
                     a[:, self.flip] if op == "reverse" else torch.where(a > 0.3, 0.3, a)

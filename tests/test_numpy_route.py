@@ -161,14 +161,14 @@ class Rows(nn.Module):
         return self.c(torch.tanh(self.b(h)).reshape(-1, 8))
 
 
-class Maximum(nn.Module):
+class Sorted(nn.Module):
     def forward(self, z):
-        return torch.tanh(z).amax(-1, keepdim=True)
+        return torch.tanh(z).sort(-1).values[:, :1]
 
 
-@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")  # amax
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")  # sort
 @pytest.mark.parametrize(
-    "model", [Outer(), Rows(), Maximum()], ids=["outer-product", "rows", "max"]
+    "model", [Outer(), Rows(), Sorted()], ids=["outer-product", "rows", "sort"]
 )
 def test_graphs_that_are_not_layer_graphs_are_refused_and_auto_measures_the_others(model):
     with pytest.raises(ValueError, match="not a layer graph"):
@@ -801,6 +801,92 @@ def test_a_constant_to_a_hidden_power_agrees_with_autograd():
     assert_routes_agree(num, ref, np.random.default_rng(4).normal(size=(3, 3)))
 
 
+class Rearranged(nn.Module):
+    """A SwiGLU block (``h.chunk(2, -1)``), the parts of split and split_with_sizes, a monotone
+    head's running sum of positive increments, a flip and a roll of the row, and constants
+    shaped like a hidden row (zeros_like in a torch.where, ones_like, full_like, new_full)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(9)
+        self.a, self.b = nn.Linear(3, 8).double(), nn.Linear(12, 2).double()
+
+    def forward(self, z):
+        h = self.a(z)
+        g, u = h.chunk(2, -1)
+        p, q = h.split([3, 5], -1)
+        r, s = torch.split(h, 4, dim=-1)
+        swiglu = nn.functional.silu(g) * u + r.flip(-1) * torch.roll(s, 1, -1)
+        rising = torch.cumsum(nn.functional.softplus(q), -1) / torch.full_like(q, 4.0)
+        cubic = torch.where(p > 0, p**3, torch.zeros_like(p)) + torch.ones_like(p)
+        return self.b(torch.cat([swiglu, rising, cubic * p.new_full((3,), 0.5)], -1))
+
+
+class Spreads(nn.Module):
+    """Hand-written normalizations: a variance and standard deviations (corrections 0, 1 and
+    2, with and without keepdim) and Euclidean norms (``torch.linalg.vector_norm``,
+    ``h.norm``, ``F.normalize``)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(10)
+        self.a, self.b = nn.Linear(3, 6).double(), nn.Linear(6, 2).double()
+
+    def forward(self, z):
+        h = torch.tanh(self.a(z))
+        c = h - h.mean(-1, keepdim=True)
+        m = c / torch.sqrt(h.var(-1, keepdim=True, unbiased=False) + 1e-5)
+        m = m * h.std(-1)[:, None] + h.var(-1, correction=2, keepdim=True)
+        n = nn.functional.normalize(h + 0.3, dim=-1) * torch.linalg.vector_norm(h, dim=-1)[:, None]
+        return self.b(m + h / h.norm(dim=-1, keepdim=True) + n * h.std(-1, True, keepdim=True))
+
+
+class Extremes(nn.Module):
+    """maximum and minimum of two rows, of a row and a single value and of a row and a constant
+    per value; amax, amin and max(dim) of a row; and the max of the row over every axis, which
+    couples a batch's rows (each point then runs alone in torch)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(11)
+        self.a, self.b = nn.Linear(3, 6).double(), nn.Linear(6, 2).double()
+        self.register_buffer("floor", torch.linspace(-0.5, 0.5, 6, dtype=torch.float64))
+
+    def forward(self, z):
+        h = self.a(z)
+        t = torch.tanh(h)
+        u = torch.maximum(h, t**2) + torch.minimum(t, self.floor)
+        v = torch.minimum(u, u.amax(-1, keepdim=True) - 0.5) - u.amin(-1, keepdim=True)
+        return self.b(v * u.max(-1, keepdim=True).values + t / (1.0 + h.abs().max()))
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize("model", [Rearranged, Spreads, Extremes])
+def test_parts_running_sums_spreads_and_extremes_agree_with_autograd(model):
+    """Forms a hand-written surrogate uses besides layers: value, Jacobian, Hessians,
+    Hessian-vector products and Lagrangian Hessians as autograd gives them."""
+    num, ref = twins(model(), SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(5).normal(size=(3, 3)))
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+def test_ties_share_or_take_the_derivative_as_torch_does():
+    """At a tie, maximum and amax share the derivative evenly, max(dim) gives it to the first
+    position, as torch's; minimum against a constant it meets shares it too."""
+    forms = [
+        lambda z: torch.maximum(z, z.flip(-1)).sum(-1, keepdim=True),
+        lambda z: torch.cat([z, z], -1).amax(-1, keepdim=True),
+        lambda z: torch.cat([z, z], -1).max(-1, keepdim=True).values,
+        lambda z: torch.minimum(z, torch.tensor([0.5, 0.25], dtype=z.dtype)).sum(-1)[:, None],
+    ]
+    for f in forms:
+        num, ref = twins(f, None, None, n_in=2)
+        assert num.point_route == "numpy"
+        for x in ([0.3, 0.3], [0.5, 0.25], [0.5, 0.1]):
+            np.testing.assert_array_equal(num.jac(np.array(x)), ref.jac(np.array(x)))
+
+
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 def test_a_logit_with_eps_is_flat_outside_its_bounds_as_torchs():
     """torch.logit(p, eps): the clamp of p to [eps, 1 - eps] inside, so a zero slope (and
@@ -816,3 +902,17 @@ def test_a_logit_with_eps_is_flat_outside_its_bounds_as_torchs():
     h = squashed(net.a(torch.as_tensor(SCALER3.transform(X))))
     assert ((h < 0.2) | (h > 0.8)).any() and ((h > 0.2) & (h < 0.8)).any()  # both pieces met
     assert_routes_agree(num, ref, X)
+
+
+def test_spreads_and_norms_at_zero_as_torchs():
+    """At a zero spread (equal values) a standard deviation's gradient and Hessian are zero;
+    at a zero row a norm's gradient is zero and its Hessian NaN (no curvature is defined
+    there): the numpy route answers what torch answers, NaN included."""
+    for f in (lambda z: torch.linalg.vector_norm(z, dim=-1, keepdim=True),
+              lambda z: z.std(-1, keepdim=True), lambda z: z.var(-1, keepdim=True)):  # fmt: skip
+        num, ref = twins(f, None, None, n_in=2)
+        assert num.point_route == "numpy"
+        for x in (np.zeros(2), np.array([0.3, 0.3])):
+            for name in ("grad", "hess"):
+                got, want = getattr(num, name)(x), getattr(ref, name)(x)
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)  # NaN as NaN
