@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.special import erf, erfc
 
-__all__ = ["ACTIVATIONS", "FIRST", "VALUES"]
+__all__ = ["ACTIVATIONS", "BINARY", "FIRST", "VALUES"]
 
 aten = torch.ops.aten
 _SQRT2, _INV_SQRT2PI = math.sqrt(2.0), 1.0 / math.sqrt(2.0 * math.pi)
@@ -407,4 +407,53 @@ ACTIVATIONS = {
     aten.logit.default: _logit,
     aten.hardshrink.default: _hardshrink,
     aten.sign.default: _sign,
+}
+
+
+# functions of two rows: (value, (f_a, f_b), (f_aa, f_ab, f_bb)), as torch's derivatives take them
+def _atan2(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = 1.0 / (a * a + b * b)
+        rr = r * r
+        return np.arctan2(a, b), (b * r, -a * r), (-2.0 * a * b * rr, (a * a - b * b) * rr,
+                                                   2.0 * a * b * rr)  # fmt: skip
+
+
+def _hypot(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.hypot(a, b)
+        r = 1.0 / f
+        r3 = r * r * r
+        return f, (a * r, b * r), (b * b * r3, -a * b * r3, a * a * r3)
+
+
+def _pow_tensor(a, b):
+    """a ** b for two rows; torch's slopes: zero in a where b is 0, zero in b where a is 0 and
+    b >= 0."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        f, below = np.power(a, b), np.power(a, b - 1.0)
+        ln = np.log(a)
+        in_b = ~((a == 0.0) & (b >= 0.0))
+        fa = np.where(b == 0.0, 0.0, b * below)
+        fb = np.where(in_b, f * ln, 0.0)
+        faa = np.where(b == 0.0, 0.0, b * (b - 1.0) * np.power(a, b - 2.0))
+        fab = below * (1.0 + b * ln)
+        return f, (fa, fb), (faa, fab, np.where(in_b, f * ln * ln, 0.0))
+
+
+def _xlogy(a, b):
+    """a log(b), zero where a is 0 (torch's xlogy)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ln, r = np.log(b), 1.0 / b
+        zero = a == 0.0
+        f = np.where(zero, 0.0, a * ln)
+        return f, (np.where(zero, 0.0, ln), a * r), (np.zeros_like(a), r, -a * r * r)
+
+
+BINARY = {
+    aten.atan2.default: _atan2,
+    aten.hypot.default: _hypot,
+    aten.pow.Tensor_Tensor: _pow_tensor,
+    aten.xlogy.Tensor: _xlogy,
+    aten.special_xlogy.default: _xlogy,
 }

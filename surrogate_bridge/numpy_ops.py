@@ -21,9 +21,9 @@ import numpy as np
 from .elementwise import FIRST, VALUES, _logistic
 
 __all__ = [
-    "Activation", "Cat", "Compare", "CumSum", "Gather", "Glu", "Larger", "Linear", "LogSumExp",
-    "Norm", "Peak", "PerFeature", "Pool", "Product", "Scale", "Select", "Softmax", "Spread",
-    "Sum", "Total",
+    "Activation", "Binary", "Cat", "Compare", "CumSum", "Gather", "Glu", "Larger", "Linear",
+    "LogSumExp", "Norm", "Peak", "PerFeature", "Pool", "Product", "Scale", "Select", "Softmax",
+    "Spread", "Sum", "Total",
 ]  # fmt: skip
 
 
@@ -431,6 +431,65 @@ class Product:
         cab = c * dab
         rb = cab * ta if dbb is None else cab * ta + c * dbb * tb
         return _summed((cab * tb, rb), self.single)
+
+
+class Binary:
+    """f(a, b) elementwise for two hidden rows of one length (or a row and a single value), or
+    for a hidden row and a constant ``c`` (``hidden_first``: the row is a): ``rule`` gives the
+    value, ``(f_a, f_b)`` and ``(f_aa, f_ab, f_bb)`` (``elementwise.BINARY``: atan2, hypot,
+    pow, xlogy). The Hessian of ``c . y`` in (a, b) is the block matrix of those, as for
+    :class:`Product`."""
+
+    second = True
+
+    def __init__(self, rule, sizes: tuple[int, ...], c=None, hidden_first: bool = True) -> None:
+        self.rule, self.c, self.hidden_first = rule, c, hidden_first
+        self.single = tuple(s == 1 for s in sizes)
+
+    def _args(self, pre):
+        if self.c is None:
+            return pre
+        return (pre, self.c) if self.hidden_first else (self.c, pre)
+
+    def derivatives(self, pre):
+        a, b = np.broadcast_arrays(*self._args(pre))
+        y, d, dd = self.rule(a, b)
+        if self.c is None:
+            return y, d, dd
+        return (y, d[0], dd[0]) if self.hidden_first else (y, d[1], dd[2])
+
+    def first(self, pre):
+        return self.derivatives(pre)[:2]
+
+    def __call__(self, *hs):
+        return self.first(hs if self.c is None else hs[0])[0]
+
+    def push(self, Ts, d):
+        if self.c is not None:
+            return d[:, None] * Ts[0]
+        return d[0][:, None] * Ts[0] + d[1][:, None] * Ts[1]
+
+    def pull(self, A, d):
+        if self.c is not None:
+            return (A * d,)
+        return _summed((A * d[0], A * d[1]), self.single)
+
+    def curvature(self, c, d, dd, Ts):
+        if self.c is not None:
+            return Activation.curvature(c, d, dd, Ts)
+        daa, dab, dbb = dd
+        k = len(c)
+        Ta, Tb = (np.broadcast_to(T, (k, T.shape[1])) for T in Ts)
+        M = (Ta.T * (c * dab)) @ Tb
+        return M + M.T + (Ta.T * (c * daa)) @ Ta + (Tb.T * (c * dbb)) @ Tb
+
+    def curvature_mv(self, c, d, dd, ts):
+        if self.c is not None:
+            return Activation.curvature_mv(c, d, dd, ts)
+        daa, dab, dbb = dd
+        k = c.shape[-1]
+        ta, tb = (np.broadcast_to(t[:, 0], (k,)) for t in ts)
+        return _summed((c * (daa * ta + dab * tb), c * (dab * ta + dbb * tb)), self.single)
 
 
 class _ByShares:

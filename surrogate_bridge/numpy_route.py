@@ -12,7 +12,8 @@ of ``split``, a flip or a roll; a running sum (``CumSum``); a single value broad
 with known first and second derivatives (``elementwise.ACTIVATIONS``: activations, PReLU, clamp
 (bounds numbers or per-value constants), powers, logarithms, roots, trigonometric and hyperbolic
 functions, erf, logit), the product or quotient of two hidden rows of one length, or of a row and a
-single value (a gate, a DeepONet's dot product, a softmax by hand), a ``torch.where`` on a
+single value (a gate, a DeepONet's dot product, a softmax by hand), their atan2, hypot, pow or xlogy
+(or a row's with a constant: ``elementwise.BINARY``, ``numpy_ops.Binary``), a ``torch.where`` on a
 comparison of the row or a row times such a mask (a hand-written leaky ReLU; a saved softshrink;
 ``numpy_ops.Compare``, ``Select``: the mask has no derivative), the maximum or minimum of two rows
 or of a row and a constant, and the greatest or least value of a row (``Larger``, ``Peak``: the
@@ -48,9 +49,10 @@ import operator
 import numpy as np
 import torch
 
-from .elementwise import ACTIVATIONS, _base_power, _clamp, _leaky_relu
+from .elementwise import ACTIVATIONS, BINARY, _base_power, _clamp, _leaky_relu
 from .numpy_ops import (
     Activation,
+    Binary,
     Cat,
     Compare,
     CumSum,
@@ -337,6 +339,8 @@ def _operation(node, index, consts, sizes, k: int):
         return _peak(node, index, sizes, k, where)
     if target in (aten.maximum.default, aten.minimum.default):
         return _larger(node, index, consts, sizes, k, where)
+    if target in BINARY:
+        return _binary(node, index, consts, sizes, k, where)
     if target in _SPREADS or target is aten.linalg_vector_norm.default:
         return _spread(node, index, sizes, k, where)
     if target is aten.stack.default:
@@ -547,6 +551,23 @@ def _larger(node, index, consts, sizes, k: int, where: str):
     if sizes[j] != k:
         raise GraphUnsupported(f"{where}: a constant that broadcasts the row")
     return Larger(largest, (k,), _const(consts, c, k, where)), (j,)
+
+
+def _binary(node, index, consts, sizes, k: int, where: str):
+    """atan2, hypot, pow or xlogy (``elementwise.BINARY``) of hidden rows of one length or a
+    single value, or of a hidden row and a constant (one, or one per value)."""
+    a, b = node.args[:2]
+    rule = BINARY[node.target]
+    if _hidden(a, index) and _hidden(b, index):
+        ins = (index[a.name], index[b.name])
+        if not {sizes[i] for i in ins} <= {1, k}:
+            raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
+        return Binary(rule, tuple(sizes[i] for i in ins)), ins
+    first = _hidden(a, index)
+    j = index[(a if first else b).name]
+    if sizes[j] != k:
+        raise GraphUnsupported(f"{where}: a constant that broadcasts the row")
+    return Binary(rule, (k,), _const(consts, b if first else a, k, where), first), (j,)
 
 
 def _spread(node, index, sizes, k: int, where: str):

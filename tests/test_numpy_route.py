@@ -916,3 +916,28 @@ def test_spreads_and_norms_at_zero_as_torchs():
             for name in ("grad", "hess"):
                 got, want = getattr(num, name)(x), getattr(ref, name)(x)
                 np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)  # NaN as NaN
+
+
+_C6 = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+# functions of two rows: of two hidden rows, of a row and a constant (either side), of a row and
+# a single value that broadcasts along it
+TWO_ROWS = {
+    "atan2": lambda h: (torch.atan2(h, torch.tanh(h) + 1.5) + torch.atan2(h, _C6)
+                        + torch.atan2(_C6, h) + torch.atan2(h, h.sum(-1, keepdim=True) + 3)),
+    "hypot": lambda h: torch.hypot(h, torch.ones_like(h)) + torch.hypot(torch.sin(h), h),
+    "pow": lambda h: (torch.pow(torch.sigmoid(h) + 0.5, torch.tanh(h)) + torch.pow(_C6, h)
+                      + torch.pow(torch.sigmoid(h) + 0.5, _C6)
+                      + torch.pow(torch.sigmoid(h) + 0.5, torch.tanh(h).sum(-1, keepdim=True))),
+    "xlogy": lambda h: (torch.special.xlogy(h, torch.sigmoid(h)) + torch.xlogy(_C6, h * h)
+                        + torch.xlogy(torch.sigmoid(h), torch.sigmoid(h))),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(TWO_ROWS))
+def test_functions_of_two_rows_agree_with_autograd(name):
+    """atan2, hypot, pow and xlogy of two rows (``numpy_ops.Binary``): the cross second
+    derivatives included, as autograd of torch's own functions gives them."""
+    net = Hand(TWO_ROWS[name], n_in=3, width=6, n_out=2, seed=3)
+    num, ref = twins(net, SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(7).normal(size=(3, 3)))
