@@ -42,7 +42,7 @@ ALLOWED = frozenset(
     """linear addmm mm bmm matmul mv t transpose permute numpy_T add sub rsub mul div neg pow square
     sqrt rsqrt reciprocal exp exp2 log log2 log10 log1p expm1 sin cos tan asin acos atan atan2
     sinh cosh tanh asinh acosh atanh sigmoid silu softplus elu selu celu gelu erf erfc erfinv lgamma
-    digamma abs sign
+    digamma abs sign xlogy special_xlogy
     floor ceil round trunc frac remainder fmod relu relu6 leaky_relu hardtanh hardswish
     hardsigmoid mish log_sigmoid prelu threshold clamp clamp_min clamp_max maximum minimum where
     gt ge lt le eq ne logical_and logical_or logical_not any all sum cumsum mean amax amin prod

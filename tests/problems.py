@@ -278,6 +278,10 @@ COMPOSITES = {
         h * torch.var_mean(h, -1, keepdim=True)[0] + torch.var_mean(h, -1)[1][:, None]
     ),
     "hypot": lambda h: torch.hypot(h, torch.tanh(h) + 0.5),
+    "xlogy": lambda h: (  # an entropy's p log p, and x log y with x exactly 0 on a piece
+        torch.special.xlogy(torch.sigmoid(h), torch.sigmoid(h))
+        + torch.xlogy(torch.relu(h), 2.0 + torch.tanh(h))
+    ),
     "base_power": lambda h: 10 ** (h / 4) + 0.5**h,  # aten.pow.Scalar: a quantity in decades
     "prod3": lambda h: h * torch.prod(torch.tanh(h).reshape(-1, 2, 4), -1).repeat(1, 4),
     "instance_norm": lambda h: nn.functional.instance_norm(

@@ -43,6 +43,11 @@ def _binary(fn):
     return op
 
 
+def _xlogy(a, b):
+    """x log y, zero where x is 0, as torch's xlogy (whose NaN for a NaN y is left aside)."""
+    return ca.if_else(a == 0, 0, a * ca.log(b))
+
+
 def _reduce(kind):
     def op(out, x, dims=None, keepdim=False, dtype=None, *, shapes):
         shape = shapes[0]
@@ -380,6 +385,8 @@ OPS = {
     aten.acosh.default: (lambda out, x: ca.acosh(x), None),
     aten.atanh.default: (lambda out, x: ca.atanh(x), None),
     aten.atan2.default: (_binary(ca.atan2), None),
+    aten.xlogy.Tensor: (_binary(_xlogy), None),
+    aten.special_xlogy.default: (_binary(_xlogy), None),
     aten.exp2.default: (lambda out, x: 2.0**x, None),
     aten.log2.default: (lambda out, x: ca.log(x) / math.log(2.0), None),
     aten.log10.default: (lambda out, x: ca.log10(x), None),
