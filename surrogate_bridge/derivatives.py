@@ -293,13 +293,20 @@ class Engine:
 
     def _numpy_route(self):
         """The numpy route for layer graphs (``numpy_route.py``)."""
-        from .numpy_route import NumpyPointRoute
+        from .lowering import lowered
+        from .numpy_route import NumpyPointRoute, knows
 
         program = self._program()
         try:
             route = NumpyPointRoute(program, self.n, self.m)
-        except ValueError as err:  # not a layer graph: other routes answer
-            raise RouteUnavailable(f"not a layer graph ({err})") from err
+        except ValueError as err:  # operations no rule reads: torch's decompositions of them
+            low = lowered(program, knows, self.fn.probes(self.n))
+            try:
+                if low is program:
+                    raise
+                route = NumpyPointRoute(low, self.n, self.m)
+            except ValueError:  # not a layer graph: other routes answer
+                raise RouteUnavailable(f"not a layer graph ({err})") from err
         return same_as_torch(route, self._reference())
 
     def _casadi_route(self):

@@ -21,9 +21,9 @@ import numpy as np
 from .elementwise import FIRST, VALUES, _logistic
 
 __all__ = [
-    "Activation", "Binary", "Cat", "Compare", "CumSum", "Gather", "Glu", "Larger", "Linear",
-    "LogSumExp", "Norm", "Peak", "PerFeature", "Pool", "Product", "Scale", "Select", "Softmax",
-    "Spread", "Sum", "Total",
+    "Activation", "Binary", "Cat", "Choose", "Compare", "CumSum", "Gather", "Glu", "Larger",
+    "Linear", "LogSumExp", "Norm", "Peak", "PerFeature", "Pool", "Product", "Scale", "Select",
+    "Softmax", "Spread", "Sum", "Total",
 ]  # fmt: skip
 
 
@@ -173,6 +173,13 @@ class Compare:
         return (None,) * (1 if self.c is not None else 2)
 
 
+def _branches(consts: tuple, hs, constant) -> list:
+    """A selection's two branches: the next of the hidden ``hs`` where ``consts`` holds None,
+    else ``constant`` of the constant held (its value, or 0.0 for a tangent)."""
+    hs = iter(hs)
+    return [next(hs) if c is None else constant(c) for c in consts]
+
+
 class Select:
     """``torch.where(mask, a, b)`` with a mask from :class:`Compare`, each branch a hidden row
     of the mask's length or a constant (``consts``: None where the branch is the next hidden
@@ -185,14 +192,10 @@ class Select:
     def __init__(self, consts: tuple, product: bool = False) -> None:
         self.consts, self.product = consts, product
 
-    def _branches(self, hs, constant):
-        hs = iter(hs)
-        return [next(hs) if c is None else constant(c) for c in self.consts]
-
     def __call__(self, mask, *hs):
         if self.product:
             return hs[0] * mask
-        a, b = self._branches(hs, lambda c: c)
+        a, b = _branches(self.consts, hs, lambda c: c)
         return np.where(mask, a, b)
 
     def first(self, pre):
@@ -202,7 +205,7 @@ class Select:
         return (*self.first(pre), None)
 
     def push(self, Ts, mask):
-        a, b = self._branches(Ts[1:], lambda c: 0.0)
+        a, b = _branches(self.consts, Ts[1:], lambda c: 0.0)
         return np.where(mask[:, None], a, b)
 
     def pull(self, A, mask):
@@ -294,6 +297,27 @@ class Peak:
 
     def curvature_mv(self, a, d, dd, ts):
         return (None,)
+
+
+class Choose:
+    """``torch.where(mask, a, b)`` with a constant mask (k,) and branches that are hidden rows
+    of k values or constants (``consts``: None where the branch is the next hidden input): a
+    fixed choice per value, linear in the branches."""
+
+    second = False
+
+    def __init__(self, mask: np.ndarray, consts: tuple) -> None:
+        self.mask, self.consts, self.col = mask, consts, mask[:, None]
+
+    def __call__(self, *hs):
+        return np.where(self.mask, *_branches(self.consts, hs, lambda c: c))
+
+    def push(self, Ts, _):
+        return np.where(self.col, *_branches(self.consts, Ts, lambda c: 0.0))
+
+    def pull(self, A, _):
+        taken = (np.where(self.mask, A, 0.0), np.where(self.mask, 0.0, A))
+        return tuple(t for t, c in zip(taken, self.consts, strict=True) if c is None)
 
 
 class Gather:

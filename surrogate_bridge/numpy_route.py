@@ -21,9 +21,12 @@ winner's derivative, shared at a tie as torch shares it), or a LayerNorm, RMSNor
 log-softmax, log-sum-exp, GLU, variance, standard deviation or Euclidean norm of the whole row
 (``numpy_ops.Norm``, ``Softmax``, ``LogSumExp``, ``Glu``, ``Spread``, in closed form). Operations on
 constants alone, and calls whose values depend on a hidden tensor's shape alone (``zeros_like``),
-are computed once, by torch itself (a weight's transpose, say). Anything else (a broadcast of rows
-into a matrix, a sort, a tensor of several rows, a mask used otherwise, an operation without a
-rule here) raises :class:`GraphUnsupported`, and the other routes answer.
+are computed once, by torch itself (a weight's transpose, say); a ``torch.where`` on a constant
+mask is a fixed choice per value (``Choose``). A graph with an operation no rule here reads
+(:func:`knows`) is read again after torch's own decomposition of it (``lowering.lowered``: a
+lerp, an addcmul, a prod), where that is the same function. Anything else (a broadcast of rows
+into a matrix, a sort, a tensor of several rows, a mask used otherwise) raises
+:class:`GraphUnsupported`, and the other routes answer.
 
 With node values ``h_i`` (``h_0 = x``) and the output ``y``:
 
@@ -54,6 +57,7 @@ from .numpy_ops import (
     Activation,
     Binary,
     Cat,
+    Choose,
     Compare,
     CumSum,
     Gather,
@@ -75,7 +79,7 @@ from .numpy_ops import (
 )
 from .physical import VIEWS, constants_of
 
-__all__ = ["GraphUnsupported", "NumpyPointRoute", "read_graph"]
+__all__ = ["GraphUnsupported", "NumpyPointRoute", "knows", "read_graph"]
 
 aten = torch.ops.aten
 _LINEAR = (aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default)
@@ -127,8 +131,28 @@ _SPLITS = (aten.unbind.int, aten.chunk.default, aten.split.Tensor, aten.split_wi
            aten.unsafe_split.Tensor, aten.unsafe_split_with_sizes.default)  # fmt: skip
 
 
+def knows(target) -> bool:
+    """Whether some rule of this route reads the operation ``target`` (in some of its uses: a
+    known operation used otherwise is still refused by name). An operation no rule reads is
+    lowered to torch's own decomposition of it first (``lowering.lowered``), where torch has
+    one: a lerp, an addcmul or a prod then reaches the route in operations it reads."""
+    return target in _KNOWN
+
+
 class GraphUnsupported(ValueError):
     """The exported graph is not a layer graph this route computes; the message says where."""
+
+
+_KNOWN = frozenset({
+    *ACTIVATIONS, *BINARY, *_LINEAR, *_ARITHMETIC, *_NORMS, *_DROPOUTS, *_ROW_WISE, *_REDUCTIONS,
+    *_COMPARISONS, *_CLAMP_TENSORS, *_WHERE, *_SHAPE_ONLY, *_SPLITS, *_BY_DIM, *_PEAKS, *_SPREADS,
+    *VIEWS, aten.logsumexp.default, aten.copy.default, aten.copy_.default, aten.select.int,
+    aten.slice.Tensor, aten.pow.Scalar, aten.prelu.default, aten.index.Tensor,
+    aten.index_select.default, aten.stack.default, aten.cat.default, aten.batch_norm.default,
+    aten.linalg_vector_norm.default, aten.maximum.default, aten.minimum.default,
+    aten.expand.default, aten.expand_as.default, aten.flip.default, aten.roll.default,
+    aten.cumsum.default,
+})  # fmt: skip
 
 
 # reading the graph ------------------------------------------------------------------------------
@@ -423,9 +447,12 @@ def _select(node, index, consts, sizes, k: int, where: str):
     else:
         mask, *branches = node.args[:3]
         product = False
-    if not (hidden(mask) and mask.meta["val"].dtype == torch.bool):
+    fixed = isinstance(mask, torch.fx.Node) and mask.name in consts and not product
+    if fixed:  # a constant condition (torch's lerp, decomposed): a fixed choice per value
+        fixed = np.broadcast_to(consts[mask.name].to(torch.bool).reshape(-1).numpy(), (k,))
+    elif not (hidden(mask) and mask.meta["val"].dtype == torch.bool):
         raise GraphUnsupported(f"{where}: a condition that is not a mask of the row")
-    ins, kept = [index[mask.name]], []
+    ins, kept = ([] if fixed is not False else [index[mask.name]]), []
     for v in branches:
         if hidden(v):
             if sizes[index[v.name]] != k:
@@ -434,6 +461,8 @@ def _select(node, index, consts, sizes, k: int, where: str):
             kept.append(None)
         else:
             kept.append(_const(consts, v, k, where))
+    if fixed is not False:
+        return Choose(fixed.copy(), tuple(kept)), tuple(ins)
     if len(ins) == 1 or sizes[ins[0]] not in (1, k):
         raise GraphUnsupported(f"{where}: a selection between constants, or a broadcast mask")
     return Select(tuple(kept), product), tuple(ins)

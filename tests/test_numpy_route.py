@@ -941,3 +941,30 @@ def test_functions_of_two_rows_agree_with_autograd(name):
     num, ref = twins(net, SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
     assert num.point_route == "numpy"
     assert_routes_agree(num, ref, np.random.default_rng(7).normal(size=(3, 3)))
+
+
+class Decomposed(nn.Module):
+    """Operations no rule of the route reads, which reach it as torch's own decompositions of
+    them: lerp (its weight on either side of 1/2, a choice on a constant mask), addcmul,
+    addcdiv and the product of a row; and a torch.where on a constant mask."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(12)
+        self.a, self.b = nn.Linear(3, 6).double(), nn.Linear(6, 2).double()
+        self.register_buffer("even", torch.arange(6) % 2 == 0)
+
+    def forward(self, z):
+        h = self.a(z)
+        t = torch.tanh(h)
+        u = torch.lerp(h, t, 0.3) + torch.lerp(t, h, 0.8) + torch.addcmul(h, h, t, value=0.5)
+        u = u + torch.addcdiv(t, h, 1.0 + t * t, value=2.0)
+        return self.b(u * t.prod(-1, keepdim=True) + torch.where(self.even, u, t))
+
+
+# (the where on a constant mask warns: the warning reads the calls' names, not their operands)
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+def test_operations_without_a_rule_reach_the_route_decomposed():
+    num, ref = twins(Decomposed(), SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(8).normal(size=(3, 3)))
