@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 __all__ = [
     "DerivativeReport",
@@ -137,24 +140,67 @@ def needs_warning(ops, order: int) -> bool:
 
 
 class _OpRecorder(TorchFunctionMode):
-    """Records the names of the torch functions a forward pass calls."""
+    """Records the names of the torch functions a forward pass calls on values that may depend
+    on its input. A call whose tensor operands are all constants (the model's parameters and
+    buffers, and what calls on constants alone made, such as a mask from ``torch.arange``) is
+    left out, its results marked constant too; so is a ``torch.where`` whose condition is such
+    a constant (a fixed choice per value, as smooth as its branches). Anything else is recorded;
+    a tensor it writes in place (``add_``, ``x[i] = ...``, ``out=``) is no longer taken for a
+    constant."""
 
-    def __init__(self) -> None:
+    def __init__(self, constants=()) -> None:
         super().__init__()
         self.names: set[str] = set()
+        self._constants: dict[int, weakref.ref] = {}
+        for t in constants:
+            self._mark(t)
+
+    def _mark(self, t: torch.Tensor) -> None:
+        self._constants[id(t)] = weakref.ref(t)
+
+    def _constant(self, t) -> bool:
+        ref = self._constants.get(id(t))
+        return ref is not None and ref() is t
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        if all(self._constant(t) for t in tensors):  # (no tensor at all: a factory, arange)
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self._mark(t)
+            return out
         name = getattr(func, "__name__", str(func))
-        self.names.add(name)
-        if name == "logit" and (args[1:2] or [(kwargs or {}).get("eps")])[0] is not None:
+        condition = args[1] if func is torch.Tensor.where else (args or [None])[0]
+        if not (name == "where" and len(args) > 1 and self._constant(condition)):
+            self.names.add(name)
+        if name == "logit" and (args[1:2] or [kwargs.get("eps")])[0] is not None:
             self.names.add("logit with eps")  # flat outside [eps, 1 - eps]: a clamp inside
-        return func(*args, **(kwargs or {}))
+        written = [kwargs.get("out")]
+        if name == "__setitem__" or re.fullmatch(r"__i\w+__|\w*[^_]_", name):  # in place
+            written.append(args[0] if args else None)
+        stores = {_storage(t) for t in tree_leaves(written) if isinstance(t, torch.Tensor)}
+        if stores:  # (and every view of what it wrote: they share its storage)
+            for key, ref in list(self._constants.items()):
+                if (t := ref()) is None or _storage(t) in stores:
+                    del self._constants[key]
+        return out
+
+
+def _storage(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # (a tensor without storage: its own key)
+        return id(t)
 
 
 def called_functions(fn, x: torch.Tensor) -> set[str]:
-    """Names of the torch functions that ``fn(x)`` calls (``F.celu``, ``torch.tanh``, ...):
-    for the smoothness warning (``NONSMOOTH``) and the rewrites (``rewrites.py``)."""
-    rec = _OpRecorder()
+    """Names of the torch functions that ``fn(x)`` calls on values that may depend on x
+    (``F.celu``, ``torch.tanh``, ...; see :class:`_OpRecorder`): for the smoothness warning
+    (``NONSMOOTH``) and the rewrites (``rewrites.py``)."""
+    constants = [*fn.parameters(), *fn.buffers()] if isinstance(fn, torch.nn.Module) else []
+    rec = _OpRecorder(constants)
     with rec, torch.no_grad():
         fn(x)
     return rec.names

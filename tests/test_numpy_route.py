@@ -962,8 +962,6 @@ class Decomposed(nn.Module):
         return self.b(u * t.prod(-1, keepdim=True) + torch.where(self.even, u, t))
 
 
-# (the where on a constant mask warns: the warning reads the calls' names, not their operands)
-@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 def test_operations_without_a_rule_reach_the_route_decomposed():
     num, ref = twins(Decomposed(), SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
     assert num.point_route == "numpy"

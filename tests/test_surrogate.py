@@ -733,6 +733,55 @@ def test_smooth_models_do_not_warn():
             sb.Surrogate(Hand(f)).hess(np.array([0.3, -0.4]))
 
 
+class ConstantPicks(nn.Module):
+    """Non-smooth calls on constants alone (a mask of every other feature from arange and a
+    remainder, a weight's rounded size), a torch.where on such a mask and on a mask buffer:
+    the function of x is smooth."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(2, 6).double()
+        self.register_buffer("odd", torch.arange(6) % 2 == 1)
+
+    def forward(self, z):
+        h = torch.tanh(self.a(z))
+        even = torch.arange(6) % 2 == 0
+        scale = self.a.weight.abs().max().floor() + 1.0
+        return (torch.where(even, h, h * h) + torch.where(self.odd, h, -h) * scale).sum(-1)[:, None]
+
+
+class WrittenPicks(nn.Module):
+    """A constant mask overwritten in place by a comparison of the input, read through a view
+    made before the write: a selection that depends on x."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(2, 6).double()
+
+    def forward(self, z):
+        h = self.a(z)
+        mask = torch.zeros(h.shape[0], 6, dtype=torch.bool)
+        seen = mask.view(-1, 6)
+        mask[:] = h > 0
+        return torch.where(seen, h, 0.1 * h).sum(-1)[:, None]
+
+
+def test_calls_on_constants_alone_do_not_warn_but_what_x_writes_into_them_does():
+    x = np.array([0.3, -0.4])
+    sur = sb.Surrogate(ConstantPicks())
+    assert sur.nonsmooth_ops == ()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sb.SmoothnessWarning)
+        H = sur.hess(x)
+    assert np.abs(H).max() > 1e-3  # (the curvature of tanh and its square)
+    sur = sb.Surrogate(WrittenPicks())
+    assert "where" in sur.nonsmooth_ops
+    with pytest.warns(sb.SmoothnessWarning, match="selects"):
+        sur.hess(x)
+
+
 def test_device_results_match_cpu(device):
     sur, ref = sb.Surrogate(mlp([2, 8, 1]), device=device), sb.Surrogate(mlp([2, 8, 1]))
     X = np.random.default_rng(0).normal(size=(3, 2))
