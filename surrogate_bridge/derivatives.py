@@ -17,6 +17,7 @@ other routes (``numpy_route.py``, ``adapters/casadi_route.py``) behind
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from importlib.util import find_spec
 
@@ -300,12 +301,11 @@ class Engine:
         try:
             route = NumpyPointRoute(program, self.n, self.m)
         except ValueError as err:  # operations no rule reads: torch's decompositions of them
-            low = lowered(program, knows, self.fn.probes(self.n))
-            try:
-                if low is program:
-                    raise
-                route = NumpyPointRoute(low, self.n, self.m)
-            except ValueError:  # not a layer graph: other routes answer
+            low, route = lowered(program, knows, self.fn.probes(self.n)), None
+            if low is not program:
+                with contextlib.suppress(ValueError):
+                    route = NumpyPointRoute(low, self.n, self.m)
+            if route is None:  # not a layer graph: other routes answer
                 raise RouteUnavailable(f"not a layer graph ({err})") from err
         return same_as_torch(route, self._reference())
 

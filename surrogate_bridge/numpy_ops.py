@@ -403,66 +403,12 @@ class Activation:
         return (a * dd * ts[0][:, 0],)
 
 
-class Product:
-    """a * b or a / b of two hidden rows of k values, or of a row and a single value that
-    broadcasts along it. With the first derivatives ``(da, db)`` and the second ``(daa, dab,
-    dbb)``, the Hessian of ``c . y`` in (a, b) is the block matrix ``diag(c [[daa, dab], [dab,
-    dbb]])``; a single value's tangent row is repeated along the row, its adjoint summed."""
-
-    second = True
-
-    def __init__(self, divide: bool, sizes: tuple[int, int] = (0, 0)) -> None:
-        self.divide = divide
-        self.single = tuple(s == 1 for s in sizes)  # which broadcasts (if the row is longer)
-
-    def first(self, ab):
-        a, b = ab
-        if not self.divide:
-            return a * b, (b, a)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            y = a / b
-            return y, (1.0 / b, -y / b)
-
-    def __call__(self, a, b):
-        return a / b if self.divide else a * b
-
-    def derivatives(self, ab):
-        y, d = self.first(ab)
-        if not self.divide:
-            return y, d, (None, 1.0, None)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = d[0]
-            return y, d, (None, -r * r, 2.0 * y * r * r)
-
-    def push(self, Ts, d):
-        return d[0][:, None] * Ts[0] + d[1][:, None] * Ts[1]
-
-    def pull(self, A, d):
-        return _summed((A * d[0], A * d[1]), self.single)
-
-    def curvature(self, c, d, dd, Ts):
-        _, dab, dbb = dd
-        k = len(c)
-        Ta, Tb = (np.broadcast_to(T, (k, T.shape[1])) for T in Ts)
-        M = (Ta.T * (c * dab)) @ Tb
-        M = M + M.T
-        return M if dbb is None else M + (Tb.T * (c * dbb)) @ Tb
-
-    def curvature_mv(self, c, d, dd, ts):
-        _, dab, dbb = dd
-        k = c.shape[-1]
-        ta, tb = (np.broadcast_to(t[:, 0], (k,)) for t in ts)
-        cab = c * dab
-        rb = cab * ta if dbb is None else cab * ta + c * dbb * tb
-        return _summed((cab * tb, rb), self.single)
-
-
 class Binary:
     """f(a, b) elementwise for two hidden rows of one length (or a row and a single value), or
     for a hidden row and a constant ``c`` (``hidden_first``: the row is a): ``rule`` gives the
     value, ``(f_a, f_b)`` and ``(f_aa, f_ab, f_bb)`` (``elementwise.BINARY``: atan2, hypot,
-    pow, xlogy). The Hessian of ``c . y`` in (a, b) is the block matrix of those, as for
-    :class:`Product`."""
+    pow, xlogy). The Hessian of ``c . y`` in (a, b) is the block matrix ``diag(c [[f_aa, f_ab],
+    [f_ab, f_bb]])``."""
 
     second = True
 
@@ -501,11 +447,14 @@ class Binary:
     def curvature(self, c, d, dd, Ts):
         if self.c is not None:
             return Activation.curvature(c, d, dd, Ts)
-        daa, dab, dbb = dd
+        daa, dab, dbb = dd  # (None where a rule has none: a product's daa and dbb)
         k = len(c)
         Ta, Tb = (np.broadcast_to(T, (k, T.shape[1])) for T in Ts)
         M = (Ta.T * (c * dab)) @ Tb
-        return M + M.T + (Ta.T * (c * daa)) @ Ta + (Tb.T * (c * dbb)) @ Tb
+        M = M + M.T
+        if daa is not None:
+            M = M + (Ta.T * (c * daa)) @ Ta
+        return M if dbb is None else M + (Tb.T * (c * dbb)) @ Tb
 
     def curvature_mv(self, c, d, dd, ts):
         if self.c is not None:
@@ -513,7 +462,40 @@ class Binary:
         daa, dab, dbb = dd
         k = c.shape[-1]
         ta, tb = (np.broadcast_to(t[:, 0], (k,)) for t in ts)
-        return _summed((c * (daa * ta + dab * tb), c * (dab * ta + dbb * tb)), self.single)
+        cab = c * dab
+        ra = cab * tb if daa is None else cab * tb + c * daa * ta
+        rb = cab * ta if dbb is None else cab * ta + c * dbb * tb
+        return _summed((ra, rb), self.single)
+
+
+class Product(Binary):
+    """a * b or a / b of two hidden rows of k values, or of a row and a single value that
+    broadcasts along it: a :class:`Binary` whose derivatives are written out (``daa`` is None,
+    and so is ``dbb`` for a product). A single value's tangent row is repeated along the row,
+    its adjoint summed."""
+
+    def __init__(self, divide: bool, sizes: tuple[int, int] = (0, 0)) -> None:
+        super().__init__(None, sizes)
+        self.divide = divide
+
+    def first(self, ab):
+        a, b = ab
+        if not self.divide:
+            return a * b, (b, a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = a / b
+            return y, (1.0 / b, -y / b)
+
+    def __call__(self, a, b):
+        return a / b if self.divide else a * b
+
+    def derivatives(self, ab):
+        y, d = self.first(ab)
+        if not self.divide:
+            return y, d, (None, 1.0, None)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = d[0]
+            return y, d, (None, -r * r, 2.0 * y * r * r)
 
 
 class _ByShares:

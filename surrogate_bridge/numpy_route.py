@@ -415,21 +415,28 @@ def _operation(node, index, consts, sizes, k: int):
     return Scale(op, c), (j,)
 
 
+def _pair(node, index, consts, sizes, k: int, where: str):
+    """The operands of a function of two rows: ``(ins, None, True)`` for two hidden rows of one
+    length or a single value, or ``((j,), c, hidden_first)`` for a hidden row and a constant
+    ``c`` (one, or one per value; ``hidden_first``: the row is the first operand)."""
+    a, b = node.args[:2]
+    first = _hidden(a, index)
+    if first and _hidden(b, index):
+        ins = (index[a.name], index[b.name])
+        if not {sizes[i] for i in ins} <= {1, k}:
+            raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
+        return ins, None, True
+    j = index[(a if first else b).name]
+    if sizes[j] != k:
+        raise GraphUnsupported(f"{where}: a constant that broadcasts the row")
+    return (j,), _const(consts, b if first else a, k, where), first
+
+
 def _compare(node, index, consts, sizes, k: int, where: str):
     """h > c, c <= h, h1 == h2, ...: a mask of the row (a hidden row against a constant, or two
     hidden rows of one length or a single value)."""
-    a, b = node.args[:2]
-    hidden = [_hidden(v, index) for v in (a, b)]
-    f = _COMPARISONS[node.target]
-    if all(hidden):
-        i, j = index[a.name], index[b.name]
-        if not {sizes[i], sizes[j]} <= {1, k}:
-            raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
-        return Compare(f), (i, j)
-    j = index[(a if hidden[0] else b).name]
-    if sizes[j] != k:
-        raise GraphUnsupported(f"{where}: a constant that broadcasts the row")
-    return Compare(f, _const(consts, b if hidden[0] else a, k, where), hidden[0]), (j,)
+    ins, c, first = _pair(node, index, consts, sizes, k, where)
+    return Compare(_COMPARISONS[node.target], c, first), ins
 
 
 def _select(node, index, consts, sizes, k: int, where: str):
@@ -447,12 +454,11 @@ def _select(node, index, consts, sizes, k: int, where: str):
     else:
         mask, *branches = node.args[:3]
         product = False
+    # a constant condition (as in torch's lerp, decomposed): a fixed choice per value
     fixed = isinstance(mask, torch.fx.Node) and mask.name in consts and not product
-    if fixed:  # a constant condition (torch's lerp, decomposed): a fixed choice per value
-        fixed = np.broadcast_to(consts[mask.name].to(torch.bool).reshape(-1).numpy(), (k,))
-    elif not (hidden(mask) and mask.meta["val"].dtype == torch.bool):
+    if not fixed and not (hidden(mask) and mask.meta["val"].dtype == torch.bool):
         raise GraphUnsupported(f"{where}: a condition that is not a mask of the row")
-    ins, kept = ([] if fixed is not False else [index[mask.name]]), []
+    ins, kept = ([] if fixed else [index[mask.name]]), []
     for v in branches:
         if hidden(v):
             if sizes[index[v.name]] != k:
@@ -461,8 +467,9 @@ def _select(node, index, consts, sizes, k: int, where: str):
             kept.append(None)
         else:
             kept.append(_const(consts, v, k, where))
-    if fixed is not False:
-        return Choose(fixed.copy(), tuple(kept)), tuple(ins)
+    if fixed:
+        choice = consts[mask.name].to(torch.bool).reshape(-1).numpy()
+        return Choose(np.broadcast_to(choice, (k,)).copy(), tuple(kept)), tuple(ins)
     if len(ins) == 1 or sizes[ins[0]] not in (1, k):
         raise GraphUnsupported(f"{where}: a selection between constants, or a broadcast mask")
     return Select(tuple(kept), product), tuple(ins)
@@ -568,35 +575,15 @@ def _peak(node, index, sizes, k: int, where: str, source=None):
 def _larger(node, index, consts, sizes, k: int, where: str):
     """maximum(a, b) or minimum(a, b): of hidden rows of one length or a single value, or of a
     hidden row and a constant (one, or one per value)."""
-    largest = node.target is aten.maximum.default
-    a, b = node.args[:2]
-    if _hidden(a, index) and _hidden(b, index):
-        ins = (index[a.name], index[b.name])
-        if not {sizes[i] for i in ins} <= {1, k}:
-            raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
-        return Larger(largest, tuple(sizes[i] for i in ins)), ins
-    h, c = (a, b) if _hidden(a, index) else (b, a)
-    j = index[h.name]
-    if sizes[j] != k:
-        raise GraphUnsupported(f"{where}: a constant that broadcasts the row")
-    return Larger(largest, (k,), _const(consts, c, k, where)), (j,)
+    ins, c, _ = _pair(node, index, consts, sizes, k, where)
+    return Larger(node.target is aten.maximum.default, tuple(sizes[i] for i in ins), c), ins
 
 
 def _binary(node, index, consts, sizes, k: int, where: str):
     """atan2, hypot, pow or xlogy (``elementwise.BINARY``) of hidden rows of one length or a
     single value, or of a hidden row and a constant (one, or one per value)."""
-    a, b = node.args[:2]
-    rule = BINARY[node.target]
-    if _hidden(a, index) and _hidden(b, index):
-        ins = (index[a.name], index[b.name])
-        if not {sizes[i] for i in ins} <= {1, k}:
-            raise GraphUnsupported(f"{where}: hidden tensors that broadcast")
-        return Binary(rule, tuple(sizes[i] for i in ins)), ins
-    first = _hidden(a, index)
-    j = index[(a if first else b).name]
-    if sizes[j] != k:
-        raise GraphUnsupported(f"{where}: a constant that broadcasts the row")
-    return Binary(rule, (k,), _const(consts, b if first else a, k, where), first), (j,)
+    ins, c, first = _pair(node, index, consts, sizes, k, where)
+    return Binary(BINARY[node.target], tuple(sizes[i] for i in ins), c, first), ins
 
 
 def _spread(node, index, sizes, k: int, where: str):
