@@ -251,6 +251,20 @@ def test_certificate_of_the_van_der_pol_region_just_below_and_above_its_level():
         sb.lyapunov.certify(sb.Surrogate(lambda x: torch.sign(x).sum(-1), n_in=2), VdP(), VDP_BOX)
 
 
+def test_certificates_read_the_forms_people_write():
+    """V as an einsum quadratic form and the field as (A @ x.T).T (a product of the input with
+    itself; a transpose that moves the batch axis; once refused by the bounds): the Hurwitz
+    system is proven, and the seed problem, whose counterexamples are real, is not."""
+    P = scipy.linalg.solve_continuous_lyapunov(A_DYN.T, -np.eye(2))
+    At = torch.as_tensor(A_DYN)
+    f = sb.Surrogate(lambda x: (At @ x.T).T, n_in=2)
+    for Q, holds in ((P, True), (P_SEED, False)):
+        Qt = torch.as_tensor(Q)
+        V = sb.Surrogate(lambda x, Qt=Qt: torch.einsum("bi,ij,bj->b", x, Qt, x), n_in=2)
+        proof = sb.lyapunov.certify(V, f, [(-2, 2), (-2, 2)], max_boxes=20_000)
+        assert proof.proven is holds
+
+
 def test_surrogates_on_a_device_give_the_cpu_results(device):
     """V and f on the device (the batched margins run there): the seed problem's
     counterexamples and the Van der Pol region are the CPU's, and the proof holds."""

@@ -65,11 +65,13 @@ def certify(
     Sound up to float64 rounding, unlike :func:`falsify`: ``proven=True`` means that interval
     bounds of the exact derivatives hold the conditions on every box. V and f must be
     surrogates (or torch callables) whose graphs use operations with interval rules: linear
-    layers; every continuous elementwise function the numpy route knows (smooth activations,
-    ReLU-type kinks, whose derivative bounds hold both one-sided slopes, so that a ReLU V is
-    proven in Clarke's generalized sense; logs, powers, the math library); sums, products,
-    quotients, indexing, comparisons and ``where`` (so log and power input scalers too). The
-    box must lie where V's input scaler is defined.
+    layers and matrix products (``x @ P @ x``, ``A @ x.T``, einsum); every continuous
+    elementwise function the numpy route knows (smooth activations, ReLU-type kinks, whose
+    derivative bounds hold both one-sided slopes, so that a ReLU V is proven in Clarke's
+    generalized sense; logs, powers, the math library); sums, means, products, quotients,
+    views, transposes, indexing, concatenation, running sums, comparisons and ``where`` (so
+    log and power input scalers too); maximum and amax; vector norms, softmax, layer norm, and
+    whatever torch decomposes into these. The box must lie where V's input scaler is defined.
 
     Parameters
     ----------
@@ -104,9 +106,10 @@ def certify(
     min_width = radius / 256 if min_width is None else float(min_width)
     if not min_width > 0:
         raise ValueError(f"{where}: min_width must be > 0 (or an exclude_radius > 0).")
+    probes = torch.as_tensor(lb + (ub - lb) * np.random.default_rng(0).uniform(size=(4, len(lb))))
     try:
-        pv = IntervalProgram(V.export(one_point=True, dtype=torch.float64))
-        pf = IntervalProgram(cond.field.export(one_point=True, dtype=torch.float64))
+        pv = IntervalProgram(V.export(one_point=True, dtype=torch.float64), probes)
+        pf = IntervalProgram(cond.field.export(one_point=True, dtype=torch.float64), probes)
     except (ExportError, ValueError) as err:
         raise ValueError(
             f"{where}: cannot bound the model ({err}); falsify still applies."
