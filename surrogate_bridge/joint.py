@@ -15,7 +15,12 @@ The routes of :func:`surrogate_bridge.multistart` (and ``lyapunov``):
 - :func:`joint_trust_constr`: scipy's trust-constr on the stacked starts for general
   constraints, with block-diagonal sparse Jacobians and Hessians. The joint Lagrangian's gradient
   is the starts' own gradients side by side, so its stopping test (``gtol`` on its largest entry
-  and on the largest constraint violation) holds for every start on its own problem.
+  and on the largest constraint violation) holds for every start on its own problem. That test
+  can stop its interior-point method on a barrier subproblem, whose solution lies inside the
+  feasible set by about the barrier parameter over the multiplier: each start's complementarity
+  (multiplier times distance to its bound, for inequality constraints and bounds) is checked too,
+  the barrier is driven down to ``tol``, and a restart from points already near a solution begins
+  with a small barrier (one of 0.1 would push them back inside first).
 """
 
 from __future__ import annotations
@@ -214,13 +219,18 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
     return X, converged, nit, passes, fX
 
 
-def joint_trust_constr(sur: Surrogate, X, lb, ub, constraints, tol=1e-8, max_iter=1000):
+def joint_trust_constr(
+    sur: Surrogate, X, lb, ub, constraints, tol=1e-8, max_iter=1000, barrier=0.1
+):
     """scipy's trust-constr over the stacked starts ``X`` (S, n) with ``constraints`` (scipy's
     ``NonlinearConstraint``/``LinearConstraint`` or ``{"type", "fun", "jac"}`` dicts, each for
     one point) applied to every start. Surrogate constraints (``sb.scipy_constraint``) are
-    evaluated for all starts in one batched call; other callables once per start.
+    evaluated for all starts in one batched call; other callables once per start. ``barrier``:
+    the interior-point method's initial barrier parameter (scipy's 0.1 by default; a restart
+    from near a solution takes a small one); it is driven down to ``tol``.
 
-    Returns (X, per-start optimality (S,), per-start constraint violation (S,), the result).
+    Returns (X, per-start optimality (S,): the largest of its Lagrangian gradient's entries and
+    of its complementarity products, per-start constraint violation (S,), the result).
     """
     S, n = X.shape
     joint = [_stacked(c, S, n) for c in _as_constraints(constraints, n)]
@@ -238,16 +248,32 @@ def joint_trust_constr(sur: Surrogate, X, lb, ub, constraints, tol=1e-8, max_ite
         jac=True,
         hess=hess,
         method="trust-constr",
-        constraints=[c for c, _ in joint],
+        constraints=[c for c, *_ in joint],
         bounds=Bounds(np.tile(lb, S), np.tile(ub, S)),
-        options={"gtol": tol, "xtol": 1e-14, "maxiter": max_iter},
-    )
+        options={"gtol": tol, "xtol": 1e-14, "maxiter": max_iter, "barrier_tol": tol / 10,
+                 "initial_barrier_parameter": barrier, "initial_barrier_tolerance": barrier},
+    )  # fmt: skip
     Xe = np.clip(res.x.reshape(S, n), lb, ub)
     optimality = np.abs(np.asarray(res.lagrangian_grad).reshape(S, n)).max(axis=1)
     violation = np.zeros(S)
-    for _, violation_of in joint:
-        violation = np.maximum(violation, violation_of(Xe))
+    sides = [(values(Xe), lo, hi) for _, values, lo, hi in joint]
+    for (values, lo, hi), v in zip(sides, res.v, strict=False):
+        violation = np.maximum(violation, _violation(values, lo, hi))
+        optimality = np.maximum(optimality, _complementarity(v, values, lo, hi))
+    if len(res.v) > len(joint):  # (the bounds' multipliers come last)
+        optimality = np.maximum(optimality, _complementarity(res.v[-1], Xe, lb, ub))
     return Xe, optimality, violation, res
+
+
+def _complementarity(v, values, lo, hi) -> np.ndarray:
+    """Per start, the largest |multiplier| times the distance to the nearer finite bound of an
+    inequality (zero at a solution; an equality's is its violation, checked apart)."""
+    values = np.asarray(values, dtype=np.float64)
+    S = len(values)
+    with np.errstate(invalid="ignore"):
+        gap = np.fmin(values - lo, hi - values)  # (inf sides drop out; both inf: inf)
+    gap = np.where(np.isfinite(gap), np.maximum(gap, 0.0), 0.0)
+    return (np.abs(np.asarray(v, dtype=np.float64)).reshape(S, -1) * gap.reshape(S, -1)).max(1)
 
 
 def _as_constraints(constraints, n):
@@ -286,14 +312,15 @@ def _as_constraints(constraints, n):
 
 
 def _stacked(c, S, n):
-    """The constraint for the stacked starts, and a per-start violation function."""
+    """The constraint for the stacked starts; its values (S, m) at the starts' points, and its
+    bounds (m,)."""
     if isinstance(c, LinearConstraint):
         A = np.atleast_2d(sparse.csr_array(c.A).toarray() if sparse.issparse(c.A) else c.A)
         m = A.shape[0]
         lo, hi = np.broadcast_to(c.lb, m), np.broadcast_to(c.ub, m)
         big = sparse.kron(sparse.eye(S), sparse.csr_array(A), format="csr")
         stacked = LinearConstraint(big, np.tile(lo, S), np.tile(hi, S))
-        return stacked, lambda Xe: _violation(Xe @ A.T, lo, hi)
+        return stacked, lambda Xe: Xe @ A.T, lo, hi
     owner = getattr(c.jac, "__self__", None)
     batched = isinstance(owner, Surrogate)
     m = owner.n_out if batched else np.atleast_1d(c.fun(np.zeros(n))).size
@@ -327,7 +354,7 @@ def _stacked(c, S, n):
     else:
         hess = BFGS()
     stacked = NonlinearConstraint(fun, np.tile(lo, S), np.tile(hi, S), jac=jac, hess=hess)
-    return stacked, lambda Xe: _violation(values(Xe), lo, hi)
+    return stacked, values, lo, hi
 
 
 def _violation(values, lo, hi) -> np.ndarray:

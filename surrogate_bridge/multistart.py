@@ -103,9 +103,9 @@ def multistart(
         written for one point and applied to every start.
     tol : float
         scipy's ``gtol``, by default L-BFGS-B's (1e-5): a start is converged when its projected
-        gradient (with constraints: its Lagrangian gradient and its constraint violation) is
-        below it; L-BFGS-B starts also stop, successfully, as scipy's do, when an iteration
-        reduces f by less than its default ``ftol``.
+        gradient (with constraints: its Lagrangian gradient, its complementarity and its
+        constraint violation) is below it; L-BFGS-B starts also stop, successfully, as
+        scipy's do, when an iteration reduces f by less than its default ``ftol``.
     seed : int, optional
         Seeds the drawn starts.
     max_iter : int
@@ -253,14 +253,16 @@ def _lbfgsb(sur, X, lb, ub, tol, max_iter):
 
 
 def _constrained(sur, X, lb, ub, constraints, tol, max_iter):
-    """Joint trust-constr rounds; a start is converged when its own Lagrangian gradient and
-    constraint violation are within ``tol``."""
-    active, nit, nfev = np.arange(len(X)), 0, 0
+    """Joint trust-constr rounds; a start is converged when its own Lagrangian gradient,
+    complementarity and constraint violation are within ``tol``."""
+    active, nit, nfev, barrier = np.arange(len(X)), 0, 0, 0.1
     converged = np.zeros(len(X), dtype=bool)
     for _ in range(_ROUNDS):
         Xe, optimality, violation, res = joint_trust_constr(
-            sur, X[active], lb, ub, constraints, tol, max_iter
+            sur, X[active], lb, ub, constraints, tol, max_iter, barrier
         )
+        # a restart begins near a solution: with a barrier below the one this round ended on
+        barrier = max(tol / 10, getattr(res, "barrier_parameter", barrier) / 10)
         X[active] = Xe
         nit, nfev = nit + res.nit, nfev + res.nfev
         ok = (optimality <= tol) & (violation <= tol)

@@ -8,7 +8,7 @@ from scipy.optimize import LinearConstraint, differential_evolution, minimize
 from torch import nn
 
 import surrogate_bridge as sb
-from surrogate_bridge.joint import lockstep_lbfgsb, projected_gradient
+from surrogate_bridge.joint import joint_trust_constr, lockstep_lbfgsb, projected_gradient
 
 TOL = {"x": 1e-6}
 
@@ -301,6 +301,27 @@ def test_constrained_minimum_on_the_boundary_matches_the_kkt_point():
     w = np.linalg.solve(P_SEED, a)
     np.testing.assert_allclose(res.xs, np.tile(w / (a @ w), (16, 1)), atol=1e-7)
     assert len(res.minima) == 1 and res.minima_count[0] == 16
+
+
+def test_a_barrier_subproblems_point_is_not_taken_for_the_kkt_point():
+    """From the KKT point itself, scipy's trust-constr stops on its first barrier subproblem
+    (its Lagrangian gradient is 1e-11 there), 2.5e-5 inside the feasible set: that start's
+    complementarity (multiplier times slack, the barrier parameter) says it has not converged,
+    and the restart, with a small barrier, reaches the KKT point."""
+    sur = sb.Surrogate(ScaledQuadratic(P_SEED, [0.0, 0.0], [1.0, 1.0], [0.0], [1.0]), n_in=2)
+    a = np.array([1.0, 2.0])
+    lin = sb.scipy_constraint(sb.Surrogate(lambda x: x @ torch.as_tensor(a)[:, None], n_in=2),
+                              1.0, np.inf)  # fmt: skip
+    w = np.linalg.solve(P_SEED, a)
+    kkt = w / (a @ w)
+    X0 = np.tile(kkt + 1e-9, (4, 1))
+    box = np.full(2, -3.0), np.full(2, 3.0)
+    Xe, optimality, violation, one = joint_trust_constr(sur, X0.copy(), *box, lin, 1e-10)
+    assert np.abs(one.lagrangian_grad).max() < 1e-10 and np.abs(Xe - kkt).max() > 1e-6
+    assert np.all(optimality > 1e-6) and np.all(violation == 0.0)
+    res = sb.multistart(sur, X0, bounds=[(-3, 3)] * 2, constraints=lin, tol=1e-10)
+    assert res.converged.all()
+    np.testing.assert_allclose(res.xs, np.tile(kkt, (4, 1)), atol=1e-9)
 
 
 def rastrigin(X):
