@@ -54,6 +54,7 @@ torch; the CasADi translation simplifies the squared root away and gives the Hes
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 from torch import nn
@@ -175,6 +176,9 @@ def _cdist(x1, x2, p=2.0, compute_mode="use_mm_for_euclid_dist_if_necessary"):
     if mode is None:
         raise ValueError(f"{compute_mode} is not a valid value for compute_mode")
     if p == 2 and (mode == 1 or (mode == 0 and (x1.shape[-2] > 25 or x2.shape[-2] > 25))):
+        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
+        if math.prod(batch) != 1:  # (torch's kernel expands both: a batched product, as here)
+            x1, x2 = x1.expand(*batch, *x1.shape[-2:]), x2.expand(*batch, *x2.shape[-2:])
         return _euclidean_dist(x1, x2)
     return torch.linalg.vector_norm(x1.unsqueeze(-2) - x2.unsqueeze(-3), ord=p, dim=-1)
 
