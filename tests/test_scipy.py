@@ -156,7 +156,7 @@ def train_v(P, X, steps, **kw):
 # 10-D: V spans ~10x more, so f's rounding and the reachable |grad| are ~10x coarser
 @pytest.mark.parametrize(
     ("case", "starts", "near", "gtol", "xtol"),
-    [("trained_v", 20, 0.25, 5e-6, 5e-6), ("trained_v10", 5, 0.6, 1e-5, 1e-5)],
+    [("trained_v", 20, 0.25, 1e-5, 5e-6), ("trained_v10", 5, 0.6, 1e-5, 1e-5)],
     ids=["2d", "10d"],
 )
 def test_trained_mlp_all_methods_agree(case, starts, near, gtol, xtol, request):
@@ -167,6 +167,7 @@ def test_trained_mlp_all_methods_agree(case, starts, near, gtol, xtol, request):
     ratios). f's rounding noise near x* is ~1e-13 here (measured: the output scale ~1e3 times
     the last layer's rounding), and a step at |grad| = g lowers f by ~g^2 / lambda, so they stop
     where g ~ sqrt(noise * lambda) ~ 1e-6 (scipy: "precision loss"), about g / lambda from x*.
+    The trained net, and so its noise, differs with the CPU's rounding (6e-6 seen on one).
     """
     sur = request.getfixturevalue(case)
     n = sur.n_in
