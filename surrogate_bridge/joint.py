@@ -19,8 +19,8 @@ The routes of :func:`surrogate_bridge.multistart` (and ``lyapunov``):
   can stop its interior-point method on a barrier subproblem, whose solution lies inside the
   feasible set by about the barrier parameter over the multiplier: each start's complementarity
   (multiplier times distance to its bound, for inequality constraints and bounds) is checked too,
-  the barrier is driven down to ``tol``, and a restart from points already near a solution begins
-  with a small barrier (one of 0.1 would push them back inside first).
+  the barrier is driven down to ``tol / 10``, and a restart from points already near a solution
+  begins with a small barrier (one of 0.1 would push them back inside first).
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def joint_trust_constr(
     one point) applied to every start. Surrogate constraints (``sb.scipy_constraint``) are
     evaluated for all starts in one batched call; other callables once per start. ``barrier``:
     the interior-point method's initial barrier parameter (scipy's 0.1 by default; a restart
-    from near a solution takes a small one); it is driven down to ``tol``.
+    from near a solution takes a small one); it is driven down to ``tol / 10``.
 
     Returns (X, per-start optimality (S,): the largest of its Lagrangian gradient's entries and
     of its complementarity products, per-start constraint violation (S,), the result).
