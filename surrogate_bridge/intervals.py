@@ -849,14 +849,15 @@ class IntervalProgram:
     """
 
     def __init__(self, program, probes: torch.Tensor | None = None) -> None:
-        if probes is not None and _unknown(program):
+        unknown = _unknown(program)
+        if unknown and probes is not None:
             program = lowered(program, knows, probes)
+            unknown = _unknown(program)
         self.program = program
         self.consts = {  # (float64 values; indices and masks as they are)
             name: c.to(torch.float64) if c.is_floating_point() else c
             for name, c in constants_of(program, float64=False).items()
         }
-        unknown = _unknown(program)
         if unknown:
             raise ValueError(f"operation {unknown[0]} has no interval rule")
         for node in program.graph.nodes:
