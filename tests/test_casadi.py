@@ -700,6 +700,61 @@ def test_property_rank3_rearrangements_and_axis_ops_translate_to_torchs_function
         np.testing.assert_allclose(np.array(H), sur.hess(pt), rtol=1e-9, atol=1e-11)
 
 
+@settings(max_examples=40, deadline=None, derandomize=True, phases=NO_SHRINK)
+@given(
+    st.lists(st.integers(1, 5), min_size=3, max_size=5),
+    st.lists(st.booleans(), min_size=5, max_size=5),
+    st.sampled_from(["sum", "mean"]),
+    st.booleans(),
+)
+def test_property_sums_over_axes_of_a_flattened_tensor_are_torchs(shape, reduced, kind, keepdim):
+    """A sum or mean of a tensor of rank 3 or more (held as its flat row) over any of its axes
+    is one sparse matrix with one entry per input position: torch's values, at any rank."""
+    from surrogate_bridge.adapters.casadi_ops import OPS
+
+    dims = [d for d in range(len(shape)) if reduced[d]]
+    t = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(len(dims)))
+    want = (torch.sum if kind == "sum" else torch.mean)(t, dims, keepdim=keepdim)
+    handler, _ = OPS[torch.ops.aten.sum.dim_IntList if kind == "sum" else torch.ops.aten.mean.dim]
+    out = sb.adapters.casadi_ops.shape2(want.shape)
+    got = handler(out, ca.DM(t.reshape(1, -1).numpy()), dims, keepdim, shapes=[tuple(shape)])
+    np.testing.assert_allclose(np.array(got).reshape(want.shape), want.numpy(), rtol=1e-13,
+                               atol=1e-14)  # fmt: skip
+
+
+class WideRBF(nn.Module):
+    """A radial basis function layer with 3000 centres: its (1, 3000, 4) differences summed
+    over the last axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.centres = nn.Parameter(
+            torch.randn(3000, 4, generator=torch.Generator().manual_seed(0))
+        )
+        self.weight = nn.Parameter(torch.randn(3000, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, z):
+        d = ((z[:, None, :] - self.centres) ** 2).sum(-1)
+        return torch.exp(-d) @ self.weight[:, None]
+
+
+def test_a_wide_radial_basis_layer_translates_in_linear_size():
+    """The sum over the centres' coordinates costs one entry per difference: a matrix built from
+    unit tensors would hold 12000 x 3000 numbers (and 12000^2 to build it)."""
+    from surrogate_bridge.adapters.casadi_ops import _summing
+
+    assert _summing((1, 3000, 4), {2}, "sum").nnz() == 12000
+    sur = sb.Surrogate(WideRBF(), n_in=4)
+    F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 4)
+    G = ca.Function("G", [x], [ca.gradient(F(x), x), ca.hessian(F(x), x)[0]])
+    for pt in np.random.default_rng(0).normal(size=(2, 4)) * 0.5:
+        g, H = G(pt)
+        np.testing.assert_allclose(float(F(pt)), sur(pt), rtol=1e-12)
+        np.testing.assert_allclose(np.array(g).ravel(), sur.grad(pt), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.array(H), sur.hess(pt), rtol=1e-9, atol=1e-11)
+
+
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 @settings(max_examples=15, deadline=None, derandomize=True, phases=NO_SHRINK,
           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip

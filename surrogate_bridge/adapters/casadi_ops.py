@@ -53,12 +53,11 @@ def _reduce(kind):
         shape = shapes[0]
         rank = len(shape)
         dims = set(range(rank)) if not dims else {axis(d, rank) for d in dims}
-        if rank > 2:  # a flattened tensor: the reduction as a matrix built by torch (over any
-            # axes: a batch of one's, or an ensemble's, torch.stack(members).mean(0))
-            reduce = torch.sum if kind == "sum" else torch.mean
-            numel, axes = math.prod(shape), tuple(d + 1 for d in dims)
-            M = _matrix_of(lambda B: reduce(B.reshape(numel, *shape), axes), (1, numel))
-            return reshape(ca.mtimes(reshape(x, (1, numel)), ca.DM(M)), out)
+        if rank > 2:  # a flattened tensor: the reduction over any axes (a batch of one's, or
+            # an ensemble's, torch.stack(members).mean(0)) as one sparse matrix
+            return reshape(
+                ca.mtimes(reshape(x, (1, math.prod(shape))), _summing(shape, dims, kind)), out
+            )
         n = 1
         # a rank-2 tensor's dim 0 is the matrix's rows; the last torch dim is always its columns
         if rank == 2 and 0 in dims:
@@ -70,6 +69,19 @@ def _reduce(kind):
         return reshape(x, out)
 
     return op
+
+
+def _summing(shape, dims, kind) -> ca.DM:
+    """The sparse (numel, kept) matrix that sums (or averages) a flattened tensor of torch
+    ``shape`` over ``dims``: one entry per input position, in the column of the output position
+    it goes to (the kept positions broadcast back over the reduced axes), so it costs O(numel)
+    to build and to apply where a matrix made from unit tensors would cost O(numel^2)."""
+    kept = [1 if d in dims else s for d, s in enumerate(shape)]
+    column = torch.broadcast_to(torch.arange(math.prod(kept)).reshape(kept), shape).reshape(-1)
+    numel, count = math.prod(shape), math.prod(shape[d] for d in dims)
+    weight = np.full(numel, 1.0 if kind == "sum" else 1.0 / count)
+    M = sparse.csc_matrix((weight, (np.arange(numel), column.numpy())), (numel, math.prod(kept)))
+    return ca.DM(M)
 
 
 def _matrix_of(linear, shape) -> np.ndarray:
