@@ -72,7 +72,7 @@ def graph_to_data(program, probes: torch.Tensor) -> tuple[dict, dict[str, torch.
     for spec in program.graph_signature.input_specs:
         if spec.kind.name == "USER_INPUT":
             user_inputs.append(spec.arg.name)
-        else:
+        elif spec.kind.name != "TOKEN":  # (an effect's order token: its operation is refused)
             value = state[spec.target]
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"save: {spec.target} is a {type(value).__name__}, not a tensor.")
