@@ -99,8 +99,8 @@ SELECTIONS = frozenset(
 # functions with steps: the model jumps where they do, and no derivative sees it
 PIECEWISE_CONSTANT = frozenset(
     {"floor", "floor_", "ceil", "ceil_", "round", "round_", "trunc", "trunc_", "fix", "sign",
-     "sign_", "sgn", "heaviside", "frac", "floor_divide", "__floordiv__", "remainder", "fmod",
-     "__mod__"}
+     "sign_", "sgn", "copysign", "heaviside", "frac", "floor_divide", "__floordiv__",
+     "remainder", "fmod", "__mod__"}
 )  # fmt: skip
 NONSMOOTH = PIECEWISE_LINEAR | PIECEWISE_CONSTANT | SELECTIONS
 

@@ -344,14 +344,60 @@ COMPOSITES = {
     ),
 }
 
+# selections and running operations: the values a sort, a top-k, a median or a running maximum
+# picks (their derivatives are those of the inputs picked), running products, and the few
+# elementwise operations whose decompositions need them; saved files and CasADi hold them
+_MIX = torch.linspace(-1, 1, 64).reshape(8, 8).cos()
+SELECTIONS = {
+    "sort": lambda h: (
+        torch.sort(h, -1).values
+        + torch.sort(h.reshape(-1, 2, 4), 1, descending=True).values.flatten(1)
+    ),
+    "topk": lambda h: torch.cat(
+        [
+            torch.topk(h, 3).values,
+            torch.topk(h.reshape(-1, 2, 4), 2, 2, largest=False).values.flatten(1),
+            h[:, :1],
+        ],
+        1,
+    ),
+    "kthvalue_median": lambda h: (
+        h * torch.kthvalue(h, 3, -1, keepdim=True).values
+        + h.median(-1, keepdim=True).values
+        + h.reshape(-1, 2, 4).median(1).values.repeat(1, 2)
+    ),
+    "max_min_dim": lambda h: (
+        h * h.max(-1, keepdim=True).values + h.reshape(-1, 2, 4).min(1).values.repeat(1, 2)
+    ),
+    # of every value (so of one point's: the surrogate calls such a model point by point)
+    "max_median_all": lambda h: h * h.max() + h.min() * h.median(),
+    "cumprod": lambda h: (
+        torch.cumprod(torch.sigmoid(h), -1)
+        + torch.cumprod(torch.tanh(h).reshape(-1, 2, 4), 1).flatten(1)
+    ),
+    "cummax_cummin": lambda h: (
+        torch.cummax(h, -1).values + torch.cummin(h.reshape(-1, 2, 4), 1).values.flatten(1)
+    ),
+    "logcumsumexp": lambda h: (
+        torch.logcumsumexp(h, -1) + torch.logcumsumexp(h.reshape(-1, 2, 4), 2).flatten(1)
+    ),
+    "copysign": lambda h: torch.copysign(torch.tanh(h), h.flip(-1)),
+    "nan_to_num": lambda h: torch.nan_to_num(torch.log(h * h)),
+    "unfold": lambda h: h.unfold(-1, 4, 4).flatten(1) * h.unfold(-1, 2, 2).flip(-1).flatten(1),
+    # a 1-D linear map (an unbatched forward's nn.Linear, lowered): one point's row
+    "addmv": lambda h: torch.addmv(h[0], _MIX.to(h.dtype), torch.tanh(h[0]))[None] + 0 * h,
+}
+
 
 class Composite(nn.Module):
-    """x (N, 4) -> a linear layer, one composite operation, a linear layer -> (N, 2)."""
+    """x (N, 4) -> a linear layer, one composite operation (or selection), a linear layer ->
+    (N, 2)."""
 
     def __init__(self, name: str, seed: int = 0):
         super().__init__()
         torch.manual_seed(seed)
-        self.a, self.b, self.op = nn.Linear(4, 8), nn.Linear(8, 2), COMPOSITES[name]
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+        self.op = COMPOSITES[name] if name in COMPOSITES else SELECTIONS[name]
 
     def forward(self, x):
         return self.b(self.op(self.a(x)))

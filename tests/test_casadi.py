@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from problems import (
     COMPOSITES,
     P_SEED,
+    SELECTIONS,
     Composite,
     KernelCdistRBF,
     fit_full_batch,
@@ -265,6 +266,59 @@ def test_composite_operations_translate_exactly(name):
         np.testing.assert_allclose(np.array(J(pt)), sur.jac(pt), rtol=1e-10, atol=1e-12)
         for i, Hi in enumerate(H(pt)):
             np.testing.assert_allclose(np.array(Hi), sur.hess(pt)[i], rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+def test_selections_and_running_operations_translate_exactly(name):
+    """sort, top-k, k-th value, median, max(dim), cummax: compare-exchanges that pick one input
+    (a sorting network for the sorts), so each output's derivatives are those of the input it
+    holds, as torch's; cumprod and logcumsumexp run as torch's kernels do; along an axis of a
+    rank-3 tensor too. Value, Jacobian and Hessians equal the torch surrogate's (no ties)."""
+    sur = sb.Surrogate(Composite(name), sb.Affine([0.5, -1, 2, 0], [2, 0.5, 1, 3]))
+    F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 4)
+    y = F(x)
+    H = ca.Function("H", [x], [ca.hessian(y[i], x)[0] for i in range(2)])
+    J = ca.Function("J", [x], [ca.jacobian(y, x)])
+    for pt in np.random.default_rng(1).normal(size=(4, 4)) * [2, 0.5, 1, 3] + [0.5, -1, 2, 0]:
+        np.testing.assert_allclose(np.array(F(pt)).ravel(), sur(pt), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.array(J(pt)), sur.jac(pt), rtol=1e-10, atol=1e-12)
+        for i, Hi in enumerate(H(pt)):
+            np.testing.assert_allclose(np.array(Hi), sur.hess(pt)[i], rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 16, 33])
+def test_the_sorting_network_sorts_every_order(n):
+    """Batcher's network, cut to n positions, sorts any input: by the 0-1 principle, checked on
+    every 0-1 input up to 13 positions and on random ones beyond; ascending and descending."""
+    from surrogate_bridge.adapters.casadi_ops import _sorted
+
+    x = ca.MX.sym("x", 1, n)
+    up = ca.Function("up", [x], [ca.horzcat(*_sorted([x[:, j] for j in range(n)]))])
+    down = ca.Function("down", [x], [ca.horzcat(*_sorted([x[:, j] for j in range(n)], True))])
+    rng = np.random.default_rng(n)
+    inputs = (
+        np.array(list(itertools.product([0.0, 1.0], repeat=n)))
+        if n <= 13
+        else rng.normal(size=(200, n))
+    )
+    for v in inputs:
+        np.testing.assert_array_equal(np.array(up(v)).ravel(), np.sort(v))
+        np.testing.assert_array_equal(np.array(down(v)).ravel(), np.sort(v)[::-1])
+
+
+class UsesSortIndices(nn.Module):
+    def forward(self, z):
+        return (z * torch.sort(z, 1).indices.to(z.dtype)).sum(1, keepdim=True)
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+def test_using_the_positions_a_sort_returns_is_refused_by_name():
+    sur = sb.Surrogate(UsesSortIndices(), n_in=3)
+    with pytest.raises(sb.adapters.casadi_symbolic.UnsupportedOperationError,
+                       match="positions sort returns are used"):  # fmt: skip
+        sb.casadi_function(sur, mode="symbolic")
 
 
 def test_a_wrong_translation_is_refused(monkeypatch):

@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from problems import (
     COMPOSITES,
+    SELECTIONS,
     CdistRBF,
     Composite,
     Hand,
@@ -385,10 +386,11 @@ def test_point_by_point_models_round_trip(model, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")  # where
-@pytest.mark.parametrize("name", sorted(COMPOSITES))
+@pytest.mark.parametrize("name", sorted(COMPOSITES) + sorted(SELECTIONS))
 def test_composite_operations_round_trip(name, tmp_path):
     """einsum, glu, pad, lerp and the like are saved lowered to allowed operations (torch's own
-    decompositions of them): the loaded surrogate is the same function, derivatives included."""
+    decompositions of them); sort, top-k, median, max(dim), cumprod and cummax as they are: the
+    loaded surrogate is the same function, derivatives included."""
     sur = sb.Surrogate(Composite(name), sb.Affine([0.5, -1, 2, 0], [2, 0.5, 1, 3]))
     sb.save(sur, tmp_path / "c.sbz")
     back = sb.load(tmp_path / "c.sbz")

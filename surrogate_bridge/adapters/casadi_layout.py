@@ -227,6 +227,7 @@ LAYOUT_OPS = {
     aten.index_select.default: (None, "positions"),
     aten.gather.default: (None, "positions"),
     aten.take_along_dim.default: (None, "positions"),
+    aten.unfold.default: (None, "positions"),  # (sliding windows: a read, like a slice)
     aten.flip.default: (_flip, "rank"),
     aten.constant_pad_nd.default: (_pad, "rank"),
     aten.repeat.default: (_repeat, "rank"),

@@ -24,7 +24,7 @@ from scipy import sparse
 from ..physical import VIEWS as PHYSICAL_VIEWS
 from .casadi_layout import LAYOUT_OPS, axis, broadcast, reshape, shape2
 
-__all__ = ["FLAT_SAFE", "OPS", "VIEWS", "reshape", "shape2"]
+__all__ = ["FLAT_SAFE", "OPS", "VIEWS", "Indices", "reshape", "shape2"]
 
 aten = torch.ops.aten
 
@@ -291,6 +291,131 @@ def _cumsum(out, x, dim, *_, rank, **__):
     return ca.mtimes(ca.DM(np.tril(np.ones((x.shape[0], x.shape[0])))), x)
 
 
+class Indices:
+    """The positions a selection (``max(dim)``, ``sort``, ``topk``, ...) also returns: found from
+    x, so a read at them is a read at positions computed from the input, which the translator
+    refuses when something uses them (``casadi_symbolic``)."""
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+
+
+def _lines(x, rank: int, dim: int):
+    """The lines of a tensor of rank 2 or less along ``dim``, as vectors over the other axis
+    (so every rule below is one CasADi expression per position along the line, for all lines
+    at once), and the function that puts a list of such vectors back in the tensor's layout."""
+    if rank > 2:
+        raise ValueError(f"a rank-{rank} tensor along one of its dimensions")
+    if rank <= 1 or axis(dim, rank) == 1:
+        return [x[:, j] for j in range(x.shape[1])], lambda cols: ca.horzcat(*cols)
+    return [x[i, :] for i in range(x.shape[0])], lambda rows: ca.vertcat(*rows)
+
+
+def _merge_exchanges(n: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort network on ``n`` positions (for the next power of two,
+    without the exchanges with a position past ``n``, which would hold +inf): O(n log^2 n)
+    compare-exchanges (i, j), i < j, after which position i holds the i-th least value."""
+    pairs, size = [], 1 << max(n - 1, 0).bit_length()
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        pairs.append((a, b))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+def _sorted(cols: list, descending: bool = False) -> list:
+    """The values of each line in order, by compare-exchanges that pick (``if_else``) rather
+    than take fmin and fmax, so the derivative of every output is that of the input it holds,
+    as torch's sort gives it (at a tie, whichever the network keeps)."""
+    cols = list(cols)
+    for i, j in _merge_exchanges(len(cols)):
+        swap = cols[j] > cols[i] if descending else cols[j] < cols[i]
+        cols[i], cols[j] = ca.if_else(swap, cols[j], cols[i]), ca.if_else(swap, cols[i], cols[j])
+    return cols
+
+
+def _sort(out, x, dim=-1, descending=False, *, rank):
+    cols, join = _lines(x, rank, dim)
+    return reshape(join(_sorted(cols, descending)), out), Indices("sort")
+
+
+def _topk(out, x, k, dim=-1, largest=True, sorted=True, *, rank):
+    cols, join = _lines(x, rank, dim)
+    return reshape(join(_sorted(cols, largest)[:k]), out), Indices("topk")
+
+
+def _kthvalue(out, x, k, dim=-1, keepdim=False, *, rank):
+    cols, _ = _lines(x, rank, dim)
+    return reshape(_sorted(cols)[k - 1], out), Indices("kthvalue")
+
+
+def _median(out, x, dim, keepdim=False, *, rank):
+    """torch's median: the lower of the two middle values of an even count."""
+    cols, _ = _lines(x, rank, dim)
+    return reshape(_sorted(cols)[(len(cols) - 1) // 2], out), Indices("median")
+
+
+def _median_all(out, x):
+    """The median of every value (a tensor of any rank: its flat row's)."""
+    return _median(out, reshape(x, (1, x.numel())), 1, rank=2)[0]
+
+
+def _max_dim(largest: bool):
+    """``max(dim)`` / ``min(dim)``: the values, as ``amax`` / ``amin`` along that dim."""
+    name = "max" if largest else "min"
+    extreme = _extreme(ca.mmax if largest else ca.mmin)
+
+    def op(out, x, dim, keepdim=False, *, rank):
+        return extreme(out, x, dim, keepdim, rank=rank), Indices(name)
+
+    return op
+
+
+def _running(step):
+    """A running operation along a dim (cumprod, cummax, logcumsumexp): ``step(previous,
+    next)`` from the first position on, as torch's kernels run."""
+
+    def op(out, x, dim, *_, rank, **__):
+        cols, join = _lines(x, rank, dim)
+        done = [cols[0]]
+        for c in cols[1:]:
+            done.append(step(done[-1], c))
+        return reshape(join(done), out)
+
+    return op
+
+
+def _log_add_exp(a, b):
+    """log(exp(a) + exp(b)) as torch's logcumsumexp takes it: the larger plus log1p of the
+    exponential of the difference."""
+    hi, lo = ca.if_else(a < b, b, a), ca.if_else(a < b, a, b)
+    return hi + ca.log1p(ca.exp(lo - hi))
+
+
+def _running_extreme(largest: bool):
+    """cummax / cummin: the later of equal values wins, as torch's index does."""
+    name = "cummax" if largest else "cummin"
+    better = ca.ge if largest else ca.le
+    run = _running(lambda prev, c: ca.if_else(better(c, prev), c, prev))
+
+    def op(out, x, dim, *, rank):
+        return run(out, x, dim, rank=rank), Indices(name)
+
+    return op
+
+
+def _addmv(out, c, M, v, *, beta=1, alpha=1):
+    y = ca.mtimes(v, M.T)  # (k,) and (m, k): the (1, k) row times M^T, a (1, m) row
+    return broadcast(c, out) * beta + (y * alpha if alpha != 1 else y)
+
+
 def _filled(value_at: int | None, like: bool = False):
     """full, zeros, ones, scalar_tensor and their _like forms: a constant of the output's
     shape (``value_at``: the argument holding the value; None: zeros, or ones if ``like``)."""
@@ -435,6 +560,23 @@ OPS = {
     aten.bmm.default: (_matmul, "ranks"),  # batched: always through casadi_symbolic's blocks
     aten.amin.default: (_extreme(ca.mmin), "rank"),
     aten.cumsum.default: (_cumsum, "rank"),
+    aten.sort.default: (_sort, "rank"),
+    aten.topk.default: (_topk, "rank"),
+    aten.kthvalue.default: (_kthvalue, "rank"),
+    aten.median.dim: (_median, "rank"),
+    aten.median.default: (_median_all, None),
+    aten.max.dim: (_max_dim(True), "rank"),
+    aten.min.dim: (_max_dim(False), "rank"),
+    aten.max.default: (lambda out, x: ca.mmax(x), None),  # of every value: any rank
+    aten.min.default: (lambda out, x: ca.mmin(x), None),
+    aten.cumprod.default: (_running(lambda prev, c: prev * c), "rank"),
+    aten.logcumsumexp.default: (_running(_log_add_exp), "rank"),
+    aten.cummax.default: (_running_extreme(True), "rank"),
+    aten.cummin.default: (_running_extreme(False), "rank"),
+    aten.copysign.Tensor: (_binary(ca.copysign), None),
+    aten.copysign.Scalar: (_binary(ca.copysign), None),
+    aten.isnan.default: (lambda out, x: ca.logic_not(x <= ca.inf), None),  # (x != x folds to 0)
+    aten.addmv.default: (_addmv, None),
     aten.full.default: (_filled(1), None),
     aten.full_like.default: (_filled(1), None),
     aten.scalar_tensor.default: (_filled(0), None),
@@ -454,6 +596,7 @@ FLAT_SAFE = VIEWS | {
     op for op, (handler, extra) in OPS.items()
     if extra is None and op not in (
         aten.linear.default, aten.addmm.default, aten.mm.default, aten.mv.default,
+        aten.addmv.default,
         aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default,
         aten.layer_norm.default, aten.prelu.default, aten.expand.default,
     )

@@ -23,7 +23,7 @@ from ..lowering import constant, lowered, same_function
 from ..physical import ExportError, constants_of
 from ..surrogate import Surrogate
 from .casadi_layout import GATHERED, axis, expand, gather, positions
-from .casadi_ops import FLAT_SAFE, OPS, VIEWS, reshape, shape2
+from .casadi_ops import FLAT_SAFE, OPS, VIEWS, Indices, reshape, shape2
 
 __all__ = ["UnsupportedOperationError", "translate", "translate_program"]
 
@@ -192,9 +192,17 @@ _AXIS = {
     aten.linear.default: "last", aten.layer_norm.default: "last",
     aten.softmax.int: 1, aten._softmax.default: 1, aten.log_softmax.int: 1,
     aten._log_softmax.default: 1, aten.cumsum.default: 1, aten.amax.default: 1,
-    aten.amin.default: 1, aten.all.dim: 1, aten.any.dim: 1,
+    aten.amin.default: 1, aten.all.dim: 1, aten.any.dim: 1, aten.sort.default: 1,
+    aten.topk.default: 2, aten.kthvalue.default: 2, aten.median.dim: 1, aten.max.dim: 1,
+    aten.min.dim: 1, aten.cumprod.default: 1, aten.logcumsumexp.default: 1,
+    aten.cummax.default: 1, aten.cummin.default: 1,
 }  # fmt: skip
+_LAST = {aten.sort.default, aten.topk.default, aten.kthvalue.default}  # (dim=-1 by default)
 _MATMULS = {aten.matmul.default, aten.bmm.default}
+_SELECTIONS = {  # operations that return (values, indices)
+    aten.sort.default, aten.topk.default, aten.kthvalue.default, aten.median.dim, aten.max.dim,
+    aten.min.dim, aten.cummax.default, aten.cummin.default,
+}  # fmt: skip
 
 
 def _along_axis(node, env, val, handler, extra, kwargs):
@@ -214,9 +222,13 @@ def _along_axis(node, env, val, handler, extra, kwargs):
             args[2:4] = [a if a is None else reshape(a, (1, size)) for a in args[2:4]]
     else:
         dim = node.args[where] if len(node.args) > where else node.kwargs.get("dim")
+        if dim is None and node.target in _LAST:
+            dim = -1
         dims = sorted({axis(d, rank) for d in ([dim] if isinstance(dim, int) else dim or [])})
         dims = dims or list(range(rank))  # no dims: every one (the batch axis holds one point)
+        args += [None] * (where + 1 - len(args))
         args[where] = 1 if isinstance(dim, int) else [1]  # the matrix's columns
+        kwargs.pop("dim", None)
     last = list(range(rank - len(dims), rank))
     index = positions(shape).movedim(dims, last)
     rest = tuple(index.shape[: rank - len(dims)])
@@ -224,17 +236,28 @@ def _along_axis(node, env, val, handler, extra, kwargs):
     args[0] = reshape(gather(env[x.name], shape, index), (rows, size))
     if extra == "rank":
         kwargs["rank"] = 2
-    out_shape = tuple(node.meta["val"].shape)
+    meta = node.meta["val"]
+    if isinstance(meta, (list, tuple)):  # (values, indices): the values are put back, the
+        meta = meta[0]  # indices kept as the handler gave them (refused where used)
+    out_shape = tuple(meta.shape)
     cols = math.prod(out_shape) // rows
     y = handler((rows, cols), *args, **kwargs)
+    if isinstance(y, tuple):
+        return (_put_back(y[0], rows, cols, rest, shape, dims, out_shape), *y[1:])
+    return _put_back(y, rows, cols, rest, shape, dims, out_shape)
+
+
+def _put_back(y, rows, cols, rest, shape, dims, out_shape):
+    """The result of a rank-2 rule on the matrix of a tensor's lines, in torch's order."""
+    last = list(range(len(shape) - len(dims), len(shape)))
     if cols == 1:  # the axes reduced (or of size 1): wherever they go, the order is the same
         return reshape(y, shape2(out_shape))
     if len(dims) == 1:  # (a linear layer changes the axis' length)
         moved = positions((*rest, cols)).movedim(-1, dims[0])
-    elif cols == size:
+    elif cols == math.prod(shape[d] for d in dims):
         moved = positions((*rest, *(shape[d] for d in dims))).movedim(last, dims)
     else:
-        raise ValueError(f"{node.target} over dimensions {dims} giving {out_shape}")
+        raise ValueError(f"an operation over dimensions {dims} giving {out_shape}")
     return gather(reshape(y, (1, rows * cols)), (rows * cols,), moved)
 
 
@@ -295,6 +318,11 @@ def _translate_node(node, env, consts):
 
     def val(a):
         if isinstance(a, torch.fx.Node):
+            if isinstance(env[a.name], Indices):
+                raise ValueError(
+                    f"the positions {env[a.name].op} returns are used: a read at positions "
+                    "computed from the input"
+                )
             return env[a.name]
         if isinstance(a, (list, tuple)):
             return type(a)(val(b) for b in a)
@@ -306,6 +334,8 @@ def _translate_node(node, env, consts):
     meta = node.meta.get("val")
     try:
         out = shape2(meta.shape) if isinstance(meta, torch.Tensor) else (1, 1)
+        if target in _SELECTIONS:  # (values, indices): the values' shape
+            out = shape2(meta[0].shape)
         kwargs = dict(node.kwargs)
         for k in ("memory_format", "layout", "device", "pin_memory", "non_blocking", "copy"):
             kwargs.pop(k, None)
