@@ -776,6 +776,24 @@ def test_property_sums_over_axes_of_a_flattened_tensor_are_torchs(shape, reduced
                                atol=1e-14)  # fmt: skip
 
 
+@pytest.mark.parametrize("chunk", [7, 256])
+def test_a_convolutions_matrix_is_built_in_chunks_of_unit_tensors(chunk):
+    """The sparse matrix of a convolution (stride, padding, dilation, groups as torch has them)
+    built from chunks of unit tensors: flat(x) @ M is torch's convolution of x, for a chunk that
+    does not divide the input's size too."""
+    from surrogate_bridge.adapters.casadi_ops import _matrix_of
+
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(4, 1, 3, 2, dtype=torch.float64, generator=gen)
+    conv = lambda t: torch.nn.functional.conv2d(t, W, None, (2, 1), (1, 0), (1, 2), 2)  # noqa: E731
+    M = _matrix_of(conv, (1, 2, 9, 6), chunk=chunk)
+    x = torch.randn(1, 2, 9, 6, dtype=torch.float64, generator=gen)
+    want = conv(x).reshape(-1).numpy()
+    np.testing.assert_allclose(x.reshape(1, -1).numpy() @ M.toarray(), want[None], rtol=1e-14,
+                               atol=1e-14)  # fmt: skip
+    assert M.nnz < 0.5 * M.shape[0] * M.shape[1]
+
+
 class WideRBF(nn.Module):
     """A radial basis function layer with 3000 centres: its (1, 3000, 4) differences summed
     over the last axis."""
