@@ -149,7 +149,7 @@ class MeasuredRoute:
                 continue
             agree = [
                 r for r in others
-                if all(_agree(a, b) for a, b in zip(ref, call(r), strict=True))
+                if all(_gap(a, b) <= _AGREE for a, b in zip(ref, call(r), strict=True))
             ]  # fmt: skip
             us = _best_us({r.name: (lambda r=r, call=call: call(r)) for r in (self.torch, *agree)})
             timings[kind] = us
@@ -202,21 +202,41 @@ def same_as_torch(route, reference: list):
     """``route`` itself if it gives the torch route's value, Jacobian and Hessian at every point
     of ``reference`` (:func:`torch_reference` at the model's probe rows), else
     :class:`RouteUnavailable` saying which differs: a route that rewrites the user's layers is
-    used only where it is the same function, derivatives included, measured or forced."""
+    used only where it is the same function, derivatives included, measured or forced. Where
+    torch's answer is NaN or infinite (a root or logarithm of a negative output, say), the
+    route's must be the same there; at least one probe point must have a finite value."""
+    if not any(np.isfinite(expected["value and Jacobian"][0]).all() for _, expected in reference):
+        raise RouteUnavailable(
+            "torch's own value is not finite at any probe point, so no other route can be "
+            "checked against it"
+        )
     for x, expected in reference:
         for kind, answer in expected.items():
             for a, b in zip(answer, _KINDS_CHECKED[kind](route, x), strict=True):
-                if not _agree(a, b):
-                    gap = np.abs(a - b).max() / max(np.abs(a).max(initial=0.0), 1.0)
+                gap = _gap(a, b)
+                if gap > _AGREE:
                     raise RouteUnavailable(
                         f"its {kind} differs from torch's by {gap:.1e} (relative) at a probe "
                         f"point, more than {_AGREE:g}: it is not the same function"
+                        if np.isfinite(gap)
+                        else f"its {kind} is not finite where torch's is, or the converse, at a "
+                        "probe point: it is not the same function"
                     )
     return route
 
 
-def _agree(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(np.abs(a - b).max(initial=0.0) <= _AGREE * max(np.abs(a).max(initial=0.0), 1.0))
+def _gap(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest difference of b from a, relative to the size of a's finite values (at least
+    1); infinite unless b is NaN, or the same infinity, exactly where a is."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    finite = np.isfinite(a)
+    same_pattern = np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(
+        a[np.isinf(a)], b[np.isinf(a)]
+    )
+    if not same_pattern or not np.isfinite(b[finite]).all():
+        return np.inf
+    gap = np.abs(a[finite] - b[finite]).max(initial=0.0)
+    return float(gap / max(np.abs(a[finite]).max(initial=0.0), 1.0))
 
 
 def _best_us(calls: dict[str, Callable[[], object]]) -> dict[str, float]:

@@ -96,12 +96,12 @@ def test_float32_and_untranslatable_models_stay_on_torch():
     with pytest.raises(ValueError, match="float64 on the CPU"):
         sb.Surrogate(mlp([2, 8, 1], seed=0), dtype=torch.float32, point_route="casadi")
 
-    class CumProd(nn.Module):  # no CasADi translation
+    class LogGamma(nn.Module):  # no CasADi translation
         def forward(self, z):
-            return torch.cumprod(z, dim=1)[:, -1:]
+            return torch.lgamma(z.exp()).sum(1, keepdim=True)
 
-    with pytest.raises(ValueError, match="did not translate.*cumprod"):
-        sb.Surrogate(CumProd(), n_in=2, point_route="casadi")
+    with pytest.raises(ValueError, match="did not translate.*lgamma"):
+        sb.Surrogate(LogGamma(), n_in=2, point_route="casadi")
 
 
 def test_point_route_option_is_checked():
@@ -135,6 +135,44 @@ def test_forced_route_that_is_not_the_same_function_is_refused(monkeypatch):
     model, ins, outs = MODELS["tanh-scalers"]
     with pytest.raises(ValueError, match=r"Hessian differs from torch's by [0-9.e-]+ \(relative\)"):
         sb.Surrogate(model, ins, outs, point_route="numpy")
+
+
+class Root(nn.Module):
+    """sqrt of the first input plus ``shift``: NaN (with NaN derivatives) where that is
+    negative, which the probe points reach (the first at z = 1.54, the next two below 0)."""
+
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, z):
+        return torch.sqrt(z[:, :1] + self.shift) * torch.tanh(z[:, 1:2])
+
+
+@pytest.mark.parametrize("route", ["numpy", "casadi"])
+def test_a_route_is_checked_where_torch_is_finite_and_must_be_nan_where_torch_is(route):
+    """Where torch's value or derivatives are NaN at a probe point, the route's must be NaN too
+    (so it is the same function there); where they are finite, within the tolerance. A model
+    NaN at every probe point leaves nothing to check against: refused, saying so. (Every probe
+    point once had to be finite: 'differs from torch's by nan'.)"""
+    sur = sb.Surrogate(Root(0.0), n_in=2, point_route=route)
+    ref = sb.Surrogate(Root(0.0), n_in=2, point_route="torch")
+    for x in ([1.0, 0.5], [0.3, -2.0]):
+        assert close(sur.hess(np.array(x)), ref.hess(np.array(x)))
+        assert close(sur.grad(np.array(x)), ref.grad(np.array(x)))
+    assert np.isnan(sur(np.array([-1.0, 0.5])))
+    with pytest.raises(ValueError, match="not finite at any probe point"):
+        sb.Surrogate(Root(-10.0), n_in=2, point_route=route)
+
+
+def test_a_route_that_is_nan_where_torch_is_finite_is_not_the_same_function():
+    from surrogate_bridge.routes import _gap
+
+    a = np.array([1.0, np.nan, np.inf])
+    assert _gap(a, a.copy()) == 0.0
+    assert _gap(a, np.array([1.0 + 1e-12, np.nan, np.inf])) < 1e-11
+    for b in ([1.0, 0.0, np.inf], [np.nan, np.nan, np.inf], [1.0, np.nan, -np.inf]):
+        assert _gap(a, np.array(b)) == np.inf
 
 
 def test_auto_leaves_a_route_that_is_not_the_same_function_unused(monkeypatch):
