@@ -22,7 +22,8 @@ from .elementwise import FIRST, VALUES, _logistic
 
 __all__ = [
     "Activation", "Binary", "Cat", "Choose", "Compare", "CumSum", "Gather", "Glu", "Larger",
-    "Linear", "LogSumExp", "Norm", "Peak", "PerFeature", "Pool", "Product", "Scale", "Select",
+    "Linear", "LogSumExp", "Norm", "Peak", "PerFeature", "Picked", "Pool", "Product", "Scale",
+    "Select",
     "Softmax", "Spread", "Sum", "Total",
 ]  # fmt: skip
 
@@ -291,6 +292,43 @@ class Peak:
 
     def pull(self, A, w):
         return (A * w,)
+
+    def curvature(self, a, d, dd, Ts):
+        return 0.0
+
+    def curvature_mv(self, a, d, dd, ts):
+        return (None,)
+
+
+class Picked:
+    """A row's values at positions found from its values (``positions(h)``: a sort's order, a
+    top-k's, a k-th value's or median's position, a running maximum's record holders): for the
+    positions found, a gather (as :class:`Gather`), so each value's derivatives are those of
+    the input it holds, as torch's, and the curvature is zero. ``second`` keeps the positions
+    on the tape."""
+
+    second = True
+
+    def __init__(self, k_in: int, positions) -> None:
+        self.k_in, self.positions = k_in, positions
+
+    def first(self, h):
+        p = self.positions(h)
+        return h[p], p
+
+    def __call__(self, h):
+        return h[self.positions(h)]
+
+    def derivatives(self, h):
+        return (*self.first(h), None)
+
+    def push(self, Ts, p):
+        return Ts[0][p]
+
+    def pull(self, A, p):
+        out = np.zeros((A.shape[0], self.k_in))
+        np.add.at(out, (slice(None), p), A)
+        return (out,)
 
     def curvature(self, a, d, dd, Ts):
         return 0.0

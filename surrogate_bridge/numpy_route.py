@@ -17,7 +17,9 @@ single value (a gate, a DeepONet's dot product, a softmax by hand), their atan2,
 comparison of the row or a row times such a mask (a hand-written leaky ReLU; a saved softshrink;
 ``numpy_ops.Compare``, ``Select``: the mask has no derivative), the maximum or minimum of two rows
 or of a row and a constant, and the greatest or least value of a row (``Larger``, ``Peak``: the
-winner's derivative, shared at a tie as torch shares it), or a LayerNorm, RMSNorm, softmax,
+winner's derivative, shared at a tie as torch shares it), the values of a sort, top-k, k-th
+value, median, cummax or cummin of the row (``Picked``: each the derivatives of the input it
+holds, at torch's positions), or a LayerNorm, RMSNorm, softmax,
 log-softmax, log-sum-exp, GLU, variance, standard deviation or Euclidean norm of the whole row
 (``numpy_ops.Norm``, ``Softmax``, ``LogSumExp``, ``Glu``, ``Spread``, in closed form). Operations on
 constants alone, and calls whose values depend on a hidden tensor's shape alone (``zeros_like``),
@@ -68,6 +70,7 @@ from .numpy_ops import (
     Norm,
     Peak,
     PerFeature,
+    Picked,
     Pool,
     Product,
     Scale,
@@ -127,6 +130,9 @@ _SHAPE_ONLY = (aten.zeros_like.default, aten.ones_like.default, aten.full_like.d
 # calls that cut a tensor into parts along one axis, read by the getitem calls that follow (as
 # are max.dim and min.dim's values)
 _BY_DIM = (aten.max.dim, aten.min.dim)
+# (values, positions) of the values picked along a row: their values are read by getitem
+_SELECTING = (aten.sort.default, aten.topk.default, aten.kthvalue.default, aten.median.dim,
+              aten.cummax.default, aten.cummin.default)  # fmt: skip
 _SPLITS = (aten.unbind.int, aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default,
            aten.unsafe_split.Tensor, aten.unsafe_split_with_sizes.default)  # fmt: skip
 
@@ -145,7 +151,8 @@ class GraphUnsupported(ValueError):
 
 _KNOWN = frozenset({
     *ACTIVATIONS, *BINARY, *_LINEAR, *_ARITHMETIC, *_NORMS, *_DROPOUTS, *_ROW_WISE, *_REDUCTIONS,
-    *_COMPARISONS, *_CLAMP_TENSORS, *_WHERE, *_SHAPE_ONLY, *_SPLITS, *_BY_DIM, *_PEAKS, *_SPREADS,
+    *_COMPARISONS, *_CLAMP_TENSORS, *_WHERE, *_SHAPE_ONLY, *_SPLITS, *_BY_DIM, *_SELECTING,
+    *_PEAKS, *_SPREADS,
     *VIEWS, aten.logsumexp.default, aten.copy.default, aten.copy_.default, aten.select.int,
     aten.slice.Tensor, aten.pow.Scalar, aten.prelu.default, aten.index.Tensor,
     aten.index_select.default, aten.stack.default, aten.cat.default, aten.batch_norm.default,
@@ -179,7 +186,7 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
             inputs = node.all_input_nodes
             if node.target is operator.getitem and not node.users:
                 continue  # a part never read (the positions of h.max(dim), say)
-            if node.target in _SPLITS + _BY_DIM and _hidden(node.args[0], index):
+            if node.target in _SPLITS + _BY_DIM + _SELECTING and _hidden(node.args[0], index):
                 parted[node.name] = node  # (read by the getitem calls that follow)
                 continue
             if _rows_stacked(node, index):
@@ -669,6 +676,8 @@ def _part(node, source, index, k: int):
     dim = source.args[-1] if len(source.args) > 2 else source.kwargs.get("dim", 0)
     if source.target in _BY_DIM:  # (values, positions) of a maximum or minimum
         return _peak(node, index, None, k, where, source)
+    if source.target in _SELECTING:
+        return _selected(node, source, index, k, where)
     if source.target is aten.unbind.int:
         dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)
         return _pick(h, dim, i, index, k, where)
@@ -682,6 +691,48 @@ def _part(node, source, index, k: int):
     if int(pieces[i].shape[dim]) != k:
         raise GraphUnsupported(f"{where}: a part of unexpected length")
     return Gather(shape[-1], slice(start, start + k)), (j,)
+
+
+def _selected(node, source, index, k: int, where: str):
+    """The values of a sort, top-k, k-th value, median, cummax or cummin (``source``) of a row
+    along its last axis, read by ``node``: :class:`Picked` at the positions torch picks (the
+    stable order, the later of equal running maxima); reading their positions is refused."""
+    if node.args[1] != 0:
+        raise GraphUnsupported(f"{where}: the positions it picks (integers)")
+    target, h = source.target, source.args[0]
+    names = {
+        aten.sort.default: ("self", "dim", "descending"),
+        aten.topk.default: ("self", "k", "dim", "largest", "sorted"),
+        aten.kthvalue.default: ("self", "k", "dim", "keepdim"),
+        aten.median.dim: ("self", "dim", "keepdim"),
+    }.get(target, ("self", "dim"))
+    got = _named(source, names)
+    ndim = h.meta["val"].ndim
+    if got.get("dim", -1) % ndim != ndim - 1:
+        raise GraphUnsupported(f"{where}: along an axis other than the row's")
+    n = int(h.meta["val"].shape[-1])
+
+    def order(v, descending=False):
+        return np.argsort(-v if descending else v, kind="stable")
+
+    if target is aten.sort.default:
+        descending = bool(got.get("descending", False))
+        return Picked(n, lambda v: order(v, descending)), (index[h.name],)
+    if target is aten.topk.default:
+        if not got.get("sorted", True):
+            raise GraphUnsupported(f"{where}: unsorted (its order is torch's own)")
+        count, largest = int(got["k"]), bool(got.get("largest", True))
+        return Picked(n, lambda v: order(v, largest)[:count]), (index[h.name],)
+    if target in (aten.kthvalue.default, aten.median.dim):
+        at = int(got["k"]) - 1 if target is aten.kthvalue.default else (n - 1) // 2
+        return Picked(n, lambda v: order(v)[at : at + 1]), (index[h.name],)
+    running = np.maximum if target is aten.cummax.default else np.minimum
+    steps = np.arange(n)
+
+    def records(v):  # the latest position holding the running extreme, as torch's
+        return np.maximum.accumulate(np.where(v == running.accumulate(v), steps, 0))
+
+    return Picked(n, records), (index[h.name],)
 
 
 def _shape_only(node, consts) -> torch.Tensor:

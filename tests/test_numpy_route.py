@@ -870,15 +870,62 @@ def test_parts_running_sums_spreads_and_extremes_agree_with_autograd(model):
     assert_routes_agree(num, ref, np.random.default_rng(5).normal(size=(3, 3)))
 
 
+class Picks(nn.Module):
+    """Values picked along the row: sorted either way, the top 3, the 2nd least, the median,
+    the running maximum and minimum, mixed with a smooth activation."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(12)
+        self.a, self.b = nn.Linear(3, 6).double(), nn.Linear(16, 2).double()
+
+    def forward(self, z):
+        h = self.a(z)
+        t = torch.tanh(h)
+        parts = [
+            torch.sort(h, -1).values * t,
+            torch.sort(t, descending=True).values[:, :2],
+            torch.topk(h * h, 3).values,
+            torch.kthvalue(t, 2, -1, keepdim=True).values,
+            h.median(-1, keepdim=True).values ** 2,
+            torch.cummax(h, -1).values[:, 3:] * torch.cummin(t, -1).values[:, 3:],
+        ]
+        return self.b(torch.cat(parts, -1))
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+def test_sorts_top_k_medians_and_running_extremes_agree_with_autograd():
+    """Each value picked carries the derivatives of the input it holds: a gather at positions
+    found from the values, with zero curvature of its own (the activations around it give the
+    Hessian)."""
+    num, ref = twins(Picks(), SCALER3, sb.Affine([1.0, -1.0], [2.0, 0.5]))
+    assert num.point_route == "numpy"
+    assert_routes_agree(num, ref, np.random.default_rng(6).normal(size=(4, 3)))
+
+    def ranks(z):  # the positions themselves: integers found from x
+        return (z * torch.sort(z, -1).indices.to(z.dtype)).sum(-1, keepdim=True)
+
+    with pytest.raises(ValueError, match="the positions it picks"):
+        sb.Surrogate(ranks, n_in=2, point_route="numpy")
+
+
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 def test_ties_share_or_take_the_derivative_as_torch_does():
     """At a tie, maximum and amax share the derivative evenly, max(dim) gives it to the first
-    position, as torch's; minimum against a constant it meets shares it too."""
+    position, as torch's; minimum against a constant it meets shares it too; a sort, top-k and
+    k-th value take the stable order's, cummax and cummin the later position's."""
     forms = [
         lambda z: torch.maximum(z, z.flip(-1)).sum(-1, keepdim=True),
         lambda z: torch.cat([z, z], -1).amax(-1, keepdim=True),
         lambda z: torch.cat([z, z], -1).max(-1, keepdim=True).values,
         lambda z: torch.minimum(z, torch.tensor([0.5, 0.25], dtype=z.dtype)).sum(-1)[:, None],
+        # picks: the stable order, the later of equal running maxima (cummax's positions)
+        lambda z: torch.sort(z, -1).values @ torch.tensor([[1.0], [3.0]], dtype=z.dtype),
+        lambda z: torch.sort(z, -1, True).values @ torch.tensor([[1.0], [3.0]], dtype=z.dtype),
+        lambda z: torch.topk(z, 1).values,
+        lambda z: torch.kthvalue(z, 1, -1, keepdim=True).values,
+        lambda z: torch.cummax(z, -1).values[:, 1:],
+        lambda z: torch.cummin(z, -1).values[:, 1:],
     ]
     for f in forms:
         num, ref = twins(f, None, None, n_in=2)
