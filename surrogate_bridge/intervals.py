@@ -459,6 +459,124 @@ def _peak(kind: str):
     return op
 
 
+def _last(a: Iv, d: int, back: bool = False) -> Iv:
+    """Bounds with the box dim ``d`` moved last (derivatives: last but the input axis), or, with
+    ``back``, moved from there to ``d`` again."""
+    src, dst = (-1, d) if back else (d, -1)
+    dsrc, ddst = (-2, d) if back else (d, -2)
+    if a.dlo is None:
+        return Iv(a.lo.movedim(src, dst), a.hi.movedim(src, dst))
+    return Iv(a.lo.movedim(src, dst), a.hi.movedim(src, dst), a.dlo.movedim(dsrc, ddst),
+              a.dhi.movedim(dsrc, ddst))  # fmt: skip
+
+
+def _held(a: Iv, lo: torch.Tensor, hi: torch.Tensor, can: torch.Tensor) -> Iv:
+    """Values picked from ``a`` (its last axis, L entries) into positions whose bounds are
+    ``lo``, ``hi``; ``can[..., j, i]``: entry j may be the one at position i somewhere on the
+    box. The derivative at i is that of the entry held there: the hull over those that can."""
+    if a.dlo is None:
+        return Iv(lo, hi)
+    m = can[..., None]
+    dlo = a.dlo[..., :, None, :].masked_fill(~m, math.inf).amin(-3)
+    dhi = a.dhi[..., :, None, :].masked_fill(~m, -math.inf).amax(-3)
+    return Iv(lo, hi, dlo, dhi)
+
+
+def _ordered(a: Iv, dim: int, descending: bool = False) -> Iv:
+    """The values along ``dim`` in order: the i-th least value is increasing in each value, so
+    its bounds are the i-th least lower and upper bounds; entry j can hold rank i where fewer
+    than i + 1 entries surely lie below it and fewer than L - i surely above it."""
+    d = _box_dims(a, dim)[0]
+    a = _last(a, d)
+    size = a.lo.shape[-1]
+    lo = a.lo.sort(-1, descending).values
+    hi = a.hi.sort(-1, descending).values
+    below = (a.hi[..., None, :] < a.lo[..., :, None]).sum(-1)  # (.., j): entries surely below j
+    above = (a.lo[..., None, :] > a.hi[..., :, None]).sum(-1)
+    first, final = (above, size - 1 - below) if descending else (below, size - 1 - above)
+    i = torch.arange(size)
+    can = (first[..., :, None] <= i) & (i <= final[..., :, None])
+    return _last(_held(a, lo, hi, can), d, back=True)
+
+
+def _narrowed(a: Iv, dim: int, start: int, length: int, keep: bool = True) -> Iv:
+    """``length`` positions from ``start`` along the program's ``dim`` (kept as an axis, or
+    dropped when ``keep`` is false and ``length`` is 1)."""
+    d = _box_dims(a, dim)[0]
+    parts = [
+        None if t is None else (t.narrow(d, start, length) if keep else t.select(d, start))
+        for t in (a.lo, a.hi, a.dlo, a.dhi)
+    ]
+    return Iv(*parts)
+
+
+def _sort(a: Iv, dim=-1, descending=False):
+    return _ordered(a, dim, descending), None
+
+
+def _topk(a: Iv, k, dim=-1, largest=True, sorted=True):
+    if not sorted:
+        raise ValueError("topk with sorted=False: its order is torch's own")
+    return _narrowed(_ordered(a, dim, largest), dim, 0, k), None
+
+
+def _kthvalue(a: Iv, k, dim=-1, keepdim=False):
+    return _narrowed(_ordered(a, dim), dim, k - 1, 1, keepdim), None
+
+
+def _median(a: Iv, dim, keepdim=False):
+    """torch's median: the lower middle value."""
+    size = a.lo.shape[_box_dims(a, dim)[0]]
+    return _narrowed(_ordered(a, dim), dim, (size - 1) // 2, 1, keepdim), None
+
+
+def _flattened(a: Iv) -> Iv:
+    """The program's value as one axis of all its entries (after the box axis)."""
+    b = a.lo.shape[0]
+    if a.dlo is None:
+        return Iv(a.lo.reshape(b, -1), a.hi.reshape(b, -1))
+    n = a.dlo.shape[-1]
+    return Iv(a.lo.reshape(b, -1), a.hi.reshape(b, -1), a.dlo.reshape(b, -1, n),
+              a.dhi.reshape(b, -1, n))  # fmt: skip
+
+
+def _running_extreme(kind: str):
+    """cummax / cummin: the running bounds' own extremes (increasing in each value); entry j can
+    hold position t if j <= t and it can be the extreme of the first t + 1 (as :func:`_peak`)."""
+
+    def op(a: Iv, dim):
+        d = _box_dims(a, dim)[0]
+        a = _last(a, d)
+        i = torch.arange(a.lo.shape[-1])
+        if kind == "max":
+            lo, hi = a.lo.cummax(-1).values, a.hi.cummax(-1).values
+            can = ~(a.hi[..., :, None] < lo[..., None, :])
+        else:
+            lo, hi = a.lo.cummin(-1).values, a.hi.cummin(-1).values
+            can = ~(a.lo[..., :, None] > hi[..., None, :])
+        can = can & (i[:, None] <= i[None, :])
+        return _last(_held(a, lo, hi, can), d, back=True), None
+
+    return op
+
+
+def _running(step):
+    """cumprod / logcumsumexp along ``dim``: ``step(previous, next)`` from the first position on,
+    by the rules of the operations it is made of."""
+
+    def op(a: Iv, dim, dtype=None):
+        d = _box_dims(a, dim)[0]
+        size = a.lo.shape[d]
+        parts = [_narrowed(a, dim, t, 1) for t in range(size)]
+        done = [parts[0]]
+        for part in parts[1:]:
+            done.append(step(done[-1], part, dim))
+        cat = _RULES[aten.cat.default]
+        return cat(done, dim)
+
+    return op
+
+
 # products ----------------------------------------------------------------------------------------
 
 
@@ -756,7 +874,7 @@ _MOVED = (
     aten.flatten.using_ints, aten.unflatten.int, aten.repeat.default, aten.diagonal.default,
     aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int,
     aten.index_select.default, aten.gather.default, aten.index.Tensor,
-    aten.sum.default, aten.mean.dim, aten.mean.default, aten.cumsum.default,
+    aten.sum.default, aten.mean.dim, aten.mean.default, aten.cumsum.default, aten.unfold.default,
 )  # fmt: skip
 # (these of one dim, the common case, without vmap; with _moved's reading otherwise)
 _SHIFTED = (aten.select.int, aten.slice.Tensor, aten.cat.default, aten.squeeze.dim,
@@ -806,6 +924,22 @@ _RULES = {
     aten.amin.default: _peak("min"),
     aten.max.dim: _extreme_at("max"),
     aten.min.dim: _extreme_at("min"),
+    aten.max.default: lambda a: _peak("max")(a),
+    aten.min.default: lambda a: _peak("min")(a),
+    aten.addmv.default: lambda c, M, v, beta=1, alpha=1: _add(
+        _scale(_iv(c), beta), _scale(_matmul(M, v), alpha)
+    ),
+    aten.sort.default: _sort,
+    aten.topk.default: _topk,
+    aten.kthvalue.default: _kthvalue,
+    aten.median.dim: _median,
+    aten.median.default: lambda a: _median(_flattened(a), -1)[0],
+    aten.cummax.default: _running_extreme("max"),
+    aten.cummin.default: _running_extreme("min"),
+    aten.cumprod.default: _running(lambda p, c, dim: _times(p, c)),
+    aten.logcumsumexp.default: _running(
+        lambda p, c, dim: _logsumexp(_RULES[aten.cat.default]([p, c], dim), [dim], True)
+    ),
     **{target: _moved(_VIEWS.get(target, target)) for target in _MOVED},
     **{target: _shifted(target) for target in _SHIFTED},
     **{
@@ -823,6 +957,16 @@ _RULES = {
     aten.native_layer_norm.default: _layer_norm,
     operator.getitem: lambda parts, i: parts[i],
 }
+_SELECTIONS = (
+    aten.max.dim,
+    aten.min.dim,
+    aten.sort.default,
+    aten.topk.default,
+    aten.kthvalue.default,
+    aten.median.dim,
+    aten.cummax.default,
+    aten.cummin.default,
+)  # (values, indices): bounds of the indices prove nothing
 _IDENTITY = {aten.clone.default, aten.alias.default, aten.detach.default, aten._to_copy.default,
              aten.contiguous.default, aten.dropout.default}  # fmt: skip
 _CHECK = 1e-9  # a box of one point: bounds hold torch's value and Jacobian to rounding
@@ -861,7 +1005,7 @@ class IntervalProgram:
         if unknown:
             raise ValueError(f"operation {unknown[0]} has no interval rule")
         for node in program.graph.nodes:
-            if node.target in (aten.max.dim, aten.min.dim) and any(
+            if node.target in _SELECTIONS and any(
                 user.target is not operator.getitem or (user.args[1] != 0 and user.users)
                 for user in node.users
             ):
