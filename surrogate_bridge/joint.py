@@ -35,6 +35,7 @@ from .surrogate import Surrogate
 
 __all__ = [
     "LOCKSTEP",
+    "finite_rows",
     "joint_lbfgsb",
     "joint_trust_constr",
     "lockstep_lbfgsb",
@@ -46,6 +47,27 @@ _ARMIJO = 1e-4
 _BACKTRACKS = 40
 # the signature of scipy's L-BFGS-B reverse-communication routine that lock step drives
 LOCKSTEP = tuple(int(v) for v in scipy.__version__.split(".")[:2]) >= (1, 15)
+
+
+def finite_rows(value_and_grad):
+    """``value_and_grad`` (batched: (k, n) -> values (k,), gradients (k, n)) asked only at the
+    rows of x that are finite, NaN answering the others, as a plain function of a NaN point
+    would: scipy's L-BFGS-B, fed a NaN value where the model is NaN, can step to NaN points,
+    and then stops (abnormally) for that start alone, while the surrogate itself refuses
+    non-finite points."""
+
+    def call(X):
+        X = np.asarray(X, dtype=np.float64)
+        ok = np.isfinite(X).all(axis=1)
+        if ok.all():
+            return value_and_grad(X)
+        f, g = np.full(len(X), np.nan), np.full(X.shape, np.nan)
+        if ok.any():
+            fo, go = value_and_grad(X[ok])
+            f[ok], g[ok] = np.ravel(fo), np.asarray(go, dtype=np.float64).reshape(-1, X.shape[1])
+        return f, g
+
+    return call
 
 
 def joint_lbfgsb(value_and_grad, X, lb, ub, tol=1e-5, max_iter=1000) -> OptimizeResult:
@@ -163,7 +185,10 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
         pg = projected_gradient(X[active], g, lb, ub)
         done = pg <= tol
         converged[active[done]] = True
-        keep = ~done
+        # a value, gradient or Hessian that is not finite (a start where the model is NaN)
+        # gives no step: that start stops there, not converged
+        finite = np.isfinite(f) & np.isfinite(g).all(1) & np.isfinite(H).all((1, 2))
+        keep = ~done & finite
         active, f, g, H, pg = active[keep], f[keep], g[keep], H[keep], pg[keep]
         if not active.size:
             break
@@ -211,8 +236,8 @@ def projected_newton(sur: Surrogate, X, lb, ub, tol=1e-5, max_iter=200):
                 break
         X[active] = new
         active = active[~searching]  # no decrease within rounding: these stop here
-    rest = np.flatnonzero(~converged)  # stopped or out of iterations: judged where they ended
-    if rest.size:
+    rest = np.flatnonzero(~converged & np.isfinite(fX))  # stopped or out of iterations:
+    if rest.size:  # judged where they ended
         g = np.asarray(sur.grad(X[rest]), dtype=np.float64).reshape(-1, n)
         converged[rest] = projected_gradient(X[rest], g, lb, ub) <= tol
         passes += 1

@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 from .convert import as_points
 from .joint import (
     LOCKSTEP,
+    finite_rows,
     joint_lbfgsb,
     joint_trust_constr,
     lockstep_lbfgsb,
@@ -122,7 +123,10 @@ def multistart(
         sorted by value, with how many starts reached each; ``nit`` (the most iterations any
         start took; trust-constr: the joint iterations), ``nfev`` (batched evaluations, all of
         them: L-BFGS-B and newton report the values they hold at the end points, trust-constr
-        adds one pass for them) and ``method``.
+        adds one pass for them) and ``method``. A start where the model is NaN (a root or
+        logarithm beyond where it is defined), or that steps to where it is, fails alone: not
+        converged, its value NaN (L-BFGS-B: as scipy's own solve from it ends), while the
+        others go on.
 
     Examples
     --------
@@ -165,11 +169,10 @@ def multistart(
     if funs is None:
         funs = np.asarray(sur(X), dtype=np.float64).reshape(S)
     minima, minima_fun, counts = _merge(X, funs, converged, merge_tol * _size(lb, ub, X))
-    best = (
-        int(np.argmin(np.where(converged, funs, np.inf)))
-        if converged.any()
-        else int(np.argmin(funs))
-    )
+    if converged.any():
+        best = int(np.argmin(np.where(converged, funs, np.inf)))
+    else:  # the least value any start reached (a start where the model is NaN is none)
+        best = int(np.argmin(np.where(np.isnan(funs), np.inf, funs)))
     return OptimizeResult(
         x=X[best].copy(),
         fun=float(funs[best]),
@@ -228,13 +231,14 @@ def _lbfgsb(sur, X, lb, ub, tol, max_iter):
     it stopped with a fresh memory; it counts as converged once that gradient is within
     ``tol``, or when a restart lowers its value by no more than ``ftol`` allows (rounding)."""
     if LOCKSTEP:
-        X, converged, nit, calls, f, g = lockstep_lbfgsb(sur.value_and_grad, X, lb, ub, tol,
+        value_and_grad = finite_rows(sur.value_and_grad)
+        X, converged, nit, calls, f, g = lockstep_lbfgsb(value_and_grad, X, lb, ub, tol,
                                                          max_iter)  # fmt: skip
         stalled = np.flatnonzero(converged & (projected_gradient(X, g, lb, ub) > tol))
         for _ in range(_ROUNDS):
             if not stalled.size:
                 break
-            Xr, ok, its, more, fr, gr = lockstep_lbfgsb(sur.value_and_grad, X[stalled].copy(),
+            Xr, ok, its, more, fr, gr = lockstep_lbfgsb(value_and_grad, X[stalled].copy(),
                                                         lb, ub, tol, max_iter)  # fmt: skip
             moved = f[stalled] - fr > _FTOL * np.maximum(np.maximum(abs(f[stalled]), abs(fr)), 1)
             X[stalled], f[stalled], converged[stalled], calls = Xr, fr, ok, calls + more
@@ -254,8 +258,12 @@ def _lbfgsb(sur, X, lb, ub, tol, max_iter):
 
 def _constrained(sur, X, lb, ub, constraints, tol, max_iter):
     """Joint trust-constr rounds; a start is converged when its own Lagrangian gradient,
-    complementarity and constraint violation are within ``tol``."""
-    active, nit, nfev, barrier = np.arange(len(X)), 0, 0, 0.1
+    complementarity and constraint violation are within ``tol``. A start where the model's
+    value or gradient is not finite is left where it is, not converged (in the joint problem
+    its NaN would be every start's)."""
+    f, g = sur.value_and_grad(X)
+    finite = np.isfinite(np.asarray(f, dtype=np.float64)) & np.isfinite(np.asarray(g)).all(1)
+    active, nit, nfev, barrier = np.flatnonzero(finite), 0, 1, 0.1
     converged = np.zeros(len(X), dtype=bool)
     for _ in range(_ROUNDS):
         Xe, optimality, violation, res = joint_trust_constr(

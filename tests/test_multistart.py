@@ -87,6 +87,45 @@ def test_every_start_reaches_what_scipy_reaches_from_it():
     assert exact >= 35 and res.converged.all() and res.nit >= max(nits)
 
 
+class RootBowl(nn.Module):
+    """(sqrt(x1 + 0.5) - 0.8)^2 + x2^2: its minimum at (0.14, 0), NaN where x1 < -0.5 (a root
+    of a quantity that turns negative, as a log-scaled input does outside its range)."""
+
+    def forward(self, z):
+        return (torch.sqrt(z[:, :1] + 0.5) - 0.8) ** 2 + z[:, 1:2] ** 2
+
+
+@pytest.mark.parametrize("method", ["L-BFGS-B", "newton", "trust-constr"])
+def test_starts_where_the_model_is_nan_fail_alone(method):
+    """A start where the model is NaN fails (not converged, its value NaN) and every other start
+    goes on to the minimum, as a loop of scipy solves does: L-BFGS-B's starts end where
+    scipy's own do, NaN ones included. (One NaN start once stopped the whole run: L-BFGS-B
+    stepped to a NaN point, which the surrogate refuses, and trust-constr's joint sum was NaN
+    for every start.)"""
+    sur = sb.Surrogate(RootBowl(), n_in=2)
+    box = [(-1, 1)] * 2
+    x0 = np.random.default_rng(0).uniform(-1, 1, (16, 2))
+    nan_start = x0[:, 0] < -0.5
+    assert 0 < nan_start.sum() < 16
+    res = sb.multistart(sur, x0, bounds=box, method=method)
+    np.testing.assert_allclose(res.x, [0.14, 0.0], atol=1e-5)
+    np.testing.assert_array_equal(res.converged, ~nan_start)
+    assert np.isnan(res.funs[nan_start]).all() and np.isfinite(res.funs[~nan_start]).all()
+    assert not res.success and len(res.minima) == 1 and res.minima_count[0] == (~nan_start).sum()
+    if method == "L-BFGS-B":
+        for x, end, ok in zip(x0, res.xs, res.converged, strict=True):
+
+            def f(p):
+                return sur(p) if np.isfinite(p).all() else np.nan
+
+            def g(p):
+                return sur.grad(p) if np.isfinite(p).all() else np.full(2, np.nan)
+
+            one = minimize(f, x, jac=g, method="L-BFGS-B", bounds=box)
+            assert one.success == ok
+            np.testing.assert_allclose(end, one.x, rtol=0, atol=1e-12)
+
+
 def test_a_start_that_scipy_stops_short_of_a_minimum_is_restarted():
     """From this start scipy's L-BFGS-B reports success by its ftol test at a point whose
     gradient is (-12.7, 29.5), far from stationary; multistart restarts it from there and
