@@ -239,6 +239,31 @@ def test_generated_c_code_compiles_and_agrees(tmp_path, cases):
         np.testing.assert_allclose(np.array(j_ext(pt)), sur.jac(pt), atol=TOL["codegen"])
 
 
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+@pytest.mark.parametrize("name", ["sort", "cumprod"])
+def test_generated_c_code_of_sorting_networks_and_running_products_agrees(tmp_path, name):
+    """A sorting network's picks (if_else) and a running product in generated C (an embedded
+    MPC's form): values and Hessians equal torch's."""
+    sur = sb.Surrogate(Composite(name), sb.Affine([0.5, -1, 2, 0], [2, 0.5, 1, 3]))
+    F = sb.casadi_function(sur, name="surr", mode="symbolic")
+    x = ca.MX.sym("x", 4)
+    H = ca.Function("surr_hess", [x], [ca.hessian(F(x)[0], x)[0]])
+    gen = ca.CodeGenerator("sel_gen.c")
+    gen.add(F)
+    gen.add(H)
+    gen.generate(str(tmp_path) + "/")
+    so = tmp_path / "sel_gen.so"
+    subprocess.run(
+        ["gcc", "-fPIC", "-shared", "-O2", str(tmp_path / "sel_gen.c"), "-o", str(so), "-lm"],
+        check=True,
+    )
+    f_ext, h_ext = ca.external("surr", str(so)), ca.external("surr_hess", str(so))
+    for pt in np.random.default_rng(3).normal(size=(4, 4)) * [2, 0.5, 1, 3] + [0.5, -1, 2, 0]:
+        np.testing.assert_allclose(np.array(f_ext(pt)).ravel(), sur(pt), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.array(h_ext(pt)), sur.hess(pt)[0], rtol=1e-9, atol=1e-11)
+
+
 class LogGamma(nn.Module):  # no CasADi rule, and torch has no decomposition of it
     def __init__(self):
         super().__init__()
