@@ -219,21 +219,27 @@ def test_map_is_one_batched_call(cases):
     np.testing.assert_allclose(np.array(S(X)).ravel(), sur(X.T), rtol=1e-13)
 
 
+def compiled(folder, *functions):
+    """The functions' generated C, compiled by gcc into one shared library, loaded back."""
+    gen = ca.CodeGenerator("surr_gen.c")
+    for f in functions:
+        gen.add(f)
+    gen.generate(str(folder) + "/")
+    so = folder / "surr_gen.so"
+    subprocess.run(
+        ["gcc", "-fPIC", "-shared", "-O2", str(folder / "surr_gen.c"), "-o", str(so), "-lm"],
+        check=True,
+    )
+    return [ca.external(f.name(), str(so)) for f in functions]
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 def test_generated_c_code_compiles_and_agrees(tmp_path, cases):
     sur = cases["tanh-mlp"]
     F = sb.casadi_function(sur, name="surr", mode="symbolic")
     x = ca.MX.sym("x", 2)
     J = ca.Function("surr_jac", [x], [ca.jacobian(F(x), x)])
-    gen = ca.CodeGenerator("surr_gen.c")
-    gen.add(F)
-    gen.add(J)
-    gen.generate(str(tmp_path) + "/")
-    so = tmp_path / "surr_gen.so"
-    subprocess.run(
-        ["gcc", "-fPIC", "-shared", "-O2", str(tmp_path / "surr_gen.c"), "-o", str(so)], check=True
-    )
-    f_ext, j_ext = ca.external("surr", str(so)), ca.external("surr_jac", str(so))
+    f_ext, j_ext = compiled(tmp_path, F, J)
     for pt in np.random.default_rng(3).uniform(-2, 2, (5, 2)):
         np.testing.assert_allclose(np.array(f_ext(pt)).ravel(), sur(pt), atol=TOL["codegen"])
         np.testing.assert_allclose(np.array(j_ext(pt)), sur.jac(pt), atol=TOL["codegen"])
@@ -249,16 +255,7 @@ def test_generated_c_code_of_sorting_networks_and_running_products_agrees(tmp_pa
     F = sb.casadi_function(sur, name="surr", mode="symbolic")
     x = ca.MX.sym("x", 4)
     H = ca.Function("surr_hess", [x], [ca.hessian(F(x)[0], x)[0]])
-    gen = ca.CodeGenerator("sel_gen.c")
-    gen.add(F)
-    gen.add(H)
-    gen.generate(str(tmp_path) + "/")
-    so = tmp_path / "sel_gen.so"
-    subprocess.run(
-        ["gcc", "-fPIC", "-shared", "-O2", str(tmp_path / "sel_gen.c"), "-o", str(so), "-lm"],
-        check=True,
-    )
-    f_ext, h_ext = ca.external("surr", str(so)), ca.external("surr_hess", str(so))
+    f_ext, h_ext = compiled(tmp_path, F, H)
     for pt in np.random.default_rng(3).normal(size=(4, 4)) * [2, 0.5, 1, 3] + [0.5, -1, 2, 0]:
         np.testing.assert_allclose(np.array(f_ext(pt)).ravel(), sur(pt), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(np.array(h_ext(pt)), sur.hess(pt)[0], rtol=1e-9, atol=1e-11)
@@ -273,6 +270,22 @@ class LogGamma(nn.Module):  # no CasADi rule, and torch has no decomposition of 
         return torch.lgamma(1 + self.lin(z).exp())
 
 
+def assert_composite_translates_exactly(name: str, k: int) -> None:
+    """Value, Jacobian and each output's Hessian of ``Composite(name)``'s translation equal the
+    torch surrogate's (autograd) at k points."""
+    sur = sb.Surrogate(Composite(name), sb.Affine([0.5, -1, 2, 0], [2, 0.5, 1, 3]))
+    F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 4)
+    y = F(x)
+    H = ca.Function("H", [x], [ca.hessian(y[i], x)[0] for i in range(2)])
+    J = ca.Function("J", [x], [ca.jacobian(y, x)])
+    for pt in np.random.default_rng(1).normal(size=(k, 4)) * [2, 0.5, 1, 3] + [0.5, -1, 2, 0]:
+        np.testing.assert_allclose(np.array(F(pt)).ravel(), sur(pt), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.array(J(pt)), sur.jac(pt), rtol=1e-10, atol=1e-12)
+        for i, Hi in enumerate(H(pt)):
+            np.testing.assert_allclose(np.array(Hi), sur.hess(pt)[i], rtol=1e-9, atol=1e-11)
+
+
 # normalize divides by clamp_min(norm, eps), which the warning rightly names
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 @pytest.mark.parametrize("name", sorted(COMPOSITES))
@@ -280,17 +293,7 @@ def test_composite_operations_translate_exactly(name):
     """Operations torch.export keeps whole (einsum, chunk, pad, glu, ...) arrive lowered to
     torch's own decompositions, or through rules of their own: value, Jacobian and each
     output's Hessian equal the torch surrogate's (autograd) at points away from any kink."""
-    sur = sb.Surrogate(Composite(name), sb.Affine([0.5, -1, 2, 0], [2, 0.5, 1, 3]))
-    F = sb.casadi_function(sur, mode="symbolic")
-    x = ca.MX.sym("x", 4)
-    y = F(x)
-    H = ca.Function("H", [x], [ca.hessian(y[i], x)[0] for i in range(2)])
-    J = ca.Function("J", [x], [ca.jacobian(y, x)])
-    for pt in np.random.default_rng(1).normal(size=(3, 4)) * [2, 0.5, 1, 3] + [0.5, -1, 2, 0]:
-        np.testing.assert_allclose(np.array(F(pt)).ravel(), sur(pt), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(np.array(J(pt)), sur.jac(pt), rtol=1e-10, atol=1e-12)
-        for i, Hi in enumerate(H(pt)):
-            np.testing.assert_allclose(np.array(Hi), sur.hess(pt)[i], rtol=1e-9, atol=1e-11)
+    assert_composite_translates_exactly(name, 3)
 
 
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
@@ -300,17 +303,7 @@ def test_selections_and_running_operations_translate_exactly(name):
     (a sorting network for the sorts), so each output's derivatives are those of the input it
     holds, as torch's; cumprod and logcumsumexp run as torch's kernels do; along an axis of a
     rank-3 tensor too. Value, Jacobian and Hessians equal the torch surrogate's (no ties)."""
-    sur = sb.Surrogate(Composite(name), sb.Affine([0.5, -1, 2, 0], [2, 0.5, 1, 3]))
-    F = sb.casadi_function(sur, mode="symbolic")
-    x = ca.MX.sym("x", 4)
-    y = F(x)
-    H = ca.Function("H", [x], [ca.hessian(y[i], x)[0] for i in range(2)])
-    J = ca.Function("J", [x], [ca.jacobian(y, x)])
-    for pt in np.random.default_rng(1).normal(size=(4, 4)) * [2, 0.5, 1, 3] + [0.5, -1, 2, 0]:
-        np.testing.assert_allclose(np.array(F(pt)).ravel(), sur(pt), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(np.array(J(pt)), sur.jac(pt), rtol=1e-10, atol=1e-12)
-        for i, Hi in enumerate(H(pt)):
-            np.testing.assert_allclose(np.array(Hi), sur.hess(pt)[i], rtol=1e-9, atol=1e-11)
+    assert_composite_translates_exactly(name, 4)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 16, 33])
