@@ -99,7 +99,9 @@ def constant(node, consts: dict):
 def same_function(program, other: Callable[[torch.Tensor], torch.Tensor], probes) -> bool:
     """Whether ``other`` computes ``program``'s outputs to float64 rounding (``_SAME``, relative
     to the largest output; non-finite values where both are) at the points ``probes`` (k, n),
-    fed as the program was captured: one row at a time, or all rows at once."""
+    fed as the program was captured: one row at a time, or all rows at once. Where the
+    program's outputs are finite at no probe point there is nothing to compare: not shown the
+    same."""
     example = _example(program)
     if example is None:
         return False
@@ -117,7 +119,9 @@ def same_function(program, other: Callable[[torch.Tensor], torch.Tensor], probes
     if a.shape != b.shape:
         return False
     finite = torch.isfinite(a)
-    scale = float(a[finite].abs().max()) if finite.any() else 1.0
+    if not finite.any():
+        return False
+    scale = float(a[finite].abs().max())
     return torch.allclose(a, b.to(a.dtype), rtol=_SAME, atol=_SAME * scale, equal_nan=True)
 
 

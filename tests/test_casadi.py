@@ -354,6 +354,26 @@ def test_a_wrong_translation_is_refused(monkeypatch):
     sb.casadi_function(sb.Surrogate(mlp([2, 8, 1])), mode="symbolic")  # the real rule passes
 
 
+class NaNAtProbes(nn.Module):
+    """log(x1 - 10): NaN at every probe point (standard normal inputs), finite beyond 10."""
+
+    def forward(self, z):
+        return torch.log(z[:, :1] - 10.0) + z[:, 1:] ** 2
+
+
+def test_a_translation_with_nothing_to_check_it_against_is_refused():
+    """Where torch's own outputs are NaN at every probe point, agreeing NaNs show nothing: the
+    translation is refused, saying so (it once passed unchecked), and auto falls back to the
+    callback, which computes torch's function."""
+    sur = sb.Surrogate(NaNAtProbes(), n_in=2)
+    with pytest.raises(NotImplementedError, match="finite at none of them"):
+        sb.casadi_function(sur, mode="symbolic")
+    with pytest.warns(sb.CasadiFallbackWarning):
+        F = sb.casadi_function(sur)
+    assert F.mode == "callback"
+    np.testing.assert_allclose(float(F([11.0, 0.5])), sur(np.array([11.0, 0.5])), rtol=1e-14)
+
+
 def test_unsupported_operation_error_names_op_and_place():
     sur = sb.Surrogate(LogGamma())
     with pytest.raises(NotImplementedError, match=r"aten\.lgamma.*LogGamma.*mode='callback'"):

@@ -89,7 +89,8 @@ def translate_program(
     if not same_function(program, lambda p: np.asarray(f(p.numpy().reshape(-1))).T, probes):
         raise UnsupportedOperationError(
             "the CasADi translation does not compute what torch computes at probe points "
-            "(an operation translated wrongly); use mode='callback' for this model"
+            "(an operation translated wrongly, or torch's own outputs are finite at none of "
+            "them, so nothing could be checked); use mode='callback' for this model"
         )
     return f
 
