@@ -11,8 +11,11 @@ the derivative can turn (critical points, kinks with both one-sided slopes, pole
 that move, copy or sum entries (views, transposes, indexing, concatenation, sums, means,
 running sums) are linear with nonnegative coefficients, so they map bounds to bounds: each is
 applied as it is, with the program's own shapes, per box (``torch.vmap``). maximum, amax and
-their kin take the hull of the derivatives of the operands that can win on a box; softmax,
-log-softmax, layer norm and vector norms are written in these. An operation with no rule is
+their kin take the hull of the derivatives of the operands that can win on a box; sorts,
+top-k, k-th values, medians and running maxima are the order statistics of the bounds (each is
+increasing in every value), each place's derivative the hull of those of the entries that can
+hold it; softmax, log-softmax, layer norm, vector norms, running products and log-sum-exps are
+written in these. An operation with no rule is
 replaced by torch's own decomposition of it (``lowering.lowered``), where torch has one. This
 bounds V, grad V and f over a box, so the Lyapunov conditions can be *proven* box by box
 (``lyapunov.certify``).
