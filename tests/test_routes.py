@@ -161,7 +161,8 @@ def test_a_route_is_checked_where_torch_is_finite_and_must_be_nan_where_torch_is
         assert close(sur.hess(np.array(x)), ref.hess(np.array(x)))
         assert close(sur.grad(np.array(x)), ref.grad(np.array(x)))
     assert np.isnan(sur(np.array([-1.0, 0.5])))
-    with pytest.raises(ValueError, match="not finite at any probe point"):
+    # (CasADi's translation is refused by its own check first, for the same reason)
+    with pytest.raises(ValueError, match="not finite at any probe point|finite at none of them"):
         sb.Surrogate(Root(-10.0), n_in=2, point_route=route)
 
 
