@@ -462,17 +462,6 @@ def _peak(kind: str):
     return op
 
 
-def _last(a: Iv, d: int, back: bool = False) -> Iv:
-    """Bounds with the box dim ``d`` moved last (derivatives: last but the input axis), or, with
-    ``back``, moved from there to ``d`` again."""
-    src, dst = (-1, d) if back else (d, -1)
-    dsrc, ddst = (-2, d) if back else (d, -2)
-    if a.dlo is None:
-        return Iv(a.lo.movedim(src, dst), a.hi.movedim(src, dst))
-    return Iv(a.lo.movedim(src, dst), a.hi.movedim(src, dst), a.dlo.movedim(dsrc, ddst),
-              a.dhi.movedim(dsrc, ddst))  # fmt: skip
-
-
 def _held(a: Iv, lo: torch.Tensor, hi: torch.Tensor, can: torch.Tensor) -> Iv:
     """Values picked from ``a`` (its last axis, L entries) into positions whose bounds are
     ``lo``, ``hi``; ``can[..., j, i]``: entry j may be the one at position i somewhere on the
@@ -485,12 +474,22 @@ def _held(a: Iv, lo: torch.Tensor, hi: torch.Tensor, can: torch.Tensor) -> Iv:
     return Iv(lo, hi, dlo, dhi)
 
 
-def _ordered(a: Iv, dim: int, descending: bool = False) -> Iv:
+def _along_last(rule):
+    """``rule(a)`` on the program's ``dim`` moved last (bounds (.., L), derivatives (.., L, n)),
+    and its result moved back."""
+
+    def op(a: Iv, dim, *args) -> Iv:
+        move = _moved(torch.movedim)
+        return move(rule(move(a, dim, -1), *args), -1, dim)
+
+    return op
+
+
+@_along_last
+def _ordered(a: Iv, descending: bool = False) -> Iv:
     """The values along ``dim`` in order: the i-th least value is increasing in each value, so
     its bounds are the i-th least lower and upper bounds; entry j can hold rank i where fewer
     than i + 1 entries surely lie below it and fewer than L - i surely above it."""
-    d = _box_dims(a, dim)[0]
-    a = _last(a, d)
     size = a.lo.shape[-1]
     lo = a.lo.sort(-1, descending).values
     hi = a.hi.sort(-1, descending).values
@@ -499,18 +498,14 @@ def _ordered(a: Iv, dim: int, descending: bool = False) -> Iv:
     first, final = (above, size - 1 - below) if descending else (below, size - 1 - above)
     i = torch.arange(size)
     can = (first[..., :, None] <= i) & (i <= final[..., :, None])
-    return _last(_held(a, lo, hi, can), d, back=True)
+    return _held(a, lo, hi, can)
 
 
-def _narrowed(a: Iv, dim: int, start: int, length: int, keep: bool = True) -> Iv:
-    """``length`` positions from ``start`` along the program's ``dim`` (kept as an axis, or
-    dropped when ``keep`` is false and ``length`` is 1)."""
-    d = _box_dims(a, dim)[0]
-    parts = [
-        None if t is None else (t.narrow(d, start, length) if keep else t.select(d, start))
-        for t in (a.lo, a.hi, a.dlo, a.dhi)
-    ]
-    return Iv(*parts)
+def _place(a: Iv, dim: int, i: int, keepdim: bool) -> Iv:
+    """The i-th place along ``dim``, the axis kept or not (torch's select and slice rules)."""
+    if keepdim:
+        return _RULES[aten.slice.Tensor](a, dim, i, i + 1)
+    return _RULES[aten.select.int](a, dim, i)
 
 
 def _sort(a: Iv, dim=-1, descending=False):
@@ -520,36 +515,25 @@ def _sort(a: Iv, dim=-1, descending=False):
 def _topk(a: Iv, k, dim=-1, largest=True, sorted=True):
     if not sorted:
         raise ValueError("topk with sorted=False: its order is torch's own")
-    return _narrowed(_ordered(a, dim, largest), dim, 0, k), None
+    return _RULES[aten.slice.Tensor](_ordered(a, dim, largest), dim, 0, k), None
 
 
 def _kthvalue(a: Iv, k, dim=-1, keepdim=False):
-    return _narrowed(_ordered(a, dim), dim, k - 1, 1, keepdim), None
+    return _place(_ordered(a, dim), dim, k - 1, keepdim), None
 
 
 def _median(a: Iv, dim, keepdim=False):
     """torch's median: the lower middle value."""
     size = a.lo.shape[_box_dims(a, dim)[0]]
-    return _narrowed(_ordered(a, dim), dim, (size - 1) // 2, 1, keepdim), None
-
-
-def _flattened(a: Iv) -> Iv:
-    """The program's value as one axis of all its entries (after the box axis)."""
-    b = a.lo.shape[0]
-    if a.dlo is None:
-        return Iv(a.lo.reshape(b, -1), a.hi.reshape(b, -1))
-    n = a.dlo.shape[-1]
-    return Iv(a.lo.reshape(b, -1), a.hi.reshape(b, -1), a.dlo.reshape(b, -1, n),
-              a.dhi.reshape(b, -1, n))  # fmt: skip
+    return _place(_ordered(a, dim), dim, (size - 1) // 2, keepdim), None
 
 
 def _running_extreme(kind: str):
     """cummax / cummin: the running bounds' own extremes (increasing in each value); entry j can
     hold position t if j <= t and it can be the extreme of the first t + 1 (as :func:`_peak`)."""
 
-    def op(a: Iv, dim):
-        d = _box_dims(a, dim)[0]
-        a = _last(a, d)
+    @_along_last
+    def values(a: Iv) -> Iv:
         i = torch.arange(a.lo.shape[-1])
         if kind == "max":
             lo, hi = a.lo.cummax(-1).values, a.hi.cummax(-1).values
@@ -557,10 +541,9 @@ def _running_extreme(kind: str):
         else:
             lo, hi = a.lo.cummin(-1).values, a.hi.cummin(-1).values
             can = ~(a.lo[..., :, None] > hi[..., None, :])
-        can = can & (i[:, None] <= i[None, :])
-        return _last(_held(a, lo, hi, can), d, back=True), None
+        return _held(a, lo, hi, can & (i[:, None] <= i[None, :]))
 
-    return op
+    return lambda a, dim: (values(a, dim), None)
 
 
 def _running(step):
@@ -568,14 +551,11 @@ def _running(step):
     by the rules of the operations it is made of."""
 
     def op(a: Iv, dim, dtype=None):
-        d = _box_dims(a, dim)[0]
-        size = a.lo.shape[d]
-        parts = [_narrowed(a, dim, t, 1) for t in range(size)]
-        done = [parts[0]]
-        for part in parts[1:]:
-            done.append(step(done[-1], part, dim))
-        cat = _RULES[aten.cat.default]
-        return cat(done, dim)
+        size = a.lo.shape[_box_dims(a, dim)[0]]
+        done = [_place(a, dim, 0, True)]
+        for t in range(1, size):
+            done.append(step(done[-1], _place(a, dim, t, True), dim))
+        return _RULES[aten.cat.default](done, dim)
 
     return op
 
@@ -936,7 +916,7 @@ _RULES = {
     aten.topk.default: _topk,
     aten.kthvalue.default: _kthvalue,
     aten.median.dim: _median,
-    aten.median.default: lambda a: _median(_flattened(a), -1)[0],
+    aten.median.default: lambda a: _median(_moved(torch.flatten)(a), -1)[0],
     aten.cummax.default: _running_extreme("max"),
     aten.cummin.default: _running_extreme("min"),
     aten.cumprod.default: _running(lambda p, c, dim: _times(p, c)),
