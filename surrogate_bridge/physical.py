@@ -136,6 +136,7 @@ class PhysicalFunction(nn.Module):
         super().__init__()
         self.rows = rows
         self.has_in, self.has_out = in_aff is not None, out_aff is not None
+        self.reference, self.box = in_aff, None  # where the probes are drawn (probe_points)
         for prefix, aff in (("in", in_aff), ("out", out_aff)):
             # an Affine as two buffers (the graph every route knows); a Scaling as its module
             affine = isinstance(aff, Affine)
@@ -171,20 +172,35 @@ class PhysicalFunction(nn.Module):
         return (x - self.in_shift) / self.in_scale if self.has_in else x
 
     def probes(self, n_in: int, rows: int = _PROBE_ROWS) -> torch.Tensor:
-        """Fixed pseudo-random physical points (rows, n_in), float64, where the model's own
-        inputs are standard normal: for probing the model and checking rewrites of its graph."""
-        gen = torch.Generator().manual_seed(0)
-        Z = torch.randn(rows, n_in, generator=gen, dtype=torch.float64)
-        if self.in_map is not None:  # moved inside where each inverse step is defined
-            return torch.as_tensor(self.in_map.scaling.physical(Z.numpy()))
-        if not self.has_in:
-            return Z
-        return Z * self.in_scale.detach().cpu().double() + self.in_shift.detach().cpu().double()
+        """Fixed pseudo-random physical points (rows, n_in), float64, for probing the model and
+        checking rewrites of its graph: see :func:`probe_points`. A function that applies no
+        input scaler (a loaded graph; a model of physical inputs) is probed through its
+        ``reference`` scaler, else in its ``box`` (the training domain) where either is known."""
+        scaler = getattr(self, "reference", None)  # (both absent from older pickles)
+        return probe_points(n_in, rows, scaler, getattr(self, "box", None))
 
     def _with_rows(self, rows: nn.Module) -> PhysicalFunction:
         twin = copy.copy(self)  # shares buffers and the model; only the row wrapper differs
         twin._modules = {**self._modules, "rows": rows}
         return twin
+
+
+def probe_points(n_in: int, rows: int, scaler: Scaler, box) -> torch.Tensor:
+    """Fixed pseudo-random physical points (rows, n_in), float64, where a model is checked:
+    standard normal in the model's own units through ``scaler`` (an ``Affine``, or a
+    ``Scaling`` moved inside where each inverse step is defined); without one, uniform in
+    ``box`` = (lb, ub), the training domain; with neither, standard normal. The same seed
+    every time, so that a surrogate and its saved copy are checked at the same points."""
+    gen = torch.Generator().manual_seed(0)
+    Z = torch.randn(rows, n_in, generator=gen, dtype=torch.float64)
+    if isinstance(scaler, Scaling):
+        return torch.as_tensor(scaler.physical(Z.numpy()))
+    if isinstance(scaler, Affine):
+        return Z * torch.as_tensor(scaler.scale) + torch.as_tensor(scaler.shift)
+    if box is not None:
+        lb, ub = (torch.as_tensor(np.asarray(b, dtype=np.float64)) for b in box)
+        return lb + (ub - lb) * torch.rand(rows, n_in, generator=gen, dtype=torch.float64)
+    return Z
 
 
 def frozen_copy(model, dtype: torch.dtype, device: torch.device):
@@ -379,12 +395,13 @@ def _second_derivatives(fn, x: torch.Tensor) -> str | None:
 
 def build(
     model, in_aff: Scaler, out_aff: Scaler, n_in: int, dtype, device,
-    n_in_from: str | None = None,
+    n_in_from: str | None = None, box=None,
 ) -> Built:  # fmt: skip
     """Probe ``model`` (already a frozen copy) once: how to call it, n_out, row independence,
-    smoothness. Raises ``ValueError`` naming what failed (and, for a failure of shapes, the
-    layer ``n_in_from`` that n_in was read from); leaves nothing behind on failure."""
-    X = PhysicalFunction(Batched(model), in_aff, None).probes(n_in).to(dtype).to(device)
+    smoothness, at :func:`probe_points` (in ``box``, the training domain, where ``in_aff`` is
+    None). Raises ``ValueError`` naming what failed (and, for a failure of shapes, the layer
+    ``n_in_from`` that n_in was read from); leaves nothing behind on failure."""
+    X = probe_points(n_in, _PROBE_ROWS, in_aff, box).to(dtype).to(device)
     rows, n_out, err = None, None, None
     wrappers = [Batched, Pointwise]
     for wrapper in wrappers:
@@ -443,6 +460,7 @@ def build(
             f"returns {n_out} outputs."
         )
     fn = PhysicalFunction(rows, in_aff, out_aff).to(device=device, dtype=dtype)
+    fn.box = box
     # a loaded graph's aten calls hide the functions' names: it declares the non-smooth ones
     # (the model's calls alone: a scaling's own where and clamp are smooth by construction)
     with torch.no_grad():

@@ -123,8 +123,11 @@ class Surrogate:
         flight in another thread finishes on the engine it started with."""
         model = self._model if model is None else model
         from_ = getattr(self, "_n_in_from", None)  # (absent from older pickles)
-        built = build(model, *self._baked, n_in, self.dtype, self.device, from_)
         self._domain.require_features(n_in)
+        box = self._domain.box()
+        built = build(model, *self._baked, n_in, self.dtype, self.device, from_, box)
+        if built.fn.reference is None:  # from_physical: probed in the reference scaler's units
+            built.fn.reference = self._in_aff
         if nonsmooth is not None:  # new weights, same layers: what was known still holds
             built.nonsmooth = nonsmooth
         engine = Engine(built.fn, n_in, built.n_out, self.dtype, self.device, self._route_policy)
@@ -146,6 +149,7 @@ class Surrogate:
         sur._out_aff = as_scaler(output_scaler, "Surrogate.from_physical: output_scaler")
         if isinstance(sur._in_aff, Scaling):  # (its graph applies it: still undefined where it is)
             sur._domain.defined = sur._in_aff.defined()
+        sur._built.fn.reference = sur._in_aff  # probes as the original's (probe_points)
         if nonsmooth_ops is not None:
             sur._built.nonsmooth = tuple(nonsmooth_ops)
         return sur

@@ -347,6 +347,29 @@ def test_loaded_surrogate_translates_to_casadi(saved):
     np.testing.assert_allclose(np.array(H), sur.hess(x)[0], rtol=1e-10, atol=1e-12)
 
 
+def test_a_loaded_graph_is_probed_where_the_original_was(tmp_path):
+    """A loaded graph applies its log input scaler itself, so it is probed through the saved
+    reference scaler: at the original's probe points, where the log is defined. (At standard
+    normal points every value was NaN, and the CasADi translation and the fast point routes
+    were refused as unchecked.)"""
+    pytest.importorskip("casadi")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X = np.random.default_rng(0).uniform([300.0, 1e5], [400.0, 3e5], size=(100, 2))
+    scaler = make_pipeline(FunctionTransformer(np.log, np.exp), MinMaxScaler()).fit(X)
+    sur = sb.Surrogate(mlp([2, 8, 1], nn.Tanh, seed=0), scaler)
+    sb.save(sur, tmp_path / "log.sbz")
+    back = sb.load(tmp_path / "log.sbz")
+    np.testing.assert_array_equal(back.function.probes(2), sur.function.probes(2))
+    F = sb.casadi_function(back, mode="symbolic")
+    for x in X[:3]:
+        np.testing.assert_allclose(np.array(F(x)).ravel(), sur(x), rtol=1e-13)
+    for x in X[:40]:  # auto measures the routes after 32 points
+        np.testing.assert_allclose(back.grad(x), sur.grad(x), rtol=1e-12)
+    assert "unavailable" not in back.point_route_report["note"]
+
+
 def test_save_into_missing_folder_is_clear(saved, tmp_path):
     sur, _ = saved
     with pytest.raises(FileNotFoundError, match="does not exist"):

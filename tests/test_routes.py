@@ -166,6 +166,21 @@ def test_a_route_is_checked_where_torch_is_finite_and_must_be_nan_where_torch_is
         sb.Surrogate(Root(-10.0), n_in=2, point_route=route)
 
 
+@pytest.mark.parametrize("route", ["numpy", "casadi"])
+def test_a_model_of_physical_inputs_is_checked_inside_its_domain(route):
+    """Without an input scaler the probe points are drawn in ``domain=``, where the model is
+    used: a model defined only there (a root of x - 10) is checked, not refused as NaN at
+    standard normal points that lie outside it."""
+    domain = ([10.0, -1.0], [20.0, 1.0])
+    sur = sb.Surrogate(Root(-10.0), n_in=2, domain=domain, point_route=route)
+    ref = sb.Surrogate(Root(-10.0), n_in=2, domain=domain, point_route="torch")
+    probes = sur.function.probes(2).numpy()
+    assert (probes >= domain[0]).all() and (probes <= domain[1]).all()
+    for x in ([12.0, 0.5], [19.0, -0.3]):
+        assert close(sur.hess(np.array(x)), ref.hess(np.array(x)))
+        assert close(sur.grad(np.array(x)), ref.grad(np.array(x)))
+
+
 def test_a_route_that_is_nan_where_torch_is_finite_is_not_the_same_function():
     from surrogate_bridge.routes import _gap
 
