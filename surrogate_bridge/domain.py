@@ -64,24 +64,27 @@ class Domain:
                 f"Surrogate: domain has {self.lb.size} features, the surrogate takes {n_in}."
             )
 
-    def outside(self, data: np.ndarray) -> str | None:
-        """A message naming the first point and feature outside the box, or None."""
+    def outside(self, data: np.ndarray, single: bool = False) -> str | None:
+        """A message naming the first point and feature outside the box (as the caller wrote
+        them: ``x[j]`` of a single point), or None."""
         tol = _REL_TOL * np.maximum(self.ub - self.lb, 1.0)
         out = (data < self.lb - tol) | (data > self.ub + tol)
         if not out.any():
             return None
         i, j = np.argwhere(out)[0]
+        n_out = int(out.any(axis=1).sum())
+        count = "" if single else f" ({n_out} of {data.shape[0]} points outside)"
         return (
-            f"x[{i}, {j}] = {data[i, j]:.6g} lies outside the training domain "
-            f"[{self.lb[j]:.6g}, {self.ub[j]:.6g}] of feature {j} ({int(out.any(axis=1).sum())} "
-            f"of {data.shape[0]} points outside); derivatives there are extrapolations."
+            f"{_entry(i, j, single)} = {data[i, j]:.6g} lies outside the training domain "
+            f"[{self.lb[j]:.6g}, {self.ub[j]:.6g}] of feature {j}{count}; derivatives there are "
+            "extrapolations."
         )
 
     def check(self, pts: Points, where: str) -> None:
         """Refuse points where the input scaler is undefined; apply the policy to the others
         (a no-op without bounds or when ignoring)."""
         if getattr(self, "defined", None) is not None:  # (absent from older pickles)
-            self._require_defined(pts.data, where)
+            self._require_defined(pts.data, where, pts.single)
         if not self.known or self._policy == "ignore":
             return
         data = pts.data
@@ -91,7 +94,7 @@ class Domain:
             if not bool(((data < lo - tol) | (data > hi + tol)).any()):
                 return
             data = to_host(data).astype(np.float64)
-        msg = self.outside(data)
+        msg = self.outside(data, pts.single)
         if msg is None:
             return
         if self._policy == "raise":
@@ -105,7 +108,7 @@ class Domain:
                 stacklevel=4,
             )
 
-    def _require_defined(self, data, where: str) -> None:
+    def _require_defined(self, data, where: str, single: bool = False) -> None:
         lo, hi = self.defined
         if isinstance(data, torch.Tensor):
             lo_t, hi_t = (
@@ -119,9 +122,9 @@ class Domain:
             return
         i, j = np.argwhere(bad)[0]
         raise ValueError(
-            f"{where}: x[{i}, {j}] = {data[i, j]:.6g} is outside where the input scaler is "
-            f"defined ({lo[j]:.6g} < x < {hi[j]:.6g} for feature {j}: a log or Box-Cox step "
-            "there); the surrogate has no value at it."
+            f"{where}: {_entry(i, j, single)} = {data[i, j]:.6g} is outside where the input "
+            f"scaler is defined ({lo[j]:.6g} < x < {hi[j]:.6g} for feature {j}: a log or "
+            "Box-Cox step there); the surrogate has no value at it."
         )
 
     def box(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -138,6 +141,11 @@ class Domain:
                 "which records the data range."
             )
         return Bounds(self.lb.copy(), self.ub.copy())
+
+
+def _entry(i: int, j: int, single: bool) -> str:
+    """Entry (i, j) of the points as the caller passed them: one point (n_in,), or (N, n_in)."""
+    return f"x[{j}]" if single else f"x[{i}, {j}]"
 
 
 def _read(bounds) -> tuple[np.ndarray, np.ndarray]:
