@@ -77,7 +77,30 @@ def _scaler(spec, data: np.ndarray | None, role: str) -> Affine | Scaling | None
                 "an Affine, a fitted sklearn scaler, or None."
             )
         return Affine.fit(data, kind=spec)
+    if _unfitted_sklearn(spec):  # as sklearn's own meta-estimators do: a fitted clone
+        if data is None:
+            raise ValueError(
+                f"fit: {role} is an unfitted {type(spec).__name__}, and there are no values y "
+                "to fit it to; pass it fitted, an Affine, or a string kind."
+            )
+        from sklearn.base import clone
+
+        spec = clone(spec).fit(data)
     return as_scaler(spec, f"fit: {role}")
+
+
+def _unfitted_sklearn(obj) -> bool:
+    """Whether ``obj`` is a sklearn estimator not yet fitted (never the user's object to fit)."""
+    if not type(obj).__module__.startswith("sklearn.") or not hasattr(obj, "fit"):
+        return False
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(obj)
+    except NotFittedError:
+        return True
+    return False
 
 
 def _slope(scaler, data: np.ndarray | None, N: int, k: int) -> np.ndarray:
@@ -342,7 +365,8 @@ def fit(
     dydx : array_like, shape (N, m, n), or (N, n) for m == 1, optional
         Gradients (Jacobians) in physical units. At least one of ``y`` and ``dydx`` is needed.
     input_scaler, output_scaler : "minmax", "standard", Affine, Scaling, sklearn scaler, or None
-        String kinds are fitted to ``X`` and ``y`` (a sklearn scaler comes fitted). With
+        String kinds are fitted to ``X`` and ``y``, and so is a copy of an unfitted sklearn
+        scaler (as sklearn's ``TransformedTargetRegressor`` does; yours is left as it is). With
         gradients only and a string output kind, the output scale is the gradients' magnitude
         times the input ranges (the RMS over samples of ``|dy_k/dx * x_scale|``), and the shift
         is set by ``anchor``. A scaler with a log or power step (``PowerTransformer``,
@@ -369,7 +393,9 @@ def fit(
         A progress bar (tqdm when installed, else a plain line every 10% on stderr); by default
         only when stderr is a terminal.
     **surrogate_kwargs
-        Passed to ``Surrogate`` (dtype, device, domain, ...).
+        Passed to ``Surrogate`` (dtype, device, extrapolation, ...). ``domain`` defaults to the
+        box of ``X`` (each feature's minimum and maximum): where the model was trained, so
+        ``sur.bounds()`` is known and points outside are warned of, whatever the scalers.
 
     Returns
     -------
@@ -435,6 +461,9 @@ def fit(
         )
         dtype = surrogate_kwargs.get("dtype", torch.float64)
         out_aff = _anchored(model, data, x_a, v_a, dtype)
+    if "domain" not in surrogate_kwargs:  # where it was trained: extrapolation is warned of
+        Xp = as_array(X, "fit", "X", (2,))
+        surrogate_kwargs["domain"] = (Xp.min(axis=0), Xp.max(axis=0))
     sur = Surrogate(model, data.in_aff, out_aff, **surrogate_kwargs)
     sur.history = history
     return sur

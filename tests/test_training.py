@@ -138,6 +138,39 @@ def test_fit_errors(grid, kwargs, err, match):
         sb.fit(mlp([2, 4, 1]), grid, progress=False, **kwargs)
 
 
+def test_an_unfitted_sklearn_scaler_is_fitted_as_a_copy(grid):
+    from sklearn.preprocessing import PowerTransformer, StandardScaler
+
+    X = grid + 4.0  # positive, for a Box-Cox step
+    y = (X**2).sum(1)
+    xs, ys = PowerTransformer(method="box-cox"), StandardScaler()
+    a = sb.fit(mlp([2, 8, 1], seed=0), X, y, input_scaler=xs, output_scaler=ys, epochs=30,
+               progress=False, seed=0)  # fmt: skip
+    assert not hasattr(xs, "lambdas_") and not hasattr(ys, "mean_")  # the user's are left as is
+    fitted = (PowerTransformer(method="box-cox").fit(X), StandardScaler().fit(y[:, None]))
+    b = sb.fit(mlp([2, 8, 1], seed=0), X, y, input_scaler=fitted[0], output_scaler=fitted[1],
+               epochs=30, progress=False, seed=0)  # fmt: skip
+    assert a.input_scaler.to_dict() == b.input_scaler.to_dict()
+    assert a.output_scaler.to_dict() == b.output_scaler.to_dict()
+    np.testing.assert_array_equal(a(X[:7]), b(X[:7]))
+    with pytest.raises(ValueError, match="output_scaler is an unfitted StandardScaler.*no values"):
+        sb.fit(mlp([2, 4, 1]), X, dydx=2 * X, output_scaler=StandardScaler(), progress=False)
+
+
+def test_the_domain_is_where_the_model_was_trained(grid):
+    """Whatever the scalers: a standard input scaler records no range, the data does."""
+    y = grid[:, 0] * grid[:, 1]
+    sur = sb.fit(mlp([2, 4, 1], seed=0), grid, y, input_scaler="standard", epochs=5,
+                 progress=False, seed=0)  # fmt: skip
+    np.testing.assert_array_equal(sur.bounds().lb, [-3.0, -3.0])
+    np.testing.assert_array_equal(sur.bounds().ub, [3.0, 3.0])
+    with pytest.warns(sb.ExtrapolationWarning, match=r"x\[0\] = 3.5 lies outside"):
+        sur([3.5, 0.0])
+    wide = sb.fit(mlp([2, 4, 1], seed=0), grid, y, input_scaler="standard", epochs=5,
+                  progress=False, seed=0, domain=([-9, -9], [9, 9]))  # fmt: skip
+    assert wide.domain[0].tolist() == [-9.0, -9.0]  # a domain passed is kept
+
+
 def test_fit_names_the_two_readings_of_a_1d_x(grid):
     with pytest.raises(ValueError, match=r"X must be 2-D .* shape \(100,\); .* X\[:, None\]"):
         sb.fit(mlp([1, 4, 1]), grid[:, 0], grid[:, 1], progress=False)
