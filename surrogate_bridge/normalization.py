@@ -8,7 +8,7 @@ import numpy as np
 
 from .convert import as_array
 
-__all__ = ["FIT_KINDS", "Affine"]
+__all__ = ["FIT_KINDS", "Affine", "column_order"]
 
 FIT_KINDS = ("minmax", "standard")  # what Affine.fit (and so sb.fit's string scalers) knows
 
@@ -224,9 +224,45 @@ def _read_pipeline(p) -> Affine:
 
 def _read_columns(ct) -> Affine:
     """A ColumnTransformer whose parts are affine scalers (or "passthrough") and that keeps
-    every column in its place: each column's own part's map. The data range is kept where
-    every part recorded one (MinMaxScaler). One that drops, repeats or reorders columns is not
-    per-feature: refused, saying which."""
+    every column in its place: each column's own part's map. One that reorders its columns is
+    a permutation after the per-feature map (:func:`column_order`, which Surrogate and fit
+    read); one that drops or repeats columns is refused, saying which."""
+    affine, order = _columns(ct)
+    if order != list(range(ct.n_features_in_)):
+        raise TypeError(
+            f"Affine.from_sklearn: the ColumnTransformer puts the columns in the order {order}, "
+            f"not each in its place (0..{ct.n_features_in_ - 1}), which no per-feature Affine "
+            "does; pass the ColumnTransformer itself to Surrogate or fit, which give the model "
+            "its inputs in that order."
+        )
+    return affine
+
+
+def column_order(scaler) -> tuple[Affine, list[int]] | None:
+    """``(affine, order)`` for a fitted ColumnTransformer of affine parts that lists its columns
+    out of place: ``scaler.transform(x) == affine.transform(x)[:, order]``, each column scaled
+    in its place by its own part, then permuted. None for any other scaler (also one that
+    keeps its columns in place: ``Affine.from_sklearn`` reads it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.compose import ColumnTransformer
+    >>> from sklearn.preprocessing import MinMaxScaler, StandardScaler
+    >>> X = np.array([[0.0, 1.0, 10.0], [2.0, 3.0, 30.0]])
+    >>> ct = ColumnTransformer([("s", StandardScaler(), [2]), ("m", MinMaxScaler(), [0, 1])])
+    >>> affine, order = column_order(ct.fit(X))
+    >>> order, np.allclose(affine.transform(X)[:, order], ct.transform(X))
+    ([2, 0, 1], True)
+    """
+    if type(scaler).__name__ != "ColumnTransformer" or not hasattr(scaler, "transformers_"):
+        return None
+    affine, order = _columns(scaler)
+    return None if order == list(range(scaler.n_features_in_)) else (affine, order)
+
+
+def _columns(ct) -> tuple[Affine, list[int]]:
+    """Each column's own part's map, in place, and the order in which ``ct`` lists them."""
     n = ct.n_features_in_
     names = list(getattr(ct, "feature_names_in_", []))
     shift, scale, lo, hi, order = np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n), []
@@ -249,13 +285,14 @@ def _read_columns(ct) -> Affine:
         if a.data_min is not None:
             lo[idx], hi[idx] = a.data_min, a.data_max
         order.extend(idx.tolist())
-    if order != list(range(n)):
+    if sorted(order) != list(range(n)):
+        twice = sorted({c for c in order if order.count(c) > 1})
         raise TypeError(
-            f"Affine.from_sklearn: the ColumnTransformer puts the columns in the order {order}, "
-            f"not each in its place (0..{n - 1}); the model's inputs would be permuted. List "
-            "its transformers in column order (remainder last, for the last columns)."
+            f"Affine.from_sklearn: the ColumnTransformer scales columns {twice} more than "
+            "once, so the model sees more features than x has; scale each column once."
         )
-    return Affine(shift, scale, **({"data_min": lo, "data_max": hi} if ranged else {}))
+    affine = Affine(shift, scale, **({"data_min": lo, "data_max": hi} if ranged else {}))
+    return affine, order
 
 
 def _affine_part(part, idx) -> None:

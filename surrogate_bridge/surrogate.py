@@ -18,7 +18,8 @@ from .convert import Points, as_points, as_vector, finish
 from .derivatives import Engine
 from .diagnostics import needs_warning, warn_nonsmooth
 from .domain import Domain
-from .physical import build, export, from_torchscript, frozen_copy
+from .normalization import column_order
+from .physical import Reordered, build, export, from_torchscript, frozen_copy
 from .points import CacheInfo, PointEvaluator
 from .scaling import Scaling, as_scaler
 
@@ -43,7 +44,10 @@ class Surrogate:
         ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``, a
         ``PowerTransformer``, a ``FunctionTransformer`` of ``np.log``/``log1p``/``exp``/``expm1``,
         or a ``Pipeline`` of them (an affine one is read as one :class:`Affine`, one with a log
-        or power step as a :class:`Scaling`); None: identity.
+        or power step as a :class:`Scaling`); None: identity. An input ``ColumnTransformer`` of
+        affine scalers: one :class:`Affine` of each column in its place, and where it lists
+        the columns out of order, the model is given them in that order (``input_scaler`` is
+        then the Affine in x's order).
     dtype : torch.dtype
         Working dtype (float64 by default: solver-grade derivatives).
     device : str or torch.device, optional
@@ -104,6 +108,10 @@ class Surrogate:
     ) -> None:
         check_arguments(model, dtype, cache_size, point_route)
         self.dtype, self.device = dtype, check_device(device)
+        reordered = column_order(input_scaler)
+        if reordered is not None:  # a ColumnTransformer listing its columns out of place
+            input_scaler, order = reordered
+            model = Reordered(from_torchscript(model, len(order)), order)
         self._in_aff = as_scaler(input_scaler, "Surrogate: input_scaler")
         self._out_aff = as_scaler(output_scaler, "Surrogate: output_scaler")
         self._baked = (self._in_aff, self._out_aff)  # what the function applies (_setup)

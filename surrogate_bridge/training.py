@@ -19,8 +19,8 @@ from torch import nn
 
 from .convert import as_array
 from .derivatives import rowwise
-from .normalization import FIT_KINDS, Affine
-from .physical import frozen_copy
+from .normalization import FIT_KINDS, Affine, column_order
+from .physical import Reordered, frozen_copy
 from .scaling import Scaling, as_scaler
 from .surrogate import Surrogate
 
@@ -77,16 +77,21 @@ def _scaler(spec, data: np.ndarray | None, role: str) -> Affine | Scaling | None
                 "an Affine, a fitted sklearn scaler, or None."
             )
         return Affine.fit(data, kind=spec)
-    if _unfitted_sklearn(spec):  # as sklearn's own meta-estimators do: a fitted clone
-        if data is None:
-            raise ValueError(
-                f"fit: {role} is an unfitted {type(spec).__name__}, and there are no values y "
-                "to fit it to; pass it fitted, an Affine, or a string kind."
-            )
-        from sklearn.base import clone
-
-        spec = clone(spec).fit(data)
+    if _unfitted_sklearn(spec):
+        spec = _scaler_fitted(spec, data, role)
     return as_scaler(spec, f"fit: {role}")
+
+
+def _scaler_fitted(spec, data: np.ndarray | None, role: str):
+    """As sklearn's own meta-estimators do: a clone of ``spec`` fitted to ``data``."""
+    if data is None:
+        raise ValueError(
+            f"fit: {role} is an unfitted {type(spec).__name__}, and there are no values y to "
+            "fit it to; pass it fitted, an Affine, or a string kind."
+        )
+    from sklearn.base import clone
+
+    return clone(spec).fit(data)
 
 
 def _unfitted_sklearn(obj) -> bool:
@@ -152,6 +157,7 @@ class _Data:
     Z: torch.Tensor  # (N, n) inputs
     T: torch.Tensor | None  # (N, m) values
     GT: torch.Tensor | None  # (N, m, n) gradients
+    model: nn.Module  # the model trained: the caller's, or it taking a ColumnTransformer's order
     in_aff: Affine | Scaling | None
     out_aff: Affine | Scaling | None
     m: int
@@ -209,6 +215,12 @@ def _prepare(model, X, y, dydx, input_scaler, output_scaler) -> _Data:
     m = Y.shape[1] if Y is not None else G.shape[1]
     _check_model(model, X, m)
 
+    if _unfitted_sklearn(input_scaler):
+        input_scaler = _scaler_fitted(input_scaler, X, "input_scaler")
+    reordered = column_order(input_scaler)
+    if reordered is not None:  # trained on X as the ColumnTransformer orders it, model in place
+        input_scaler, order = reordered
+        model = Reordered(model, order)
     in_aff = _scaler(input_scaler, X, "input_scaler")
     x_slope = _slope(in_aff, X, N, n)  # dz/dx, per sample and feature
     if Y is not None or not isinstance(output_scaler, str):
@@ -233,6 +245,7 @@ def _prepare(model, X, y, dydx, input_scaler, output_scaler) -> _Data:
         Z=tens(X if in_aff is None else in_aff.transform(X)),
         T=tens(None if Y is None else Y if out_aff is None else out_aff.transform(Y)),
         GT=tens(G),
+        model=model,
         in_aff=in_aff,
         out_aff=out_aff,
         m=m,
@@ -434,7 +447,7 @@ def fit(
     model.train()
     try:
         history = _train(
-            model,
+            data.model,
             data,
             perm[n_val:],
             perm[:n_val],
@@ -460,10 +473,10 @@ def fit(
             else (as_array(a, "fit", "anchor", (0, 1)).reshape(-1) for a in anchor)
         )
         dtype = surrogate_kwargs.get("dtype", torch.float64)
-        out_aff = _anchored(model, data, x_a, v_a, dtype)
+        out_aff = _anchored(data.model, data, x_a, v_a, dtype)
     if "domain" not in surrogate_kwargs:  # where it was trained: extrapolation is warned of
         Xp = as_array(X, "fit", "X", (2,))
         surrogate_kwargs["domain"] = (Xp.min(axis=0), Xp.max(axis=0))
-    sur = Surrogate(model, data.in_aff, out_aff, **surrogate_kwargs)
+    sur = Surrogate(data.model, data.in_aff, out_aff, **surrogate_kwargs)
     sur.history = history
     return sur

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .physical import frozen_copy
+from .physical import Reordered, frozen_copy
 from .surrogate import Surrogate, require_surrogate
 
 __all__ = ["update_weights"]
@@ -36,7 +36,8 @@ def update_weights(sur: Surrogate, source: nn.Module | Mapping[str, Any]) -> Non
     True
     """
     require_surrogate(sur, "update_weights")
-    if not isinstance(sur._model, nn.Module):
+    inner = sur._model.model if isinstance(sur._model, Reordered) else sur._model
+    if not isinstance(inner, nn.Module):
         raise TypeError("update_weights: this surrogate's model is a plain function: no weights.")
     state = source.state_dict() if isinstance(source, nn.Module) else source
     if not hasattr(state, "items"):
@@ -45,14 +46,16 @@ def update_weights(sur: Surrogate, source: nn.Module | Mapping[str, Any]) -> Non
             f"{type(source).__name__}."
         )
     fresh = frozen_copy(sur._model, sur.dtype, sur.device)  # the weights in use stay untouched
-    own = fresh.state_dict()
+    # (a ColumnTransformer's reordering wraps the model: the weights are the model's own)
+    target = fresh.model if isinstance(fresh, Reordered) else fresh
+    own = target.state_dict()
     moved = {
         k: torch.as_tensor(v).to(own[k].device, own[k].dtype) if k in own else v
         for k, v in state.items()
     }
     try:
         with torch.no_grad():
-            fresh.load_state_dict(moved, strict=True)
+            target.load_state_dict(moved, strict=True)
     except RuntimeError as err:
         said = " ".join(str(err).split())[:300]  # torch's own lines: which keys, which shapes
         raise ValueError(

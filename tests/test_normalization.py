@@ -165,11 +165,15 @@ def test_column_transformer_by_column_names_keeps_the_data_range():
 @pytest.mark.parametrize(
     ("parts", "match"),
     [
-        ([("b", StandardScaler(), [1]), ("a", MinMaxScaler(), [0, 2])], r"order \[1, 0, 2\]"),
+        (
+            [("b", StandardScaler(), [1]), ("a", MinMaxScaler(), [0, 2])],
+            r"order \[1, 0, 2\].*pass the ColumnTransformer itself to Surrogate or fit",
+        ),
+        ([("a", MinMaxScaler(), [0, 1, 2]), ("b", StandardScaler(), [1])], r"columns \[1\] more"),
         ([("a", MinMaxScaler(), [0, 1])], r"drops columns \[2\]"),  # the remainder
         ([("a", MinMaxScaler(), [0, 1]), ("f", "log", [2])], "FunctionTransformer"),
     ],
-    ids=["reordered", "dropped", "not-affine"],
+    ids=["reordered", "repeated", "dropped", "not-affine"],
 )
 def test_column_transformers_that_are_not_per_feature_are_refused(parts, match):
     from sklearn.compose import ColumnTransformer
@@ -179,3 +183,53 @@ def test_column_transformers_that_are_not_per_feature_are_refused(parts, match):
     ct = ColumnTransformer(parts).fit(_column_data())
     with pytest.raises(TypeError, match=match):
         sb.Affine.from_sklearn(ct)
+
+
+REORDERED = [("b", StandardScaler(), [1]), ("a", MinMaxScaler(), [2, 0])]
+
+
+@pytest.mark.parametrize("route", ["torch", "numpy", "casadi"])
+def test_a_column_transformer_out_of_column_order_gives_the_model_its_order(route, tmp_path):
+    """Each column scaled in place, then permuted, as the ColumnTransformer hands them to the
+    model it trained: the same values, and derivatives against central differences, on every
+    route, loaded, and with new weights."""
+    from sklearn.compose import ColumnTransformer
+
+    pytest.importorskip("casadi")
+    X = _column_data()
+    ct = ColumnTransformer(REORDERED).fit(X)
+    net = mlp([3, 8, 2], seed=1)
+    sur = sb.Surrogate(net, ct, point_route=route)
+    assert sur.point_route == route
+    with torch.no_grad():
+        want = net(torch.as_tensor(ct.transform(X[:6]))).numpy()
+    np.testing.assert_allclose(sur(X[:6]), want, rtol=1e-13)
+    for x, w in zip(X[:3], want, strict=False):  # one point at a time: the route's answers
+        np.testing.assert_allclose(sur(x), w, rtol=1e-13)
+        h = 1e-5 * np.ptp(X, axis=0)  # of each feature's range (the third's is 0.02 wide)
+        fd = np.stack([(sur(x + e) - sur(x - e)) / (2 * e.sum()) for e in np.diag(h)], -1)
+        np.testing.assert_allclose(sur.jac(x), fd, rtol=1e-6, atol=1e-9)
+        H = sur.hess(x)
+        fdh = np.stack([(sur.jac(x + e) - sur.jac(x - e)) / (2 * e.sum()) for e in np.diag(h)], -1)
+        np.testing.assert_allclose(H, fdh, rtol=1e-5, atol=1e-7)
+    sb.save(sur, tmp_path / "ct.sbz")
+    np.testing.assert_array_equal(sb.load(tmp_path / "ct.sbz")(X[:6]), sur(X[:6]))
+    new = mlp([3, 8, 2], seed=2)
+    sb.update_weights(sur, new)  # the model's own weights, not the wrapper's
+    with torch.no_grad():
+        np.testing.assert_allclose(sur(X[:6]), new(torch.as_tensor(ct.transform(X[:6]))), 1e-13)
+
+
+def test_fit_trains_the_model_on_the_column_transformers_order():
+    from sklearn.compose import ColumnTransformer
+
+    X = _column_data()
+    y = X[:, 0] * X[:, 2]
+    ct = ColumnTransformer(REORDERED)  # unfitted: fit fits a copy
+    net = mlp([3, 8, 1], seed=0)
+    sur = sb.fit(net, X, y, input_scaler=ct, epochs=50, progress=False, seed=0)
+    fitted = ColumnTransformer(REORDERED).fit(X)
+    out = sur.output_scaler
+    with torch.no_grad():  # the caller's model, trained in place, on X as the transformer orders it
+        z = net(torch.as_tensor(fitted.transform(X[:5])))[:, 0].numpy()
+    np.testing.assert_allclose(sur(X[:5]), z * out.scale[0] + out.shift[0], rtol=1e-12)
