@@ -49,7 +49,7 @@ def as_points(x, n_in: int, where: str, name: str = "x") -> Points:
             raise TypeError(
                 f"{where}: {name} has dtype {x.dtype}, expected a real floating or integer tensor."
             )
-        arr = x
+        arr = x.contiguous()  # (as numpy input is copied: the same bits for any strides)
     else:  # a private copy: the cache key's owner
         arr = _real_copy(x, where, name, f" {_shape_hint(n_in)}")
     if arr.ndim == 0 and n_in == 1:
@@ -87,7 +87,9 @@ def _real_copy(a, where: str, name: str, hint: str = "") -> np.ndarray:
             f"{where}: {name} is a masked array with masked entries at {at:.80}; fill them "
             f"first ({name}.filled(value)) or pass the unmasked rows."
         )
-    return np.array(arr, dtype=np.float64, copy=True)
+    # C order: a column-major array (a DataFrame's values, X.T of a transposed array) then
+    # reaches the kernels as a row-major one does, and gives the same bits
+    return np.array(arr, dtype=np.float64, copy=True, order="C")
 
 
 _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)

@@ -790,3 +790,15 @@ def test_device_results_match_cpu(device):
     assert H.device.type == device and H.dtype == torch.float64
     np.testing.assert_allclose(H.cpu().numpy(), ref.hess(X), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(sur.hess(X[0]), ref.hess(X[0]), rtol=1e-12, atol=1e-15)
+
+
+def test_the_memory_layout_of_x_does_not_change_a_bit():
+    """A column-major array (a DataFrame's values) or a strided tensor gives the same bits as
+    a row-major one: results are a function of the numbers alone."""
+    X = np.random.default_rng(0).uniform([1, 100, 0], [5, 300, 1], (40, 3))
+    sur = sb.Surrogate(mlp([3, 8, 1], seed=0), StandardScaler().fit(X))
+    for kind in ("__call__", "grad", "hess"):
+        f = getattr(sur, kind)
+        np.testing.assert_array_equal(f(np.asfortranarray(X)), f(X))
+        T = torch.as_tensor(X)
+        assert torch.equal(f(T.T.contiguous().T), f(T))
