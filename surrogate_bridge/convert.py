@@ -70,6 +70,34 @@ def as_points(x, n_in: int, where: str, name: str = "x") -> Points:
     return Points(data=data, single=single, is_torch=isinstance(x, torch.Tensor))
 
 
+def feature_names(obj) -> tuple[str, ...] | None:
+    """The string column names a fitted sklearn scaler (``feature_names_in_``) or a pandas
+    DataFrame (``columns``) holds, or None."""
+    names = getattr(obj, "feature_names_in_", None)
+    if names is None and type(obj).__module__.startswith("pandas") and obj.ndim == 2:
+        names = obj.columns
+    if names is None or not all(isinstance(n, str) for n in names):
+        return None
+    return tuple(names)
+
+
+def check_feature_names(x, names: tuple[str, ...], where: str, name: str = "x") -> None:
+    """A pandas ``x`` whose column names (a Series': its index) are not ``names`` in order is
+    refused, as sklearn refuses it; unnamed columns and arrays pass (their order is the
+    caller's to keep)."""
+    if not type(x).__module__.startswith("pandas"):
+        return
+    got = x.columns if x.ndim == 2 else x.index if len(names) > 1 else None
+    if got is None or not all(isinstance(n, str) for n in got) or tuple(got) == names:
+        return
+    missing, extra = [n for n in names if n not in set(got)], [n for n in got if n not in names]
+    how = f"lacks {missing}" if missing else f"also has {extra}" if extra else "has another order"
+    raise ValueError(
+        f"{where}: {name} has the columns {list(got)}, but the surrogate was fitted on "
+        f"{list(names)} in that order; {name} {how}. Pass {name}[{list(names)}]."
+    )
+
+
 def _real_copy(a, where: str, name: str, hint: str = "") -> np.ndarray:
     """A float64 copy of real numbers (float, int); ``TypeError`` naming what came otherwise."""
     try:

@@ -110,6 +110,7 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
         "domain": None if box is None else [box[0].tolist(), box[1].tolist()],
         "nonsmooth": list(sur.nonsmooth_ops),
         "extrapolation": sur.extrapolation,
+        "feature_names": None if sur.feature_names is None else list(sur.feature_names),
         "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in payloads.items()},
     }
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
@@ -191,7 +192,7 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
     except (Refused, ValueError, TypeError, KeyError, IndexError, RecursionError) as err:
         raise ValueError(f"load: {path!r} is damaged or was edited: {err}") from err
     try:
-        return Surrogate.from_physical(  # the graph is the physical function (scalers included)
+        sur = Surrogate.from_physical(  # the graph is the physical function (scalers included)
             fn,
             n_in=meta["n_in"],
             dtype=dtype,
@@ -203,6 +204,9 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
         )
     except (ValueError, TypeError) as err:
         raise ValueError(f"load: {path!r} does not give a working surrogate: {err}") from err
+    names = meta.get("feature_names")  # (absent from files of earlier versions)
+    sur._names = None if names is None else tuple(names)
+    return sur
 
 
 def _check_stored(zf: zipfile.ZipFile, size: int) -> None:
@@ -240,6 +244,16 @@ def _check_meta(meta, payloads: dict) -> None:
     need(isinstance(ops, list) and all(isinstance(o, str) for o in ops), "nonsmooth")
     for key in ("input_scaler", "output_scaler", "domain"):
         need(key in meta, f"{key} is missing")
+    names = meta.get("feature_names")
+    need(
+        names is None
+        or (
+            isinstance(names, list)
+            and len(names) == meta["n_in"]
+            and all(isinstance(n, str) for n in names)
+        ),
+        "feature_names is not a list of n_in strings",
+    )
     digests = meta.get("sha256")
     need(isinstance(digests, dict) and set(digests) == set(payloads), "sha256 is incomplete")
     for name, data in payloads.items():

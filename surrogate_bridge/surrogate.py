@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from .arguments import check_arguments, check_device, infer_n_in
-from .convert import Points, as_points, as_vector, finish
+from .convert import Points, as_points, as_vector, check_feature_names, feature_names, finish
 from .derivatives import Engine
 from .diagnostics import needs_warning, warn_nonsmooth
 from .domain import Domain
@@ -108,6 +108,7 @@ class Surrogate:
     ) -> None:
         check_arguments(model, dtype, cache_size, point_route)
         self.dtype, self.device = dtype, check_device(device)
+        self._names = feature_names(input_scaler)  # pandas input is checked against them
         reordered = column_order(input_scaler)
         if reordered is not None:  # a ColumnTransformer listing its columns out of place
             input_scaler, order = reordered
@@ -185,6 +186,11 @@ class Surrogate:
         doc="What the route choice measured: build and probe seconds, microseconds per kind.",
     )
     domain = property(lambda self: self._domain.box(), doc="(lb, ub) copies, or None.")
+    feature_names = property(
+        lambda self: getattr(self, "_names", None),
+        doc="The inputs' names (the input scaler's feature_names_in_, or fit's DataFrame "
+        "columns), or None: a pandas x must have these columns in this order.",
+    )
     vectorized = property(lambda self: Vectorized(self), doc="scipy's x (n, S) -> (S,) form.")
     extrapolation = property(
         lambda self: self._domain.policy,
@@ -238,6 +244,9 @@ class Surrogate:
                 f"{where} is for scalar surrogates (n_out == 1); this one has n_out = "
                 f"{self._built.n_out}. Use {scalar_only} instead."
             )
+        names = getattr(self, "_names", None)  # (absent from older pickles)
+        if names is not None and type(x) is not np.ndarray:
+            check_feature_names(x, names, where)
         pts = as_points(x, self._n_in, where)
         self._domain.check(pts, where)
         return pts

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .convert import as_array
+from .convert import as_array, check_feature_names, feature_names
 from .derivatives import rowwise
 from .normalization import FIT_KINDS, Affine, column_order
 from .physical import Reordered, frozen_copy
@@ -187,6 +187,9 @@ def _check_options(epochs, lr, batch_size, weights, validation, patience) -> Non
 
 def _prepare(model, X, y, dydx, input_scaler, output_scaler) -> _Data:
     """Validate the data against each other and the model; normalize it."""
+    names = feature_names(input_scaler)
+    if names is not None:  # a DataFrame's columns as the scaler saw them, or refused
+        check_feature_names(X, names, "fit", "X")
     X = as_array(X, "fit", "X", (1, 2))
     if X.ndim == 1:  # N samples of one feature, or one sample of N features: not guessed
         raise ValueError(
@@ -478,5 +481,6 @@ def fit(
         Xp = as_array(X, "fit", "X", (2,))
         surrogate_kwargs["domain"] = (Xp.min(axis=0), Xp.max(axis=0))
     sur = Surrogate(data.model, data.in_aff, out_aff, **surrogate_kwargs)
+    sur._names = feature_names(input_scaler) or feature_names(X)
     sur.history = history
     return sur

@@ -308,6 +308,8 @@ def test_every_bit_flip_in_the_weights_is_refused(saved, tmp_path):
         ("format", 1, "format 1"),
         ("rows", "sideways", "rows='sideways'"),
         ("sha256", {}, "sha256 is incomplete"),
+        ("feature_names", ["a"], "feature_names is not a list of n_in strings"),
+        ("feature_names", [1, 2], "feature_names is not a list of n_in strings"),
     ],
 )
 def test_edited_metadata_gives_clear_errors(saved, tmp_path, key, value, match):

@@ -792,6 +792,42 @@ def test_device_results_match_cpu(device):
     np.testing.assert_allclose(sur.hess(X[0]), ref.hess(X[0]), rtol=1e-12, atol=1e-15)
 
 
+def test_pandas_inputs_are_checked_against_the_scalers_feature_names(tmp_path):
+    """As sklearn refuses a DataFrame whose columns differ from those it was fitted on: a
+    silent permutation of the inputs would be a wrong answer with no error."""
+    pd = pytest.importorskip("pandas")
+    X = np.random.default_rng(0).uniform([1, 100, 0], [5, 300, 1], (40, 3))
+    df = pd.DataFrame(X, columns=["T", "P", "phi"])
+    sur = sb.Surrogate(mlp([3, 8, 1], seed=0), StandardScaler().fit(df))
+    assert sur.feature_names == ("T", "P", "phi")
+    sb.save(sur, tmp_path / "named.sbz")
+    for s in (sur, sb.load(tmp_path / "named.sbz")):
+        assert s.feature_names == ("T", "P", "phi")
+        np.testing.assert_array_equal(s(df.iloc[:4]), s(X[:4]))  # named and in order
+        assert s.grad(df.iloc[2]).tolist() == s.grad(X[2]).tolist()  # a row: its index
+        np.testing.assert_array_equal(s(pd.DataFrame(X[:4])), s(X[:4]))  # unnamed: as given
+        for cols, why in (
+            (["P", "T", "phi"], "has another order"),
+            (["T", "P"], r"lacks \['phi'\]"),
+            (["T", "P", "phi", "flow"], r"also has \['flow'\]"),
+        ):
+            other = df.assign(flow=1.0)[cols]
+            with pytest.raises(ValueError, match=rf"x has the columns .*{why}\. Pass x\["):
+                s(other.iloc[:4])
+        with pytest.raises(ValueError, match=r"Surrogate.hess: x has the columns \['P', 'T'"):
+            s.hess(df[["P", "T", "phi"]].iloc[0])
+
+
+def test_fit_keeps_a_dataframes_column_names_and_checks_them_against_a_fitted_scaler():
+    pd = pytest.importorskip("pandas")
+    X = np.random.default_rng(0).uniform(-1, 1, (40, 2))
+    df = pd.DataFrame(X, columns=["a", "b"])
+    sur = sb.fit(mlp([2, 4, 1]), df, X[:, 0], epochs=5, progress=False, seed=0)
+    assert sur.feature_names == ("a", "b")
+    with pytest.raises(ValueError, match=r"fit: X has the columns \['b', 'a'\].*\['a', 'b'\]"):
+        sb.fit(mlp([2, 4, 1]), df[["b", "a"]], X[:, 0], input_scaler=MinMaxScaler().fit(df))
+
+
 def test_the_memory_layout_of_x_does_not_change_a_bit():
     """A column-major array (a DataFrame's values) or a strided tensor gives the same bits as
     a row-major one: results are a function of the numbers alone."""
