@@ -54,6 +54,7 @@ _PROBE_ROWS = 3
 _CUT_CHECKED = 64  # outputs checked one by one for a cut graph
 # deep-copying a torch.export graph module makes torch warn about its own pytree API
 _TREESPEC = ".*treespec.*"
+_ASSIGNED = "The tensor attributes .* were assigned during export"
 Scaler = Affine | Scaling | None
 
 
@@ -604,7 +605,10 @@ def export(
     example = torch.zeros(1 if one_point else 2, n_in, dtype=dtype)
     dynamic = None if one_point else ({0: torch.export.Dim("batch")},)
     try:
-        return torch.export.export(module, (example,), dynamic_shapes=dynamic)
+        with warnings.catch_warnings():  # nn.RNN/GRU/LSTM rebuild their weight list on every
+            # call, which torch.export notes; they are captured with the graph all the same
+            warnings.filterwarnings("ignore", message=_ASSIGNED, category=UserWarning)
+            return torch.export.export(module, (example,), dynamic_shapes=dynamic)
     except Exception as err:  # torch.export raises many types: say what failed and why
         first = str(err).splitlines()[0] if str(err) else ""
         raise ExportError(

@@ -732,3 +732,37 @@ def test_property_random_layer_graphs_round_trip(case, tmp_path_factory):
     for x in np.random.default_rng(2).normal(size=(2, n_in)):
         np.testing.assert_allclose(back.jac(x), sur.jac(x), rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(back.hess(x), sur.hess(x), rtol=1e-12, atol=1e-15)
+
+
+class _Recurrent(nn.Module):
+    """A sequence model of three steps of two inputs: how dynamics surrogates are often built."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell, self.head = cell(2, 6, batch_first=True), nn.Linear(6, 1)
+
+    def forward(self, x):
+        h, _ = self.cell(x.reshape(x.shape[0], 3, 2))
+        return self.head(h[:, -1])
+
+
+@pytest.mark.parametrize("cell", [nn.RNN, nn.GRU, nn.LSTM], ids=["rnn", "gru", "lstm"])
+def test_recurrent_models_save_and_translate_quietly_and_exactly(cell, tmp_path):
+    """torch.export notes the weight list these modules rebuild per call (an error here, under
+    filterwarnings=error); the saved graph and the CasADi translation are the same function."""
+    torch.manual_seed(0)
+    sur = sb.Surrogate(_Recurrent(cell).double(), n_in=6)
+    X = np.random.default_rng(0).normal(size=(5, 6))
+    x = X[0]
+    h = 1e-5
+    fd = np.stack([(sur.grad(x + e) - sur.grad(x - e)) / (2 * h) for e in np.eye(6) * h])
+    np.testing.assert_allclose(sur.hess(x), fd, atol=1e-8)
+    sb.save(sur, tmp_path / "rnn.sbz")
+    loaded = sb.load(tmp_path / "rnn.sbz")
+    np.testing.assert_array_equal(loaded(X), sur(X))
+    np.testing.assert_allclose(loaded.hess(X), sur.hess(X), rtol=1e-13, atol=1e-15)
+    ca = pytest.importorskip("casadi")
+    F = sb.casadi_function(sur, mode="symbolic")
+    np.testing.assert_allclose(float(F(x)), sur(x), rtol=1e-14)
+    J = ca.Function("J", [F.mx_in(0)], [ca.jacobian(F(F.mx_in(0)), F.mx_in(0))])
+    np.testing.assert_allclose(np.array(J(x)).ravel(), sur.grad(x), rtol=1e-12, atol=1e-15)
