@@ -33,9 +33,9 @@ def check_arguments(model, dtype, cache_size, point_route) -> None:
         raise ValueError(f"Surrogate: cache_size must be an int >= 0, got {cache_size!r}.")
 
 
-def check_device(device, where: str = "Surrogate") -> torch.device:
-    """A validated torch.device; "cuda" -> "cuda:k" (the current one), so comparisons with
-    tensors' devices hold."""
+def check_device(device, where: str = "Surrogate", dtype=torch.float64) -> torch.device:
+    """A validated torch.device that can hold ``dtype`` tensors; "cuda" -> "cuda:k" (the
+    current one), so comparisons with tensors' devices hold."""
     try:
         dev = torch.device("cpu" if device is None else device)
     except (RuntimeError, TypeError) as err:
@@ -50,6 +50,19 @@ def check_device(device, where: str = "Surrogate") -> torch.device:
             )
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "meta":
+        raise ValueError(f"{where}: device='meta' holds shapes, not numbers; use device='cpu'.")
+    if dev.type not in ("cpu", "cuda"):  # mps, xpu, ...: torch's own error names no argument
+        try:
+            torch.empty(1, dtype=dtype, device=dev)
+        except (RuntimeError, TypeError, AssertionError) as err:
+            said = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+            raise ValueError(
+                f"{where}: device={device!r} cannot hold {dtype} tensors in this torch "
+                f"({said:.120}); use device='cpu'"
+                + (", or dtype=torch.float32 (MPS has no float64)" if dev.type == "mps" else "")
+                + "."
+            ) from err
     return dev
 
 

@@ -107,7 +107,7 @@ class Surrogate:
         point_route: str = "auto",
     ) -> None:
         check_arguments(model, dtype, cache_size, point_route)
-        self.dtype, self.device = dtype, check_device(device)
+        self.dtype, self.device = dtype, check_device(device, dtype=dtype)
         self._names = feature_names(input_scaler)  # pandas input is checked against them
         reordered = column_order(input_scaler)
         if reordered is not None:  # a ColumnTransformer listing its columns out of place

@@ -341,6 +341,10 @@ def _cuda():
     return sb.Surrogate(mlp([2, 4, 1]), device="cuda")
 
 
+def _mps():  # refused both where torch has no MPS and where it has (MPS has no float64)
+    return sb.Surrogate(mlp([2, 4, 1]), device="mps")
+
+
 CATALOGUE = {
     # constructor
     "model-class": (lambda: sb.Surrogate(Net), TypeError, "class Net, not an instance"),
@@ -351,6 +355,8 @@ CATALOGUE = {
     "dtype": (lambda: sb.Surrogate(Net(), dtype=torch.int32), TypeError, "floating torch.dtype"),
     "device-bogus": (lambda: sb.Surrogate(Net(), device="bogus"), ValueError, "not a torch device"),
     "device-cuda": (_cuda, ValueError, "no CUDA device"),
+    "device-meta": (lambda: sb.Surrogate(Net(), device="meta"), ValueError, "shapes, not numbers"),
+    "device-mps": (_mps, ValueError, r"device='mps' cannot hold torch.float64 .*dtype=torch.fl"),
     "cache": (lambda: sb.Surrogate(Net(), cache_size=-1), ValueError, "cache_size"),
     "n_in": (lambda: sb.Surrogate(Net(), n_in=0), ValueError, "n_in must be a positive int"),
     "policy": (lambda: sb.Surrogate(Net(), extrapolation="loud"), ValueError, "warn.*ignore"),
