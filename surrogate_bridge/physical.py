@@ -73,19 +73,6 @@ class Batched(nn.Module):
         return self
 
 
-class Reordered(nn.Module):
-    """The model of inputs in a ColumnTransformer's column order: ``model(z[..., order])``,
-    where ``z`` is normalized with each column in its place (``normalization.column_order``)."""
-
-    def __init__(self, model, order) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("order", torch.as_tensor(order, dtype=torch.long))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model(z[..., self.order])
-
-
 class Pointwise(Batched):
     """A model written for one unbatched point (n,): vectorized with ``torch.func.vmap``."""
 

@@ -18,9 +18,9 @@ from .convert import Points, as_points, as_vector, check_feature_names, feature_
 from .derivatives import Engine
 from .diagnostics import needs_warning, warn_nonsmooth
 from .domain import Domain
-from .normalization import column_order
-from .physical import Reordered, build, export, from_torchscript, frozen_copy
+from .physical import build, export, from_torchscript, frozen_copy
 from .points import CacheInfo, PointEvaluator
+from .projections import around_model
 from .scaling import Scaling, as_scaler
 
 __all__ = [
@@ -47,7 +47,10 @@ class Surrogate:
         or power step as a :class:`Scaling`); None: identity. An input ``ColumnTransformer`` of
         affine scalers: one :class:`Affine` of each column in its place, and where it lists
         the columns out of order, the model is given them in that order (``input_scaler`` is
-        then the Affine in x's order).
+        then the Affine in x's order). A fitted ``PCA``, ``IncrementalPCA`` or ``TruncatedSVD``,
+        alone or in a ``Pipeline`` between per-feature scalers: a linear layer around the model
+        (inputs: n physical -> k model inputs; outputs: k coefficients -> m physical outputs),
+        the per-feature steps on the physical side staying the scaler.
     dtype : torch.dtype
         Working dtype (float64 by default: solver-grade derivatives).
     device : str or torch.device, optional
@@ -109,10 +112,9 @@ class Surrogate:
         check_arguments(model, dtype, cache_size, point_route)
         self.dtype, self.device = dtype, check_device(device, dtype=dtype)
         self._names = feature_names(input_scaler)  # pandas input is checked against them
-        reordered = column_order(input_scaler)
-        if reordered is not None:  # a ColumnTransformer listing its columns out of place
-            input_scaler, order = reordered
-            model = Reordered(from_torchscript(model, len(order)), order)
+        model, input_scaler, output_scaler = around_model(  # PCA, a ColumnTransformer's order
+            model, input_scaler, output_scaler, "Surrogate", n_in
+        )
         self._in_aff = as_scaler(input_scaler, "Surrogate: input_scaler")
         self._out_aff = as_scaler(output_scaler, "Surrogate: output_scaler")
         self._baked = (self._in_aff, self._out_aff)  # what the function applies (_setup)

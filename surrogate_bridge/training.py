@@ -19,8 +19,9 @@ from torch import nn
 
 from .convert import as_array, check_feature_names, feature_names
 from .derivatives import rowwise
-from .normalization import FIT_KINDS, Affine, column_order
-from .physical import Reordered, frozen_copy
+from .normalization import FIT_KINDS, Affine
+from .physical import frozen_copy
+from .projections import around_model
 from .scaling import Scaling, as_scaler
 from .surrogate import Surrogate
 
@@ -216,14 +217,15 @@ def _prepare(model, X, y, dydx, input_scaler, output_scaler) -> _Data:
                 + "."
             )
     m = Y.shape[1] if Y is not None else G.shape[1]
-    _check_model(model, X, m)
-
     if _unfitted_sklearn(input_scaler):
         input_scaler = _scaler_fitted(input_scaler, X, "input_scaler")
-    reordered = column_order(input_scaler)
-    if reordered is not None:  # trained on X as the ColumnTransformer orders it, model in place
-        input_scaler, order = reordered
-        model = Reordered(model, order)
+    if _unfitted_sklearn(output_scaler):
+        output_scaler = _scaler_fitted(output_scaler, Y, "output_scaler")
+    # what mixes features (a PCA, a ColumnTransformer's column order) becomes layers around the
+    # model, which is trained through them, in place: on X as the scaler hands it over
+    model, input_scaler, output_scaler = around_model(model, input_scaler, output_scaler, "fit", n)
+    _check_model(model, X, m)
+
     in_aff = _scaler(input_scaler, X, "input_scaler")
     x_slope = _slope(in_aff, X, N, n)  # dz/dx, per sample and feature
     if Y is not None or not isinstance(output_scaler, str):

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .physical import Reordered, frozen_copy
+from .physical import frozen_copy
+from .projections import unwrap
 from .surrogate import Surrogate, require_surrogate
 
 __all__ = ["update_weights"]
@@ -36,7 +37,7 @@ def update_weights(sur: Surrogate, source: nn.Module | Mapping[str, Any]) -> Non
     True
     """
     require_surrogate(sur, "update_weights")
-    inner = sur._model.model if isinstance(sur._model, Reordered) else sur._model
+    inner = unwrap(sur._model)
     if not isinstance(inner, nn.Module):
         raise TypeError("update_weights: this surrogate's model is a plain function: no weights.")
     state = source.state_dict() if isinstance(source, nn.Module) else source
@@ -46,8 +47,8 @@ def update_weights(sur: Surrogate, source: nn.Module | Mapping[str, Any]) -> Non
             f"{type(source).__name__}."
         )
     fresh = frozen_copy(sur._model, sur.dtype, sur.device)  # the weights in use stay untouched
-    # (a ColumnTransformer's reordering wraps the model: the weights are the model's own)
-    target = fresh.model if isinstance(fresh, Reordered) else fresh
+    # (a projection or a column order wraps the model: the weights are the model's own)
+    target = unwrap(fresh)
     own = target.state_dict()
     moved = {
         k: torch.as_tensor(v).to(own[k].device, own[k].dtype) if k in own else v

@@ -1,0 +1,179 @@
+"""Scalers that mix features (PCA, a ColumnTransformer's column order), held as layers around
+the model.
+
+A per-feature scaler is baked into the physical function (:class:`.normalization.Affine`,
+:class:`.scaling.Scaling`). A fitted ``PCA``, ``IncrementalPCA`` or ``TruncatedSVD`` maps all
+features at once: ``z = (u - mean) @ components.T`` (whitened: divided by the components'
+standard deviations), and back ``u = z @ components + mean``. Input side, it reduces n
+physical inputs to the k the model takes; output side, the model predicts k coefficients and
+the physical outputs are their combination (a reduced-order model of a field). The map is one
+``nn.Linear`` layer, with the per-feature steps of a ``Pipeline`` on the model's side of it
+folded in; the steps on the physical side stay the surrogate's scaler, so the training
+domain of a MinMax step is kept. Every route reads the layer as it reads the model's own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .normalization import Affine, column_order
+from .physical import from_torchscript
+
+__all__ = ["AroundModel", "Projected", "Reordered", "around_model", "split_projection", "unwrap"]
+
+_PROJECTIONS = ("PCA", "IncrementalPCA", "TruncatedSVD")
+
+
+class AroundModel(nn.Module):
+    """Layers of ours around the caller's ``model`` (its weights are ``self.model``'s)."""
+
+    model: nn.Module
+
+
+class Reordered(AroundModel):
+    """The model of inputs in a ColumnTransformer's column order: ``model(z[..., order])``,
+    where ``z`` is normalized with each column in its place (``normalization.column_order``)."""
+
+    def __init__(self, model, order) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("order", torch.as_tensor(order, dtype=torch.long))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z[..., self.order])
+
+
+class Projected(AroundModel):
+    """``after(model(before(z)))``: a projection into the model's inputs and one from its
+    outputs, either possibly None."""
+
+    def __init__(self, model, before: nn.Linear | None, after: nn.Linear | None) -> None:
+        super().__init__()
+        self.before = before  # (registered first: n_in is read from the first Linear layer)
+        self.model = model
+        self.after = after
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        y = self.model(z if self.before is None else self.before(z))
+        if self.after is None:
+            return y
+        if y.ndim < z.ndim:  # one coefficient, returned without its axis
+            y = y.unsqueeze(-1)
+        return self.after(y)
+
+
+def around_model(model, input_scaler, output_scaler, where: str, n_in: int | None = None):
+    """``(model, input_scaler, output_scaler)`` with what mixes features taken out of the
+    scalers and put around the model: a ColumnTransformer's column order (:class:`Reordered`),
+    a projection (:class:`Projected`). The scalers left are per-feature ones."""
+    reordered = column_order(input_scaler)
+    if reordered is not None:  # a ColumnTransformer listing its columns out of place
+        input_scaler, order = reordered
+        model = Reordered(from_torchscript(model, len(order)), order)
+    else:
+        input_scaler, before = split_projection(input_scaler, f"{where}: input_scaler", "input")
+        if before is not None:
+            model = Projected(from_torchscript(model, before.out_features), before, None)
+    output_scaler, after = split_projection(output_scaler, f"{where}: output_scaler", "output")
+    if after is not None:
+        k = n_in if n_in is not None else getattr(input_scaler, "n_features_in_", None)
+        model = Projected(from_torchscript(model, k), None, after)
+    return model, input_scaler, output_scaler
+
+
+def unwrap(model):
+    """The caller's model inside our layers (whose weights ``update_weights`` replaces)."""
+    while isinstance(model, AroundModel):
+        model = model.model
+    return model
+
+
+def split_projection(scaler, role: str, side: str):
+    """``(scaler, layer)``: for a fitted PCA-like ``scaler`` or a ``Pipeline`` with one, the
+    steps on the physical side of it (a scaler for ``as_scaler``, or None) and an ``nn.Linear``
+    (float64) of the projection with the model-side steps folded in: physical-side units ->
+    model inputs for ``side="input"``, model outputs -> physical-side units for "output".
+    Anything else is returned as it is, with no layer. ``role`` names the argument in errors.
+    """
+    steps = _steps(scaler)
+    at = [i for i, (_, est) in enumerate(steps) if type(est).__name__ in _PROJECTIONS]
+    if not at:
+        return scaler, None
+    if len(at) > 1:
+        raise TypeError(f"{role}: a Pipeline with {len(at)} projections (PCA); use one.")
+    i = at[0]
+    proj = steps[i][1]
+    if not hasattr(proj, "components_"):
+        raise TypeError(f"{role}: this {type(proj).__name__} is not fitted; call .fit first.")
+    physical = [est for _, est in steps[:i]]
+    model_side = Affine.identity(proj.components_.shape[0])
+    for _, est in steps[i + 1 :]:  # per-feature scalers of the coefficients
+        try:
+            model_side = model_side.then(Affine.from_sklearn(est))
+        except TypeError as err:
+            raise TypeError(
+                f"{role}: after its {type(proj).__name__}, the Pipeline's "
+                f"{type(est).__name__} step must be an affine per-feature scaler ({err})"
+            ) from None
+    W, b = _forward(proj)  # z = u @ W.T + b, then the model-side steps
+    shift, scale = model_side.shift, model_side.scale
+    if side == "input":
+        layer = _linear(W / scale[:, None], (b - shift) / scale)
+    else:  # u = (z * scale + shift) @ V + mean, V the inverse's matrix
+        V, mean = _inverse(proj)
+        layer = _linear((V * scale[:, None]).T, shift @ V + mean)
+    return _pipeline(physical), layer
+
+
+def _steps(scaler) -> list:
+    if type(scaler).__name__ in _PROJECTIONS:
+        return [("projection", scaler)]
+    if type(scaler).__name__ == "Pipeline":
+        return [(n, e) for n, e in scaler.steps if e not in (None, "passthrough")]
+    return []
+
+
+def _forward(proj) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's transform as ``u @ W.T + b``."""
+    C = np.asarray(proj.components_, dtype=np.float64)
+    mean = np.asarray(getattr(proj, "mean_", np.zeros(C.shape[1])), dtype=np.float64)
+    s = _whitening(proj, C.shape[0])
+    return C / s[:, None], -(mean @ C.T) / s
+
+
+def _inverse(proj) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's inverse_transform as ``z @ V + mean``."""
+    C = np.asarray(proj.components_, dtype=np.float64)
+    mean = np.asarray(getattr(proj, "mean_", np.zeros(C.shape[1])), dtype=np.float64)
+    if getattr(proj, "whiten", False):
+        return np.sqrt(np.asarray(proj.explained_variance_, dtype=np.float64))[:, None] * C, mean
+    return C, mean
+
+
+def _whitening(proj, k: int) -> np.ndarray:
+    if not getattr(proj, "whiten", False):
+        return np.ones(k)
+    s = np.sqrt(np.asarray(proj.explained_variance_, dtype=np.float64))
+    return np.maximum(s, np.finfo(np.float64).eps)  # as sklearn clips them
+
+
+def _linear(weight: np.ndarray, bias: np.ndarray) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0]).to(torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight))
+        layer.bias.copy_(torch.as_tensor(bias))
+    layer.requires_grad_(False)
+    return layer
+
+
+def _pipeline(steps: list):
+    """The physical-side steps as one scaler: None, the step, or a Pipeline of them."""
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(*steps)

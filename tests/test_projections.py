@@ -1,0 +1,135 @@
+"""Scalers that mix features (PCA, TruncatedSVD), held as layers around the model: the same
+function as sklearn's transform and inverse_transform around the network, on every route."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from problems import mlp
+from sklearn.decomposition import PCA, TruncatedSVD
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MinMaxScaler, PowerTransformer, StandardScaler
+
+import surrogate_bridge as sb
+
+RNG = np.random.default_rng(0)
+X = RNG.uniform(0.0, 1.0, (120, 3))
+GRID = np.linspace(0.0, 1.0, 12)
+Y = np.sin(np.outer(3 * X[:, 0], GRID)) * X[:, 1:2] + X[:, 2:3] * GRID  # a 12-point field
+
+CASES = {
+    "out-pca": lambda: (MinMaxScaler(), PCA(4)),
+    "out-std-pca-whiten-std": lambda: (
+        MinMaxScaler(),
+        make_pipeline(StandardScaler(), PCA(4, whiten=True), StandardScaler()),
+    ),
+    "in-std-pca": lambda: (make_pipeline(StandardScaler(), PCA(2)), StandardScaler()),
+    "in-svd": lambda: (TruncatedSVD(2, random_state=0), None),
+    "both": lambda: (
+        make_pipeline(MinMaxScaler(), PCA(2, whiten=True)),
+        make_pipeline(PCA(3), MinMaxScaler()),
+    ),
+}
+
+
+def _fitted(name):
+    xs, ys = CASES[name]()
+    return xs.fit(X), None if ys is None else ys.fit(Y)
+
+
+def _reference(net, xs, ys, x):
+    """sklearn's own transforms around the network."""
+    with torch.no_grad():
+        z = net(torch.as_tensor(xs.transform(x))).numpy()
+    return z if ys is None else ys.inverse_transform(z)
+
+
+def _net(xs, ys, seed=0):
+    k_in = xs.transform(X[:1]).shape[1]
+    k_out = Y.shape[1] if ys is None else ys.transform(Y[:1]).shape[1]
+    return mlp([k_in, 16, k_out], seed=seed)
+
+
+@pytest.mark.parametrize("route", ["torch", "numpy", "casadi"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_projection_is_the_same_function_on_every_route(name, route):
+    pytest.importorskip("casadi")
+    xs, ys = _fitted(name)
+    net = _net(xs, ys)
+    sur = sb.Surrogate(net, xs, ys, point_route=route)
+    assert (sur.n_in, sur.n_out, sur.point_route) == (3, 12, route)
+    want = _reference(net, xs, ys, X[:6])
+    np.testing.assert_allclose(sur(X[:6]), want, rtol=1e-13, atol=1e-14 * np.abs(want).max())
+    h = 1e-6
+    for x, w in zip(X[:2], want, strict=False):  # one point at a time: the route's answers
+        np.testing.assert_allclose(sur(x), w, rtol=1e-13, atol=1e-14 * np.abs(w).max())
+        fd = np.stack([(sur(x + e) - sur(x - e)) / (2 * h) for e in np.eye(3) * h], -1)
+        np.testing.assert_allclose(sur.jac(x), fd, atol=1e-8 * np.abs(fd).max())
+        fdh = np.stack([(sur.jac(x + e) - sur.jac(x - e)) / (2 * h) for e in np.eye(3) * h], -1)
+        np.testing.assert_allclose(sur.hess(x), fdh, atol=1e-7 * np.abs(fdh).max())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_projection_saves_translates_and_takes_new_weights(name, tmp_path):
+    ca = pytest.importorskip("casadi")
+    xs, ys = _fitted(name)
+    sur = sb.Surrogate(_net(xs, ys), xs, ys)
+    sb.save(sur, tmp_path / "p.sbz")
+    np.testing.assert_array_equal(sb.load(tmp_path / "p.sbz")(X[:5]), sur(X[:5]))
+    F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 3)
+    J = ca.Function("J", [x], [ca.jacobian(F(x), x)])
+    np.testing.assert_allclose(np.array(J(X[7])), sur.jac(X[7]), rtol=1e-12, atol=1e-14)
+    new = _net(xs, ys, seed=3)
+    sb.update_weights(sur, new.state_dict())  # the network's own names, not our layers'
+    np.testing.assert_allclose(sur(X[:5]), _reference(new, xs, ys, X[:5]), rtol=1e-13, atol=1e-14)
+    if xs.transform(X[:1]).shape[1] == 3:  # the input side per-feature: its range is the domain
+        np.testing.assert_array_equal(sur.domain[0], X.min(0))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(2, 5),
+    m=st.integers(2, 6),
+    width=st.integers(2, 12),
+    whiten=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_projections_of_random_sizes_match_sklearn(n, m, width, whiten, seed):
+    rng = np.random.default_rng(seed)
+    A, B = rng.normal(size=(40, n)) * rng.uniform(0.1, 10, n), rng.normal(size=(40, m))
+    k_in, k_out = rng.integers(1, n + 1), rng.integers(1, m + 1)
+    xs = make_pipeline(StandardScaler(), PCA(int(k_in), whiten=whiten)).fit(A)
+    ys = PCA(int(k_out), whiten=not whiten).fit(B)
+    net = mlp([int(k_in), width, int(k_out)], seed=seed)
+    sur = sb.Surrogate(net, xs, ys)
+    want = _reference(net, xs, ys, A[:5])
+    np.testing.assert_allclose(sur(A[:5]), want, rtol=1e-12, atol=1e-13 * np.abs(want).max())
+
+
+def test_fit_trains_through_a_projection_of_the_outputs():
+    """The caller's network learns the coefficients: with the fitted pipeline around it, it is
+    the surrogate (trained on the field, which for an orthonormal PCA is the coefficients' loss
+    plus a constant)."""
+    net = mlp([3, 32, 4], seed=0)
+    ys = make_pipeline(StandardScaler(), PCA(4))  # unfitted: fit fits a copy
+    sur = sb.fit(net, X, Y, output_scaler=ys, epochs=600, progress=False, seed=0)
+    assert (sur.n_in, sur.n_out) == (3, 12)
+    fitted = make_pipeline(StandardScaler(), PCA(4)).fit(Y)
+    np.testing.assert_allclose(sur(X[:5]), _reference(net, sur.input_scaler, fitted, X[:5]), 1e-12)
+    assert np.abs(sur(X) - Y).max() < 0.1 * np.abs(Y).max()
+
+
+@pytest.mark.parametrize(
+    ("scaler", "match"),
+    [
+        (lambda: make_pipeline(PCA(3), PCA(2)).fit(X), "2 projections"),
+        (lambda: make_pipeline(PCA(2), PowerTransformer()).fit(X), "PowerTransformer step must"),
+        (lambda: PCA(2), "PCA is not fitted"),
+    ],
+    ids=["two", "nonlinear-after", "unfitted"],
+)
+def test_projections_that_cannot_be_one_layer_are_refused(scaler, match):
+    with pytest.raises(TypeError, match=f"Surrogate: input_scaler: .*{match}"):
+        sb.Surrogate(mlp([2, 4, 1]), scaler())
