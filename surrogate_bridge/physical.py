@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .convert import to_host
 from .diagnostics import (
     NONSMOOTH,
     called_functions,
@@ -177,8 +178,14 @@ class PhysicalFunction(nn.Module):
         checking rewrites of its graph: see :func:`probe_points`. A function that applies no
         input scaler (a loaded graph; a model of physical inputs) is probed through its
         ``reference`` scaler, else in its ``box`` (the training domain) where either is known."""
-        scaler = getattr(self, "reference", None)  # (both absent from older pickles)
-        return probe_points(n_in, rows, scaler, getattr(self, "box", None))
+        if hasattr(self, "reference"):
+            return probe_points(n_in, rows, self.reference, self.box)
+        # an older pickle: through the scaler it applies, as then
+        if self.in_map is not None:
+            return probe_points(n_in, rows, self.in_map.scaling, None)
+        shift, scale = (getattr(self, f"in_{k}", None) for k in ("shift", "scale"))
+        aff = None if not self.has_in else Affine(to_host(shift), to_host(scale))
+        return probe_points(n_in, rows, aff, None)
 
     def _with_rows(self, rows: nn.Module) -> PhysicalFunction:
         twin = copy.copy(self)  # shares buffers and the model; only the row wrapper differs

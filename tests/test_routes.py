@@ -299,3 +299,22 @@ def test_every_route_takes_torchs_derivatives_where_pieces_meet(name):
         for got_g, got_h in ((num.grad(p), num.hess(p)), (np.array(G(p)).ravel(), H(p))):
             np.testing.assert_allclose(got_g, g, rtol=TOL["rel"], atol=1e-15)
             np.testing.assert_allclose(np.array(got_h), h, rtol=TOL["rel"], atol=1e-15)
+
+
+def test_a_function_pickled_before_probes_had_a_reference_is_probed_as_then():
+    """Pickles written before ``reference`` and ``box`` existed: through the scaler applied."""
+    import pickle
+
+    from surrogate_bridge.physical import probe_points
+
+    X = np.random.default_rng(0).uniform(300, 400, (30, 2))
+    for scaler in (
+        sb.Affine.fit(X),
+        sb.Scaling([sb.Warp("log", n_features=2), sb.Affine.fit(np.log(X))]),
+    ):
+        fn = sb.Surrogate(sb.mlp((2, 4, 1), seed=0), scaler).function
+        old = pickle.loads(pickle.dumps(fn))
+        del old.reference, old.box
+        want = probe_points(2, 3, scaler, None)
+        assert torch.equal(old.probes(2), want) and torch.equal(fn.probes(2), want)
+        assert bool((want > 0).all())  # in the data's units (a log is defined), not near 0
