@@ -78,8 +78,6 @@ def _scaler(spec, data: np.ndarray | None, role: str) -> Affine | Scaling | None
                 "an Affine, a fitted sklearn scaler, or None."
             )
         return Affine.fit(data, kind=spec)
-    if _unfitted_sklearn(spec):
-        spec = _scaler_fitted(spec, data, role)
     return as_scaler(spec, f"fit: {role}")
 
 
@@ -158,7 +156,7 @@ class _Data:
     Z: torch.Tensor  # (N, n) inputs
     T: torch.Tensor | None  # (N, m) values
     GT: torch.Tensor | None  # (N, m, n) gradients
-    model: nn.Module  # the model trained: the caller's, or it taking a ColumnTransformer's order
+    model: nn.Module  # the model trained: the caller's, or it inside our layers (projections.py)
     in_aff: Affine | Scaling | None
     out_aff: Affine | Scaling | None
     m: int
