@@ -34,6 +34,7 @@ import torch
 
 from .arguments import check_device
 from .physical import Batched, ExportError
+from .routes import POINT_ROUTES
 from .saved_graph import CODES, DTYPES, Refused, SavedGraph, graph_to_data
 from .scaling import scaler_from_dict
 from .surrogate import Surrogate
@@ -119,7 +120,9 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
             zf.writestr(name, data)
 
 
-def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surrogate:
+def load(
+    path: str | os.PathLike, *, device=None, cache_size: int = 128, point_route: str = "auto"
+) -> Surrogate:
     """Read a file written by :func:`save`; the model's Python class is not needed.
 
     Trusted: nothing. The file is parsed as data (JSON and raw numbers); no byte of it is
@@ -135,6 +138,9 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
     device : str or torch.device, optional
         Where the loaded surrogate runs ("cpu" by default).
     cache_size : int
+    point_route : {"auto", "torch", "numpy", "casadi"}
+        Who answers single numpy points, as for :class:`Surrogate` (the graph is read by every
+        route; "auto" times them).
 
     Returns
     -------
@@ -154,6 +160,10 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load: no file at {path!r}.")
     check_device(device, "load")
+    if point_route not in POINT_ROUTES:
+        raise ValueError(
+            f"load: point_route={point_route!r} is not valid; use one of {POINT_ROUTES}."
+        )
     if not zipfile.is_zipfile(path):
         raise ValueError(
             f"load: {path!r} is not a surrogate_bridge file (not a zip archive; truncated or "
@@ -200,6 +210,7 @@ def load(path: str | os.PathLike, *, device=None, cache_size: int = 128) -> Surr
             cache_size=cache_size,
             domain=meta["domain"],
             extrapolation=meta["extrapolation"],
+            point_route=point_route,
             **scalers,
         )
     except (ValueError, TypeError) as err:

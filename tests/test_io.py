@@ -766,3 +766,18 @@ def test_recurrent_models_save_and_translate_quietly_and_exactly(cell, tmp_path)
     np.testing.assert_allclose(float(F(x)), sur(x), rtol=1e-14)
     J = ca.Function("J", [F.mx_in(0)], [ca.jacobian(F(F.mx_in(0)), F.mx_in(0))])
     np.testing.assert_allclose(np.array(J(x)).ravel(), sur.grad(x), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("route", ["torch", "numpy", "casadi"])
+def test_load_takes_the_single_point_route(route, tmp_path):
+    pytest.importorskip("casadi")
+    X = np.random.default_rng(0).uniform(-2, 2, size=(20, 2))
+    sur = sb.Surrogate(mlp([2, 16, 16, 1], nn.Tanh, seed=0), MinMaxScaler().fit(X))
+    sb.save(sur, tmp_path / "r.sbz")
+    loaded = sb.load(tmp_path / "r.sbz", point_route=route)
+    assert loaded.point_route == route
+    for x in X[:3]:
+        assert loaded(x) == pytest.approx(sur(x), rel=1e-13)
+        np.testing.assert_allclose(loaded.hess(x), sur.hess(x), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match=r"load: point_route='fast' is not valid"):
+        sb.load(tmp_path / "r.sbz", point_route="fast")
