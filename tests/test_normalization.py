@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from problems import mlp
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
 
@@ -233,3 +235,25 @@ def test_fit_trains_the_model_on_the_column_transformers_order():
     with torch.no_grad():  # the caller's model, trained in place, on X as the transformer orders it
         z = net(torch.as_tensor(fitted.transform(X[:5])))[:, 0].numpy()
     np.testing.assert_allclose(sur(X[:5]), z * out.scale[0] + out.shift[0], rtol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 6), seed=st.integers(0, 2**16))
+def test_column_transformers_in_any_order_match_sklearn(n, seed):
+    """Random groups of columns, in a random order, each with its own scaler kind."""
+    from sklearn.compose import ColumnTransformer
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(30, n)) * rng.uniform(0.01, 100, n) + rng.uniform(-50, 50, n)
+    cols = rng.permutation(n)
+    cuts = sorted(rng.choice(np.arange(1, n), size=rng.integers(0, n), replace=False).tolist())
+    kinds = (MinMaxScaler, StandardScaler, RobustScaler, lambda: "passthrough")
+    parts = [
+        (f"p{i}", kinds[rng.integers(4)](), g.tolist()) for i, g in enumerate(np.split(cols, cuts))
+    ]
+    ct = ColumnTransformer(parts).fit(X)
+    net = mlp([n, 5, 2], seed=seed)
+    sur = sb.Surrogate(net, ct)
+    with torch.no_grad():
+        want = net(torch.as_tensor(ct.transform(X[:4]))).numpy()
+    np.testing.assert_allclose(sur(X[:4]), want, rtol=1e-12, atol=1e-13)
