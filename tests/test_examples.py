@@ -131,3 +131,13 @@ def test_log_scaled_design(capsys):
     d = out["designs"]
     np.testing.assert_allclose(d["trust-constr"], d["IPOPT"], rtol=1e-5)  # one surrogate problem
     assert "IPOPT" in capsys.readouterr().out
+
+
+def test_field_inversion(capsys):
+    out = load("field_inversion").main(n_samples=300, epochs=300)
+    exact, fd = out["runs"]["exact Jacobian"], out["runs"]["finite differences"]
+    assert out["kept"] > 0.9999  # six components hold the profiles
+    np.testing.assert_allclose(exact["x"], fd["x"], atol=1e-4)  # the surrogate's own optimum
+    assert fd["jacobians"] == 0 and fd["fields"] > exact["fields"]  # three per difference
+    assert exact["residual"] < 2 * out["true_residual"]
+    assert "PCA components keep" in capsys.readouterr().out
