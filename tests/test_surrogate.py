@@ -816,6 +816,11 @@ def test_pandas_inputs_are_checked_against_the_scalers_feature_names(tmp_path):
                 s(other.iloc[:4])
         with pytest.raises(ValueError, match=r"Surrogate.hess: x has the columns \['P', 'T'"):
             s.hess(df[["P", "T", "phi"]].iloc[0])
+    with pytest.raises(ValueError, match=r"minimize: x0 has the columns \['P', 'T', 'phi'\]"):
+        sb.minimize(sur, df[["P", "T", "phi"]].iloc[0])
+    with pytest.raises(ValueError, match=r"multistart: x0 has the columns \['P', 'T', 'phi'\]"):
+        sb.multistart(sur, df[["P", "T", "phi"]].iloc[:4])
+    assert sb.minimize(sur, df.iloc[0], options={"maxiter": 2}).x.shape == (3,)  # in order: taken
 
 
 def test_fit_keeps_a_dataframes_column_names_and_checks_them_against_a_fitted_scaler():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.optimize as so
 
-from ..convert import as_points
+from ..convert import as_points, check_feature_names
 from ..diagnostics import warn_low_precision
 from ..surrogate import Surrogate, require_surrogate, require_vector_field
 
@@ -213,6 +213,8 @@ def minimize(
             f"minimize: method={method!r} is not a scipy.optimize.minimize method; use one of "
             f"{sorted(_NO_DERIVATIVES | _FIRST_ORDER | _SECOND_ORDER)}."
         )
+    if sur.feature_names is not None:  # a Series or DataFrame start: named as the scaler's
+        check_feature_names(x0, sur.feature_names, "minimize", "x0")
     pts = as_points(x0, sur.n_in, "minimize", "x0")
     if not pts.single:
         raise ValueError(
