@@ -119,12 +119,17 @@ def split_projection(scaler, role: str, side: str):
             ) from None
     W, b = _forward(proj)  # z = u @ W.T + b, then the model-side steps
     shift, scale = model_side.shift, model_side.scale
+    physical = _pipeline(physical)
     if side == "input":
+        reordered = column_order(physical)
+        if reordered is not None:  # a ColumnTransformer's order before it: W's columns
+            physical, order = reordered
+            W = W[:, np.argsort(order)]  # u[:, order] @ W.T == u @ W[:, argsort(order)].T
         layer = _linear(W / scale[:, None], (b - shift) / scale)
     else:  # u = (z * scale + shift) @ V + mean, V the inverse's matrix
         V, mean = _inverse(proj)
         layer = _linear((V * scale[:, None]).T, shift @ V + mean)
-    return _pipeline(physical), layer
+    return physical, layer
 
 
 def _steps(scaler) -> list:

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from problems import mlp
+from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler, PowerTransformer, StandardScaler
@@ -26,6 +27,13 @@ CASES = {
     ),
     "in-std-pca": lambda: (make_pipeline(StandardScaler(), PCA(2)), StandardScaler()),
     "in-svd": lambda: (TruncatedSVD(2, random_state=0), None),
+    "in-columns-out-of-order-pca": lambda: (
+        make_pipeline(
+            ColumnTransformer([("s", StandardScaler(), [2, 0]), ("m", MinMaxScaler(), [1])]),
+            PCA(2),
+        ),
+        StandardScaler(),
+    ),
     "both": lambda: (
         make_pipeline(MinMaxScaler(), PCA(2, whiten=True)),
         make_pipeline(PCA(3), MinMaxScaler()),
