@@ -241,9 +241,10 @@ def _read_columns(ct) -> Affine:
 
 def column_order(scaler) -> tuple[Affine, list[int]] | None:
     """``(affine, order)`` for a fitted ColumnTransformer of affine parts that lists its columns
-    out of place: ``scaler.transform(x) == affine.transform(x)[:, order]``, each column scaled
-    in its place by its own part, then permuted. None for any other scaler (also one that
-    keeps its columns in place: ``Affine.from_sklearn`` reads it).
+    out of place (or a Pipeline of one and affine per-feature scalers after it):
+    ``scaler.transform(x) == affine.transform(x)[:, order]``, each column scaled in its place,
+    then permuted. None for any other scaler (also one that keeps its columns in place:
+    ``Affine.from_sklearn`` reads it).
 
     Examples
     --------
@@ -256,6 +257,24 @@ def column_order(scaler) -> tuple[Affine, list[int]] | None:
     >>> order, np.allclose(affine.transform(X)[:, order], ct.transform(X))
     ([2, 0, 1], True)
     """
+    if type(scaler).__name__ == "Pipeline":  # one first, then affine per-feature steps
+        steps = [e for _, e in scaler.steps if e not in (None, "passthrough")]
+        first = column_order(steps[0]) if steps else None
+        if first is None:
+            return None
+        affine, order = first
+        inverse = np.argsort(order)  # a later step's feature j is column order[j], in place
+        for est in steps[1:]:
+            try:
+                a = Affine.from_sklearn(est)
+            except TypeError:
+                raise TypeError(
+                    "Affine.from_sklearn: after a ColumnTransformer that lists its columns out "
+                    f"of order, the Pipeline's {type(est).__name__} step must be an affine "
+                    "per-feature scaler."
+                ) from None
+            affine = affine.then(Affine(a.shift[inverse], a.scale[inverse]))
+        return affine, order
     if type(scaler).__name__ != "ColumnTransformer" or not hasattr(scaler, "transformers_"):
         return None
     affine, order = _columns(scaler)

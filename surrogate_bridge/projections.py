@@ -68,14 +68,14 @@ def around_model(model, input_scaler, output_scaler, where: str, n_in: int | Non
     """``(model, input_scaler, output_scaler)`` with what mixes features taken out of the
     scalers and put around the model: a ColumnTransformer's column order (:class:`Reordered`),
     a projection (:class:`Projected`). The scalers left are per-feature ones."""
-    reordered = column_order(input_scaler)
-    if reordered is not None:  # a ColumnTransformer listing its columns out of place
-        input_scaler, order = reordered
-        model = Reordered(from_torchscript(model, len(order)), order)
+    input_scaler, before = split_projection(input_scaler, f"{where}: input_scaler", "input")
+    if before is not None:  # (a column order before the projection is in its weights)
+        model = Projected(from_torchscript(model, before.out_features), before, None)
     else:
-        input_scaler, before = split_projection(input_scaler, f"{where}: input_scaler", "input")
-        if before is not None:
-            model = Projected(from_torchscript(model, before.out_features), before, None)
+        reordered = column_order(input_scaler)
+        if reordered is not None:  # a ColumnTransformer listing its columns out of place
+            input_scaler, order = reordered
+            model = Reordered(from_torchscript(model, len(order)), order)
     output_scaler, after = split_projection(output_scaler, f"{where}: output_scaler", "output")
     if after is not None:
         k = n_in if n_in is not None else getattr(input_scaler, "n_features_in_", None)

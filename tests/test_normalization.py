@@ -257,3 +257,19 @@ def test_column_transformers_in_any_order_match_sklearn(n, seed):
     with torch.no_grad():
         want = net(torch.as_tensor(ct.transform(X[:4]))).numpy()
     np.testing.assert_allclose(sur(X[:4]), want, rtol=1e-12, atol=1e-13)
+
+
+def test_a_pipeline_of_a_column_transformer_out_of_order_and_affine_steps():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import PowerTransformer
+
+    X = _column_data()
+    xs = make_pipeline(ColumnTransformer(REORDERED), MaxAbsScaler(), StandardScaler()).fit(X)
+    net = mlp([3, 8, 1], seed=0)
+    with torch.no_grad():
+        want = net(torch.as_tensor(xs.transform(X[:5])))[:, 0].numpy()
+    np.testing.assert_allclose(sb.Surrogate(net, xs)(X[:5]), want, rtol=1e-13)
+    bad = make_pipeline(ColumnTransformer(REORDERED), PowerTransformer()).fit(X)
+    with pytest.raises(TypeError, match="out of order, the Pipeline's PowerTransformer step"):
+        sb.Surrogate(net, bad)
