@@ -61,6 +61,11 @@ class Projected(AroundModel):
             return y
         if y.ndim < z.ndim:  # one coefficient, returned without its axis
             y = y.unsqueeze(-1)
+        if y.shape[-1] != self.after.in_features:
+            raise ValueError(
+                f"the model returns {y.shape[-1]} outputs, but the output scaler's projection "
+                f"takes {self.after.in_features} components"
+            )
         return self.after(y)
 
 

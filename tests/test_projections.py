@@ -141,3 +141,9 @@ def test_fit_trains_through_a_projection_of_the_outputs():
 def test_projections_that_cannot_be_one_layer_are_refused(scaler, match):
     with pytest.raises(TypeError, match=f"Surrogate: input_scaler: .*{match}"):
         sb.Surrogate(mlp([2, 4, 1]), scaler())
+
+
+def test_a_model_returning_other_than_the_projections_components_is_refused():
+    ys = PCA(4).fit(Y)
+    with pytest.raises(ValueError, match="returns 5 outputs, but the output scaler's projection"):
+        sb.Surrogate(mlp([3, 8, 5]), MinMaxScaler().fit(X), ys)
