@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -20,6 +22,19 @@ __all__ = [
     "SmoothnessWarning",
     "check_derivatives",
 ]
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def caller_level() -> int:
+    """The ``stacklevel`` that points a warning issued by the function calling this at the
+    first frame outside surrogate_bridge (the caller's own line, however deep the call came
+    in; Python 3.12's ``skip_file_prefixes``, on every version)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class SmoothnessWarning(UserWarning):
@@ -48,7 +63,7 @@ def warn_low_precision(sur, where: str) -> None:
             "derivatives and may stall short of their tolerance. Build it with "
             "dtype=torch.float64 (the default).",
             PrecisionWarning,
-            stacklevel=3,
+            stacklevel=caller_level(),
         )
 
 
@@ -105,7 +120,7 @@ PIECEWISE_CONSTANT = frozenset(
 NONSMOOTH = PIECEWISE_LINEAR | PIECEWISE_CONSTANT | SELECTIONS
 
 
-def warn_nonsmooth(ops, where: str, stacklevel: int) -> None:
+def warn_nonsmooth(ops, where: str) -> None:
     """The :class:`SmoothnessWarning` for a model that uses the non-smooth ``ops``
     (``NONSMOOTH``): the piecewise-linear ones' curvature, the steps' jumps."""
     steps = [o for o in ops if o in PIECEWISE_CONSTANT]
@@ -131,7 +146,7 @@ def warn_nonsmooth(ops, where: str, stacklevel: int) -> None:
             "step, and its derivatives do not see the jumps (a step's derivative is zero "
             "wherever it is defined), so gradient-based solvers are blind to them"
         )
-    warnings.warn(f"{where}: {'; and '.join(said)}.", SmoothnessWarning, stacklevel=stacklevel + 1)
+    warnings.warn(f"{where}: {'; and '.join(said)}.", SmoothnessWarning, stacklevel=caller_level())
 
 
 def needs_warning(ops, order: int) -> bool:

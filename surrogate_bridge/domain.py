@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .convert import Points, to_host
-from .diagnostics import ExtrapolationError, ExtrapolationWarning
+from .diagnostics import ExtrapolationError, ExtrapolationWarning, caller_level
 from .normalization import Affine
 from .scaling import Scaling
 
@@ -105,7 +105,7 @@ class Domain:
                 f"{where}: {msg} (warned once per surrogate; extrapolation='raise' or 'ignore' "
                 "changes this)",
                 ExtrapolationWarning,
-                stacklevel=4,
+                stacklevel=caller_level(),
             )
 
     def _require_defined(self, data, where: str, single: bool = False) -> None:

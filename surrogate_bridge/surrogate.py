@@ -277,7 +277,7 @@ class Surrogate:
         self._built.refuse(where, order)
         if not self._warned_smooth and needs_warning(self._built.nonsmooth, order):
             self._warned_smooth = True
-            warn_nonsmooth(self._built.nonsmooth, where, stacklevel=3)
+            warn_nonsmooth(self._built.nonsmooth, where)
 
     # public evaluation ------------------------------------------------------------------------
     def __call__(self, x: ArrayLike) -> float | np.ndarray | torch.Tensor:

@@ -843,3 +843,25 @@ def test_the_memory_layout_of_x_does_not_change_a_bit():
         np.testing.assert_array_equal(f(np.asfortranarray(X)), f(X))
         T = torch.as_tensor(X)
         assert torch.equal(f(T.T.contiguous().T), f(T))
+
+
+def test_warnings_point_at_the_callers_line():
+    """However deep inside the package a warning is issued, it names the line that called in."""
+    X = np.random.default_rng(0).uniform(-1, 1, (20, 2))
+    relu = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    calls = {
+        "batch": lambda s: s.grad(np.array([[0.0, 3.0], [0.0, 0.0]])),
+        "fast path": lambda s: s.value_and_grad(np.array([0.0, 3.0])),
+        "one point": lambda s: s.hessp(np.array([0.0, 3.0]), np.ones(2)),
+    }
+    for name, call in calls.items():
+        sur = sb.Surrogate(mlp([2, 4, 1]), MinMaxScaler().fit(X))
+        with pytest.warns(sb.ExtrapolationWarning) as got:
+            call(sur)
+        assert got[0].filename == __file__, (name, got[0].filename)
+    with pytest.warns(sb.SmoothnessWarning) as got:
+        sb.Surrogate(relu, MinMaxScaler().fit(X)).hess(X[0])
+    assert got[0].filename == __file__
+    with pytest.warns(sb.PrecisionWarning) as got:
+        sb.minimize(sb.Surrogate(mlp([2, 4, 1]), dtype=torch.float32), [0.0, 0.0])
+    assert got[0].filename == __file__

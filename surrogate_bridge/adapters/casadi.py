@@ -33,7 +33,7 @@ except ImportError as err:  # an optional extra
     ) from err
 
 from ..convert import as_array
-from ..diagnostics import warn_low_precision, warn_nonsmooth
+from ..diagnostics import caller_level, warn_low_precision, warn_nonsmooth
 from ..surrogate import Surrogate, require_surrogate
 from ..weights import update_weights
 
@@ -293,11 +293,11 @@ def casadi_function(
             f"casadi_function: falling back to mode='callback' (Python in the solver loop, "
             f"no code generation): {err}",
             CasadiFallbackWarning,
-            stacklevel=2,
+            stacklevel=caller_level(),
         )
         return _callback(sur, name, "callback (the model did not translate)")
     if nonsmooth:
-        warn_nonsmooth(nonsmooth, "casadi_function", stacklevel=2)
+        warn_nonsmooth(nonsmooth, "casadi_function")
     sym = _SymbolicFunction(f, sur.n_in)
     if mode == "symbolic":
         sym.mode, sym.mode_report = "symbolic", {"chosen": "symbolic"}
