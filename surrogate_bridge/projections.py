@@ -84,6 +84,7 @@ def around_model(model, input_scaler, output_scaler, where: str, n_in: int | Non
     output_scaler, after = split_projection(output_scaler, f"{where}: output_scaler", "output")
     if after is not None:
         k = n_in if n_in is not None else getattr(input_scaler, "n_features_in_", None)
+        k = k if k is not None else getattr(input_scaler, "n_features", None)  # (an Affine)
         model = Projected(from_torchscript(model, k), None, after)
     return model, input_scaler, output_scaler
 

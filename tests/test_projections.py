@@ -147,3 +147,14 @@ def test_a_model_returning_other_than_the_projections_components_is_refused():
     ys = PCA(4).fit(Y)
     with pytest.raises(ValueError, match="returns 5 outputs, but the output scaler's projection"):
         sb.Surrogate(mlp([3, 8, 5]), MinMaxScaler().fit(X), ys)
+
+
+def test_a_scripted_model_inside_a_projection_is_converted_like_any_other():
+    """TorchScript is converted before our layers go around it (its input count read from
+    the input scaler, an Affine here)."""
+    net = mlp([3, 8, 4], seed=0)
+    ys = PCA(4).fit(Y)
+    xs = sb.Affine.fit(X)
+    sur = sb.Surrogate(torch.jit.script(net), xs, ys)
+    want = _reference(net, xs, ys, X[:4])
+    np.testing.assert_allclose(sur(X[:4]), want, rtol=1e-13, atol=1e-14)
