@@ -78,10 +78,16 @@ def infer_n_in(n_in, in_aff: Affine | Scaling | None, model) -> tuple[int | None
         return n_in, None
     if from_scaler is not None:
         return from_scaler, None
+    from .projections import AroundModel, Projected
+
+    if isinstance(model, Projected) and model.before is not None:  # the projection's inputs
+        return model.before.in_features, None
     first = _first_linear(model)
     if first is None:
         return None, None
     name, layer = first
+    while isinstance(model, AroundModel):  # named as in the caller's model, not in our layers
+        name, model = name.removeprefix("model."), model.model
     return int(layer.weight.shape[-1]), name or "the model"
 
 

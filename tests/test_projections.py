@@ -158,3 +158,10 @@ def test_a_scripted_model_inside_a_projection_is_converted_like_any_other():
     sur = sb.Surrogate(torch.jit.script(net), xs, ys)
     want = _reference(net, xs, ys, X[:4])
     np.testing.assert_allclose(sur(X[:4]), want, rtol=1e-13, atol=1e-14)
+
+
+def test_the_input_count_is_read_from_the_projection_and_layers_named_as_the_callers():
+    xs = PCA(2).fit(X)  # no per-feature step: the count is the projection's
+    assert sb.Surrogate(mlp([2, 4, 1]), xs).n_in == 3
+    with pytest.raises(ValueError, match=r"read from the first Linear layer, '0'"):
+        sb.Surrogate(mlp([3, 4, 5]), None, PCA(4).fit(Y))  # '0' in the caller's model
