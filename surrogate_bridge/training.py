@@ -81,8 +81,9 @@ def _scaler(spec, data: np.ndarray | None, role: str) -> Affine | Scaling | None
     return as_scaler(spec, f"fit: {role}")
 
 
-def _scaler_fitted(spec, data: np.ndarray | None, role: str):
-    """As sklearn's own meta-estimators do: a clone of ``spec`` fitted to ``data``."""
+def _scaler_fitted(spec, data, role: str):
+    """As sklearn's own meta-estimators do: a clone of ``spec`` fitted to ``data`` (an array,
+    or the caller's DataFrame, whose columns a ColumnTransformer may name)."""
     if data is None:
         raise ValueError(
             f"fit: {role} is an unfitted {type(spec).__name__}, and there are no values y to "
@@ -90,7 +91,16 @@ def _scaler_fitted(spec, data: np.ndarray | None, role: str):
         )
     from sklearn.base import clone
 
-    return clone(spec).fit(data)
+    try:
+        return clone(spec).fit(data)
+    except (ValueError, TypeError, KeyError, IndexError) as err:  # sklearn's own, named
+        said = f"{type(err).__name__}: {err}"
+        raise ValueError(f"fit: {role} could not be fitted to the data ({said:.300}).") from err
+
+
+def _is_frame(obj) -> bool:
+    """A 2-D pandas DataFrame (a Series is read as an array: one column, no names to use)."""
+    return type(obj).__module__.startswith("pandas") and getattr(obj, "ndim", 0) == 2
 
 
 def _unfitted_sklearn(obj) -> bool:
@@ -189,6 +199,7 @@ def _prepare(model, X, y, dydx, input_scaler, output_scaler) -> _Data:
     names = feature_names(input_scaler)
     if names is not None:  # a DataFrame's columns as the scaler saw them, or refused
         check_feature_names(X, names, "fit", "X")
+    frames = (X if _is_frame(X) else None, y if _is_frame(y) else None)  # columns by name
     X = as_array(X, "fit", "X", (1, 2))
     if X.ndim == 1:  # N samples of one feature, or one sample of N features: not guessed
         raise ValueError(
@@ -216,9 +227,13 @@ def _prepare(model, X, y, dydx, input_scaler, output_scaler) -> _Data:
             )
     m = Y.shape[1] if Y is not None else G.shape[1]
     if _unfitted_sklearn(input_scaler):
-        input_scaler = _scaler_fitted(input_scaler, X, "input_scaler")
+        input_scaler = _scaler_fitted(
+            input_scaler, X if frames[0] is None else frames[0], "input_scaler"
+        )
     if _unfitted_sklearn(output_scaler):
-        output_scaler = _scaler_fitted(output_scaler, Y, "output_scaler")
+        output_scaler = _scaler_fitted(
+            output_scaler, Y if frames[1] is None else frames[1], "output_scaler"
+        )
     # what mixes features (a PCA, a ColumnTransformer's column order) becomes layers around the
     # model, which is trained through them, in place: on X as the scaler hands it over
     model, input_scaler, output_scaler = around_model(model, input_scaler, output_scaler, "fit", n)

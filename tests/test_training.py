@@ -222,3 +222,26 @@ def test_derivatives_errors():
         sb.derivatives(torch.sin, np.zeros((3, 1)), order=1)
     with pytest.raises(ValueError, match="order must be an int >= 0"):
         sb.derivatives(torch.sin, torch.zeros(3, 1), order=-1)
+
+
+def test_an_unfitted_column_transformer_by_names_is_fitted_on_the_dataframe():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.uniform([300, 1], [400, 5], (60, 2)), columns=["T", "P"])
+    y = pd.Series(df["P"] * 2.0, name="y")
+    ct = ColumnTransformer([("p", MinMaxScaler(), ["P"]), ("t", StandardScaler(), ["T"])])
+    net = mlp([2, 4, 1], seed=0)
+    sur = sb.fit(net, df, y, input_scaler=ct, epochs=5, progress=False, seed=0)
+    assert sur.feature_names == ("T", "P")
+    fitted = ColumnTransformer([("p", MinMaxScaler(), ["P"]), ("t", StandardScaler(), ["T"])])
+    z = fitted.fit(df).transform(df.iloc[:3])  # the network sees the transformer's order
+    out = sur.output_scaler
+    with torch.no_grad():
+        want = net(torch.as_tensor(z))[:, 0].numpy() * out.scale[0] + out.shift[0]
+    np.testing.assert_allclose(sur(df.iloc[:3]), want, rtol=1e-12)
+    bad = ColumnTransformer([("q", MinMaxScaler(), ["Q"])])
+    with pytest.raises(ValueError, match="fit: input_scaler could not be fitted to the data"):
+        sb.fit(mlp([2, 4, 1]), df, y, input_scaler=bad, progress=False)
