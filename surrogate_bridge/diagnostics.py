@@ -14,6 +14,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from .convert import as_points, check_feature_names
+
 __all__ = [
     "DerivativeReport",
     "ExtrapolationError",
@@ -297,11 +299,15 @@ def check_derivatives(sur, x, *, order: int = 2, rtol: float = 1e-5) -> Derivati
     """
     if order not in (1, 2):
         raise ValueError(f"check_derivatives: order must be 1 or 2, got {order!r}.")
-    pt = np.asarray(x, dtype=np.float64)
-    if pt.shape != (sur.n_in,):
+    if sur.feature_names is not None:  # a Series: named as the scaler's features
+        check_feature_names(x, sur.feature_names, "check_derivatives")
+    pts = as_points(x, sur.n_in, "check_derivatives")  # kind, features, finiteness
+    if not pts.single:
+        shape = tuple(pts.data.shape)
         raise ValueError(
-            f"check_derivatives: x has shape {pt.shape}, expected one point of shape ({sur.n_in},)."
+            f"check_derivatives: x has shape {shape}, expected one point of shape ({sur.n_in},)."
         )
+    pt = np.asarray(pts.data[0].detach().cpu() if pts.is_torch else pts.data[0], np.float64)
     eps = np.finfo(np.float64 if sur.dtype == torch.float64 else np.float32).eps
     h = eps ** (1 / 3) * np.maximum(1.0, np.abs(pt))
     report = DerivativeReport(x=pt, rtol=rtol)

@@ -345,6 +345,15 @@ def _mps():  # refused both where torch has no MPS and where it has (MPS has no 
     return sb.Surrogate(mlp([2, 4, 1]), device="mps")
 
 
+def _check_columns():
+    pd = pytest.importorskip("pandas")
+    from sklearn.preprocessing import StandardScaler
+
+    df = pd.DataFrame(np.random.default_rng(0).normal(size=(9, 2)), columns=["a", "b"])
+    sur = sb.Surrogate(mlp([2, 4, 1]), StandardScaler().fit(df))
+    return sb.check_derivatives(sur, df[["b", "a"]].iloc[0])
+
+
 CATALOGUE = {
     # constructor
     "model-class": (lambda: sb.Surrogate(Net), TypeError, "class Net, not an instance"),
@@ -426,6 +435,18 @@ CATALOGUE = {
     # files
     "save-kind": (lambda: sb.save(Net(), "x.sbz"), TypeError, "must be a Surrogate"),
     "load-device": (lambda: sb.load(__file__, device="bogus"), ValueError, "not a torch device"),
+    # check_derivatives
+    "check-batch": (
+        lambda: sb.check_derivatives(_scalar(), np.zeros((2, 2))),
+        ValueError,
+        r"check_derivatives: x has shape \(2, 2\), expected one point of shape \(2,\)",
+    ),
+    "check-nan": (
+        lambda: sb.check_derivatives(_scalar(), [np.nan, 0.0]),
+        ValueError,
+        "check_derivatives: x has non-finite",
+    ),
+    "check-columns": (_check_columns, ValueError, r"check_derivatives: x has the columns \['b'"),
     "load-text": (lambda: sb.load(__file__), ValueError, "not a surrogate_bridge file"),
     "load-missing": (lambda: sb.load("no/such/file.sbz"), FileNotFoundError, "no file"),
 }
