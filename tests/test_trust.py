@@ -281,6 +281,8 @@ def test_check_derivatives_passes_exact_derivatives_at_a_stationary_point():
     assert report.ok, str(report)
     bad = sb.check_derivatives(sb.Surrogate(Bowl(), n_in=2), [0.3, 0.3], rtol=1e-30)
     assert not bad.ok  # the threshold still bites
+    unsaid = sb.Surrogate(Bowl())  # n_in learned from the first x, here check_derivatives'
+    assert sb.check_derivatives(unsaid, [0.1, 0.7]).ok and unsaid.n_in == 2
 
 
 # the bad-input catalogue ------------------------------------------------------------------
