@@ -138,7 +138,7 @@ def multistart(
     >>> sorted(np.round(res.minima.ravel(), 6).tolist()), int(res.minima_count.sum())
     ([-1.0, 1.0], 64)
     """
-    require_surrogate(sur, "multistart")
+    require_surrogate(sur, "multistart", x=x0)
     if sur.n_out != 1:
         raise ValueError(f"multistart: the objective must be scalar; n_out = {sur.n_out}.")
     method = method if method is not None else ("trust-constr" if constraints else "L-BFGS-B")

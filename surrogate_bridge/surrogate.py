@@ -235,11 +235,16 @@ class Surrogate:
             )
         return self._built
 
-    def _points_of(self, x, where: str, scalar_only: str | None = None) -> Points:
-        if self._n_in is None:  # a model that does not say its input count: learn it from x
+    def _learn_n_in(self, x) -> None:
+        """A model that does not say its input count: learn it from x (a point or points)."""
+        if self._n_in is None:
             shape = getattr(x, "shape", np.shape(x))
             if len(shape) in (1, 2) and shape[-1] > 0:
                 self._setup(int(shape[-1]))
+
+    def _points_of(self, x, where: str, scalar_only: str | None = None) -> Points:
+        if self._n_in is None:
+            self._learn_n_in(x)
             self._ready(where)
         if scalar_only and self._built.n_out != 1:
             raise ValueError(
@@ -427,12 +432,15 @@ def _describe(sur: Surrogate) -> str:
     return f"Surrogate({', '.join(kept)})"
 
 
-def require_surrogate(sur, where: str, ready: bool = True) -> None:
-    """The adapters' entry check: a ``Surrogate`` (whose input count is known, if ``ready``)."""
+def require_surrogate(sur, where: str, ready: bool = True, x=None) -> None:
+    """The adapters' entry check: a ``Surrogate`` (whose input count is known, if ``ready``;
+    a start ``x`` says it, as a first evaluation would)."""
     if not isinstance(sur, Surrogate):
         raise TypeError(
             f"{where}: expected a surrogate_bridge.Surrogate, got {type(sur).__name__}."
         )
+    if x is not None:
+        sur._learn_n_in(x)
     if ready:
         sur._ready(where)
 

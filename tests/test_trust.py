@@ -283,6 +283,10 @@ def test_check_derivatives_passes_exact_derivatives_at_a_stationary_point():
     assert not bad.ok  # the threshold still bites
     unsaid = sb.Surrogate(Bowl())  # n_in learned from the first x, here check_derivatives'
     assert sb.check_derivatives(unsaid, [0.1, 0.7]).ok and unsaid.n_in == 2
+    # and from the start of minimize and multistart, as from a first evaluation
+    np.testing.assert_allclose(sb.minimize(sb.Surrogate(Bowl()), [0.9, -1.0]).x, 0.3, atol=1e-7)
+    starts = np.array([[1.0, 1.0], [-1.0, 0.5]])
+    np.testing.assert_allclose(sb.multistart(sb.Surrogate(Bowl()), starts).x, 0.3, atol=1e-5)
 
 
 # the bad-input catalogue ------------------------------------------------------------------

@@ -196,7 +196,7 @@ def minimize(
     >>> bool(np.allclose(res.x, 1.0))
     True
     """
-    require_surrogate(sur, "minimize")
+    require_surrogate(sur, "minimize", x=x0)
     if sur.n_out != 1:
         raise ValueError(
             f"minimize: the objective must be scalar, but this surrogate has n_out = "
