@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .normalization import Affine
+from .projections import AroundModel, Projected
 from .routes import POINT_ROUTES
 from .scaling import Scaling
 
@@ -78,8 +79,6 @@ def infer_n_in(n_in, in_aff: Affine | Scaling | None, model) -> tuple[int | None
         return n_in, None
     if from_scaler is not None:
         return from_scaler, None
-    from .projections import AroundModel, Projected
-
     if isinstance(model, Projected) and model.before is not None:  # the projection's inputs
         return model.before.in_features, None
     first = _first_linear(model)

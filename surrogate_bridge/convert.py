@@ -81,16 +81,17 @@ def feature_names(obj) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def check_feature_names(x, names: tuple[str, ...], where: str, name: str = "x") -> None:
+def check_feature_names(x, names: tuple[str, ...] | None, where: str, name: str = "x") -> None:
     """A pandas ``x`` whose column names (a Series': its index) are not ``names`` in order is
-    refused, as sklearn refuses it; unnamed columns and arrays pass (their order is the
-    caller's to keep)."""
-    if not type(x).__module__.startswith("pandas"):
+    refused, as sklearn refuses it; unnamed columns, arrays, and any x where ``names`` is None
+    pass (their order is the caller's to keep)."""
+    if names is None or not type(x).__module__.startswith("pandas"):
         return
     got = x.columns if x.ndim == 2 else x.index if len(names) > 1 else None
     if got is None or not all(isinstance(n, str) for n in got) or tuple(got) == names:
         return
-    missing, extra = [n for n in names if n not in set(got)], [n for n in got if n not in names]
+    seen = set(got)
+    missing, extra = [n for n in names if n not in seen], [n for n in got if n not in names]
     how = f"lacks {missing}" if missing else f"also has {extra}" if extra else "has another order"
     raise ValueError(
         f"{where}: {name} has the columns {list(got)}, but the surrogate was fitted on "

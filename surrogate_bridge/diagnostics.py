@@ -299,8 +299,7 @@ def check_derivatives(sur, x, *, order: int = 2, rtol: float = 1e-5) -> Derivati
     """
     if order not in (1, 2):
         raise ValueError(f"check_derivatives: order must be 1 or 2, got {order!r}.")
-    if sur.feature_names is not None:  # a Series: named as the scaler's features
-        check_feature_names(x, sur.feature_names, "check_derivatives")
+    check_feature_names(x, sur.feature_names, "check_derivatives")  # a Series
     if sur.n_in is None:  # a model that does not say its input count: x does
         sur._learn_n_in(x)
     pts = as_points(x, sur.n_in, "check_derivatives")  # kind, features, finiteness

@@ -155,8 +155,7 @@ def multistart(
         lb, ub = np.full(n, -np.inf), np.full(n, np.inf)
     else:
         lb, ub = read_box(bounds, n, "multistart", sur.domain)
-    if sur.feature_names is not None:  # a DataFrame of starts: its columns as the scaler's
-        check_feature_names(x0, sur.feature_names, "multistart", "x0")
+    check_feature_names(x0, sur.feature_names, "multistart", "x0")  # a DataFrame of starts
     X = _starts(x0, n_starts, lb, ub, n, seed)
     funs = None  # the end points' values, where the optimizer holds them
     if method == "newton":

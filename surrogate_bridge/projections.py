@@ -146,18 +146,22 @@ def _steps(scaler) -> list:
     return []
 
 
+def _components(proj) -> tuple[np.ndarray, np.ndarray]:
+    """(components (k, n), mean (n,)): TruncatedSVD centres nothing."""
+    C = np.asarray(proj.components_, dtype=np.float64)
+    return C, np.asarray(getattr(proj, "mean_", np.zeros(C.shape[1])), dtype=np.float64)
+
+
 def _forward(proj) -> tuple[np.ndarray, np.ndarray]:
     """sklearn's transform as ``u @ W.T + b``."""
-    C = np.asarray(proj.components_, dtype=np.float64)
-    mean = np.asarray(getattr(proj, "mean_", np.zeros(C.shape[1])), dtype=np.float64)
+    C, mean = _components(proj)
     s = _whitening(proj, C.shape[0])
     return C / s[:, None], -(mean @ C.T) / s
 
 
 def _inverse(proj) -> tuple[np.ndarray, np.ndarray]:
     """sklearn's inverse_transform as ``z @ V + mean``."""
-    C = np.asarray(proj.components_, dtype=np.float64)
-    mean = np.asarray(getattr(proj, "mean_", np.zeros(C.shape[1])), dtype=np.float64)
+    C, mean = _components(proj)
     if getattr(proj, "whiten", False):
         return np.sqrt(np.asarray(proj.explained_variance_, dtype=np.float64))[:, None] * C, mean
     return C, mean

@@ -137,8 +137,7 @@ class Surrogate:
         self._domain.require_features(n_in)
         box = self._domain.box()
         built = build(model, *self._baked, n_in, self.dtype, self.device, from_, box)
-        if built.fn.reference is None:  # from_physical: probed in the reference scaler's units
-            built.fn.reference = self._in_aff
+        built.fn.reference = self._in_aff  # (from_physical's: probed in its reference's units)
         if nonsmooth is not None:  # new weights, same layers: what was known still holds
             built.nonsmooth = nonsmooth
         engine = Engine(built.fn, n_in, built.n_out, self.dtype, self.device, self._route_policy)
@@ -251,9 +250,8 @@ class Surrogate:
                 f"{where} is for scalar surrogates (n_out == 1); this one has n_out = "
                 f"{self._built.n_out}. Use {scalar_only} instead."
             )
-        names = getattr(self, "_names", None)  # (absent from older pickles)
-        if names is not None and type(x) is not np.ndarray:
-            check_feature_names(x, names, where)
+        if type(x) is not np.ndarray:  # (_names: absent from older pickles)
+            check_feature_names(x, getattr(self, "_names", None), where)
         pts = as_points(x, self._n_in, where)
         self._domain.check(pts, where)
         return pts

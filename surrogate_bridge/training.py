@@ -196,9 +196,7 @@ def _check_options(epochs, lr, batch_size, weights, validation, patience) -> Non
 
 def _prepare(model, X, y, dydx, input_scaler, output_scaler) -> _Data:
     """Validate the data against each other and the model; normalize it."""
-    names = feature_names(input_scaler)
-    if names is not None:  # a DataFrame's columns as the scaler saw them, or refused
-        check_feature_names(X, names, "fit", "X")
+    check_feature_names(X, feature_names(input_scaler), "fit", "X")  # as the scaler saw them
     frames = (X if _is_frame(X) else None, y if _is_frame(y) else None)  # columns by name
     X = as_array(X, "fit", "X", (1, 2))
     if X.ndim == 1:  # N samples of one feature, or one sample of N features: not guessed
@@ -296,9 +294,10 @@ def _check_model(model, X: np.ndarray, m: int) -> None:
 
 
 def _train(
-    model, data: _Data, tr_idx, val_idx, *, epochs, lr, batch_size, weights, patience, gen, progress
+    data: _Data, tr_idx, val_idx, *, epochs, lr, batch_size, weights, patience, gen, progress
 ) -> dict:
     """Adam on the value and gradient mean-squared errors; restores the best weights."""
+    model = data.model
     w_v, w_g = weights
     need = 1 if data.GT is not None and w_g else 0
 
@@ -349,12 +348,12 @@ def _train(
     return history
 
 
-def _anchored(model, data: _Data, x_a, v_a, dtype: torch.dtype) -> Affine:
+def _anchored(data: _Data, x_a, v_a, dtype: torch.dtype) -> Affine:
     """The output scaler shifted so that the surrogate equals ``v_a`` at ``x_a`` (gradients fix
     f only up to a constant), computed in the surrogate's dtype from a frozen copy."""
     out = data.out_aff or Affine.identity(data.m)
     z_a = x_a if data.in_aff is None else data.in_aff.transform(x_a)
-    probe = frozen_copy(model, dtype, torch.device("cpu"))
+    probe = frozen_copy(data.model, dtype, torch.device("cpu"))
     with torch.no_grad():
         y = probe(torch.as_tensor(z_a, dtype=dtype)[None]).reshape(-1).double().numpy()
     return Affine(v_a - y * out.scale, out.scale)
@@ -465,7 +464,6 @@ def fit(
     model.train()
     try:
         history = _train(
-            data.model,
             data,
             perm[n_val:],
             perm[:n_val],
@@ -483,17 +481,16 @@ def fit(
             p.grad = None
 
     out_aff = data.out_aff
+    Xp = as_array(X, "fit", "X", (2,))
     if y is None or anchor is not None:
-        Xp = as_array(X, "fit", "X", (2,))
         x_a, v_a = (
             (Xp[0], np.zeros(data.m))
             if anchor is None
             else (as_array(a, "fit", "anchor", (0, 1)).reshape(-1) for a in anchor)
         )
         dtype = surrogate_kwargs.get("dtype", torch.float64)
-        out_aff = _anchored(data.model, data, x_a, v_a, dtype)
+        out_aff = _anchored(data, x_a, v_a, dtype)
     if "domain" not in surrogate_kwargs:  # where it was trained: extrapolation is warned of
-        Xp = as_array(X, "fit", "X", (2,))
         surrogate_kwargs["domain"] = (Xp.min(axis=0), Xp.max(axis=0))
     sur = Surrogate(data.model, data.in_aff, out_aff, **surrogate_kwargs)
     sur._names = feature_names(input_scaler) or feature_names(X)

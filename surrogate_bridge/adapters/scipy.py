@@ -213,8 +213,7 @@ def minimize(
             f"minimize: method={method!r} is not a scipy.optimize.minimize method; use one of "
             f"{sorted(_NO_DERIVATIVES | _FIRST_ORDER | _SECOND_ORDER)}."
         )
-    if sur.feature_names is not None:  # a Series or DataFrame start: named as the scaler's
-        check_feature_names(x0, sur.feature_names, "minimize", "x0")
+    check_feature_names(x0, sur.feature_names, "minimize", "x0")  # a Series or DataFrame
     pts = as_points(x0, sur.n_in, "minimize", "x0")
     if not pts.single:
         raise ValueError(
