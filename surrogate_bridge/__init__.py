@@ -4,8 +4,9 @@ A :class:`Surrogate` bakes input scaling and output unscaling into one different
 function of physical inputs; adapters hand it to scipy.optimize, CasADi and torchdiffeq.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-from importlib.util import find_spec
+from importlib.metadata import PackageNotFoundError as _NotInstalled
+from importlib.metadata import version as _version
+from importlib.util import find_spec as _find_spec
 
 from . import distributed, lyapunov
 from .adapters.scipy import minimize, scipy_constraint, scipy_ode
@@ -45,9 +46,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'surrogate_bridge' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:  # the lazy adapters too, for tab completion; not the plumbing
+    return sorted(set(__all__) | set(_LAZY) | {n for n in globals() if not n.startswith("_")})
+
+
 try:
-    __version__ = version("surrogate-bridge")
-except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = _version("surrogate-bridge")
+except _NotInstalled:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
 __all__ = [
@@ -78,4 +83,4 @@ __all__ = [
     "update_weights",
 ]
 # adapters whose extra is installed: `from surrogate_bridge import *` never fails on a missing one
-__all__ += [name for name, (_, needs) in _LAZY.items() if find_spec(needs) is not None]
+__all__ += [name for name, (_, needs) in _LAZY.items() if _find_spec(needs) is not None]

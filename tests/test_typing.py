@@ -79,3 +79,11 @@ def test_mypy_sees_numpy_for_numpy_and_tensor_for_tensor(tmp_path):
     assert "ndarray" in revealed[1] and "Tensor" not in revealed[1], out
     assert revealed[2] == '"torch._tensor.Tensor"', out
     assert revealed[3] == "tuple[torch._tensor.Tensor, torch._tensor.Tensor]".join('""'), out
+
+
+def test_the_package_namespace_lists_the_api_and_not_its_plumbing():
+    listed = set(dir(sb))
+    assert set(sb.__all__) <= listed  # the lazy adapters too (tab completion finds them)
+    assert {"casadi_function", "ode_rhs", "gradient_flow"} <= listed
+    assert not {"version", "find_spec", "PackageNotFoundError"} & listed
+    assert all(hasattr(sb, name) for name in sb.__all__)
