@@ -14,7 +14,7 @@ import numpy as np
 from scipy.optimize import Bounds, OptimizeResult
 from scipy.spatial import cKDTree
 
-from .convert import as_points, check_feature_names
+from .convert import as_points, check_feature_names, to_host
 from .joint import (
     LOCKSTEP,
     finite_rows,
@@ -211,7 +211,7 @@ def _starts(x0, n_starts, lb, ub, n, seed) -> np.ndarray:
         count = 64 if n_starts is None else n_starts
         return np.random.default_rng(seed).uniform(lb, ub, (count, n))
     pts = as_points(x0, n, "multistart", "x0")
-    X = np.array(pts.data.cpu() if pts.is_torch else pts.data, dtype=np.float64).reshape(-1, n)
+    X = np.array(to_host(pts.data) if pts.is_torch else pts.data, dtype=np.float64).reshape(-1, n)
     if len(X) == 0:
         raise ValueError(f"multistart: x0 holds no starts (shape {np.shape(x0)}).")
     if n_starts is not None and n_starts != len(X):

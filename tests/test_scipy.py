@@ -396,6 +396,18 @@ def test_time_input_ode():
     np.testing.assert_allclose(ode.jac(1.0, np.array([2.0])), [[-2.0]], atol=1e-14)
 
 
+def test_a_start_that_is_a_tensor_requiring_grad_is_read_as_numbers():
+    """A design variable of torch code handed on to scipy (it used to fail in numpy())."""
+    sur = quad_sur(P_SEED)
+    x0 = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    res = sb.minimize(sur, x0)
+    assert np.array_equal(res.x, sb.minimize(sur, [1.0, -2.0]).x)
+    starts = torch.tensor([[1.0, -2.0], [0.5, 0.5]], requires_grad=True)
+    found = sb.multistart(sur, starts, method="newton")
+    np.testing.assert_allclose(found.x, [0.0, 0.0], atol=TOL["x"])
+    assert x0.grad is None and starts.grad is None
+
+
 # errors -------------------------------------------------------------------------------------
 def test_minimize_vector_objective_error():
     with pytest.raises(ValueError, match="least_squares.*scipy_constraint"):

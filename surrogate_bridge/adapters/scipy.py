@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.optimize as so
 
-from ..convert import as_points, check_feature_names
+from ..convert import as_points, check_feature_names, to_host
 from ..diagnostics import warn_low_precision
 from ..surrogate import Surrogate, require_surrogate, require_vector_field
 
@@ -219,7 +219,7 @@ def minimize(
         raise ValueError(
             f"minimize: x0 must be one point of shape ({sur.n_in},), got {tuple(pts.data.shape)}."
         )
-    x0 = np.asarray(pts.data[0].cpu() if pts.is_torch else pts.data[0], dtype=np.float64)
+    x0 = np.asarray(to_host(pts.data[0]) if pts.is_torch else pts.data[0], dtype=np.float64)
     warn_low_precision(sur, "minimize")
     if key not in _NO_DERIVATIVES:
         kwargs.setdefault("jac", sur.grad)
