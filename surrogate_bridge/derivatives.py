@@ -331,11 +331,23 @@ class Engine:
     def _cached(self, pts) -> bool:
         return pts.single and not pts.is_torch
 
+    def traced(self, data) -> torch.Tensor | None:
+        """``data`` in the surrogate's dtype and on its device with its autograd graph, where
+        torch code differentiates through the surrogate (a tensor that requires grad, grad mode
+        on: the ode adapter's rule); else None, and results are plain values."""
+        if isinstance(data, torch.Tensor) and data.requires_grad and torch.is_grad_enabled():
+            return data.to(device=self.device, dtype=self.dtype)
+        return None
+
     def orders(self, pts, order: int, chunk: int) -> list:
-        """``[f, ..., D^order f]`` at the points."""
+        """``[f, ..., D^order f]`` at the points; differentiable in a traced x (one pass over
+        the whole batch, whose graph the caller keeps anyway)."""
         if self._cached(pts) and order <= 2:
             e = self.points.get(pts.data[0], "yJH"[order])
             return [e.y, e.J, e.H][: order + 1]
+        X = self.traced(pts.data)
+        if X is not None and X.shape[0]:
+            return rowwise(self.fn, X, order, create_graph=True)
         X = to_torch(pts.data, self.dtype, self.device)
         if X.shape[0] == 0:  # an empty batch: empty results of the right shapes
             return [X.new_zeros((0, self.m) + (self.n,) * j) for j in range(order + 1)]
@@ -345,11 +357,16 @@ class Engine:
         """Hessian-vector product (n,) of a scalar function at one point."""
         if self._cached(pts):
             return self.points.hessp(pts.data[0], p)
-        return self.orders(pts, 2, 1)[2][0, 0] @ to_torch(p, self.dtype, self.device)
+        return self.orders(pts, 2, 1)[2][0, 0] @ self._vector(p)
 
     def lagrangian(self, pts, v: np.ndarray):
         """``sum_i v_i * Hessian of output i`` (n, n) at one point."""
         if self._cached(pts):
             return self.points.lagrangian(pts.data[0], v)
         H = self.orders(pts, 2, 1)[2][0]
-        return torch.einsum("i,ijk->jk", to_torch(v, self.dtype, self.device), H)
+        return torch.einsum("i,ijk->jk", self._vector(v), H)
+
+    def _vector(self, w) -> torch.Tensor:
+        """A direction or weight vector, with its graph where torch code differentiates."""
+        traced = self.traced(w)
+        return to_torch(w, self.dtype, self.device) if traced is None else traced

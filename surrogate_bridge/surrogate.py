@@ -73,7 +73,8 @@ class Surrogate:
 
     Notes
     -----
-    numpy in -> numpy out; torch in -> torch out on its device. Safe to share between threads.
+    numpy in -> numpy out; torch in -> torch out on its device, with the input's autograd graph
+    where it requires grad (and grad mode is on). Safe to share between threads.
     Batches run in chunks of ``chunk_size`` rows (4096 on the CPU, where a chunk's work then
     stays in cache; 16384 on a GPU): beyond the results, memory is one chunk's work for any N.
 
@@ -262,8 +263,10 @@ class Surrogate:
         if not pts.single:
             shape = tuple(pts.data.shape)
             raise ValueError(f"{where}: x must be one point of shape ({self._n_in},), got {shape}.")
-        vec = as_vector(w, getattr(self, length), where, name)
+        vec = as_vector(w, getattr(self, length), where, name)  # (validated; numpy)
         self._before_derivatives(where)
+        if isinstance(w, torch.Tensor) and w.requires_grad:  # its graph, for torch code
+            return pts, w.reshape(-1)
         return pts, vec
 
     def _ask(self, x, where: str, order: int, scalar_only=None, drop=None, lowest=None) -> list:

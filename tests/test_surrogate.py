@@ -72,6 +72,49 @@ def test_torch_in_torch_out(vec):
     assert not J.requires_grad
 
 
+def test_a_tensor_that_requires_grad_keeps_its_graph(vec, scal):
+    """Torch code that differentiates through the surrogate (a design found by a torch optimizer,
+    a loss on its derivatives) gets results with x's graph, exact to gradcheck: a detached
+    result would drop the surrogate's part of a loss in silence."""
+    X = torch.tensor([[0.1, 0.2], [0.3, -0.4]], dtype=torch.float64, requires_grad=True)
+    for fn in (vec, vec.jac, scal, scal.grad, scal.hess, lambda x: vec.derivatives(x, 3)[3]):
+        assert torch.autograd.gradcheck(fn, (X,))
+    assert torch.autograd.gradgradcheck(scal, (X,))
+    x = X[0].detach().clone().requires_grad_(True)
+    (scal(x) + (x**2).sum()).backward()  # one point, in a sum with the caller's own terms
+    np.testing.assert_allclose(
+        x.grad.numpy(), scal.grad([0.1, 0.2]) + np.array([0.2, 0.4]), rtol=1e-14
+    )
+    p = torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(scal.hessp, (x, p))  # the direction's graph too
+    v = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(vec.lagrangian_hess, (x, v))
+    x32 = torch.tensor([0.1, 0.2], requires_grad=True)  # a float32 leaf of a float64 surrogate
+    scal(x32).backward()
+    assert x32.grad.dtype == torch.float32
+    np.testing.assert_allclose(x32.grad.numpy(), scal.grad([0.1, 0.2]), rtol=1e-6)
+    with torch.no_grad():  # plain values where the caller asks for none
+        assert not scal.grad(X).requires_grad and not scal(X).requires_grad
+    assert all(not q.requires_grad for q in scal.function.parameters())  # frozen, as ever
+
+
+def test_a_torch_optimizer_finds_the_seed_problems_minimum_through_the_surrogate():
+    sur = sb.Surrogate(Quadratic(P_SEED), sb.Affine([1.0, -2.0], [2.0, 0.5]), n_in=2)
+    x = torch.tensor([3.0, -1.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [x], max_iter=100, tolerance_grad=1e-12, tolerance_change=0.0, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        value = sur(x)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    np.testing.assert_allclose(x.detach().numpy(), [1.0, -2.0], atol=1e-7)  # z = 0
+
+
 def test_float32_surrogate():
     net = mlp([2, 8, 1])
     s32, s64 = sb.Surrogate(net, dtype=torch.float32), sb.Surrogate(net)
