@@ -80,6 +80,8 @@ def test_a_tensor_that_requires_grad_keeps_its_graph(vec, scal):
     for fn in (vec, vec.jac, scal, scal.grad, scal.hess, lambda x: vec.derivatives(x, 3)[3]):
         assert torch.autograd.gradcheck(fn, (X,))
     assert torch.autograd.gradgradcheck(scal, (X,))
+    _, g, H = sb.derivatives(scal, X, 2)  # the surrogate as a torch callable (zeros, before)
+    assert torch.equal(g[:, 0], scal.grad(X)) and torch.equal(H[:, 0], scal.hess(X))
     x = X[0].detach().clone().requires_grad_(True)
     (scal(x) + (x**2).sum()).backward()  # one point, in a sum with the caller's own terms
     np.testing.assert_allclose(
