@@ -68,38 +68,56 @@ def check_device(device, where: str = "Surrogate", dtype=torch.float64) -> torch
 
 
 def infer_n_in(n_in, in_aff: Affine | Scaling | None, model) -> tuple[int | None, str | None]:
-    """(n_in, the name of the Linear layer it was read from, or None where n_in was given or
-    read from the input scaler)."""
+    """(n_in, a hint for an error of shapes: where n_in came from, when the model's first Linear
+    layer reads another count or gave it, else None)."""
     from_scaler = None if in_aff is None else in_aff.n_features
     if n_in is not None:
         if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in < 1:
             raise ValueError(f"Surrogate: n_in must be a positive int, got {n_in!r}.")
         if from_scaler is not None and from_scaler != n_in:
             raise ValueError(f"Surrogate: n_in={n_in} but input_scaler has {from_scaler} features.")
-        return n_in, None
+        return n_in, _other_count(model, n_in, f"n_in={n_in} was given")
     if from_scaler is not None:
-        return from_scaler, None
+        said = f"input_scaler has {from_scaler} features"
+        return from_scaler, _other_count(model, from_scaler, said)
     if isinstance(model, Projected) and model.before is not None:  # the projection's inputs
         return model.before.in_features, None
     first = _first_linear(model)
     if first is None:
         return None, None
-    name, layer = first
-    while isinstance(model, AroundModel):  # named as in the caller's model, not in our layers
-        name, model = name.removeprefix("model."), model.model
-    return int(layer.weight.shape[-1]), name or "the model"
+    name, takes = first
+    return takes, (
+        f"(n_in={takes} was read from the first Linear layer, {name!r}; pass n_in= or an "
+        "input_scaler if the model takes another number of inputs.)"
+    )
 
 
-def _first_linear(model) -> tuple[str, nn.Module] | None:
-    """(name, module) of the model's first Linear layer, scripted or traced ones too (a traced
-    Linear keeps its weight but not its in_features attribute), or None."""
+def _other_count(model, n_in: int, said: str) -> str | None:
+    """A hint where the model's first Linear layer takes other than ``n_in`` inputs (legitimate
+    where features are built before it; the hint is shown only if the model then fails)."""
+    first = _first_linear(model)
+    if first is None or first[1] == n_in:
+        return None
+    name, takes = first
+    return f"({said}, but the model's first Linear layer, {name!r}, takes {takes}.)"
+
+
+def _first_linear(model) -> tuple[str, int] | None:
+    """(name, input count) of the model's first Linear layer, scripted or traced ones too (a
+    traced Linear keeps its weight but not its in_features attribute), named as in the caller's
+    model (not in our layers around it), or None."""
     if not isinstance(model, nn.Module):
         return None
-    return next(
+    name, layer = next(
         (
             (name, m)
             for name, m in model.named_modules()
             if isinstance(m, nn.Linear) or getattr(m, "original_name", None) == "Linear"
         ),
-        None,
+        (None, None),
     )
+    if layer is None:
+        return None
+    while isinstance(model, AroundModel):
+        name, model = name.removeprefix("model."), model.model
+    return name or "the model", int(layer.weight.shape[-1])

@@ -403,12 +403,12 @@ def _second_derivatives(fn, x: torch.Tensor) -> str | None:
 
 def build(
     model, in_aff: Scaler, out_aff: Scaler, n_in: int, dtype, device,
-    n_in_from: str | None = None, box=None,
+    n_in_hint: str | None = None, box=None,
 ) -> Built:  # fmt: skip
     """Probe ``model`` (already a frozen copy) once: how to call it, n_out, row independence,
     smoothness, at :func:`probe_points` (in ``box``, the training domain, where ``in_aff`` is
-    None). Raises ``ValueError`` naming what failed (and, for a failure of shapes, the layer
-    ``n_in_from`` that n_in was read from); leaves nothing behind on failure."""
+    None). Raises ``ValueError`` naming what failed (and, for a failure of shapes, with
+    ``n_in_hint``: where n_in came from); leaves nothing behind on failure."""
     X = probe_points(n_in, _PROBE_ROWS, in_aff, box).to(dtype).to(device)
     rows, n_out, err = None, None, None
     wrappers = [Batched, Pointwise]
@@ -431,11 +431,8 @@ def build(
         err = err or f"it returned {got} for {X.shape[0]} points"
     if rows is None:
         hint = "Check n_in and the scalers' feature counts against the model's input layer."
-        if n_in_from is not None:
-            hint += (
-                f" (n_in={n_in} was read from the first Linear layer, {n_in_from!r}; pass n_in= "
-                "or an input_scaler if the model takes another number of inputs.)"
-            )
+        if n_in_hint is not None:  # where n_in came from, if the input layer disagrees
+            hint += f" {n_in_hint}"
         if "dtype" in str(err) or "Float and Double" in str(err):
             hint = (
                 f"The Surrogate runs a copy of the model in {dtype}: a cast inside its forward "

@@ -121,7 +121,7 @@ class Surrogate:
         self._baked = (self._in_aff, self._out_aff)  # what the function applies (_setup)
         self._cache_policy, self._route_policy = (cache_size, bool(prefetch_grad)), point_route
         self.chunk_size = 4096 if self.device.type == "cpu" else 16384  # benchmarks/RESULTS.md
-        n_in, self._n_in_from = infer_n_in(n_in, self._in_aff, model)  # (_from: for errors)
+        n_in, self._n_in_hint = infer_n_in(n_in, self._in_aff, model)  # (the hint: for errors)
         self._domain = Domain(domain, self._in_aff, n_in, extrapolation)
         self._model = frozen_copy(from_torchscript(model, n_in), dtype, self.device)
         self._n_in: int | None = None
@@ -134,10 +134,10 @@ class Surrogate:
         evaluator, then swap them in: a failure leaves the surrogate as it was, and a call in
         flight in another thread finishes on the engine it started with."""
         model = self._model if model is None else model
-        from_ = getattr(self, "_n_in_from", None)  # (absent from older pickles)
+        hint = getattr(self, "_n_in_hint", None)  # (absent from older pickles)
         self._domain.require_features(n_in)
         box = self._domain.box()
-        built = build(model, *self._baked, n_in, self.dtype, self.device, from_, box)
+        built = build(model, *self._baked, n_in, self.dtype, self.device, hint, box)
         built.fn.reference = self._in_aff  # (from_physical's: probed in its reference's units)
         if nonsmooth is not None:  # new weights, same layers: what was known still holds
             built.nonsmooth = nonsmooth

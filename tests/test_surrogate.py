@@ -263,6 +263,16 @@ def test_a_wrong_n_in_from_the_first_linear_layer_says_where_it_came_from():
     assert sb.Surrogate(TwoNets(), n_in=5).n_in == 5
 
 
+def test_a_scaler_of_other_columns_than_the_input_layer_takes_is_named_with_both_counts():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    said = r"input_scaler has 3 features, but the model's first Linear layer, '0', takes 2"
+    with pytest.raises(ValueError, match=said):
+        sb.Surrogate(mlp([2, 4, 1]), StandardScaler().fit(X))
+    with pytest.raises(ValueError, match=r"n_in=3 was given, but .* layer, '0', takes 2"):
+        sb.Surrogate(mlp([2, 4, 1]), n_in=3)
+    sb.Surrogate(TwoNets(), StandardScaler().fit(np.c_[X, X[:, :2]]))  # features built first
+
+
 class TwoInputs(nn.Module):
     def __init__(self):
         super().__init__()
