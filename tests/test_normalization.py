@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -79,8 +81,14 @@ def test_unsupported_scaler_names_supported():
 
 
 def test_clipping_minmax_refused(data):
+    clipping = MinMaxScaler(clip=True).fit(data)
     with pytest.raises(ValueError, match="clip=True"):
-        sb.Affine.from_sklearn(MinMaxScaler(clip=True).fit(data))
+        sb.Affine.from_sklearn(clipping)
+    unclipped = copy.copy(clipping)  # what the message says to pass
+    unclipped.clip = False
+    inside = np.asarray(data, dtype=float)
+    got = sb.Affine.from_sklearn(unclipped).transform(inside)
+    np.testing.assert_allclose(got, clipping.transform(inside), **TOL)  # the same, inside
 
 
 @pytest.mark.parametrize(
