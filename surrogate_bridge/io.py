@@ -77,7 +77,7 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"save: the folder {folder!r} does not exist; create it first.")
-    rows = sur.function.rows  # Batched, or a one-point form run under vmap (also a loaded one)
+    rows = sur._own_function().rows  # Batched, or a one-point form under vmap (or a loaded one)
     batched = type(rows) is Batched and not (
         isinstance(rows.model, SavedGraph) and rows.model.one_point
     )
@@ -88,7 +88,7 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
             program, batched = sur.export(one_point=True), False  # run under vmap for batches
         except ExportError:
             raise ValueError(f"save: {err}") from err
-    graph, tensors = graph_to_data(program, sur.function.probes(sur.n_in))
+    graph, tensors = graph_to_data(program, sur._own_function().probes(sur.n_in))
     try:  # what load will check, checked now: never write a file that load refuses
         SavedGraph(graph, tensors, one_point=not batched).check_shapes(
             sur.n_in, sur.n_out, sur.dtype

@@ -316,6 +316,9 @@ class Built:
         self.fn, self.n_out, self.nonsmooth = fn, n_out, nonsmooth
         self.no_first, self.no_second = no_first, no_second
 
+    def __getstate__(self) -> dict:  # the copy handed out (Surrogate.function) is not saved
+        return {k: v for k, v in self.__dict__.items() if k != "handed"}
+
     def refuse(self, where: str, order: int) -> None:
         """Raise where derivatives of ``order`` would be wrong: a cut graph (``ValueError``),
         or derivatives torch cannot take (``NotImplementedError``)."""

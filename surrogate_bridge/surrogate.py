@@ -6,6 +6,8 @@ derivatives. A facade: it validates and shapes; ``physical.py`` builds the funct
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -29,6 +31,9 @@ __all__ = [
     "require_surrogate",
     "require_vector_field",
 ]
+
+
+_HANDING = threading.Lock()  # one copy of the function handed out per build (function)
 
 
 class Surrogate:
@@ -175,10 +180,37 @@ class Surrogate:
         lambda self: self._ready("Surrogate.nonsmooth_ops").nonsmooth,
         doc="Names of the piecewise-linear operations the model calls (empty when smooth).",
     )
-    function = property(
-        lambda self: self._ready("Surrogate.function").fn,
-        doc="The physical-units torch module: (N, n_in) -> (N, n_out), (n_in,) -> (n_out,).",
-    )
+
+    @property
+    def function(self) -> nn.Module:
+        """The physical-units torch module: (N, n_in) -> (N, n_out), (n_in,) -> (n_out,).
+
+        A copy of the surrogate's own, made at the first access and the same object at every
+        later one (a new one after :func:`update_weights`): to embed in torch code, where an
+        enclosing module's ``.float()``, ``.to(device)``, ``.train()``, ``.apply(init)`` or
+        an edit of its weights changes the copy alone, never the surrogate or its solvers.
+        Its parameters are frozen; gradients flow to its inputs.
+
+        Examples
+        --------
+        >>> import torch, surrogate_bridge as sb
+        >>> sur = sb.Surrogate(torch.nn.Linear(2, 1), n_in=2)
+        >>> outer = torch.nn.Sequential(sur.function, torch.nn.Tanh()).float()
+        >>> sur.function is outer[0], sur([0.0, 0.0]) == float(sur.function(torch.zeros(2)))
+        (True, True)
+        >>> outer[0].rows.model.weight.dtype, sur.grad([0.0, 0.0]).dtype  # the copy alone
+        (torch.float32, dtype('float64'))
+        """
+        built = self._ready("Surrogate.function")
+        with _HANDING:
+            if getattr(built, "handed", None) is None:
+                built.handed = copy.deepcopy(built.fn)
+            return built.handed
+
+    def _own_function(self) -> nn.Module:
+        """The module the surrogate evaluates (for the package's own readers; never handed out)."""
+        return self._ready("Surrogate.function").fn
+
     point_route = property(
         lambda self: self._ready("Surrogate.point_route") and self._engine.route.name,
         doc='The route answering single numpy points ("torch", "numpy", "casadi", or per kind).',

@@ -194,7 +194,8 @@ def test_ipopt_trained_objective_with_bounds(trained, mode):
 def test_map_is_one_batched_call(cases):
     sur = cases["softplus"]
     calls = []
-    hook = sur.function.register_forward_pre_hook(lambda m, inp: calls.append(inp[0].shape[0]))
+    own = sur._own_function()  # the module it evaluates (sur.function hands out a copy)
+    hook = own.register_forward_pre_hook(lambda m, inp: calls.append(inp[0].shape[0]))
     try:
         M = sb.casadi_function(sur, mode="callback").map(7)
         X = np.random.default_rng(2).normal(size=(3, 7))

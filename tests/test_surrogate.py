@@ -117,6 +117,34 @@ def test_a_torch_optimizer_finds_the_seed_problems_minimum_through_the_surrogate
     np.testing.assert_allclose(x.detach().numpy(), [1.0, -2.0], atol=1e-7)  # z = 0
 
 
+def test_the_function_handed_out_is_a_copy_that_torch_code_may_change():
+    """An enclosing module's .float(), .train(), .apply(init) and weight edits reach the copy
+    handed out alone: the surrogate, its every route and its ODE right-hand side are as built."""
+    import pickle
+
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 1))
+    sur = sb.Surrogate(net, sb.Affine([1, 2], [3, 4]), point_route="numpy")
+    X = np.random.default_rng(0).normal(size=(5, 2))
+    before = [sur(X), sur.hess(X), sur.hess(X[0]), sur.function(torch.tensor(X)).detach()]
+    size = len(pickle.dumps(sur))
+    outer = nn.Sequential(sur.function, nn.Linear(1, 1))
+    assert sur.function is outer[0]  # the same copy at every access
+    outer.float().train()
+    outer.apply(lambda m: nn.init.zeros_(m.weight) if isinstance(m, nn.Linear) else None)
+    with torch.no_grad():
+        outer[0].rows.model[0].bias.add_(1.0)
+    sur.cache_clear()
+    after = [sur(X), sur.hess(X), sur.hess(X[0])]
+    for old, new in zip(before, after, strict=False):
+        assert np.array_equal(old, new)
+    assert len(pickle.dumps(sur)) == size  # the copy is not saved with the surrogate
+    changed = outer[0](torch.tensor(X, dtype=torch.float32)).double()
+    assert not torch.allclose(changed, before[3])  # the copy did change
+    sb.update_weights(sur, net)
+    fresh = sur.function
+    assert fresh is not outer[0] and torch.equal(fresh(torch.tensor(X)), before[3])
+
+
 def test_float32_surrogate():
     net = mlp([2, 8, 1])
     s32, s64 = sb.Surrogate(net, dtype=torch.float32), sb.Surrogate(net)

@@ -131,6 +131,16 @@ def test_right_hand_sides_follow_update_weights_and_a_trainable_copy_keeps_its_o
     torch.testing.assert_close(ends, ref, rtol=1e-12, atol=1e-14)
 
 
+def test_a_right_hand_side_evaluates_the_surrogate_not_the_function_it_hands_out():
+    sur = sb.Surrogate(nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2)).double())
+    rhs, y = sb.ode_rhs(sur), torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    before = rhs(0.0, y).detach().clone()
+    with torch.no_grad():  # torch code editing the module it was handed
+        rhs.function.rows.model[0].weight.mul_(2.0)
+    torch.testing.assert_close(rhs(0.0, y), before, rtol=0, atol=0)
+    assert rhs.function is sur.function
+
+
 def test_errors():
     with pytest.raises(ValueError, match="n_in = 2 and n_out = 1.*time_input=True"):
         sb.ode_rhs(sb.Surrogate(DecayInTime(), n_in=2))

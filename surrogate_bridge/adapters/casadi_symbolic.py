@@ -55,7 +55,7 @@ def translate(sur: Surrogate, name: str) -> tuple[ca.Function, list[str]]:
         program = sur.export(one_point=True, dtype=torch.float64)
     except ExportError as err:
         raise UnsupportedOperationError(str(err)) from err
-    probes = sur.function.probes(sur.n_in)
+    probes = sur._own_function().probes(sur.n_in)
     return translate_program(program, sur.n_in, sur.n_out, name, probes), list(sur.nonsmooth_ops)
 
 

@@ -24,8 +24,10 @@ class SurrogateRHS(nn.Module):
 
     ``forward(t, y)``: y of shape (n,) or (..., n) -> the same shape, dtype and device.
     ``jacobian(t, y)``: exact df/dy of shape y.shape[:-1] + (n, n).
-    ``function``: the physical-units module evaluated: the surrogate's own, read at every call
-    (so ``sb.update_weights`` applies at once), or, with ``trainable=True``, a private copy.
+    ``function``: with ``trainable=True``, the private copy evaluated and trained; else the
+    surrogate's ``function`` (a copy handed out: changing it changes nothing here). The module
+    evaluated otherwise is the surrogate's own, read at every call (so ``sb.update_weights``
+    applies at once).
     """
 
     def __init__(self, sur: Surrogate, time_input: bool, trainable: bool) -> None:
@@ -42,13 +44,17 @@ class SurrogateRHS(nn.Module):
             return self._copy
         return None if self.n is None else self._sur.function
 
+    def evaluated(self) -> nn.Module:
+        """The module this right-hand side evaluates (bound)."""
+        return self._copy if self._trainable else self._sur._own_function()
+
     def _verify(self, sur: Surrogate) -> None:
         require_vector_field(sur, "ode_rhs", self.time_input)
 
     def _bind(self) -> None:
         self._verify(self._sur)
         if self._trainable:  # a private trainable copy: the surrogate itself stays frozen
-            fn = copy.deepcopy(self._sur.function)
+            fn = copy.deepcopy(self._sur._own_function())
             for p in fn.parameters():
                 p.requires_grad_(True)
             self._copy = fn
@@ -77,7 +83,7 @@ class SurrogateRHS(nn.Module):
         if self.time_input:
             tt = torch.as_tensor(t, dtype=Y.dtype, device=Y.device).reshape(1, 1)
             Y = torch.cat([tt.expand(Y.shape[0], 1), Y], dim=1)
-        return self.function(Y)
+        return self.evaluated()(Y)
 
     def forward(self, t, y: torch.Tensor) -> torch.Tensor:
         self._check(y, f"{type(self).__name__}.forward")
@@ -108,9 +114,9 @@ class GradientFlow(SurrogateRHS):
         # differentiable when the caller differentiates (odeint backprop, the adjoint's VJPs) with
         # respect to the state or trainable parameters; plain values otherwise (the adjoint's
         # forward solve runs under no_grad, where a state may still say requires_grad)
-        trainable = any(p.requires_grad for p in self.function.parameters())
+        trainable = any(p.requires_grad for p in self.evaluated().parameters())
         keep = torch.is_grad_enabled() and (Y.requires_grad or trainable)
-        return -rowwise(self.function, Y, 1, create_graph=keep)[1][:, 0, :]
+        return -rowwise(self.evaluated(), Y, 1, create_graph=keep)[1][:, 0, :]
 
 
 def ode_rhs(sur: Surrogate, time_input: bool = False, *, trainable: bool = False) -> SurrogateRHS:

@@ -42,9 +42,9 @@ class Conditions:
 
     def _torch(self, X: torch.Tensor, create_graph: bool):
         """V, the two margins and |x - x*|^2 at (S, n) points that require grad."""
-        v = self.V.function(X).reshape(-1)
+        v = self.V._own_function()(X).reshape(-1)
         (gv,) = torch.autograd.grad(v.sum(), X, create_graph=create_graph)
-        fx = self.field.function(X.to(device=self.field.device, dtype=self.field.dtype))
+        fx = self.field._own_function()(X.to(device=self.field.device, dtype=self.field.dtype))
         fx = fx.to(device=self.device, dtype=self.dtype).reshape(X.shape)
         r2 = ((X - self._eq_t) ** 2).sum(-1)
         decrease = -((gv * fx).sum(-1) + self.decay * r2)
@@ -94,7 +94,7 @@ class Conditions:
         """V alone at numpy points (no margins, no graph)."""
         with torch.no_grad():
             Xt = torch.as_tensor(X, dtype=self.dtype, device=self.device)
-            return self.V.function(Xt).reshape(-1).cpu().numpy().astype(np.float64)
+            return self.V._own_function()(Xt).reshape(-1).cpu().numpy().astype(np.float64)
 
     def with_gradients(self, X: np.ndarray) -> tuple[np.ndarray, ...]:
         """(V, decrease margin, grad V, grad of the margin) at numpy points, in one pass."""
@@ -105,7 +105,7 @@ class Conditions:
 
     def value_and_grad_V(self, X):
         Xt = torch.as_tensor(X, dtype=self.dtype, device=self.device).requires_grad_(True)
-        v = self.V.function(Xt).reshape(-1)
+        v = self.V._own_function()(Xt).reshape(-1)
         (g,) = torch.autograd.grad(v.sum(), Xt)
         return v.detach().cpu().numpy(), g.cpu().numpy()
 
@@ -121,9 +121,9 @@ def as_field(f, n: int, dtype, device, where: str) -> Surrogate:
                 f"{where}: f takes time as an input; Lyapunov analysis here is for autonomous "
                 "dynamics f(x)."
             )
-        if f.function is None:  # binds on its first state
+        if f.n is None:  # binds on its first state
             f(0.0, torch.zeros(n, dtype=f.dtype, device=f.device))
-        f = Surrogate(f.function, n_in=n, dtype=f.dtype, device=f.device)
+        f = Surrogate(f.evaluated(), n_in=n, dtype=f.dtype, device=f.device)
     elif not isinstance(f, Surrogate):
         if not callable(f):
             raise TypeError(

@@ -227,7 +227,7 @@ def simulate(
 def integrate(field_: Surrogate, eq, X0, t_final, radius) -> Simulation:
     import torchdiffeq
 
-    fn = field_.function
+    fn = field_._own_function()
     y0 = torch.as_tensor(X0, dtype=field_.dtype, device=field_.device)
     t = torch.tensor([0.0, float(t_final)], dtype=y0.dtype, device=y0.device)
     with torch.no_grad():
