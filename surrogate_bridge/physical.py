@@ -143,8 +143,8 @@ class PhysicalFunction(nn.Module):
             # an Affine as two buffers (the graph every route knows); a Scaling as its module
             affine = isinstance(aff, Affine)
             shift, scale = (aff.shift, aff.scale) if affine else (np.zeros(1), np.ones(1))
-            self.register_buffer(f"{prefix}_shift", torch.as_tensor(shift))
-            self.register_buffer(f"{prefix}_scale", torch.as_tensor(scale))
+            self.register_buffer(f"{prefix}_shift", torch.tensor(shift))  # copies: ours alone
+            self.register_buffer(f"{prefix}_scale", torch.tensor(scale))
             setattr(self, f"{prefix}_map", ScalingMap(aff) if isinstance(aff, Scaling) else None)
 
     @property

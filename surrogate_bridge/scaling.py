@@ -15,6 +15,7 @@ plain aten operations, so every route (numpy, CasADi, a saved file) reads them f
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -130,7 +131,7 @@ class Warp:
             return
         if lambdas is None:
             raise ValueError(f"Warp: kind={kind!r} needs lambdas, one per feature.")
-        lam = np.asarray(lambdas, dtype=np.float64).reshape(-1)
+        lam = np.array(lambdas, dtype=np.float64).reshape(-1)  # our own copy
         if lam.size == 0 or not np.all(np.isfinite(lam)):
             raise ValueError(f"Warp: lambdas must be finite, one per feature, got {lam.tolist()}.")
         if n_features is not None and n_features != lam.size:
@@ -438,11 +439,12 @@ _READERS: dict[str, Callable[[object], list]] = {
 def as_scaler(scaler, role: str) -> Affine | Scaling | None:
     """Accept ``None``, an ``Affine``, a ``Scaling`` or a fitted sklearn scaler for ``role`` (an
     argument name): affine ones become an ``Affine``, those with a log or power step a
-    ``Scaling``."""
-    if scaler is None or isinstance(scaler, (Affine, Scaling)):
-        return scaler
-    if isinstance(scaler, Warp):
-        return Scaling([scaler])
+    ``Scaling``; ours are copied, so that the caller's later edits never reach a surrogate."""
+    if scaler is None:
+        return None
+    if isinstance(scaler, (Affine, Scaling, Warp)):  # a copy: the caller's edits stay theirs
+        scaler = copy.deepcopy(scaler)
+        return Scaling([scaler]) if isinstance(scaler, Warp) else scaler
     try:
         return Affine.from_sklearn(scaler)
     except TypeError as err:
@@ -479,7 +481,7 @@ class ScalingMap(nn.Module):
             for key, val in consts.items():
                 names[key] = None if val is None else f"s{i}_{key}"
                 if val is not None:
-                    self.register_buffer(names[key], torch.as_tensor(np.asarray(val, np.float64)))
+                    self.register_buffer(names[key], torch.tensor(np.asarray(val, np.float64)))
             self.plan.append(("affine" if isinstance(s, Affine) else s.kind, names))
 
     def _step(self, x: torch.Tensor, kind: str, names: dict, inverse: bool) -> torch.Tensor:

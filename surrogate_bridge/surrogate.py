@@ -172,8 +172,14 @@ class Surrogate:
 
     n_in = property(lambda self: self._n_in, doc="Number of inputs (None until known).")
     n_out = property(lambda self: self._built.n_out if self._n_in else None, doc="Outputs.")
-    input_scaler = property(lambda self: self._in_aff, doc="The input Affine or Scaling, or None.")
-    output_scaler = property(lambda self: self._out_aff, doc="The output Affine or Scaling.")
+    input_scaler = property(
+        lambda self: copy.deepcopy(self._in_aff),
+        doc="The input Affine or Scaling, or None: a copy (editing it changes nothing here).",
+    )
+    output_scaler = property(
+        lambda self: copy.deepcopy(self._out_aff),
+        doc="The output Affine or Scaling, or None: a copy (editing it changes nothing here).",
+    )
     prefetch_grad = property(lambda self: self._cache_policy[1], doc="Values fill gradients.")
 
     nonsmooth_ops = property(

@@ -145,6 +145,25 @@ def test_the_function_handed_out_is_a_copy_that_torch_code_may_change():
     assert fresh is not outer[0] and torch.equal(fresh(torch.tensor(X)), before[3])
 
 
+def test_editing_a_scaler_in_place_never_reaches_the_surrogate():
+    """Scalers are values: the surrogate keeps copies of those it is given and hands out copies,
+    so that an edit of the caller's Affine, Warp lambdas or ``sur.input_scaler`` in place
+    changes neither its torch function nor its routes, now or when new weights rebuild it."""
+    net = mlp([2, 8, 1], nn.Tanh)
+    aff, lam = sb.Affine([1.0, 2.0], [3.0, 4.0]), np.array([0.5, 1.5])
+    out = sb.Scaling([sb.Warp("yeo-johnson", lambdas=lam[:1]), sb.Affine([0.1], [2.0])])
+    sur = sb.Surrogate(net, aff, out, point_route="numpy")
+    X = np.random.default_rng(0).normal(size=(4, 2))
+    before = [sur(X), sur.hess(X), sur(X[0]), sur.hess(X[0])]
+    aff.shift[0], aff.scale[1], lam[0] = 10.0, -1.0, 2.0
+    sur.input_scaler.shift[:] = 5.0
+    sur.output_scaler.steps[1].scale[:] = 7.0
+    sb.update_weights(sur, net)  # a rebuild reads the scalers again
+    for old, new in zip(before, [sur(X), sur.hess(X), sur(X[0]), sur.hess(X[0])], strict=True):
+        assert np.array_equal(old, new)
+    assert sur.input_scaler.shift.tolist() == [1.0, 2.0]
+
+
 def test_float32_surrogate():
     net = mlp([2, 8, 1])
     s32, s64 = sb.Surrogate(net, dtype=torch.float32), sb.Surrogate(net)
