@@ -150,7 +150,7 @@ def _entry(i: int, j: int, single: bool) -> str:
 
 def _read(bounds) -> tuple[np.ndarray, np.ndarray]:
     try:
-        lb, ub = (np.asarray(b, dtype=np.float64).reshape(-1) for b in bounds)
+        lb, ub = (np.array(b, dtype=np.float64).reshape(-1) for b in bounds)  # ours (copies)
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"Surrogate: domain must be a pair (lb, ub) of arrays, got {bounds!r}."

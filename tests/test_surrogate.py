@@ -162,6 +162,10 @@ def test_editing_a_scaler_in_place_never_reaches_the_surrogate():
     for old, new in zip(before, [sur(X), sur.hess(X), sur(X[0]), sur.hess(X[0])], strict=True):
         assert np.array_equal(old, new)
     assert sur.input_scaler.shift.tolist() == [1.0, 2.0]
+    lb, ub = np.zeros(2), np.ones(2)  # the domain too: its arrays are the surrogate's own
+    boxed = sb.Surrogate(net, domain=(lb, ub), extrapolation="raise")
+    ub[:] = 0.1
+    assert boxed.domain[1].tolist() == [1.0, 1.0] and np.isfinite(boxed([0.5, 0.5]))
 
 
 def test_float32_surrogate():
