@@ -211,6 +211,14 @@ def probe_points(n_in: int, rows: int, scaler: Scaler, box) -> torch.Tensor:
     return Z
 
 
+def deep_copy(module: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` without torch's note on its own pytree API (a converted TorchScript
+    model holds tree specs), which reaches users and is an error under ``-W error``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
+        return copy.deepcopy(module)
+
+
 def frozen_copy(model, dtype: torch.dtype, device: torch.device):
     """A private eval-mode copy in ``dtype`` on ``device`` whose parameters need no grad. Of a
     ``torch.compile``d model, the module it compiles (the same function; compiled graphs cannot
@@ -244,6 +252,9 @@ def frozen_copy(model, dtype: torch.dtype, device: torch.device):
         if p.is_leaf:  # a TorchScript copy's parameters are not leaves: they stay as they are
             p.requires_grad_(False)
             p.grad = None
+    for b in m.buffers():  # a converted TorchScript model's weights: constants, as parameters are
+        if b.is_leaf and b.requires_grad:
+            b.requires_grad_(False)
     return m
 
 

@@ -20,7 +20,7 @@ from .convert import Points, as_points, as_vector, check_feature_names, feature_
 from .derivatives import Engine
 from .diagnostics import needs_warning, warn_nonsmooth
 from .domain import Domain
-from .physical import build, export, from_torchscript, frozen_copy
+from .physical import build, deep_copy, export, from_torchscript, frozen_copy
 from .points import CacheInfo, PointEvaluator
 from .projections import around_model
 from .scaling import Scaling, as_scaler
@@ -210,7 +210,7 @@ class Surrogate:
         built = self._ready("Surrogate.function")
         with _HANDING:
             if getattr(built, "handed", None) is None:
-                built.handed = copy.deepcopy(built.fn)
+                built.handed = deep_copy(built.fn)
             return built.handed
 
     def _own_function(self) -> nn.Module:

@@ -51,6 +51,9 @@ def test_torchscript_models_give_the_eager_models_derivatives(kind, tmp_path):
     path = tmp_path / "scripted.sbz"
     sb.save(sur, path)
     np.testing.assert_allclose(sb.load(path).hess(X), sur.hess(X), rtol=1e-14, atol=1e-17)
+    # the copy handed out, without torch's pytree note (an error under -W error, as here)
+    x = torch.tensor(X)
+    assert float(sur.function(x)) == pytest.approx(sur(X), rel=1e-15)
 
 
 @pytest.mark.parametrize("kind", ["script", "trace"])

@@ -7,13 +7,12 @@ dtype and device, and give exact batched Jacobians ``df/dy``.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
 
 from ..derivatives import rowwise
+from ..physical import deep_copy
 from ..surrogate import Surrogate, require_surrogate, require_vector_field
 
 __all__ = ["GradientFlow", "SurrogateRHS", "gradient_flow", "ode_rhs"]
@@ -54,7 +53,7 @@ class SurrogateRHS(nn.Module):
     def _bind(self) -> None:
         self._verify(self._sur)
         if self._trainable:  # a private trainable copy: the surrogate itself stays frozen
-            fn = copy.deepcopy(self._sur._own_function())
+            fn = deep_copy(self._sur._own_function())
             for p in fn.parameters():
                 p.requires_grad_(True)
             self._copy = fn
