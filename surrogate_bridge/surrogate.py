@@ -303,7 +303,7 @@ class Surrogate:
             raise ValueError(f"{where}: x must be one point of shape ({self._n_in},), got {shape}.")
         vec = as_vector(w, getattr(self, length), where, name)  # (validated; numpy)
         self._before_derivatives(where)
-        if isinstance(w, torch.Tensor) and w.requires_grad:  # its graph, for torch code
+        if pts.is_torch and isinstance(w, torch.Tensor):  # torch out: w's graph, where it has one
             return pts, w.reshape(-1)
         return pts, vec
 

@@ -91,6 +91,11 @@ def test_a_tensor_that_requires_grad_keeps_its_graph(vec, scal):
     assert torch.autograd.gradcheck(scal.hessp, (x, p))  # the direction's graph too
     v = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(vec.lagrangian_hess, (x, v))
+    xn = np.array([0.1, 0.2])  # numpy x: numpy out, whatever the direction is
+    np.testing.assert_allclose(scal.hessp(xn, p), scal.hess(xn) @ [0.5, -1.0], rtol=1e-14)
+    np.testing.assert_allclose(
+        vec.lagrangian_hess(xn, v), np.einsum("i,ijk", [1, -2, 0.5], vec.hess(xn)), rtol=1e-13
+    )
     x32 = torch.tensor([0.1, 0.2], requires_grad=True)  # a float32 leaf of a float64 surrogate
     scal(x32).backward()
     assert x32.grad.dtype == torch.float32
