@@ -11,7 +11,7 @@ from .projections import AroundModel, Projected
 from .routes import POINT_ROUTES
 from .scaling import Scaling
 
-__all__ = ["check_arguments", "check_device", "infer_n_in"]
+__all__ = ["check_arguments", "check_device", "check_dtype", "infer_n_in"]
 
 
 def check_arguments(model, dtype, cache_size, point_route) -> None:
@@ -28,10 +28,42 @@ def check_arguments(model, dtype, cache_size, point_route) -> None:
         raise TypeError(
             f"Surrogate: model must be a torch.nn.Module or callable, got {type(model).__name__}."
         )
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"Surrogate: dtype must be a floating torch.dtype, got {dtype!r}.")
+    check_dtype(dtype)
     if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
         raise ValueError(f"Surrogate: cache_size must be an int >= 0, got {cache_size!r}.")
+
+
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+def check_dtype(dtype, where: str = "Surrogate") -> None:
+    """float16, float32 or float64: the floating dtypes numpy holds too (numpy in, numpy out)."""
+    if isinstance(dtype, torch.dtype) and dtype in _NUMPY_FLOATS:
+        return
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        raise TypeError(
+            f"{where}: dtype={dtype} has no numpy counterpart, so numpy results could not be "
+            "returned; use torch.float32 (or torch.float64, the default)."
+        )
+    named = _as_torch_float(dtype)
+    hint = f"; pass {named}" if named is not None else ""
+    raise TypeError(
+        f"{where}: dtype must be torch.float64, torch.float32 or torch.float16, "
+        f"got {dtype!r}{hint}."
+    )
+
+
+def _as_torch_float(dtype) -> str | None:
+    """'torch.float32' for np.float32, np.dtype('float32') or 'float32', else None."""
+    import numpy as np
+
+    if dtype is None:  # np.dtype(None) is float64: no hint for a missing value
+        return None
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        return None
+    return f"torch.{name}" if name in ("float16", "float32", "float64") else None
 
 
 def check_device(device, where: str = "Surrogate", dtype=torch.float64) -> torch.device:

@@ -418,7 +418,9 @@ def test_documented_errors(vec, call, match):
 @pytest.mark.parametrize(
     ("kwargs", "err", "match"),
     [
-        ({"dtype": torch.int32}, TypeError, "floating torch.dtype"),
+        ({"dtype": torch.int32}, TypeError, "torch.float64, torch.float32 or torch.float16"),
+        ({"dtype": torch.bfloat16}, TypeError, "bfloat16 has no numpy counterpart"),
+        ({"dtype": "float32"}, TypeError, "got 'float32'; pass torch.float32"),
         ({"extrapolation": "loud"}, ValueError, "warn.*ignore.*raise"),
         ({"cache_size": -1}, ValueError, "cache_size"),
         ({"n_in": 3}, ValueError, "failed on a probe batch"),
@@ -430,6 +432,8 @@ def test_documented_errors(vec, call, match):
     ],
     ids=[
         "dtype",
+        "bfloat16",
+        "dtype-str",
         "policy",
         "cache",
         "n_in",

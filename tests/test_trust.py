@@ -367,7 +367,7 @@ CATALOGUE = {
     "model-lock": (lambda: sb.Surrogate(Locked()), TypeError, "could not be copied.*lock"),
     "model-tuple": (lambda: sb.Surrogate(ReturnsTuple(), n_in=2), ValueError, "returned a tuple"),
     "model-keyerror": (lambda: sb.Surrogate(RaisesKeyError(), n_in=2), ValueError, "KeyError"),
-    "dtype": (lambda: sb.Surrogate(Net(), dtype=torch.int32), TypeError, "floating torch.dtype"),
+    "dtype": (lambda: sb.Surrogate(Net(), dtype=torch.int32), TypeError, "float64, torch.float32"),
     "device-bogus": (lambda: sb.Surrogate(Net(), device="bogus"), ValueError, "not a torch device"),
     "device-cuda": (_cuda, ValueError, "no CUDA device"),
     "device-meta": (lambda: sb.Surrogate(Net(), device="meta"), ValueError, "shapes, not numbers"),
