@@ -25,10 +25,12 @@ as its one-point graph and evaluated under ``torch.func.vmap`` after loading.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import struct
 import zipfile
+from typing import BinaryIO
 
 import torch
 
@@ -48,14 +50,16 @@ _SURROGATE_DTYPES = {
 }
 
 
-def save(sur: Surrogate, path: str | os.PathLike) -> None:
+def save(sur: Surrogate, path: str | os.PathLike | BinaryIO) -> None:
     """Write ``sur`` to one file at ``path``: weights, graph and metadata, all data.
 
     Parameters
     ----------
     sur : Surrogate
-    path : str or os.PathLike
-        Conventionally ending in ``.sbz``; the folder must exist.
+    path : str, os.PathLike or binary file object
+        Conventionally ending in ``.sbz``; the folder must exist. A file object opened for
+        binary writing (``io.BytesIO``, ``open(p, "wb")``, a stream to object storage) gets
+        the same bytes, written from its current position, and is left open.
 
     Raises
     ------
@@ -73,10 +77,11 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
     """
     if not isinstance(sur, Surrogate):
         raise TypeError(f"save: sur must be a Surrogate, got {type(sur).__name__}.")
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save: the folder {folder!r} does not exist; create it first.")
+    if not hasattr(path, "write"):
+        path = _fspath(path, "save")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"save: the folder {folder!r} does not exist; create it first.")
     rows = sur._own_function().rows  # Batched, or a one-point form under vmap (or a loaded one)
     batched = type(rows) is Batched and not (
         isinstance(rows.model, SavedGraph) and rows.model.one_point
@@ -114,14 +119,34 @@ def save(sur: Surrogate, path: str | os.PathLike) -> None:
         "feature_names": None if sur.feature_names is None else list(sur.feature_names),
         "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in payloads.items()},
     }
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+    archive = io.BytesIO()  # whole first: an error leaves no half-written file or stream
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("meta.json", json.dumps(meta, indent=1))
         for name, data in payloads.items():
             zf.writestr(name, data)
+    if hasattr(path, "write"):
+        path.write(archive.getvalue())
+    else:
+        with open(path, "wb") as f:
+            f.write(archive.getvalue())
+
+
+def _fspath(path, where: str) -> str:
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(
+            f"{where}: path must be a str, an os.PathLike or a binary file object, got "
+            f"{type(path).__name__}."
+        ) from None
 
 
 def load(
-    path: str | os.PathLike, *, device=None, cache_size: int = 128, point_route: str = "auto"
+    path: str | os.PathLike | BinaryIO,
+    *,
+    device=None,
+    cache_size: int = 128,
+    point_route: str = "auto",
 ) -> Surrogate:
     """Read a file written by :func:`save`; the model's Python class is not needed.
 
@@ -134,7 +159,8 @@ def load(
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str, os.PathLike or binary file object
+        A file object opened for binary reading is read from its current position to its end.
     device : str or torch.device, optional
         Where the loaded surrogate runs ("cpu" by default).
     cache_size : int
@@ -154,39 +180,51 @@ def load(
     ValueError
         If the file is not a surrogate_bridge file, or is truncated, damaged or edited.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"load: {path!r} is a folder; pass the file that sb.save wrote.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"load: no file at {path!r}.")
+    if hasattr(path, "read"):
+        data = path.read()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(
+                f"load: the file object gave {type(data).__name__}, not bytes; open it in "
+                "binary mode ('rb')."
+            )
+        shown, source, size = "the file object", io.BytesIO(data), len(data)
+    else:
+        path = _fspath(path, "load")
+        if os.path.isdir(path):
+            raise IsADirectoryError(
+                f"load: {path!r} is a folder; pass the file that sb.save wrote."
+            )
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"load: no file at {path!r}.")
+        shown, source, size = repr(path), path, os.path.getsize(path)  # read lazily
     check_device(device, "load")
     if point_route not in POINT_ROUTES:
         raise ValueError(
             f"load: point_route={point_route!r} is not valid; use one of {POINT_ROUTES}."
         )
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(source):
         raise ValueError(
-            f"load: {path!r} is not a surrogate_bridge file (not a zip archive; truncated or "
+            f"load: {shown} is not a surrogate_bridge file (not a zip archive; truncated or "
             "foreign). Write one with sb.save(sur, path)."
         )
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(source) as zf:
             names = sorted(zf.namelist())
             if names != sorted(_MEMBERS):
-                shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+                listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
                 raise ValueError(
-                    f"load: {path!r} was not written by surrogate_bridge.save: it holds "
-                    f"{len(names)} members ({shown}), not {', '.join(_MEMBERS)}. Nothing in it "
-                    "was read."
+                    f"load: {shown} was not written by surrogate_bridge.save: it holds "
+                    f"{len(names)} members ({listed}), not {', '.join(_MEMBERS)}. Nothing in "
+                    "it was read."
                 )
-            _check_stored(zf, os.path.getsize(path))
+            _check_stored(zf, size)
             meta = json.loads(zf.read("meta.json"))
             payloads = {k: zf.read(k) for k in _MEMBERS[1:]}
     except Refused as err:
-        raise ValueError(f"load: {path!r} is not as surrogate_bridge.save writes: {err}") from err
+        raise ValueError(f"load: {shown} is not as surrogate_bridge.save writes: {err}") from err
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(
-            f"load: {path!r} could not be read as a surrogate_bridge file ({err})."
+            f"load: {shown} could not be read as a surrogate_bridge file ({err})."
         ) from err
     try:
         _check_meta(meta, payloads)
@@ -200,7 +238,7 @@ def load(
             for k in ("input_scaler", "output_scaler")
         }
     except (Refused, ValueError, TypeError, KeyError, IndexError, RecursionError) as err:
-        raise ValueError(f"load: {path!r} is damaged or was edited: {err}") from err
+        raise ValueError(f"load: {shown} is damaged or was edited: {err}") from err
     try:
         sur = Surrogate.from_physical(  # the graph is the physical function (scalers included)
             fn,
@@ -214,7 +252,7 @@ def load(
             **scalers,
         )
     except (ValueError, TypeError) as err:
-        raise ValueError(f"load: {path!r} does not give a working surrogate: {err}") from err
+        raise ValueError(f"load: {shown} does not give a working surrogate: {err}") from err
     names = meta.get("feature_names")  # (absent from files of earlier versions)
     sur._names = None if names is None else tuple(names)
     return sur

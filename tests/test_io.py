@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -384,6 +385,33 @@ def test_torch_archive_without_our_metadata(tmp_path):
     torch.export.save(ep, p)
     with pytest.raises(ValueError, match="not written by surrogate_bridge.save"):
         sb.load(p)
+
+
+def test_file_objects_round_trip(saved, tmp_path):
+    """A binary file object (a buffer for object storage or a database) holds the same file:
+    written from its position and left open, read from its position to its end."""
+    sur, path = saved
+    buf = io.BytesIO(b"head")
+    buf.seek(4)
+    sb.save(sur, buf)
+    assert not buf.closed and buf.getvalue()[:4] == b"head"
+    buf.seek(4)
+    X = np.array([[0.1, 0.2], [-1.0, 1.5]])
+    back = sb.load(buf)
+    with open(path, "rb") as f:
+        from_file = sb.load(f)
+    for other in (back, from_file):
+        np.testing.assert_array_equal(other.hess(X), sur.hess(X))
+    with pytest.raises(ValueError, match="the file object is not a surrogate_bridge file"):
+        sb.load(io.BytesIO(b"hello"))
+    with open(tmp_path / "t.txt", "w") as f:
+        f.write("x")
+    with open(tmp_path / "t.txt") as f, pytest.raises(TypeError, match="binary mode"):
+        sb.load(f)
+    with pytest.raises(TypeError, match="path must be a str, an os.PathLike or a binary file"):
+        sb.save(sur, 42)
+    with pytest.raises(TypeError, match="path must be a str, an os.PathLike or a binary file"):
+        sb.load(None)
 
 
 def test_save_rejects_non_surrogate(tmp_path):
