@@ -423,6 +423,27 @@ def test_minimize_bad_method_and_hessian(objective):
         sb.minimize(objective, [0.0, 0.0, 0.0])
 
 
+def test_minimize_picks_a_method_that_honours_bounds_and_constraints(objective):
+    """scipy's trust-exact would ignore bounds with a warning: the default method follows what
+    is given, and a method that would ignore it is refused."""
+    box = [(0.5, 2.0), (0.5, 2.0)]
+    res = sb.minimize(objective, [1.5, 1.5], bounds=box)
+    ref = minimize(lambda x: x @ P_SEED @ x, [1.5, 1.5], jac=lambda x: 2 * P_SEED @ x, bounds=box)
+    assert res.message.startswith("CONVERGENCE")  # L-BFGS-B's words
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-7)
+    assert np.all(res.x >= 0.5 - 1e-12)
+    con = sb.scipy_constraint(sb.Surrogate(Affine1(), n_in=2), lb=1.0)
+    found = sb.minimize(objective, [2.0, 2.0], constraints=[con], options=TC_OPTS)
+    Pinv_a = np.linalg.solve(P_SEED, A_VEC)
+    np.testing.assert_allclose(found.x, Pinv_a / (A_VEC @ Pinv_a), atol=1e-6)
+    assert found.method == "tr_interior_point"  # trust-constr's, with exact Hessians
+    assert found.nhev > 0
+    with pytest.raises(ValueError, match="'trust-exact' cannot handle bounds"):
+        sb.minimize(objective, [1.5, 1.5], method="trust-exact", bounds=box)
+    with pytest.raises(ValueError, match="'BFGS' cannot handle constraints.*slsqp"):
+        sb.minimize(objective, [1.5, 1.5], method="BFGS", constraints=[con])
+
+
 def test_constraint_bound_length_error():
     with pytest.raises(ValueError, match=r"lb has shape \(3,\), the surrogate has 2 outputs"):
         sb.scipy_constraint(sb.Surrogate(Both(), n_in=2), lb=[0, 0, 0])

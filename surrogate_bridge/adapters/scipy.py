@@ -24,6 +24,11 @@ _SECOND_ORDER = frozenset(
     {"newton-cg", "trust-ncg", "trust-krylov", "trust-exact", "trust-constr", "dogleg"}
 )
 _HESSP_OK = frozenset({"newton-cg", "trust-ncg", "trust-krylov", "trust-constr"})
+# what scipy honours; for the others it warns and ignores them
+_TAKE_BOUNDS = frozenset(
+    {"nelder-mead", "powell", "l-bfgs-b", "tnc", "slsqp", "trust-constr", "cobyla", "cobyqa"}
+)
+_TAKE_CONSTRAINTS = frozenset({"slsqp", "trust-constr", "cobyla", "cobyqa"})
 _HESSIAN_KINDS = ("dense", "hessp", "none")
 
 
@@ -177,7 +182,7 @@ def scipy_ode(sur: Surrogate, *, time_input: bool = False) -> ScipyODE:
 
 
 def minimize(
-    sur: Surrogate, x0, method: str = "trust-exact", *, hessian: str = "dense", **kwargs
+    sur: Surrogate, x0, method: str | None = None, *, hessian: str = "dense", **kwargs
 ) -> so.OptimizeResult:
     """``scipy.optimize.minimize`` of a scalar surrogate, with its exact derivatives wired in.
 
@@ -185,6 +190,10 @@ def minimize(
     Hessian-vector products (``"hessp"``) to the methods that use them; ``"none"`` leaves scipy
     to approximate second derivatives. Other keywords (``bounds``, ``constraints``, ``tol``,
     ``options``, ``callback``) go to scipy unchanged.
+
+    ``method=None`` picks ``"trust-exact"`` (exact Hessians), ``"L-BFGS-B"`` when ``bounds``
+    are given, and ``"trust-constr"`` (exact Hessians) when ``constraints`` are. A method that
+    scipy would run ignoring the bounds or constraints given (it only warns) is refused.
 
     Examples
     --------
@@ -207,12 +216,25 @@ def minimize(
         raise ValueError(
             f"minimize: hessian={hessian!r} is not valid; use one of {_HESSIAN_KINDS}."
         )
-    key = method.lower()
+    constrained = kwargs.get("constraints") not in (None, (), [])
+    bounded = kwargs.get("bounds") is not None
+    if method is None:
+        method = "trust-constr" if constrained else "L-BFGS-B" if bounded else "trust-exact"
+    key = method.lower() if isinstance(method, str) else None
     if key not in _NO_DERIVATIVES | _FIRST_ORDER | _SECOND_ORDER:
         raise ValueError(
             f"minimize: method={method!r} is not a scipy.optimize.minimize method; use one of "
             f"{sorted(_NO_DERIVATIVES | _FIRST_ORDER | _SECOND_ORDER)}."
         )
+    for given, able, what in (
+        (bounded, _TAKE_BOUNDS, "bounds"),
+        (constrained, _TAKE_CONSTRAINTS, "constraints"),
+    ):
+        if given and key not in able:
+            raise ValueError(
+                f"minimize: method={method!r} cannot handle {what} (scipy would ignore them); "
+                f"use one of {sorted(able)}, or method=None to pick one."
+            )
     check_feature_names(x0, sur.feature_names, "minimize", "x0")  # a Series or DataFrame
     pts = as_points(x0, sur.n_in, "minimize", "x0")
     if not pts.single:
