@@ -191,6 +191,24 @@ def test_ipopt_trained_objective_with_bounds(trained, mode):
     assert np.linalg.norm(trained.grad(xo)) < 1e-6 and np.linalg.norm(xo) < 0.3
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_points_side_by_side_are_evaluated_one_by_one_as_casadi_does(cases, mode):
+    """CasADi evaluates a function at k copies of its input's shape side by side (F(X[:, :-1])
+    over a horizon): numbers and symbols alike, as for its own functions."""
+    sur = cases["tanh-mlp"]  # 2 -> 3
+    F = sb.casadi_function(sur, mode=mode)
+    X = np.random.default_rng(4).uniform(-1, 1, (2, 5))
+    np.testing.assert_allclose(np.array(F(ca.DM(X))), sur(X.T).T, rtol=1e-13, atol=1e-15)
+    Xs = ca.MX.sym("X", 2, 5)
+    J = np.array(ca.Function("J", [Xs], [ca.jacobian(F(Xs), Xs)])(X))  # vec(Y) by vec(X)
+    Js = sur.jac(X.T)
+    for k in range(5):
+        np.testing.assert_allclose(J[3 * k : 3 * k + 3, 2 * k : 2 * k + 2], Js[k], atol=1e-13)
+    assert np.abs(J).sum() == pytest.approx(np.abs(Js).sum())
+    with pytest.raises(ValueError, match=r"shape \(3, 5\), expected \(2, 1\).*\(2, k\)"):
+        F(ca.DM.ones(3, 5))
+
+
 def test_map_is_one_batched_call(cases):
     sur = cases["softplus"]
     calls = []

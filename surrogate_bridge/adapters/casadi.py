@@ -84,10 +84,14 @@ class _ShapeChecked:
         ok = {(n, cols), (n * cols,)} | ({(n,), (1, n)} if cols == 1 else set())
         if n * cols == 1:
             ok.add(())  # a plain number for a one-input function
-        if shape not in ok:
+        # CasADi's own convention: k copies of the input's shape side by side, (n, k cols),
+        # are evaluated as k calls (CasADi maps them), e.g. F(X[:, :-1]) over a horizon
+        repeated = len(shape) == 2 and shape[0] == n and shape[1] % cols == 0 and shape[1] > 0
+        if shape not in ok and not repeated:
             raise ValueError(
                 f"{self.name()}: x has shape {shape}, expected ({n}, {cols}) (a column of "
-                f"{n} inputs{'' if cols == 1 else f' for each of {cols} points'})."
+                f"{n} inputs{'' if cols == 1 else f' for each of {cols} points'}), or "
+                f"({n}, {'k' if cols == 1 else f'k * {cols}'}) for k evaluations side by side."
             )
 
 
