@@ -250,7 +250,8 @@ def casadi_function(
     Returns
     -------
     casadi.Function
-        Input x of shape (n_in, 1), output y of shape (n_out, 1); callable on DM, MX (and, in
+        Input x of shape (n_in, 1), output y of shape (n_out, 1), or k points side by side,
+        (n_in, k) -> (n_out, k), as CasADi evaluates its functions; callable on DM, MX (and, in
         symbolic mode, SX). Callback-mode Functions stay alive as long as the process (one per
         surrogate and name), so ``F(x)`` inline and solvers built in helpers are safe; their
         ``F.update(model_or_state_dict)`` swaps new weights into the solvers already built on
