@@ -397,8 +397,9 @@ def _read_power(pt) -> list:
 
 
 def _read_function(ft) -> list:
-    if ft.func is None and ft.inverse_func is None:
-        return []  # the identity (what sklearn fits for "passthrough")
+    if ft.func is None and ft.inverse_func is None:  # the identity (sklearn's "passthrough")
+        n = int(ft.n_features_in_)
+        return [Affine(np.zeros(n), np.ones(n))]  # composed exactly with its neighbours
     kind = next((k for k in _PAIRS if ft.func is getattr(np, k)), None)
     if kind is None or ft.kw_args or ft.inv_kw_args:
         func = getattr(ft.func, "__name__", repr(ft.func))
@@ -450,7 +451,7 @@ def as_scaler(scaler, role: str) -> Affine | Scaling | None:
     except TypeError as err:
         affine_error = err
     try:
-        return Scaling.from_sklearn(scaler)
+        read = Scaling.from_sklearn(scaler)
     except TypeError as err:
         names = {
             type(scaler).__name__,
@@ -458,6 +459,8 @@ def as_scaler(scaler, role: str) -> Affine | Scaling | None:
         }
         why = err if names & set(_READERS) else affine_error
         raise TypeError(f"{role}: {why}") from None
+    steps = read.steps
+    return steps[0] if len(steps) == 1 and isinstance(steps[0], Affine) else read  # (identities)
 
 
 def scaler_from_dict(d: dict) -> Affine | Scaling:

@@ -58,11 +58,14 @@ def _fitted(name):
     if name == "nested":
         inner = make_pipeline(StandardScaler(), PowerTransformer())
         return make_pipeline(MinMaxScaler(), inner, "passthrough").fit(SIGNED), SIGNED
+    if name == "identity-log":  # FunctionTransformer(): sklearn's identity, a placeholder step
+        pipe = make_pipeline(FunctionTransformer(), FunctionTransformer(np.log), StandardScaler())
+        return pipe.fit(POSITIVE), POSITIVE
     raise KeyError(name)
 
 
 SKLEARN = ["yeo-johnson", "yeo-johnson-raw", "box-cox", "log-minmax", "log1p-standard",
-           "minmax-exp-standard", "nested"]  # fmt: skip
+           "minmax-exp-standard", "nested", "identity-log"]  # fmt: skip
 
 
 def _close(a, b, rtol):
@@ -250,6 +253,18 @@ def test_unsupported_transforms_are_refused_naming_them(make, match):
     est = make().fit(POSITIVE)
     with pytest.raises(TypeError, match=match):
         sb.Surrogate(mlp([3, 4, 1]), est)
+
+
+def test_an_identity_function_transformer_is_the_identity():
+    """FunctionTransformer() (no func) alone or beside affine scalers is read as an Affine."""
+    net = sb.mlp((3, 8, 1), seed=0)
+    alone = sb.Surrogate(net, FunctionTransformer().fit(SIGNED))
+    assert isinstance(alone.input_scaler, sb.Affine)
+    np.testing.assert_array_equal(alone(SIGNED[:5]), sb.Surrogate(net)(SIGNED[:5]))
+    pipe = make_pipeline(FunctionTransformer(), StandardScaler()).fit(SIGNED)
+    both = sb.Surrogate(net, pipe)
+    assert isinstance(both.input_scaler, sb.Affine)
+    np.testing.assert_array_equal(both.input_scaler.transform(SIGNED), pipe.transform(SIGNED))
 
 
 def test_an_unfitted_power_transformer_is_refused():
