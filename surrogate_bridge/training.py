@@ -114,7 +114,8 @@ def _unfitted_sklearn(obj) -> bool:
         check_is_fitted(obj)
     except NotFittedError:
         return True
-    return False
+    # a stateless one (FunctionTransformer) counts as fitted, but has read no feature count yet
+    return not hasattr(obj, "n_features_in_")
 
 
 def _slope(scaler, data: np.ndarray | None, N: int, k: int) -> np.ndarray:

@@ -157,6 +157,19 @@ def test_an_unfitted_sklearn_scaler_is_fitted_as_a_copy(grid):
         sb.fit(mlp([2, 4, 1]), X, dydx=2 * X, output_scaler=StandardScaler(), progress=False)
 
 
+def test_a_stateless_function_transformer_is_fitted_as_a_copy(grid):
+    """FunctionTransformer reads as fitted to sklearn before fit has counted its features."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    X = grid + 4.0
+    log, same = FunctionTransformer(np.log), FunctionTransformer()
+    sur = sb.fit(mlp([2, 8, 1]), X, (X**2).sum(1), input_scaler=log, output_scaler=same,
+                 epochs=5, progress=False, seed=0)  # fmt: skip
+    np.testing.assert_allclose(sur.input_scaler.transform(X), np.log(X), rtol=1e-15)
+    assert sur.output_scaler.to_dict() == sb.Affine([0.0], [1.0]).to_dict()
+    assert not hasattr(log, "n_features_in_") and not hasattr(same, "n_features_in_")
+
+
 def test_the_domain_is_where_the_model_was_trained(grid):
     """Whatever the scalers: a standard input scaler records no range, the data does."""
     y = grid[:, 0] * grid[:, 1]
