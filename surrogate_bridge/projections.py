@@ -10,6 +10,11 @@ the physical outputs are their combination (a reduced-order model of a field). T
 ``nn.Linear`` layer, with the per-feature steps of a ``Pipeline`` on the model's side of it
 folded in; the steps on the physical side stay the surrogate's scaler, so the training
 domain of a MinMax step is kept. Every route reads the layer as it reads the model's own.
+
+A fitted ``PolynomialFeatures`` (input side only: it has no inverse) is a layer of the same
+kind, :class:`Polynomial`: each monomial a product of one-hot ``nn.Linear`` selections of the
+inputs, multiplied in sklearn's order, so its values are sklearn's bit for bit and every route
+reads it as linear layers and products.
 """
 
 from __future__ import annotations
@@ -21,9 +26,57 @@ from torch import nn
 from .normalization import Affine, column_order
 from .physical import from_torchscript
 
-__all__ = ["AroundModel", "Projected", "Reordered", "around_model", "split_projection", "unwrap"]
+__all__ = [
+    "AroundModel",
+    "Polynomial",
+    "Projected",
+    "Reordered",
+    "around_model",
+    "split_projection",
+    "unwrap",
+]
 
 _PROJECTIONS = ("PCA", "IncrementalPCA", "TruncatedSVD")
+_FEATURE_MAPS = ("PolynomialFeatures",)  # input side only
+
+
+class Polynomial(nn.Module):
+    """sklearn's ``PolynomialFeatures`` of exponents ``powers`` (k, n), then ``(p - shift) /
+    scale`` (the Pipeline's per-feature steps after it, if any).
+
+    Monomial j of degree d is ``x[i_d] * x[i_(d-1)] * ... * x[i_1]`` for its sorted indices
+    ``i_1 <= ... <= i_d``, multiplied left to right as sklearn's transform does (each degree's
+    terms are the previous degree's times the lowest index), so the values are sklearn's bit
+    for bit. Factor s of every monomial is one ``nn.Linear`` with one-hot rows (the input
+    selected exactly: the other products are zeros) and bias 1 where a monomial has fewer than
+    s + 1 factors (the constant column has none).
+    """
+
+    def __init__(self, powers: np.ndarray, shift=None, scale=None) -> None:
+        super().__init__()
+        powers = np.asarray(powers, dtype=np.int64)
+        k, n = powers.shape
+        combos = [np.repeat(np.arange(n), row)[::-1] for row in powers]  # highest index first
+        self.in_features, self.out_features = n, k
+        self.factors = nn.ModuleList()
+        for s in range(max(1, int(powers.sum(1).max()))):
+            weight, bias = np.zeros((k, n)), np.zeros(k)
+            for j, c in enumerate(combos):
+                if s < len(c):
+                    weight[j, c[s]] = 1.0
+                else:
+                    bias[j] = 1.0
+            self.factors.append(_linear(weight, bias))
+        self.scaled = shift is not None
+        if self.scaled:
+            self.register_buffer("shift", torch.tensor(shift, dtype=torch.float64))
+            self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.factors[0](x)
+        for factor in self.factors[1:]:
+            p = p * factor(x)
+        return (p - self.shift) / self.scale if self.scaled else p
 
 
 class AroundModel(nn.Module):
@@ -104,17 +157,28 @@ def split_projection(scaler, role: str, side: str):
     Anything else is returned as it is, with no layer. ``role`` names the argument in errors.
     """
     steps = _steps(scaler)
-    at = [i for i, (_, est) in enumerate(steps) if type(est).__name__ in _PROJECTIONS]
+    mixing = _PROJECTIONS + _FEATURE_MAPS
+    at = [i for i, (_, est) in enumerate(steps) if type(est).__name__ in mixing]
     if not at:
         return scaler, None
     if len(at) > 1:
-        raise TypeError(f"{role}: a Pipeline with {len(at)} projections (PCA); use one.")
+        names = ", ".join(type(steps[i][1]).__name__ for i in at)
+        raise TypeError(f"{role}: a Pipeline with {len(at)} steps that mix features ({names}); "
+                        "use one.")  # fmt: skip
     i = at[0]
     proj = steps[i][1]
-    if not hasattr(proj, "components_"):
+    polynomial = type(proj).__name__ in _FEATURE_MAPS
+    if polynomial and side == "output":
+        raise TypeError(
+            f"{role}: PolynomialFeatures has no inverse, so it cannot map the model's outputs "
+            "back to physical units; use it on the input side, or compute the features inside "
+            "the model."
+        )
+    if not hasattr(proj, "n_output_features_" if polynomial else "components_"):
         raise TypeError(f"{role}: this {type(proj).__name__} is not fitted; call .fit first.")
     physical = [est for _, est in steps[:i]]
-    model_side = Affine.identity(proj.components_.shape[0])
+    k = proj.n_output_features_ if polynomial else proj.components_.shape[0]
+    model_side = Affine.identity(k)
     for _, est in steps[i + 1 :]:  # per-feature scalers of the coefficients
         try:
             model_side = model_side.then(Affine.from_sklearn(est))
@@ -123,9 +187,17 @@ def split_projection(scaler, role: str, side: str):
                 f"{role}: after its {type(proj).__name__}, the Pipeline's "
                 f"{type(est).__name__} step must be an affine per-feature scaler ({err})"
             ) from None
-    W, b = _forward(proj)  # z = u @ W.T + b, then the model-side steps
     shift, scale = model_side.shift, model_side.scale
     physical = _pipeline(physical)
+    if polynomial:
+        powers = np.asarray(proj.powers_)
+        reordered = column_order(physical)
+        if reordered is not None:  # a ColumnTransformer's order before it: powers' columns
+            physical, order = reordered
+            powers = powers[:, np.argsort(order)]
+        scaled = len(steps) > i + 1
+        return physical, Polynomial(powers, shift if scaled else None, scale if scaled else None)
+    W, b = _forward(proj)  # z = u @ W.T + b, then the model-side steps
     if side == "input":
         reordered = column_order(physical)
         if reordered is not None:  # a ColumnTransformer's order before it: W's columns
@@ -139,7 +211,7 @@ def split_projection(scaler, role: str, side: str):
 
 
 def _steps(scaler) -> list:
-    if type(scaler).__name__ in _PROJECTIONS:
+    if type(scaler).__name__ in _PROJECTIONS + _FEATURE_MAPS:
         return [("projection", scaler)]
     if type(scaler).__name__ == "Pipeline":
         return [(n, e) for n, e in scaler.steps if e not in (None, "passthrough")]

@@ -1,16 +1,22 @@
-"""Scalers that mix features (PCA, TruncatedSVD), held as layers around the model: the same
-function as sklearn's transform and inverse_transform around the network, on every route."""
+"""Scalers that mix features (PCA, TruncatedSVD, PolynomialFeatures), held as layers around the
+model: the same function as sklearn's transform and inverse_transform around the network, on
+every route."""
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from problems import mlp
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import MinMaxScaler, PowerTransformer, StandardScaler
+from sklearn.preprocessing import (
+    MinMaxScaler,
+    PolynomialFeatures,
+    PowerTransformer,
+    StandardScaler,
+)
 
 import surrogate_bridge as sb
 
@@ -37,6 +43,14 @@ CASES = {
     "both": lambda: (
         make_pipeline(MinMaxScaler(), PCA(2, whiten=True)),
         make_pipeline(PCA(3), MinMaxScaler()),
+    ),
+    "in-minmax-poly-std": lambda: (
+        make_pipeline(MinMaxScaler(), PolynomialFeatures(3), StandardScaler()),
+        StandardScaler(),
+    ),
+    "in-poly-interactions": lambda: (
+        PolynomialFeatures((2, 3), interaction_only=True, include_bias=False),
+        PCA(3),
     ),
 }
 
@@ -116,6 +130,45 @@ def test_projections_of_random_sizes_match_sklearn(n, m, width, whiten, seed):
     np.testing.assert_allclose(sur(A[:5]), want, rtol=1e-12, atol=1e-13 * np.abs(want).max())
 
 
+class _Identity(torch.nn.Module):
+    def forward(self, z):
+        return z
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    low=st.integers(0, 2),
+    extra=st.integers(0, 2),
+    interaction_only=st.booleans(),
+    include_bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_polynomial_features_are_sklearns_bit_for_bit_with_exact_derivatives(
+    n, low, extra, interaction_only, include_bias, seed
+):
+    """Monomials multiplied in sklearn's order: its values exactly; derivatives against the
+    closed form d/dx_i x^p = p_i x^(p - e_i)."""
+    rng = np.random.default_rng(seed)
+    A = rng.uniform(-2.0, 2.0, (30, n))
+    poly = PolynomialFeatures((low, low + extra), interaction_only=interaction_only,
+                              include_bias=include_bias)  # fmt: skip
+    assume(low + extra > 0 or include_bias)  # (else sklearn makes no features)
+    poly.fit(A)
+    sur = sb.Surrogate(_Identity(), poly, n_in=n)
+    np.testing.assert_array_equal(sur(A).reshape(len(A), -1), poly.transform(A))
+    P = poly.powers_
+    x = A[0]
+    lowered = P[:, None, :] - np.eye(n, dtype=int)[None]  # (k, n, n): exponents of d/dx_i
+    want = P * np.where(lowered >= 0, x ** np.maximum(lowered, 0), 0.0).prod(-1)
+    np.testing.assert_allclose(sur.jac(x).reshape(want.shape), want, rtol=1e-14, atol=1e-14)
+
+
+def test_polynomial_features_cannot_unscale_outputs():
+    with pytest.raises(TypeError, match="output_scaler: PolynomialFeatures has no inverse"):
+        sb.Surrogate(mlp([3, 4, 10]), None, PolynomialFeatures(2).fit(Y[:, :3]))
+
+
 def test_fit_trains_through_a_projection_of_the_outputs():
     """The caller's network learns the coefficients: with the fitted pipeline around it, it is
     the surrogate (trained on the field, which for an orthonormal PCA is the coefficients' loss
@@ -132,11 +185,13 @@ def test_fit_trains_through_a_projection_of_the_outputs():
 @pytest.mark.parametrize(
     ("scaler", "match"),
     [
-        (lambda: make_pipeline(PCA(3), PCA(2)).fit(X), "2 projections"),
+        (lambda: make_pipeline(PCA(3), PCA(2)).fit(X), r"2 steps that mix features \(PCA, PCA"),
+        (lambda: make_pipeline(PolynomialFeatures(2), PCA(2)).fit(X), "2 steps that mix"),
+        (lambda: PolynomialFeatures(2), "PolynomialFeatures is not fitted"),
         (lambda: make_pipeline(PCA(2), PowerTransformer()).fit(X), "PowerTransformer step must"),
         (lambda: PCA(2), "PCA is not fitted"),
     ],
-    ids=["two", "nonlinear-after", "unfitted"],
+    ids=["two", "poly-pca", "poly-unfitted", "nonlinear-after", "unfitted"],
 )
 def test_projections_that_cannot_be_one_layer_are_refused(scaler, match):
     with pytest.raises(TypeError, match=f"Surrogate: input_scaler: .*{match}"):
