@@ -208,8 +208,9 @@ def derivatives(
     Parameters
     ----------
     fn : callable
-        Maps a tensor (N, n) to (N,) or (N, m); rows must be independent points (no batch
-        statistics), as for any per-point derivative.
+        Maps a tensor (N, n) to (N,) or (N, m); rows must be independent points, as for any
+        per-point derivative: a module whose BatchNorm uses the batch's statistics (training
+        mode) is refused, and one whose weights' dtype is not x's is named.
     x : torch.Tensor, shape (N, n)
         Floating-point points, any device.
     order : int
@@ -235,14 +236,47 @@ def derivatives(
         raise TypeError(f"derivatives: x must be a torch.Tensor of shape (N, n), got {type(x)}.")
     if x.ndim != 2:
         raise ValueError(
-            f"derivatives: x has shape {tuple(x.shape)}, expected (N, n); use x[:, None] for "
-            "scalar inputs."
+            f"derivatives: x has shape {tuple(x.shape)}, expected (N, n); use x[None] for one "
+            "point, or x[:, None] for N scalar inputs."
         )
     if not x.dtype.is_floating_point:
         raise TypeError(f"derivatives: x has dtype {x.dtype}, expected a floating dtype.")
     if isinstance(order, bool) or not isinstance(order, int) or order < 0:
         raise ValueError(f"derivatives: order must be an int >= 0, got {order!r}.")
+    if isinstance(fn, torch.nn.Module):
+        _check_module(fn, x)
     return rowwise(fn, x, order, create_graph)
+
+
+def batch_statistics(module: torch.nn.Module) -> str | None:
+    """The first batch-norm layer of ``module`` that normalizes with the batch's own statistics
+    (in training mode, or without running statistics), as "BatchNorm1d '1'", or None."""
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (
+            m.training or m.running_mean is None
+        ):
+            return f"{type(m).__name__} {name or '(the module)'!r}"
+    return None
+
+
+def _check_module(fn: torch.nn.Module, x: torch.Tensor) -> None:
+    """What makes a module's per-row derivatives wrong or its call fail, named before it runs:
+    batch statistics (each row's derivatives would take in every other row's), and weights of
+    another dtype than x (torch's own error names neither)."""
+    found = batch_statistics(fn)
+    if found is not None:
+        raise ValueError(
+            f"derivatives: fn's {found} normalizes with the batch's statistics (training mode, "
+            "or track_running_stats=False), so each row's value depends on every other row and "
+            "per-point derivatives are not defined; call fn.eval() first (it then uses its "
+            "running statistics)."
+        )
+    weight = next((p for p in fn.parameters() if p.is_floating_point()), None)
+    if weight is not None and weight.dtype != x.dtype:
+        raise TypeError(
+            f"derivatives: x is {x.dtype} but fn's weights are {weight.dtype}; pass "
+            f"x.to({weight.dtype}), or convert fn (fn.to({x.dtype}))."
+        )
 
 
 class Engine:

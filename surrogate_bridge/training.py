@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .convert import as_array, check_feature_names, feature_names
-from .derivatives import rowwise
+from .derivatives import batch_statistics, rowwise
 from .normalization import FIT_KINDS, Affine
 from .physical import frozen_copy
 from .projections import around_model
@@ -463,6 +463,14 @@ def fit(
     n_val = round(validation * N) if N > 1 else 0
     was_training = model.training
     model.train()
+    found = batch_statistics(model) if data.GT is not None and weights[1] else None
+    if found is not None:
+        model.train(was_training)
+        raise ValueError(
+            f"fit: the model's {found} normalizes with the batch's statistics in training, so "
+            "a sample's derivative takes in every other sample and dydx cannot be fitted per "
+            "sample; use a per-sample normalization (nn.LayerNorm), or fit values only."
+        )
     try:
         history = _train(
             data,

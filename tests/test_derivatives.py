@@ -248,6 +248,27 @@ def test_public_derivatives_against_nested_autograd():
     assert x.grad is None and all(p.grad is None for p in net.parameters())
 
 
+def test_public_derivatives_refuse_batch_statistics_and_name_a_dtype_mismatch():
+    """A BatchNorm on the batch's statistics makes each row depend on the others: the sum
+    trick would add their cross terms, silently. In eval mode the rows are independent and the
+    derivatives are each row's own (torch.func's per row)."""
+    net = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1)).double()
+    x = torch.randn(6, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="BatchNorm1d '1' normalizes with the batch's statis"):
+        sb.derivatives(net, x, order=1)
+    free = nn.BatchNorm1d(2, track_running_stats=False).double().eval()
+    with pytest.raises(ValueError, match=r"BatchNorm1d '\(the module\)'"):
+        sb.derivatives(free, x, order=1)
+    net.eval()
+    _, J = sb.derivatives(net, x, order=1)
+    rows = [torch.autograd.functional.jacobian(lambda r: net(r[None])[0], r) for r in x]
+    torch.testing.assert_close(J, torch.stack(rows))
+    with pytest.raises(TypeError, match="x is torch.float32 but fn's weights are torch.float64"):
+        sb.derivatives(net, x.float(), order=1)
+    with pytest.raises(ValueError, match=r"x\[None\] for one point"):
+        sb.derivatives(net, x[0], order=1)
+
+
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 def test_a_model_without_first_derivatives_gives_values_and_refuses_derivatives():
     """It used to fail at construction (the row-independence check took a Jacobian), and a

@@ -138,6 +138,18 @@ def test_fit_errors(grid, kwargs, err, match):
         sb.fit(mlp([2, 4, 1]), grid, progress=False, **kwargs)
 
 
+def test_gradients_are_not_fitted_through_batch_statistics(grid):
+    """Values train as usual with a BatchNorm; a per-sample derivative does not exist when each
+    sample is normalized by the batch's statistics, so dydx is refused, naming the layer."""
+    net = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1)).double()
+    y = (grid**2).sum(1)
+    sur = sb.fit(net, grid, y, epochs=5, progress=False, seed=0)
+    assert np.isfinite(sur(grid[:3])).all()
+    with pytest.raises(ValueError, match="BatchNorm1d '1' normalizes with the batch's"):
+        sb.fit(net, grid, y, dydx=2 * grid, epochs=5, progress=False)
+    assert net.training  # left as it was
+
+
 def test_an_unfitted_sklearn_scaler_is_fitted_as_a_copy(grid):
     from sklearn.preprocessing import PowerTransformer, StandardScaler
 
