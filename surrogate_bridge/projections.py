@@ -178,6 +178,8 @@ def split_projection(scaler, role: str, side: str):
         raise TypeError(f"{role}: this {type(proj).__name__} is not fitted; call .fit first.")
     physical = [est for _, est in steps[:i]]
     k = proj.n_output_features_ if polynomial else proj.components_.shape[0]
+    if k == 0:
+        raise TypeError(f"{role}: this {type(proj).__name__} makes no features from its inputs.")
     model_side = Affine.identity(k)
     for _, est in steps[i + 1 :]:  # per-feature scalers of the coefficients
         try:
