@@ -9,6 +9,7 @@ leave through :func:`to_host`. Adapters never call ``.cpu().numpy()`` themselves
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -106,6 +107,11 @@ def _real_copy(a, where: str, name: str, hint: str = "") -> np.ndarray:
     except (TypeError, ValueError) as err:  # ragged lists and the like
         raise TypeError(f"{where}: {name} could not be read as an array: {err}") from err
     if arr.dtype.kind not in "fiu":
+        if isinstance(a, Mapping):  # values by feature name: pandas holds them in order
+            hint = (
+                f" For values by feature name, pass pd.Series({name}) (its index is checked "
+                "against the feature names)." + hint
+            )
         raise TypeError(
             f"{where}: {name} has dtype {arr.dtype} ({a!r:.40}), expected real numbers (float "
             f"or int).{hint}"

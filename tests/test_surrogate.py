@@ -936,6 +936,10 @@ def test_pandas_inputs_are_checked_against_the_scalers_feature_names(tmp_path):
     with pytest.raises(ValueError, match=r"multistart: x0 has the columns \['P', 'T', 'phi'\]"):
         sb.multistart(sur, df[["P", "T", "phi"]].iloc[:4])
     assert sb.minimize(sur, df.iloc[0], options={"maxiter": 2}).x.shape == (3,)  # in order: taken
+    values = {"T": 2.0, "P": 150.0, "phi": 0.5}  # by name: a Series of them is checked
+    with pytest.raises(TypeError, match=r"For values by feature name, pass pd.Series\(x\)"):
+        sur(values)
+    assert sur(pd.Series(values)) == sur([2.0, 150.0, 0.5])
 
 
 def test_fit_keeps_a_dataframes_column_names_and_checks_them_against_a_fitted_scaler():
