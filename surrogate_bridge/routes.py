@@ -127,6 +127,9 @@ class MeasuredRoute:
                 others.append(build())
             except RouteUnavailable as err:
                 notes.append(f"{name} route unavailable: {err}")
+            except Exception as err:  # a reader's failure on an unforeseen model: choosing a
+                # route is for speed, and must never fail the caller's evaluation
+                notes.append(f"{name} route unavailable: {type(err).__name__}: {err}")
         t1 = time.perf_counter()
         if not others:
             self.report.update(chosen="torch", note="; ".join(notes))
@@ -147,10 +150,7 @@ class MeasuredRoute:
                 notes.append(f"{kind}: torch cannot take it, not measured")
                 self.choice[kind] = self.torch
                 continue
-            agree = [
-                r for r in others
-                if all(_gap(a, b) <= _AGREE for a, b in zip(ref, call(r), strict=True))
-            ]  # fmt: skip
+            agree = [r for r in others if _agrees(ref, call, r)]
             us = _best_us({r.name: (lambda r=r, call=call: call(r)) for r in (self.torch, *agree)})
             timings[kind] = us
             if len(agree) < len(others):
@@ -169,6 +169,15 @@ class MeasuredRoute:
             ),
         )
         self._bind()
+
+
+def _agrees(ref: list, call, route) -> bool:
+    """Whether ``route`` answers as torch did (``ref``); a route that fails disagrees."""
+    try:
+        got = call(route)
+    except Exception:  # (as above: measuring never fails the caller's evaluation)
+        return False
+    return all(_gap(a, b) <= _AGREE for a, b in zip(ref, got, strict=True))
 
 
 _KINDS_CHECKED = {

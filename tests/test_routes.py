@@ -208,6 +208,25 @@ def test_auto_leaves_a_route_that_is_not_the_same_function_unused(monkeypatch):
         assert close(sur.hess(x + 0.1), exact.hess(x + 0.1))
 
 
+def test_a_route_that_fails_unforeseen_is_left_out_and_the_evaluation_goes_on(monkeypatch):
+    """Choosing a route is for speed: a reader's failure of any type on an unforeseen model (a
+    RuntimeError of torch's, say) leaves that route out, named in the report, and never
+    reaches the caller's evaluation."""
+    from surrogate_bridge import numpy_route
+
+    def fails(self, *args, **kwargs):
+        raise RuntimeError("Cannot access data pointer of Tensor that doesn't have storage")
+
+    monkeypatch.setattr(numpy_route.NumpyPointRoute, "__init__", fails)
+    model, ins, outs = MODELS["tanh-scalers"]
+    sur = sb.Surrogate(model, ins, outs)
+    exact = sb.Surrogate(model, ins, outs, point_route="torch", cache_size=0)
+    for x in np.random.default_rng(6).normal(size=(36, 2)):
+        assert close(sur.hess(x), exact.hess(x))
+    assert "numpy route unavailable: RuntimeError: Cannot access" in sur.point_route_report["note"]
+    assert "numpy" not in sur.point_route
+
+
 @pytest.mark.parametrize("model", [KernelCdistRBF], ids=["cdist"])
 def test_auto_measures_models_whose_hessian_torch_cannot_take(model):
     """The routes' check and their timing ask torch for Hessians only where it can take them:
