@@ -247,7 +247,7 @@ def frozen_copy(model, dtype: torch.dtype, device: torch.device):
                 "objects such as locks, files or open connections out of the model (e.g. as "
                 "attributes of a wrapper class), or pass a plain function of z instead."
             ) from err
-    m = exact_layers(m).to(device=device, dtype=dtype).eval()  # (CELU, Hardsigmoid: rewrites.py)
+    m = moved(exact_layers(m), dtype, device).eval()  # (CELU, Hardsigmoid: rewrites.py)
     for p in m.parameters():
         if p.is_leaf:  # a TorchScript copy's parameters are not leaves: they stay as they are
             p.requires_grad_(False)
@@ -256,6 +256,20 @@ def frozen_copy(model, dtype: torch.dtype, device: torch.device):
         if b.is_leaf and b.requires_grad:
             b.requires_grad_(False)
     return m
+
+
+def moved(module: nn.Module, dtype: torch.dtype, device: torch.device | str) -> nn.Module:
+    """``module.to(device, dtype)``, except that tensors on the ``meta`` device stay there:
+    the data-free base module of a ``torch.func`` ensemble (its weights are passed in by
+    ``functional_call``) has nothing to move, and ``Module.to`` refuses it."""
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        floating = t.is_floating_point()
+        if t.is_meta:
+            return t.to(dtype=dtype) if floating else t
+        return t.to(device=device, dtype=dtype if floating else None)
+
+    return module._apply(convert)
 
 
 def from_torchscript(model, n_in: int | None):
@@ -427,7 +441,7 @@ def build(
     rows, n_out, err = None, None, None
     wrappers = [Batched, Pointwise]
     for wrapper in wrappers:
-        probe = PhysicalFunction(wrapper(model), in_aff, None).to(device, dtype)
+        probe = moved(PhysicalFunction(wrapper(model), in_aff, None), dtype, device)
         try:
             with torch.no_grad():
                 Y = probe(X)
@@ -478,7 +492,7 @@ def build(
             f"Surrogate: output_scaler has {out_aff.n_features} features but the model "
             f"returns {n_out} outputs."
         )
-    fn = PhysicalFunction(rows, in_aff, out_aff).to(device=device, dtype=dtype)
+    fn = moved(PhysicalFunction(rows, in_aff, out_aff), dtype, device)
     fn.box = box
     # a loaded graph's aten calls hide the functions' names: it declares the non-smooth ones
     # (the model's calls alone: a scaling's own where and clamp are smooth by construction)
@@ -579,6 +593,16 @@ def constants_of(program, float64: bool = True) -> dict[str, torch.Tensor]:
     }
 
 
+def _calls_vmap(program) -> bool:
+    """Whether the captured graph holds ``torch.func.vmap``'s own calls (kept whole by
+    ``torch.export``: no consumer of the graph reads them)."""
+    return any(
+        getattr(n.target, "__module__", "").startswith("torch._functorch")
+        for n in program.graph.nodes
+        if n.op == "call_function"
+    )
+
+
 class ExportError(ValueError):
     """``torch.export`` could not capture the physical function; the message says why."""
 
@@ -606,14 +630,20 @@ def export(
     module = fn._with_rows(fn.rows.one_point()) if one_point else fn
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
-        module = copy.deepcopy(module).cpu().to(dtype)
+        module = moved(copy.deepcopy(module), dtype, "cpu")
     example = torch.zeros(1 if one_point else 2, n_in, dtype=dtype)
     dynamic = None if one_point else ({0: torch.export.Dim("batch")},)
     try:
         with warnings.catch_warnings():  # nn.RNN/GRU/LSTM rebuild their weight list on every
             # call, which torch.export notes; they are captured with the graph all the same
             warnings.filterwarnings("ignore", message=_ASSIGNED, category=UserWarning)
-            return torch.export.export(module, (example,), dynamic_shapes=dynamic)
+            program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
+            if _calls_vmap(program):  # the model's own torch.func.vmap (an ensemble over
+                # stacked weights): its batching rules written out as aten operations, which
+                # is what eager vmap computes
+                warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
+                program = program.run_decompositions({})
+            return program
     except Exception as err:  # torch.export raises many types: say what failed and why
         first = str(err).splitlines()[0] if str(err) else ""
         raise ExportError(

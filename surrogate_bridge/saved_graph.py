@@ -77,6 +77,8 @@ def graph_to_data(program, probes: torch.Tensor) -> tuple[dict, dict[str, torch.
             value = state[spec.target]
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"save: {spec.target} is a {type(value).__name__}, not a tensor.")
+            if value.is_meta:  # data-free (a torch.func ensemble's base module): never read
+                continue
             tensors[spec.arg.name] = value.detach().cpu().contiguous()
     consts = dict(tensors)  # values of the nodes that do not depend on x, as found
     nodes, output = [], None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -429,6 +430,27 @@ class KernelCdistRBF(CdistRBF):
 
     def distances(self, h):
         return torch.ops.aten._cdist_forward(h, self.centers, 2.0, None)
+
+
+class StackedEnsemble(nn.Module):
+    """PyTorch's model-ensembling recipe: members' weights stacked by
+    ``torch.func.stack_module_state``, one data-free base on the ``meta`` device, and the mean
+    of ``vmap(functional_call)`` over the members."""
+
+    def __init__(self, members) -> None:
+        super().__init__()
+        params, _ = torch.func.stack_module_state(members)
+        self.names = list(params)
+        self.stacked = nn.ParameterList([nn.Parameter(params[k]) for k in self.names])
+        self.base = copy.deepcopy(members[0]).to("meta")
+
+    def forward(self, z):
+        weights = dict(zip(self.names, self.stacked, strict=True))
+
+        def member(w, x):
+            return torch.func.functional_call(self.base, w, (x,))
+
+        return torch.func.vmap(member, in_dims=(0, None))(weights, z).mean(0)
 
 
 class Attention(nn.Module):

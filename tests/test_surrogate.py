@@ -1,11 +1,22 @@
 """Shapes, I/O types, the user's model left untouched, row handling, cache, errors, warnings."""
 
+import importlib.util
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from problems import P_SEED, FlatOutput, Hand, MixesRows, Quadratic, Unbatched, counting, mlp
+from problems import (
+    P_SEED,
+    FlatOutput,
+    Hand,
+    MixesRows,
+    Quadratic,
+    StackedEnsemble,
+    Unbatched,
+    counting,
+    mlp,
+)
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
@@ -984,3 +995,36 @@ def test_warnings_point_at_the_callers_line():
     with pytest.warns(sb.PrecisionWarning) as got:
         sb.minimize(sb.Surrogate(mlp([2, 4, 1]), dtype=torch.float32), [0.0, 0.0])
     assert got[0].filename == __file__
+
+
+def test_a_torch_func_ensemble_on_a_meta_base_works_on_every_route_and_saves(tmp_path):
+    """PyTorch's ensembling recipe keeps a data-free base module on the meta device, which
+    Module.to refuses to move; its vmap is written out as aten operations for save and CasADi.
+    Truth: the members' mean, differentiated by torch.autograd.functional."""
+    members = [mlp([2, 12, 1], nn.Tanh, seed=k) for k in range(3)]
+    model = StackedEnsemble(members)
+    sur = sb.Surrogate(model, sb.Affine([0.5, -0.5], [2.0, 1.5]))
+    X = np.random.default_rng(0).uniform(-2, 2, (40, 2))
+
+    def mean(x):
+        z = (x - torch.tensor([0.5, -0.5], dtype=x.dtype)) / torch.tensor([2.0, 1.5])
+        return sum(m(z[None])[0, 0] for m in members) / 3
+
+    for x in X[:3]:
+        xt = torch.tensor(x)
+        np.testing.assert_allclose(sur(x), mean(xt).item(), rtol=1e-14)
+        g = torch.autograd.functional.jacobian(mean, xt).numpy()
+        np.testing.assert_allclose(sur.grad(x), g, rtol=1e-13, atol=1e-15)
+        h = torch.autograd.functional.hessian(mean, xt).numpy()
+        np.testing.assert_allclose(sur.hess(x), h, rtol=1e-12, atol=1e-14)
+    for x in X:  # the measured routes, past their 32 points
+        sur.hess(x)
+    if importlib.util.find_spec("casadi"):
+        assert "casadi route unavailable" not in sur.point_route_report["note"]
+    np.testing.assert_allclose(sur.hess(X[:5]), [sur.hess(x) for x in X[:5]], rtol=1e-12)
+    sb.save(sur, tmp_path / "ensemble.sbz")
+    np.testing.assert_array_equal(sb.load(tmp_path / "ensemble.sbz").hess(X[:5]), sur.hess(X[:5]))
+    if importlib.util.find_spec("casadi"):
+        F = sb.casadi_function(sur, mode="symbolic")
+        np.testing.assert_allclose(float(F(X[7])), sur(X[7]), rtol=1e-14)
+    assert model.base[0].weight.is_meta  # the caller's model as it was

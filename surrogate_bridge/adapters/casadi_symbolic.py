@@ -75,7 +75,10 @@ def translate_program(
     for node in program.graph.nodes:
         if node.op == "placeholder":
             if node.name in consts:
-                env[node.name] = _dm(consts[node.name])
+                value = consts[node.name]  # (a meta tensor holds no data and is never read:
+                # a torch.func ensemble's base module, whose weights come stacked)
+                meta = isinstance(value, torch.Tensor) and value.is_meta
+                env[node.name] = None if meta else _dm(value)
             else:
                 env[node.name] = x.T  # the user input: a (1, n) row, torch's batch of one
         elif node.op == "call_function":
