@@ -549,7 +549,9 @@ def _rows_independent(fn: PhysicalFunction, X: torch.Tensor, model) -> bool:
     with torch.no_grad():
         Y = fn(X)
         try:
-            alone = torch.cat([fn(X[i : i + 1]) for i in range(X.shape[0])])
+            # (copies, not views: a forward that calls requires_grad_ on its input, as a
+            # Hamiltonian network's does before its autograd.grad, fails on a no-grad view)
+            alone = torch.cat([fn(X[i : i + 1].clone()) for i in range(X.shape[0])])
         except Exception as e:  # the model's own error, of any type, is reported
             _refuse_alone(e, X, model)
     if not torch.allclose(Y, alone, rtol=1e-5, atol=1e-8):
@@ -648,5 +650,7 @@ def export(
         first = str(err).splitlines()[0] if str(err) else ""
         raise ExportError(
             f"torch.export could not capture the model ({type(err).__name__}: {first}). Models "
-            "with data-dependent Python control flow cannot be captured as a graph."
+            "with data-dependent Python control flow, or that differentiate inside their "
+            "forward (torch.autograd.grad or torch.func.grad, as a Hamiltonian network does), "
+            "cannot be captured as a graph."
         ) from err

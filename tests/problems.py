@@ -432,6 +432,22 @@ class KernelCdistRBF(CdistRBF):
         return torch.ops.aten._cdist_forward(h, self.centers, 2.0, None)
 
 
+class Hamiltonian(nn.Module):
+    """A Hamiltonian network as its authors write it: the field J grad H, differentiated inside
+    the forward by torch.autograd.grad on an input it marks as requiring grad."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.H = mlp([2, 16, 1], nn.Tanh, seed=seed)
+
+    def forward(self, x):
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.requires_grad_(True)
+            dH = torch.autograd.grad(self.H(x).sum(), x, create_graph=True)[0]
+        return torch.stack([dH[:, 1], -dH[:, 0]], -1)
+
+
 class StackedEnsemble(nn.Module):
     """PyTorch's model-ensembling recipe: members' weights stacked by
     ``torch.func.stack_module_state``, one data-free base on the ``meta`` device, and the mean

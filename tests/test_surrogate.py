@@ -9,6 +9,7 @@ import torch
 from problems import (
     P_SEED,
     FlatOutput,
+    Hamiltonian,
     Hand,
     MixesRows,
     Quadratic,
@@ -1028,3 +1029,23 @@ def test_a_torch_func_ensemble_on_a_meta_base_works_on_every_route_and_saves(tmp
         F = sb.casadi_function(sur, mode="symbolic")
         np.testing.assert_allclose(float(F(X[7])), sur(X[7]), rtol=1e-14)
     assert model.base[0].weight.is_meta  # the caller's model as it was
+
+
+def test_a_forward_that_differentiates_inside_works_on_the_torch_route(tmp_path):
+    """A Hamiltonian network marks its input as requiring grad and calls autograd.grad: it
+    works on one point alone (the probe passes copies, not no-grad views, which such a
+    forward cannot differentiate), with exact derivatives; save says why it cannot."""
+    model = Hamiltonian()
+    sur = sb.Surrogate(model)
+    J = np.array([[0.0, 1.0], [-1.0, 0.0]])
+    for x in np.random.default_rng(1).uniform(-1, 1, (3, 2)):
+        xt = torch.tensor(x)
+        grad_h = torch.autograd.functional.jacobian(lambda z: model.H(z[None])[0, 0], xt)
+        hess_h = torch.autograd.functional.hessian(lambda z: model.H(z[None])[0, 0], xt)
+        np.testing.assert_allclose(sur(x), J @ grad_h.numpy(), rtol=1e-14, atol=1e-16)
+        np.testing.assert_allclose(sur.jac(x), J @ hess_h.numpy(), rtol=1e-13, atol=1e-15)
+        h = 1e-5
+        fd = np.stack([(sur.jac(x + e) - sur.jac(x - e)) / (2 * h) for e in np.eye(2) * h], -1)
+        np.testing.assert_allclose(sur.hess(x), fd, atol=1e-8)
+    with pytest.raises(ValueError, match="differentiate inside their forward"):
+        sb.save(sur, tmp_path / "h.sbz")

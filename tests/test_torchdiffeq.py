@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 import torch
-from problems import A_DYN, P_SEED, DecayInTime, LinearField, Quadratic, linear_field_surrogate
+from problems import (
+    A_DYN,
+    P_SEED,
+    DecayInTime,
+    Hamiltonian,
+    LinearField,
+    Quadratic,
+    linear_field_surrogate,
+)
 from scipy.linalg import expm
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
@@ -151,3 +159,21 @@ def test_errors():
         rhs(0.0, torch.zeros(4, 3, dtype=torch.float64))
     with pytest.raises(TypeError, match="torch.float32.*float64"):
         rhs(0.0, torch.zeros(4, 2))
+
+
+def test_a_hamiltonian_network_conserves_its_energy_and_keeps_no_graph_of_its_own():
+    """The field J grad H, differentiated inside the model's forward: the flow conserves H
+    (the truth), and a plain state's trajectory carries no graph (the model's own would be
+    kept across every step otherwise)."""
+    model = Hamiltonian(seed=2)
+    rhs = sb.ode_rhs(sb.Surrogate(model))
+    y0 = torch.tensor([[0.4, -0.3], [0.1, 0.2]], dtype=torch.float64)
+    t = torch.linspace(0.0, 3.0, 7, dtype=torch.float64)
+    path = odeint(rhs, y0, t, rtol=1e-11, atol=1e-13)
+    assert path.grad_fn is None
+    with torch.no_grad():
+        energy = model.H(path.reshape(-1, 2)).reshape(7, 2)
+    torch.testing.assert_close(energy, energy[:1].expand(7, 2), rtol=0, atol=1e-9)
+    start = y0.clone().requires_grad_(True)  # asked for: the graph is kept
+    odeint(rhs, start, t[:3])[-1].sum().backward()
+    assert start.grad is not None and torch.isfinite(start.grad).all()

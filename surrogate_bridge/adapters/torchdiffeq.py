@@ -86,7 +86,11 @@ class SurrogateRHS(nn.Module):
 
     def forward(self, t, y: torch.Tensor) -> torch.Tensor:
         self._check(y, f"{type(self).__name__}.forward")
-        return self._field(t, y.reshape(-1, self.n)).reshape(y.shape)
+        out = self._field(t, y.reshape(-1, self.n)).reshape(y.shape)
+        wanted = y.requires_grad or getattr(t, "requires_grad", False) or self._trainable
+        if not (wanted and torch.is_grad_enabled()):  # a forward that differentiates inside
+            out = out.detach()  # (a Hamiltonian network) keeps a graph no one asked for
+        return out
 
     def jacobian(self, t, y: torch.Tensor) -> torch.Tensor:
         """Exact df/dy: (n, n) for one state, y.shape[:-1] + (n, n) for a batch."""
