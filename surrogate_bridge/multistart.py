@@ -156,7 +156,7 @@ def multistart(
     else:
         lb, ub = read_box(bounds, n, "multistart", sur.domain)
     check_feature_names(x0, sur.feature_names, "multistart", "x0")  # a DataFrame of starts
-    X = _starts(x0, n_starts, lb, ub, n, seed)
+    X = _starts(x0, n_starts, lb, ub, n, seed, sur.domain)
     funs = None  # the end points' values, where the optimizer holds them
     if method == "newton":
         X, converged, nit, nfev, funs = projected_newton(sur, X, lb, ub, tol, max_iter)
@@ -200,16 +200,29 @@ def _check_settings(tol, max_iter, merge_tol) -> None:
         raise ValueError(f"multistart: max_iter must be an int >= 0, got {max_iter!r}.")
 
 
-def _starts(x0, n_starts, lb, ub, n, seed) -> np.ndarray:
+def _starts(x0, n_starts, lb, ub, n, seed, domain=None) -> np.ndarray:
     if n_starts is not None and (
         isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1
     ):
         raise ValueError(f"multistart: n_starts must be a positive int, got {n_starts!r}.")
     if x0 is None:
-        if not (np.isfinite(lb).all() and np.isfinite(ub).all()):
-            raise ValueError("multistart: drawing starts needs finite bounds; pass x0 instead.")
+        lo, hi = lb, ub
+        if domain is not None:  # a side without a bound: drawn in the training domain there
+            lo = np.where(np.isfinite(lb), lb, np.maximum(lb, domain[0]))
+            hi = np.where(np.isfinite(ub), ub, np.minimum(ub, domain[1]))
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            raise ValueError(
+                "multistart: drawing starts needs finite bounds (or a training domain where a "
+                "bound is infinite); pass x0 instead."
+            )
+        if domain is not None and np.any(lo > hi):  # a finite bound beyond the domain: a
+            width = domain[1] - domain[0]  # stretch as wide as the domain, from that bound
+            lo, hi = (
+                np.where(lo > hi, np.where(np.isfinite(lb), lb, ub - width), lo),
+                np.where(lo > hi, np.where(np.isfinite(ub), ub, lb + width), hi),
+            )
         count = 64 if n_starts is None else n_starts
-        return np.random.default_rng(seed).uniform(lb, ub, (count, n))
+        return np.random.default_rng(seed).uniform(lo, hi, (count, n))
     pts = as_points(x0, n, "multistart", "x0")
     X = np.array(to_host(pts.data) if pts.is_torch else pts.data, dtype=np.float64).reshape(-1, n)
     if len(X) == 0:

@@ -9,6 +9,7 @@ from torch import nn
 
 import surrogate_bridge as sb
 from surrogate_bridge.joint import joint_trust_constr, lockstep_lbfgsb, projected_gradient
+from surrogate_bridge.multistart import _starts
 
 TOL = {"x": 1e-6}
 
@@ -258,6 +259,24 @@ def test_x0_without_bounds_or_domain_optimizes_unbounded(method):
         ref = minimize(sur, x0, jac=sur.grad, method="BFGS", options={"gtol": 1e-11})
         np.testing.assert_allclose(x, ref.x, atol=1e-6)
     assert res.success and len(res.minima) == 1
+
+
+def test_starts_are_drawn_in_the_domain_where_a_bound_is_infinite():
+    """Bounds(-inf, inf) on one input was refused ("needs finite bounds") though the surrogate
+    knows where it was trained: starts are drawn there on that side, within the bounds."""
+    sur = sb.Surrogate(SeedPlusSine(), n_in=2, domain=([-2.0, -2.0], [2.0, 2.0]),
+                       extrapolation="ignore")  # fmt: skip
+    from scipy.optimize import Bounds
+
+    res = sb.multistart(sur, bounds=Bounds([-np.inf, 0.5], [np.inf, 1.5]), n_starts=32, seed=0)
+    lb, ub = np.array([-np.inf, 0.5]), np.array([np.inf, 1.5])
+    starts = _starts(None, 256, lb, ub, 2, 0, sur.domain)
+    assert starts[:, 0].min() >= -2.0 and starts[:, 0].max() <= 2.0
+    assert starts[:, 1].min() >= 0.5 and starts[:, 1].max() <= 1.5
+    assert starts[:, 0].max() - starts[:, 0].min() > 3.0  # spread over the domain's side
+    ref = minimize(sur, res.x, jac=sur.grad, bounds=[(None, None), (0.5, 1.5)], method="L-BFGS-B")
+    np.testing.assert_allclose(res.fun, ref.fun, atol=1e-9)
+    assert 0.5 <= res.x[1] <= 1.5
 
 
 def test_newton_takes_one_step_on_a_quadratic_and_stops_converged_starts():
