@@ -79,8 +79,9 @@ def multistart(
     sur : Surrogate
         Scalar (n_out == 1).
     x0 : array_like, shape (S, n_in), optional
-        The starts; by default ``n_starts`` points drawn uniformly in ``bounds``. Starts outside
-        the bounds are moved onto them, as scipy's L-BFGS-B does.
+        The starts; by default ``n_starts`` points drawn uniformly in ``bounds`` (on a side
+        whose bound is infinite, in the training domain). Starts outside the bounds are moved
+        onto them, as scipy's L-BFGS-B does.
     bounds : scipy.optimize.Bounds or sequence of (min, max) pairs, optional
         Box constraints; by default the training domain (``sur.bounds()``), and none where no
         domain is known and ``x0`` is given.
