@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .convert import to_host, to_torch
+from .physical import batch_statistics
 from .routes import MeasuredRoute, RouteUnavailable, same_as_torch, torch_reference
 
 __all__ = ["derivatives"]
@@ -246,17 +247,6 @@ def derivatives(
     if isinstance(fn, torch.nn.Module):
         _check_module(fn, x)
     return rowwise(fn, x, order, create_graph)
-
-
-def batch_statistics(module: torch.nn.Module) -> str | None:
-    """The first batch-norm layer of ``module`` that normalizes with the batch's own statistics
-    (in training mode, or without running statistics), as "BatchNorm1d '1'", or None."""
-    for name, m in module.named_modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (
-            m.training or m.running_mean is None
-        ):
-            return f"{type(m).__name__} {name or '(the module)'!r}"
-    return None
 
 
 def _check_module(fn: torch.nn.Module, x: torch.Tensor) -> None:

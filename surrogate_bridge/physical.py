@@ -519,13 +519,29 @@ def build(
     return Built(fn, n_out, nonsmooth, no_first, no_second)
 
 
+def _by_batch(m: nn.Module) -> bool:
+    """Whether ``m`` is a batch norm normalizing with the batch's own statistics (in training
+    mode, or without running statistics)."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+
+
+def batch_statistics(module: nn.Module) -> str | None:
+    """The first layer of ``module`` normalizing with the batch's own statistics, as
+    "BatchNorm1d '1'", or None."""
+    return next(
+        (f"{type(m).__name__} {name or '(the module)'!r}" for name, m in module.named_modules()
+         if _by_batch(m)),
+        None,
+    )  # fmt: skip
+
+
 def _refuse_alone(err: Exception, X: torch.Tensor, model) -> None:
     """Solvers ask for one point at a time: a model that works on a batch but not on one row
     (batch statistics of a single row, a squeeze of the batch axis) is refused, naming why."""
-    batch_stats = [
+    batch_stats = [  # (the model is the eval-mode copy: only layers without running statistics)
         f"layer {name!r} ({type(m).__name__})" if name else type(m).__name__
         for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
+        if _by_batch(m)
     ]
     why = (
         f"{', '.join(batch_stats)} normalizes with the statistics of each batch (built with "

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from .convert import as_array, check_feature_names, feature_names
-from .derivatives import batch_statistics, rowwise
+from .derivatives import rowwise
 from .normalization import FIT_KINDS, Affine
-from .physical import frozen_copy
+from .physical import batch_statistics, frozen_copy
 from .projections import around_model
 from .scaling import Scaling, as_scaler
 from .surrogate import Surrogate
