@@ -8,12 +8,14 @@ leave through :func:`to_host`. Adapters never call ``.cpu().numpy()`` themselves
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch._C import _functorch
 
 _MAX_LISTED = 5  # non-finite positions named in an error message
 
@@ -130,10 +132,49 @@ def _real_copy(a, where: str, name: str, hint: str = "") -> np.ndarray:
 _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
+def transformed(t) -> bool:
+    """Whether ``t`` is a tensor inside a torch.func transform of the caller's (its wrapper
+    carries the transform's batch axis or tangent, which ``detach`` would drop)."""
+    return isinstance(t, torch.Tensor) and (
+        _functorch.is_functorch_wrapped_tensor(t) or _functorch.is_batchedtensor(t)
+    )
+
+
+def in_transform() -> bool:
+    """Whether this call runs inside a torch.func transform of the caller's, where autograd
+    calls (``requires_grad_``, ``autograd.grad``) are refused: derivatives go by torch.func."""
+    return _functorch.maybe_current_level() is not None
+
+
+def values(t: torch.Tensor) -> torch.Tensor:
+    """The numbers a tensor holds, as a plain tensor whose trailing axes are ``t``'s shape.
+
+    Inside torch.func transforms (``vmap``, ``grad``, ``jacrev``, ``jacfwd``, ``hessian``) an
+    argument is a wrapper whose values Python may not read; the checks that read values (finite
+    entries, the training domain) read them here instead, each vmapped batch axis moved in front.
+    """
+    while _functorch.is_functorch_wrapped_tensor(t) or _functorch.is_batchedtensor(t):
+        axis = _functorch.maybe_get_bdim(t) if _functorch.is_batchedtensor(t) else None
+        t = _functorch.get_unwrapped(t)
+        if axis is not None:
+            t = t.movedim(axis, 0)
+    return t
+
+
+def reading():
+    """A context in which values read by :func:`values` are plain tensors: inside a transform,
+    torch.func would otherwise wrap what is computed from them at its own level."""
+    return torch._C._DisableFuncTorch() if in_transform() else contextlib.nullcontext()
+
+
 def _check_finite(arr, where: str, name: str) -> None:
     if isinstance(arr, torch.Tensor):
-        if arr.dtype.is_floating_point and not bool(torch.isfinite(arr).all()):
-            bad = torch.nonzero(~torch.isfinite(arr)).cpu().numpy()
+        with reading():
+            arr = values(arr)
+            bad = None
+            if arr.dtype.is_floating_point and not bool(torch.isfinite(arr).all()):
+                bad = torch.nonzero(~torch.isfinite(arr)).cpu().numpy()
+        if bad is not None:
             _raise_non_finite(bad, where, name)
     elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
         _raise_non_finite(np.argwhere(~np.isfinite(arr)), where, name)
@@ -163,10 +204,15 @@ def as_array(a, where: str, name: str, ndim: tuple[int, ...]) -> np.ndarray:
 
 
 def as_vector(v, length: int, where: str, name: str) -> np.ndarray:
-    """Validate a 1-D weight or direction vector (``p`` of hessp, ``v`` of lagrangian_hess)."""
-    arr = as_array(v, where, name, (0, 1)).reshape(-1)
+    """Validate a 1-D weight or direction vector (``p`` of hessp, ``v`` of lagrangian_hess);
+    one inside the caller's torch.func transform comes back as that tensor, flattened."""
+    if transformed(v):
+        _check_finite(v, where, name)
+        arr = v.reshape(-1)
+    else:
+        arr = as_array(v, where, name, (0, 1)).reshape(-1)
     if arr.shape != (length,):
-        raise ValueError(f"{where}: {name} has shape {arr.shape}, expected ({length},).")
+        raise ValueError(f"{where}: {name} has shape {tuple(arr.shape)}, expected ({length},).")
     return arr
 
 

@@ -24,7 +24,7 @@ from importlib.util import find_spec
 import numpy as np
 import torch
 
-from .convert import to_host, to_torch
+from .convert import in_transform, to_host, to_torch, transformed
 from .physical import batch_statistics
 from .routes import MeasuredRoute, RouteUnavailable, same_as_torch, torch_reference
 
@@ -67,6 +67,20 @@ def rowwise(fn: Fn, X: torch.Tensor, order: int, create_graph: bool) -> list[tor
             cur = torch.stack(cols, 1).reshape(N, -1)
             out.append(cur.reshape((N, m) + (n,) * j))
     return out if create_graph else [t.detach() for t in out]
+
+
+def composed(fn: Fn, X: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """``[f, Df, ..., D^order f]`` at the rows of ``X`` (N, n) by torch.func alone: for an ``X``
+    inside the caller's own ``vmap``/``grad``/``jacrev``/``jacfwd``, where autograd calls on the
+    input are not allowed. Reverse mode over the row sums, as :func:`rowwise`, so it composes with
+    any outer transform."""
+    N = X.shape[0]
+    total = lambda Z: _as_2d(fn(Z), N).sum(0)  # noqa: E731  (m,): the row sum
+    out = [_as_2d(fn(X), N)]
+    for _ in range(order):
+        out.append(torch.func.jacrev(total)(X).movedim(-2, 0))  # (m, .., N, n) -> (N, m, .., n)
+        total = (lambda g: lambda Z: torch.func.jacrev(g)(Z).sum(-2))(total)
+    return out
 
 
 def batch(fn: Fn, X: torch.Tensor, order: int, *, chunk: int):
@@ -204,7 +218,8 @@ def derivatives(
     Differentiable with respect to the callable's parameters (``create_graph=True``), so the
     results can enter a loss (PINNs, Sobolev training). Neither ``x.grad`` nor any parameter's
     ``requires_grad`` is touched: gradients are taken with ``torch.autograd.grad`` on ``x`` (or on
-    a detached alias of it when ``x`` does not require grad).
+    a detached alias of it when ``x`` does not require grad), and by ``torch.func.jacrev`` when
+    the call runs inside the caller's own torch.func transform (``vmap``, ``grad``, ...).
 
     Parameters
     ----------
@@ -246,6 +261,8 @@ def derivatives(
         raise ValueError(f"derivatives: order must be an int >= 0, got {order!r}.")
     if isinstance(fn, torch.nn.Module):
         _check_module(fn, x)
+    if in_transform():  # the caller's own vmap/grad/jacrev around this call
+        return composed(fn, x, order)
     return rowwise(fn, x, order, create_graph)
 
 
@@ -369,6 +386,10 @@ class Engine:
         if self._cached(pts) and order <= 2:
             e = self.points.get(pts.data[0], "yJH"[order])
             return [e.y, e.J, e.H][: order + 1]
+        if in_transform():  # inside the caller's torch.func transform: keep its wrapper
+            X = torch.as_tensor(pts.data).to(device=self.device, dtype=self.dtype)
+            if X.shape[0]:
+                return composed(self.fn, X, order)
         X = self.traced(pts.data)
         if X is not None and X.shape[0]:
             return rowwise(self.fn, X, order, create_graph=True)
@@ -392,5 +413,7 @@ class Engine:
 
     def _vector(self, w) -> torch.Tensor:
         """A direction or weight vector, with its graph where torch code differentiates."""
+        if transformed(w):
+            return w.to(device=self.device, dtype=self.dtype)
         traced = self.traced(w)
         return to_torch(w, self.dtype, self.device) if traced is None else traced

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 
-from .convert import Points, to_host
+from .convert import Points, reading, to_host, values
 from .diagnostics import ExtrapolationError, ExtrapolationWarning, caller_level
 from .normalization import Affine
 from .scaling import Scaling
@@ -89,11 +89,15 @@ class Domain:
             return
         data = pts.data
         if isinstance(data, torch.Tensor):  # decide on the device; move only to name the point
-            lo, hi = (torch.as_tensor(b, dtype=data.dtype, device=data.device) for b in self.box())
-            tol = _REL_TOL * torch.clamp(hi - lo, min=1.0)
-            if not bool(((data < lo - tol) | (data > hi + tol)).any()):
-                return
-            data = to_host(data).astype(np.float64)
+            with reading():
+                data = values(data).reshape(-1, data.shape[-1])  # (under vmap: its rows too)
+                lo, hi = (
+                    torch.as_tensor(b, dtype=data.dtype, device=data.device) for b in self.box()
+                )
+                tol = _REL_TOL * torch.clamp(hi - lo, min=1.0)
+                if not bool(((data < lo - tol) | (data > hi + tol)).any()):
+                    return
+                data = to_host(data).astype(np.float64)
         msg = self.outside(data, pts.single)
         if msg is None:
             return
@@ -111,12 +115,14 @@ class Domain:
     def _require_defined(self, data, where: str, single: bool = False) -> None:
         lo, hi = self.defined
         if isinstance(data, torch.Tensor):
-            lo_t, hi_t = (
-                torch.as_tensor(b, dtype=data.dtype, device=data.device) for b in (lo, hi)
-            )
-            if bool(((data > lo_t) & (data < hi_t)).all()):
-                return
-            data = to_host(data).astype(np.float64)
+            with reading():
+                data = values(data).reshape(-1, data.shape[-1])
+                lo_t, hi_t = (
+                    torch.as_tensor(b, dtype=data.dtype, device=data.device) for b in (lo, hi)
+                )
+                if bool(((data > lo_t) & (data < hi_t)).all()):
+                    return
+                data = to_host(data).astype(np.float64)
         bad = ~((data > lo) & (data < hi))
         if not bad.any():
             return

@@ -16,7 +16,15 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from .arguments import check_arguments, check_device, infer_n_in
-from .convert import Points, as_points, as_vector, check_feature_names, feature_names, finish
+from .convert import (
+    Points,
+    as_points,
+    as_vector,
+    check_feature_names,
+    feature_names,
+    finish,
+    transformed,
+)
 from .derivatives import Engine
 from .diagnostics import needs_warning, warn_nonsmooth
 from .domain import Domain
@@ -301,8 +309,10 @@ class Surrogate:
         if not pts.single:
             shape = tuple(pts.data.shape)
             raise ValueError(f"{where}: x must be one point of shape ({self._n_in},), got {shape}.")
-        vec = as_vector(w, getattr(self, length), where, name)  # (validated; numpy)
+        vec = as_vector(w, getattr(self, length), where, name)  # (validated)
         self._before_derivatives(where)
+        if transformed(w):  # inside the caller's torch.func transform over w: torch out
+            return pts._replace(is_torch=True), vec
         if pts.is_torch and isinstance(w, torch.Tensor):  # torch out: w's graph, where it has one
             return pts, w.reshape(-1)
         return pts, vec
