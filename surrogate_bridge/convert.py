@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch._C import _functorch
+from torch.autograd import forward_ad as _forward_ad
 
 _MAX_LISTED = 5  # non-finite positions named in an error message
 
@@ -133,17 +134,21 @@ _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def transformed(t) -> bool:
-    """Whether ``t`` is a tensor inside a torch.func transform of the caller's (its wrapper
-    carries the transform's batch axis or tangent, which ``detach`` would drop)."""
+    """Whether ``t`` is a tensor of the caller's torch.func transform or forward-mode level
+    (its wrapper carries the transform's batch axis or a tangent, which ``detach`` would drop)."""
     return isinstance(t, torch.Tensor) and (
-        _functorch.is_functorch_wrapped_tensor(t) or _functorch.is_batchedtensor(t)
+        _functorch.is_functorch_wrapped_tensor(t)
+        or _functorch.is_batchedtensor(t)
+        or (_forward_ad._current_level >= 0 and _forward_ad.unpack_dual(t).tangent is not None)
     )
 
 
 def in_transform() -> bool:
     """Whether this call runs inside a torch.func transform of the caller's, where autograd
-    calls (``requires_grad_``, ``autograd.grad``) are refused: derivatives go by torch.func."""
-    return _functorch.maybe_current_level() is not None
+    calls (``requires_grad_``, ``autograd.grad``) are refused, or inside a forward-mode level
+    (``torch.autograd.forward_ad``), whose tangents ``detach`` would drop: derivatives then go
+    by torch.func on the caller's tensor as it is."""
+    return _functorch.maybe_current_level() is not None or _forward_ad._current_level >= 0
 
 
 def values(t: torch.Tensor) -> torch.Tensor:
@@ -164,7 +169,8 @@ def values(t: torch.Tensor) -> torch.Tensor:
 def reading():
     """A context in which values read by :func:`values` are plain tensors: inside a transform,
     torch.func would otherwise wrap what is computed from them at its own level."""
-    return torch._C._DisableFuncTorch() if in_transform() else contextlib.nullcontext()
+    inside = _functorch.maybe_current_level() is not None
+    return torch._C._DisableFuncTorch() if inside else contextlib.nullcontext()
 
 
 def _check_finite(arr, where: str, name: str) -> None:

@@ -1143,3 +1143,21 @@ def test_sb_derivatives_inside_the_callers_vmap():
     inside = torch.func.vmap(lambda x: sb.derivatives(model, x[None], 2)[2][0])(X)
     outside = sb.derivatives(model, X, 2, create_graph=False)[2]
     np.testing.assert_allclose(inside.detach().numpy(), outside.numpy(), rtol=1e-13, atol=1e-15)
+
+
+def test_forward_mode_tangents_flow_through_a_surrogate():
+    """torch.autograd.forward_ad: the tangent of sur(x) and of sur.jac(x) is the closed form's
+    J t and H t (before, the tangent was dropped and came back None)."""
+    import torch.autograd.forward_ad as fwAD
+
+    sur = _sinsum()
+    rng = np.random.default_rng(2)
+    X, T = torch.tensor(rng.uniform(-2, 2, (4, 3))), torch.tensor(rng.normal(size=(4, 3)))
+    truth = [_sinsum_truth(x) for x in X.numpy()]
+    J, H = np.stack([t[1] for t in truth]), np.stack([t[2] for t in truth])
+    with fwAD.dual_level():
+        y, dy = fwAD.unpack_dual(sur(fwAD.make_dual(X, T)))
+        _, dJ = fwAD.unpack_dual(sur.jac(fwAD.make_dual(X, T)))
+    np.testing.assert_allclose(y.numpy(), [t[0] for t in truth], rtol=1e-13)
+    np.testing.assert_allclose(dy.numpy(), np.einsum("kij,kj->ki", J, T), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dJ.numpy(), np.einsum("kijl,kl->kij", H, T), rtol=1e-12, atol=1e-13)
