@@ -3,8 +3,9 @@
 Targets that span decades are trained in log units, and skewed ones through sklearn's
 ``PowerTransformer``; a :class:`Scaling` is such a chain of per-feature steps, each an
 :class:`~surrogate_bridge.normalization.Affine` or a :class:`Warp` (``log``, ``log1p``, ``exp``,
-``expm1``, Box-Cox or Yeo-Johnson with fitted lambdas). Every warp is smooth and increasing where
-it is defined, so the surrogate stays differentiable and a data range maps to a data range.
+``expm1``, ``log10``, ``log2``, Box-Cox or Yeo-Johnson with fitted lambdas). Every warp is smooth
+and increasing where it is defined, so the surrogate stays differentiable and a data range maps to
+a data range.
 
 The formulas are scipy's (``expm1(lambda * log1p(x)) / lambda`` for Yeo-Johnson, as
 ``scipy.stats.yeojohnson`` computes it), so a surrogate agrees with sklearn's ``transform`` and
@@ -29,7 +30,12 @@ __all__ = ["WARPS", "Scaling", "ScalingMap", "Warp", "as_scaler", "scaler_from_d
 _EPS = np.finfo(np.float64).eps  # scipy's test for lambda == 0 (or 2)
 # kind -> the inverse kind (parameterless warps), for reading FunctionTransformer(func=np.log)
 _PAIRS = {"log": "exp", "exp": "log", "log1p": "expm1", "expm1": "log1p"}
-WARPS = (*_PAIRS, "box-cox", "yeo-johnson")
+# logarithms to a base b, undone by b ** z (what engineers write for decades: np.log10)
+_BASES = {"log10": 10.0, "log2": 2.0}
+_PLAIN = (*_PAIRS, *_BASES)  # the warps without lambdas
+WARPS = (*_PLAIN, "box-cox", "yeo-johnson")
+# numpy's own inverse of each plain warp, where it has one (an inverse_func taken as it is)
+_NP_INVERSE = {**{k: getattr(np, v) for k, v in _PAIRS.items()}, "log2": np.exp2}
 
 
 def _ns(x):
@@ -52,7 +58,7 @@ def _blend(general, special, mask):
 def _warp(x, kind: str, c: dict):
     """z = warp(x), per feature, with the constants ``c`` of :meth:`Warp.constants`."""
     xp = _ns(x)
-    if kind in _PAIRS:
+    if kind in _PLAIN:
         return getattr(xp, kind)(x)
     lam, m0 = c["lam"], c["m0"]
     if kind == "box-cox":  # scipy: expm1(lambda log x) / lambda; log x at lambda 0
@@ -70,6 +76,8 @@ def _unwarp(z, kind: str, c: dict):
     xp = _ns(z)
     if kind in _PAIRS:
         return getattr(xp, _PAIRS[kind])(z)
+    if kind in _BASES:  # (np.power and aten's pow.Scalar: the base a constant)
+        return _BASES[kind] ** z
     lam, m0 = c["lam"], c["m0"]
     if kind == "box-cox":  # (1 + lambda z)^(1 / lambda); exp z at lambda 0
         return _blend(lambda v: xp.exp(xp.log1p(lam * v) / lam), xp.exp, m0)(z)
@@ -85,6 +93,8 @@ def _slope(x: np.ndarray, kind: str, lam: np.ndarray | None) -> np.ndarray:
     """dz/dx of the warp at x, per feature (numpy; for training on gradients)."""
     if kind in ("log", "log1p"):
         return 1.0 / (x if kind == "log" else 1.0 + x)
+    if kind in _BASES:
+        return 1.0 / (x * np.log(_BASES[kind]))
     if kind in ("exp", "expm1"):
         return np.exp(x)
     if kind == "box-cox":
@@ -99,7 +109,8 @@ class Warp:
 
     Parameters
     ----------
-    kind : {"log", "log1p", "exp", "expm1", "box-cox", "yeo-johnson"}
+    kind : {"log", "log1p", "exp", "expm1", "log10", "log2", "box-cox", "yeo-johnson"}
+        ``log10`` and ``log2`` are undone by ``10 ** z`` and ``2 ** z``.
         Box-Cox and Yeo-Johnson as ``sklearn.preprocessing.PowerTransformer`` computes them
         (without its standardization, which is an :class:`Affine` step).
     n_features : int, optional
@@ -120,7 +131,7 @@ class Warp:
         if kind not in WARPS:
             raise ValueError(f"Warp: kind={kind!r} is not supported; use one of {list(WARPS)}.")
         self.kind, self.lambdas = kind, None
-        if kind in _PAIRS:
+        if kind in _PLAIN:
             if lambdas is not None:
                 raise ValueError(f"Warp: kind={kind!r} takes no lambdas.")
             if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
@@ -181,7 +192,7 @@ class Warp:
     def image(self) -> tuple[np.ndarray, np.ndarray]:
         """Per feature, the open interval of the warp's values (where its inverse is defined)."""
         n, inf = self._n, np.inf
-        if self.kind in ("log", "log1p"):
+        if self.kind in ("log", "log1p", *_BASES):
             return np.full(n, -inf), np.full(n, inf)
         if self.kind in ("exp", "expm1"):
             return np.full(n, 0.0 if self.kind == "exp" else -1.0), np.full(n, inf)
@@ -197,7 +208,7 @@ class Warp:
 
     def defined(self) -> tuple[float, float]:
         """The open interval of inputs where the warp is defined (the same for every feature)."""
-        if self.kind in ("log", "box-cox"):
+        if self.kind in ("log", "box-cox", *_BASES):
             return 0.0, np.inf
         return (-1.0, np.inf) if self.kind == "log1p" else (-np.inf, np.inf)
 
@@ -212,10 +223,11 @@ class Scaling:
     :class:`Warp` functions, in the order a sklearn ``Pipeline`` applies them.
 
     ``Scaling.from_sklearn`` reads a fitted ``PowerTransformer``, a ``FunctionTransformer`` of
-    ``np.log``, ``np.log1p``, ``np.exp`` or ``np.expm1``, or a ``Pipeline`` mixing them with
-    affine scalers; a :class:`~surrogate_bridge.Surrogate` takes any of these (or the Scaling) as
-    its ``input_scaler`` or ``output_scaler``. The data range, if a MinMaxScaler step recorded
-    one, is mapped back to physical units: it is the surrogate's default domain.
+    ``np.log``, ``np.log1p``, ``np.exp``, ``np.expm1``, ``np.log10`` or ``np.log2``, or a
+    ``Pipeline`` mixing them with affine scalers; a :class:`~surrogate_bridge.Surrogate` takes
+    any of these (or the Scaling) as its ``input_scaler`` or ``output_scaler``. The data range, if
+    a MinMaxScaler step recorded one, is mapped back to physical units: it is the surrogate's
+    default domain.
 
     Examples
     --------
@@ -345,7 +357,8 @@ class Scaling:
     @classmethod
     def from_sklearn(cls, obj) -> Scaling:
         """Read a fitted ``PowerTransformer``, ``FunctionTransformer`` (of np.log, np.log1p,
-        np.exp or np.expm1) or ``Pipeline`` of them and affine scalers (sklearn is not imported).
+        np.exp, np.expm1, np.log10 or np.log2) or ``Pipeline`` of them and affine scalers
+        (sklearn is not imported).
 
         Examples
         --------
@@ -400,16 +413,16 @@ def _read_function(ft) -> list:
     if ft.func is None and ft.inverse_func is None:  # the identity (sklearn's "passthrough")
         n = int(ft.n_features_in_)
         return [Affine(np.zeros(n), np.ones(n))]  # composed exactly with its neighbours
-    kind = next((k for k in _PAIRS if ft.func is getattr(np, k)), None)
+    kind = next((k for k in _PLAIN if ft.func is getattr(np, k)), None)
     if kind is None or ft.kw_args or ft.inv_kw_args:
         func = getattr(ft.func, "__name__", repr(ft.func))
         raise TypeError(
             f"Scaling.from_sklearn: FunctionTransformer(func={func}) is not one of the warps "
-            f"read here ({', '.join('np.' + k for k in _PAIRS)}, without kw_args); write the "
+            f"read here ({', '.join('np.' + k for k in _PLAIN)}, without kw_args); write the "
             "transform as torch code inside the model instead."
         )
     inverse = ft.inverse_func
-    if inverse is not None and inverse is not getattr(np, _PAIRS[kind]):
+    if inverse is not None and inverse is not _NP_INVERSE.get(kind):
         _check_inverse(kind, inverse)
     return [Warp(kind, n_features=int(ft.n_features_in_))]
 
@@ -418,6 +431,7 @@ def _check_inverse(kind: str, inverse: Callable) -> None:
     """An inverse_func given as a lambda is accepted where it inverts func on a grid: the
     surrogate applies np.<kind>'s exact inverse, so any other inverse_func would disagree."""
     t = np.linspace(0.1, 3.0, 7)[:, None]
+    undo = f"np.{_PAIRS[kind]}" if kind in _PAIRS else f"{_BASES[kind]:g} ** z"
     try:
         with np.errstate(all="ignore"):
             back = np.asarray(inverse(getattr(np, kind)(t)), dtype=np.float64)
@@ -427,7 +441,7 @@ def _check_inverse(kind: str, inverse: Callable) -> None:
         why = why if back is None else "it does not give x back"
         raise TypeError(
             f"Scaling.from_sklearn: FunctionTransformer(func=np.{kind}) has an inverse_func that "
-            f"is not np.{_PAIRS[kind]} ({why}); the surrogate would unscale with np.{_PAIRS[kind]}."
+            f"is not {undo} ({why}); the surrogate would unscale with {undo}."
         )
 
 

@@ -55,15 +55,16 @@ class Surrogate:
         frozen copy: ``model`` itself is never changed.
     input_scaler, output_scaler : Affine, Scaling, fitted sklearn scaler, or None
         ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``, a
-        ``PowerTransformer``, a ``FunctionTransformer`` of ``np.log``/``log1p``/``exp``/``expm1``,
-        or a ``Pipeline`` of them (an affine one is read as one :class:`Affine`, one with a log
-        or power step as a :class:`Scaling`); None: identity. An input ``ColumnTransformer`` of
-        affine scalers: one :class:`Affine` of each column in its place, and where it lists
-        the columns out of order, the model is given them in that order (``input_scaler`` is
-        then the Affine in x's order). A fitted ``PCA``, ``IncrementalPCA`` or ``TruncatedSVD``,
-        alone or in a ``Pipeline`` between per-feature scalers: a linear layer around the model
-        (inputs: n physical -> k model inputs; outputs: k coefficients -> m physical outputs),
-        the per-feature steps on the physical side staying the scaler.
+        ``PowerTransformer``, a ``FunctionTransformer`` of ``np.log``/``log1p``/``exp``/``expm1``
+        /``log10``/``log2``, or a ``Pipeline`` of them (an affine one is read as one
+        :class:`Affine`, one with a log or power step as a :class:`Scaling`); None: identity.
+        An input ``ColumnTransformer`` of affine scalers: one :class:`Affine` of each column in
+        its place, and where it lists the columns out of order, the model is given them in that
+        order (``input_scaler`` is then the Affine in x's order). A fitted ``PCA``,
+        ``IncrementalPCA`` or ``TruncatedSVD``, alone or in a ``Pipeline`` between per-feature
+        scalers: a linear layer around the model (inputs: n physical -> k model inputs; outputs:
+        k coefficients -> m physical outputs), the per-feature steps on the physical side staying
+        the scaler.
     dtype : torch.dtype
         Working dtype (float64 by default: solver-grade derivatives).
     device : str or torch.device, optional

@@ -58,6 +58,13 @@ def _fitted(name):
     if name == "nested":
         inner = make_pipeline(StandardScaler(), PowerTransformer())
         return make_pipeline(MinMaxScaler(), inner, "passthrough").fit(SIGNED), SIGNED
+    if name == "log10-minmax":  # decades, undone by a lambda: 10 ** z
+        ten = FunctionTransformer(np.log10, lambda z: 10.0**z)
+        return make_pipeline(ten, MinMaxScaler()).fit(POSITIVE), POSITIVE
+    if name == "log2-standard":
+        return make_pipeline(FunctionTransformer(np.log2, np.exp2), StandardScaler()).fit(
+            POSITIVE
+        ), POSITIVE
     if name == "identity-log":  # FunctionTransformer(): sklearn's identity, a placeholder step
         pipe = make_pipeline(FunctionTransformer(), FunctionTransformer(np.log), StandardScaler())
         return pipe.fit(POSITIVE), POSITIVE
@@ -65,7 +72,8 @@ def _fitted(name):
 
 
 SKLEARN = ["yeo-johnson", "yeo-johnson-raw", "box-cox", "log-minmax", "log1p-standard",
-           "minmax-exp-standard", "nested", "identity-log"]  # fmt: skip
+           "minmax-exp-standard", "nested", "identity-log", "log10-minmax",
+           "log2-standard"]  # fmt: skip
 
 
 def _close(a, b, rtol):
@@ -148,7 +156,9 @@ def test_a_power_law_between_log_scalers_has_its_closed_form_derivatives():
     assert sb.Scaling.from_sklearn(_fitted("log-minmax")[0]).data_min is not None
 
 
-@pytest.mark.parametrize("name", ["yeo-johnson", "box-cox", "log1p-standard", "nested"])
+@pytest.mark.parametrize(
+    "name", ["yeo-johnson", "box-cox", "log1p-standard", "nested", "log10-minmax", "log2-standard"]
+)
 def test_a_surrogate_on_a_scaling_is_sklearns_composition_with_exact_derivatives(name):
     est, X = _fitted(name)
     n = X.shape[1]
@@ -169,12 +179,16 @@ def test_a_surrogate_on_a_scaling_is_sklearns_composition_with_exact_derivatives
     assert torch.autograd.gradgradcheck(sur.function, (xt,))
 
 
-def test_every_route_and_a_saved_file_agree_on_a_yeo_johnson_surrogate(tmp_path):
+@pytest.mark.parametrize("name", ["yeo-johnson", "log10-minmax"])
+def test_every_route_and_a_saved_file_agree_on_a_warped_surrogate(tmp_path, name):
     """The numpy route and the CasADi translation read the scaling from the graph; the branches
     of Yeo-Johnson are smooth, so no SmoothnessWarning (pytest turns one into an error)."""
     ca = pytest.importorskip("casadi")
-    est, X = _fitted("yeo-johnson")
-    yest = PowerTransformer().fit(X[:, :1] ** 2)
+    est, X = _fitted(name)
+    if name == "yeo-johnson":
+        yest = PowerTransformer().fit(X[:, :1] ** 2)
+    else:  # the output in decades too
+        yest = _fitted(name)[0].fit(X[:, :1] ** 2 + 1.0)
     args = (mlp([3, 8, 1], seed=4), est, yest)
     ref = sb.Surrogate(*args, point_route="torch")
     num = sb.Surrogate(*args, point_route="numpy")
@@ -185,7 +199,8 @@ def test_every_route_and_a_saved_file_agree_on_a_yeo_johnson_surrogate(tmp_path)
     sb.save(ref, tmp_path / "yj.sbz")
     back = sb.load(tmp_path / "yj.sbz")
     assert back.input_scaler.to_dict() == ref.input_scaler.to_dict()
-    for x in np.r_[X[:3], [[0.0, -0.5, 0.0]]]:
+    seam = [[0.0, -0.5, 0.0]] if name == "yeo-johnson" else np.empty((0, 3))
+    for x in np.r_[X[:3], seam]:
         f, g, h = ref(x), ref.grad(x), ref.hess(x)
         for other in (num, back):
             _close(other(x), f, TOL["route"])
