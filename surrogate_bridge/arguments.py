@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .normalization import Affine
+from .physical import graph_input
 from .projections import AroundModel, Projected
 from .routes import POINT_ROUTES
 from .scaling import Scaling
@@ -114,6 +115,9 @@ def infer_n_in(n_in, in_aff: Affine | Scaling | None, model) -> tuple[int | None
         return from_scaler, _other_count(model, from_scaler, said)
     if isinstance(model, Projected) and model.before is not None:  # the projection's inputs
         return model.before.in_features, None
+    graph = graph_input(model)
+    if graph is not None:  # a torch.export graph module: the shape it was exported for
+        return graph[1], None
     first = _first_linear(model)
     if first is None:
         return None, None

@@ -89,7 +89,7 @@ class RowByRow(Batched):
     batch of one, through ``torch.func.vmap``."""
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.func.vmap(lambda r: self.model(r[None])[0])(z)
+        return torch.func.vmap(lambda r: one_tensor(self.model(r[None]))[0])(z)
 
     def one_point(self) -> nn.Module:
         return Batched(self.model)  # a batch of one is exactly one point
@@ -100,14 +100,15 @@ class PointwiseLoop(Pointwise):
     ``if`` on a tensor, ``.item()``), which ``vmap`` cannot trace: called point by point."""
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.model(r).reshape(-1) for r in z]).reshape(z.shape[0], -1)
+        rows = [one_tensor(self.model(r)).reshape(-1) for r in z]
+        return torch.stack(rows).reshape(z.shape[0], -1)
 
 
 class RowByRowLoop(RowByRow):
     """A model that mixes rows and branches on its values: each point alone, one call each."""
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model(z[i : i + 1]) for i in range(z.shape[0])])
+        return torch.cat([one_tensor(self.model(z[i : i + 1])) for i in range(z.shape[0])])
 
 
 # torch.func.vmap's refusal of a forward that branches on a tensor's values
@@ -124,6 +125,17 @@ class _OnePoint(Batched):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.model(z[0]).reshape(1, -1)
+
+
+def one_tensor(y):
+    """``y``, the model's output, if it is one tensor; a ``TypeError`` naming what it is else
+    (a tuple indexed by a row wrapper would pass its first element off as the output)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(
+            f"the model returned a {type(y).__name__}, expected one tensor of shape "
+            "(N, n_out) or (N,)"
+        )
+    return y
 
 
 # the function ------------------------------------------------------------------------------------
@@ -155,12 +167,7 @@ class PhysicalFunction(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 1:
             return self.forward(x[None])[0]
-        y = self.rows(self.normalize(x))
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(
-                f"the model returned a {type(y).__name__}, expected one tensor of shape "
-                "(N, n_out) or (N,)"
-            )
+        y = one_tensor(self.rows(self.normalize(x)))
         if y.ndim == 1:
             y = y[:, None]
         if self.out_map is not None:
@@ -270,6 +277,21 @@ def moved(module: nn.Module, dtype: torch.dtype, device: torch.device | str) -> 
         return t.to(device=device, dtype=dtype if floating else None)
 
     return module._apply(convert)
+
+
+def graph_input(model) -> tuple[int | None, int] | None:
+    """``(rows, n_in)`` of the one input a ``torch.export`` graph module (``program.module()``)
+    was exported for: ``rows`` None for a dynamic batch (or a graph of one unbatched point);
+    None for any other model, or a graph whose input shape is not recorded."""
+    if not isinstance(model, torch.fx.GraphModule):
+        return None
+    inputs = [n for n in model.graph.nodes if n.op == "placeholder"]
+    val = inputs[0].meta.get("val") if len(inputs) == 1 else None
+    shape = getattr(val, "shape", None)
+    if shape is None or len(shape) not in (1, 2) or not isinstance(shape[-1], int):
+        return None
+    rows = shape[0] if len(shape) == 2 and isinstance(shape[0], int) else None
+    return rows, int(shape[-1])
 
 
 def from_torchscript(model, n_in: int | None):
@@ -439,15 +461,18 @@ def build(
     ``n_in_hint``: where n_in came from); leaves nothing behind on failure."""
     X = probe_points(n_in, _PROBE_ROWS, in_aff, box).to(dtype).to(device)
     rows, n_out, err = None, None, None
-    wrappers = [Batched, Pointwise]
+    # (RowByRow last: a model that takes a batch of exactly one, as a torch.export graph
+    # exported from a one-row example is, each point as its own batch of one)
+    wrappers = [Batched, Pointwise, RowByRow]
     for wrapper in wrappers:
         probe = moved(PhysicalFunction(wrapper(model), in_aff, None), dtype, device)
         try:
             with torch.no_grad():
                 Y = probe(X)
         except Exception as e:  # the model's own error, of any type, is reported
-            if wrapper is Pointwise and _branches(e):  # a branch on values: point by point
-                wrappers.append(PointwiseLoop)
+            loop = {Pointwise: PointwiseLoop, RowByRow: RowByRowLoop}.get(wrapper)
+            if loop is not None and _branches(e):  # a branch on values: point by point
+                wrappers.insert(wrappers.index(wrapper) + 1, loop)
                 err = None  # (the batch's failure was the branch's; the loop's is what to say)
                 continue
             err = err or f"{type(e).__name__}: {e}"
@@ -479,6 +504,8 @@ def build(
                 "the model whose forward(z) returns self.model(z[:, :2], z[:, 2:]), and n_in= "
                 "(a module, not a lambda: the Surrogate then copies and converts it)."
             )
+        elif _static_batch(model, n_in):
+            hint = _static_batch(model, n_in)
         elif "the model returned a" in str(err):
             hint = "Pass a function of z returning the one output tensor, and n_in="
             hint += " (lambda z: model(z)[0] for a tuple, lambda z: model(z)[key] for a dict)."
@@ -535,6 +562,18 @@ def batch_statistics(module: nn.Module) -> str | None:
     )  # fmt: skip
 
 
+def _static_batch(model, n_in: int) -> str | None:
+    """What to do about a torch.export graph for batches of a fixed size other than one."""
+    rows = (graph_input(model) or (None,))[0]
+    if rows in (None, 1):
+        return None
+    return (
+        f"The model is a torch.export graph for batches of exactly {rows} rows; export it with "
+        "a dynamic batch (dynamic_shapes=({0: torch.export.Dim('batch')},)) or from a one-row "
+        f"example (torch.zeros(1, {n_in})): a one-row graph is called one point at a time."
+    )
+
+
 def _refuse_alone(err: Exception, X: torch.Tensor, model) -> None:
     """Solvers ask for one point at a time: a model that works on a batch but not on one row
     (batch statistics of a single row, a squeeze of the batch axis) is refused, naming why."""
@@ -549,7 +588,8 @@ def _refuse_alone(err: Exception, X: torch.Tensor, model) -> None:
         "the other points. A surrogate must be a function of each point: keep running "
         "statistics (track_running_stats=True, then train) or normalize per point (LayerNorm)."
         if batch_stats
-        else "Solvers evaluate one point at a time: look in the forward for a squeeze() of the "
+        else _static_batch(model, X.shape[1])
+        or "Solvers evaluate one point at a time: look in the forward for a squeeze() of the "
         "batch axis or a statistic over the batch."
     )
     raise ValueError(

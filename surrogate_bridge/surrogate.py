@@ -49,10 +49,11 @@ class Surrogate:
 
     Parameters
     ----------
-    model : torch.nn.Module or callable
+    model : torch.nn.Module, callable or torch.export.ExportedProgram
         Normalized inputs (N, n_in) -> normalized outputs (N, n_out) or (N,); models written for
-        one point, or that mix rows, are run point by point (vmap). Used through a private
-        frozen copy: ``model`` itself is never changed.
+        one point, or that mix rows, are run point by point (vmap), as is a torch.export graph
+        exported from a one-row example. TorchScript and ``torch.compile``d models are taken too.
+        Used through a private frozen copy: ``model`` itself is never changed.
     input_scaler, output_scaler : Affine, Scaling, fitted sklearn scaler, or None
         ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``, a
         ``PowerTransformer``, a ``FunctionTransformer`` of ``np.log``/``log1p``/``exp``/``expm1``
@@ -124,6 +125,8 @@ class Surrogate:
         prefetch_grad: bool = True,
         point_route: str = "auto",
     ) -> None:
+        if isinstance(model, torch.export.ExportedProgram):  # (it cannot be called itself)
+            model = model.module()
         check_arguments(model, dtype, cache_size, point_route)
         self.dtype, self.device = dtype, check_device(device, dtype=dtype)
         self._names = feature_names(input_scaler)  # pandas input is checked against them

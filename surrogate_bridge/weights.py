@@ -40,6 +40,8 @@ def update_weights(sur: Surrogate, source: nn.Module | Mapping[str, Any]) -> Non
     inner = unwrap(sur._model)
     if not isinstance(inner, nn.Module):
         raise TypeError("update_weights: this surrogate's model is a plain function: no weights.")
+    if isinstance(source, torch.export.ExportedProgram):  # (its weights: the module's)
+        source = source.module()
     state = source.state_dict() if isinstance(source, nn.Module) else source
     if not hasattr(state, "items"):
         raise TypeError(

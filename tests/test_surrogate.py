@@ -1161,3 +1161,55 @@ def test_forward_mode_tangents_flow_through_a_surrogate():
     np.testing.assert_allclose(y.numpy(), [t[0] for t in truth], rtol=1e-13)
     np.testing.assert_allclose(dy.numpy(), np.einsum("kij,kj->ki", J, T), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(dJ.numpy(), np.einsum("kijl,kl->kij", H, T), rtol=1e-12, atol=1e-13)
+
+
+# --- torch.export programs -----------------------------------------------------------------------
+def _exported(model, rows, dynamic=False):
+    """A program exported from an example of ``rows`` rows (None: one unbatched point), saved
+    and loaded back as a user ships it."""
+    import io
+
+    example = torch.zeros((3,) if rows is None else (rows, 3), dtype=torch.float64)
+    dyn = ({0: torch.export.Dim("batch")},) if dynamic else None
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=dyn), buf)
+    buf.seek(0)
+    return torch.export.load(buf)
+
+
+@pytest.mark.parametrize(
+    ("rows", "dynamic"), [(4, True), (1, False), (None, False)], ids=["dynamic", "one-row", "point"]
+)
+def test_an_exported_program_is_a_model_on_every_route(rows, dynamic, tmp_path):
+    """An ExportedProgram (or its module()) is taken as it is: n_in read from the graph's input
+    shape, and a graph exported from a one-row example (its guard allows batches of exactly one)
+    called one point at a time. Every route and a saved file give the eager model's numbers."""
+    net = mlp((3, 16, 2), seed=0)
+    model = net if rows is not None else nn.Sequential(net, nn.Flatten(0))  # (3,) -> (2,)
+    program = _exported(model, rows, dynamic)
+    X = np.random.default_rng(0).uniform(-1, 1, (5, 3))
+    truth = sb.Surrogate(net, point_route="torch")
+    f, J, H = truth.derivatives(X)
+    for given in (program, program.module()):
+        for route in ("torch", "numpy"):
+            sur = sb.Surrogate(given, point_route=route)
+            assert sur.n_in == 3 and sur.point_route == route
+            got = [sur.derivatives(x) for x in X]
+            for k, want in enumerate((f, J, H)):
+                np.testing.assert_allclose(
+                    np.stack([g[k] for g in got]), want, rtol=1e-14, atol=1e-15
+                )
+            for k, batch in enumerate(sur.derivatives(X)):
+                np.testing.assert_allclose(batch, (f, J, H)[k], rtol=1e-14, atol=1e-15)
+    sb.save(sur, tmp_path / "exported.sbz")
+    np.testing.assert_allclose(sb.load(tmp_path / "exported.sbz")(X), f, rtol=1e-14)
+    if rows is not None:  # new weights from another program of the same architecture
+        other = mlp((3, 16, 2), seed=1)
+        sb.update_weights(sur, _exported(other, rows, dynamic))
+        np.testing.assert_allclose(sur(X), sb.Surrogate(other)(X), rtol=1e-14)
+
+
+def test_an_exported_program_for_a_fixed_batch_is_refused_saying_how_to_export_it():
+    for rows in (3, 32):  # (3: the probe batch's size, which it then accepts)
+        with pytest.raises(ValueError, match=rf"exactly {rows} rows; export it with a dynamic"):
+            sb.Surrogate(_exported(mlp((3, 8, 1)), rows))
