@@ -64,9 +64,18 @@ def as_points(x, n_in: int, where: str, name: str = "x") -> Points:
             f"expected 1 or 2. {_shape_hint(n_in)}"
         )
     if arr.shape[-1] != n_in:
+        hint = _shape_hint(n_in)
+        if arr.ndim == 2 and arr.shape[0] == n_in:  # CasADi's (and MATLAB's) convention
+            k = arr.shape[1]
+            hint = (
+                f"It is a column vector: pass {name}.ravel(), one point of shape ({n_in},)."
+                if k == 1
+                else f"If it holds {k} points as columns (CasADi's convention), pass {name}.T, "
+                f"of shape ({k}, {n_in})."
+            )
         raise ValueError(
             f"{where}: {name} has {arr.shape[-1]} features (shape {tuple(arr.shape)}), "
-            f"the surrogate takes {n_in}. {_shape_hint(n_in)}"
+            f"the surrogate takes {n_in}. {hint}"
         )
     _check_finite(arr, where, name)
     single = arr.ndim == 1

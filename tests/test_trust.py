@@ -400,6 +400,8 @@ CATALOGUE = {
     # evaluation
     "x-features": (lambda: _scalar()(np.zeros(3)), ValueError, "x has 3 features"),
     "x-rank": (lambda: _scalar()(np.zeros((2, 2, 2))), ValueError, "3 dimensions"),
+    "x-column": (lambda: _scalar()(np.zeros((2, 1))), ValueError, r"column vector: pass x.ravel"),
+    "x-columns": (lambda: _scalar()(np.zeros((2, 5))), ValueError, r"as columns.*pass x\.T"),
     "x-strings": (lambda: _scalar()(["a", "b"]), TypeError, "dtype <U1"),
     "x-nan": (lambda: _scalar()([np.nan, 0]), ValueError, r"non-finite.*\(0,\)"),
     "x-masked": (
