@@ -28,6 +28,7 @@ from .convert import (
 from .derivatives import Engine
 from .diagnostics import needs_warning, warn_nonsmooth
 from .domain import Domain
+from .estimators import from_estimator
 from .physical import build, deep_copy, export, from_torchscript, frozen_copy
 from .points import CacheInfo, PointEvaluator
 from .projections import around_model
@@ -49,10 +50,13 @@ class Surrogate:
 
     Parameters
     ----------
-    model : torch.nn.Module, callable or torch.export.ExportedProgram
+    model : torch.nn.Module, callable, torch.export.ExportedProgram or skorch estimator
         Normalized inputs (N, n_in) -> normalized outputs (N, n_out) or (N,); models written for
         one point, or that mix rows, are run point by point (vmap), as is a torch.export graph
         exported from a one-row example. TorchScript and ``torch.compile``d models are taken too.
+        A fitted skorch ``NeuralNetRegressor``, alone, ending a ``Pipeline`` (whose steps before
+        it are then the input scaler) or inside a ``TransformedTargetRegressor`` (whose
+        transformer is then the output scaler): the surrogate is its ``predict``.
         Used through a private frozen copy: ``model`` itself is never changed.
     input_scaler, output_scaler : Affine, Scaling, fitted sklearn scaler, or None
         ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``, a
@@ -127,6 +131,9 @@ class Surrogate:
     ) -> None:
         if isinstance(model, torch.export.ExportedProgram):  # (it cannot be called itself)
             model = model.module()
+        model, input_scaler, output_scaler = from_estimator(  # skorch, in a Pipeline or not
+            model, input_scaler, output_scaler, "Surrogate"
+        )
         check_arguments(model, dtype, cache_size, point_route)
         self.dtype, self.device = dtype, check_device(device, dtype=dtype)
         self._names = feature_names(input_scaler)  # pandas input is checked against them

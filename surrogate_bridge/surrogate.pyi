@@ -28,7 +28,7 @@ class Surrogate:
     chunk_size: int
     def __init__(
         self,
-        model: nn.Module | Callable | torch.export.ExportedProgram,
+        model: nn.Module | Callable | torch.export.ExportedProgram | Any,
         input_scaler: Any = None,
         output_scaler: Any = None,
         *,

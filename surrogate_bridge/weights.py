@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .estimators import from_estimator
 from .physical import frozen_copy
 from .projections import unwrap
 from .surrogate import Surrogate, require_surrogate
@@ -42,6 +43,7 @@ def update_weights(sur: Surrogate, source: nn.Module | Mapping[str, Any]) -> Non
         raise TypeError("update_weights: this surrogate's model is a plain function: no weights.")
     if isinstance(source, torch.export.ExportedProgram):  # (its weights: the module's)
         source = source.module()
+    source, _, _ = from_estimator(source, None, None, "update_weights")  # a skorch net's module
     state = source.state_dict() if isinstance(source, nn.Module) else source
     if not hasattr(state, "items"):
         raise TypeError(

@@ -1,0 +1,80 @@
+"""Fitted sklearn estimators that hold a torch model, read as ``(model, input_scaler,
+output_scaler)``.
+
+skorch's ``NeuralNetRegressor`` trains a torch module inside sklearn: alone, as the last step of
+a ``Pipeline`` whose steps before it scale the inputs, or inside a ``TransformedTargetRegressor``
+whose transformer scales the targets. Its ``predict`` is then the module's output between those
+scalers, which is exactly what a :class:`~surrogate_bridge.Surrogate` computes (in its own dtype)
+from the three parts: so a Surrogate of the estimator is the estimator, in physical units, with
+exact derivatives. Neither sklearn nor skorch is imported here: the fitted objects are read by
+their attributes (``module_``, ``steps``, ``regressor_``, ``transformer_``).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["from_estimator", "net_module"]
+
+
+def _is_net(obj) -> bool:
+    """A skorch ``NeuralNet`` (regressor, classifier or the base class)."""
+    return any(
+        c.__name__ == "NeuralNet" and c.__module__.startswith("skorch") for c in type(obj).__mro__
+    )
+
+
+def net_module(net, where: str) -> nn.Module:
+    """The fitted torch module of a skorch regressor whose predictions are its output as it is;
+    ``TypeError`` naming what stands between them otherwise."""
+    name = type(net).__name__
+    if any(c.__name__.endswith("Classifier") for c in type(net).__mro__):
+        raise TypeError(
+            f"{where}: model is a {name}, whose predict is a class label (no derivative). For "
+            "its probabilities, pass a module computing them from net.module_ (e.g. "
+            "nn.Sequential(net.module_, nn.Softmax(-1)))."
+        )
+    module = getattr(net, "module_", None)
+    if not getattr(net, "initialized_", False) or not isinstance(module, nn.Module):
+        raise ValueError(f"{where}: model is a {name} that is not fitted (initialize or fit it).")
+    nonlin = net._get_predict_nonlinearity()
+    if getattr(nonlin, "__name__", None) != "_identity":
+        raise TypeError(
+            f"{where}: the {name}'s predictions pass its module's output through "
+            f"{getattr(nonlin, '__name__', repr(nonlin))} (predict_nonlinearity); pass a module "
+            "that applies it after net.module_, or set predict_nonlinearity=None."
+        )
+    return module
+
+
+def from_estimator(model, input_scaler, output_scaler, where: str) -> tuple:
+    """``(model, input_scaler, output_scaler)`` with a fitted estimator holding a torch model
+    taken apart; anything else is returned as it is. A scaler both in the estimator and
+    passed is refused: it would be applied twice."""
+    name = type(model).__name__
+    if name == "TransformedTargetRegressor" and hasattr(model, "regressor_"):
+        _not_twice(output_scaler, "output_scaler", name, "transformer scales the targets", where)
+        inner, input_scaler, _ = from_estimator(model.regressor_, input_scaler, None, where)
+        if inner is model.regressor_:  # (not a torch model inside: no surrogate of it)
+            raise TypeError(
+                f"{where}: model is a TransformedTargetRegressor around a "
+                f"{type(inner).__name__}, not a torch model (a skorch NeuralNetRegressor)."
+            )
+        return inner, input_scaler, model.transformer_
+    steps = getattr(model, "steps", None) if name == "Pipeline" else None
+    if steps and _is_net(steps[-1][1]):
+        _not_twice(
+            input_scaler, "input_scaler", name, "steps before the net scale the inputs", where
+        )
+        scaler = model[:-1] if len(steps) > 1 else None
+        return net_module(steps[-1][1], where), scaler, output_scaler
+    if _is_net(model):
+        return net_module(model, where), input_scaler, output_scaler
+    return model, input_scaler, output_scaler
+
+
+def _not_twice(given, arg: str, name: str, why: str, where: str) -> None:
+    if given is not None:
+        raise ValueError(
+            f"{where}: model is a {name} whose {why}; {arg}= would scale them twice: leave it out."
+        )
