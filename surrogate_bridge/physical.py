@@ -28,6 +28,8 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from .convert import to_host
 from .diagnostics import (
@@ -386,9 +388,11 @@ def _first_derivatives(fn, X: torch.Tensor, flat: bool = False) -> str | None:
     function's true derivative, not a cut; the SmoothnessWarning says so where it is asked
     for."""
     x = X.detach().clone().requires_grad_(True)
+    watch = _CutWatcher()
     try:
         with torch.enable_grad():
-            Y = fn(x)
+            with watch:
+                Y = fn(x)
             varies = torch.isfinite(Y).all(0) & (Y != Y[:1]).any(0)
             cut = [int(j) for j in varies.nonzero().flatten()]
             if Y.requires_grad and len(cut) > _CUT_CHECKED:
@@ -399,12 +403,68 @@ def _first_derivatives(fn, X: torch.Tensor, flat: bool = False) -> str | None:
     except RuntimeError as err:  # no derivative in torch, named; another failure is left to
         return no_derivative(err)  # the request that meets it
     if not cut:
-        return None
+        return _partly_cut(fn, x, Y, watch.cuts) if watch.cuts and Y.requires_grad else None
     which = "the model's outputs" if len(cut) == Y.shape[1] else f"the model's outputs {cut}"
     return (
         f"{which} change with x, but torch's graph does not connect them to x (a forward "
         "under torch.no_grad(), a .detach(), or a detour through numpy), so their derivatives "
         "would read as zero. Keep the forward in differentiable torch operations."
+    )
+
+
+class _CutWatcher(TorchFunctionMode):
+    """Notes where a forward run on an x that requires grad cuts a value computed from x out of
+    torch's graph: a ``.detach()``, ``.data``, or an operation under ``torch.no_grad()`` on it
+    (the frozen copy's weights need no grad, so whatever requires grad depends on x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cuts: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        tracked = any(t.requires_grad for t in tree_leaves((args, kwargs))
+                      if isinstance(t, torch.Tensor))  # fmt: skip
+        if tracked and name in ("detach", "detach_"):
+            self.cuts.add(".detach()")
+        elif tracked and name == "__get__" and getattr(func, "__self__", None) is _DATA:
+            self.cuts.add(".data")
+        elif tracked and not torch.is_grad_enabled():
+            self.cuts.add("torch.no_grad()")
+        return func(*args, **kwargs)
+
+
+_DATA = torch.Tensor.data
+
+
+def _partly_cut(fn, x: torch.Tensor, Y: torch.Tensor, cuts: set[str]) -> str | None:
+    """Why torch's derivatives of ``fn`` are not the derivatives of its values, where its forward
+    cut part of them from the graph (``cuts``): autograd's directional derivative of a random mix
+    of the outputs against central differences at the probe rows ``x``; None where they agree
+    (a cut that does not reach the outputs' derivatives)."""
+    gen = torch.Generator().manual_seed(0)
+    w = (torch.rand(Y.shape[1], generator=gen) + 0.5).to(Y)
+    d = (torch.rand(x.shape, generator=gen) - 0.5).to(x)
+    (g,) = torch.autograd.grad((Y * w).sum(), x, allow_unused=True)
+    auto = torch.zeros(x.shape[0]).to(x) if g is None else (g * d).sum(-1)
+    eps = torch.finfo(x.dtype).eps
+    h = eps ** (1 / 3) * (1.0 + x.detach().abs().amax(-1, keepdim=True))
+    with torch.no_grad():
+        up, down = fn(x.detach() + h * d) @ w, fn(x.detach() - h * d) @ w
+    central = (up - down) / (2 * h[:, 0])
+    tol = (1e-3 if x.dtype == torch.float64 else 5e-2) * (auto.abs() + central.abs())
+    tol = tol + 1e3 * eps * ((Y.detach() @ w).abs() + 1.0) / h[:, 0]
+    bad = (auto - central).abs() > tol
+    if not bool(bad.any()):
+        return None
+    i = int(bad.nonzero()[0, 0])
+    return (
+        f"the model's forward cuts values computed from x out of torch's graph "
+        f"({', '.join(sorted(cuts))}), so torch's derivatives leave them out and are not the "
+        f"derivatives of its values (along a direction at a probe point: autograd "
+        f"{float(auto[i]):.6g}, central differences {float(central[i]):.6g}). Keep the forward "
+        "in differentiable torch operations."
     )
 
 

@@ -569,6 +569,66 @@ def test_a_partly_cut_graph_names_the_outputs():
         sur.jac(np.ones(2))
 
 
+class _StopGradient(nn.Module):
+    """tanh(a . x) * s(x), with s(x) = 1 + |x|^2 computed out of torch's graph: a .detach(),
+    torch.no_grad(), .data; or the straight-through form s + (t - t.detach()), whose value is s
+    but whose torch gradient is t's."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.lin = how, nn.Linear(2, 1)
+
+    def forward(self, x):
+        s = lambda z: 1.0 + (z**2).sum(-1, keepdim=True)  # noqa: E731
+        if self.how == "detach":
+            scale = s(x.detach())
+        elif self.how == "no_grad":
+            with torch.no_grad():
+                scale = s(x)
+        elif self.how == "data":
+            scale = s(x.data)
+        else:
+            t = torch.sin(x).sum(-1, keepdim=True)
+            scale = s(x).detach() + (t - t.detach())
+        return torch.tanh(self.lin(x)) * scale
+
+
+@pytest.mark.parametrize("how", ["detach", "no_grad", "data", "straight-through"])
+def test_torch_derivatives_that_are_not_the_values_derivatives_are_refused(how):
+    """A forward that cuts part of its values from torch's graph: torch's derivatives exist but
+    are not the function's (central differences of its values say so), so every derivative
+    request is refused naming the cut; values still work."""
+    sur = sb.Surrogate(_StopGradient(how).double(), n_in=2, point_route="torch")
+    x = np.array([0.4, 1.3])
+    z = x @ sur.function.model.lin.weight.detach().numpy()[0] + sur.function.model.lin.bias.item()
+    assert sur(x) == pytest.approx(np.tanh(z) * (1 + x @ x), rel=1e-14)
+    cut = {"detach": ".detach()", "no_grad": "torch.no_grad()", "data": ".data"}.get(how)
+    for ask in (sur.grad, sur.hess, lambda p: sur.hessp(p, np.ones(2))):
+        with pytest.raises(ValueError, match=r"not the\s+derivatives of its values") as err:
+            ask(x)
+        assert cut is None or cut in str(err.value)
+
+
+def test_a_detach_that_leaves_the_derivatives_exact_is_not_refused():
+    """.detach() of a value that does not reach the outputs' derivatives (it multiplies zero)
+    and torch.no_grad() on the weights alone change nothing: derivatives are given."""
+
+    class Harmless(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            with torch.no_grad():
+                w = self.lin.weight * 2.0  # the weights only
+            return torch.tanh(x @ w.T) + 0.0 * x.detach().sum(-1, keepdim=True)
+
+    sur = sb.Surrogate(Harmless().double(), point_route="torch")
+    x = np.array([0.4, 1.3])
+    w = 2.0 * sur.function.model.lin.weight.detach().numpy()[0]
+    np.testing.assert_allclose(sur.grad(x), (1 - np.tanh(x @ w) ** 2) * w, rtol=1e-14)
+
+
 @pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 @pytest.mark.parametrize("flat", ["clamp", "hardtanh", "where", "logit-eps"])
 def test_a_function_saturated_at_every_probe_is_not_a_cut_graph(flat):
