@@ -414,8 +414,10 @@ def _first_derivatives(fn, X: torch.Tensor, flat: bool = False) -> str | None:
 
 class _CutWatcher(TorchFunctionMode):
     """Notes where a forward run on an x that requires grad cuts a value computed from x out of
-    torch's graph: a ``.detach()``, ``.data``, or an operation under ``torch.no_grad()`` on it
-    (the frozen copy's weights need no grad, so whatever requires grad depends on x)."""
+    torch's graph: a ``.detach()``, ``.data``, a Python number taken from it (``.item()``,
+    ``float()``: a cut where the number is computed with, a branch where it is compared), or an
+    operation under ``torch.no_grad()`` on it (the frozen copy's weights need no grad, so
+    whatever requires grad depends on x)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -428,6 +430,8 @@ class _CutWatcher(TorchFunctionMode):
                       if isinstance(t, torch.Tensor))  # fmt: skip
         if tracked and name in ("detach", "detach_"):
             self.cuts.add(".detach()")
+        elif tracked and name in ("item", "tolist", "__float__", "__int__"):
+            self.cuts.add(f".{name}()" if name[0] != "_" else name.strip("_") + "()")
         elif tracked and name == "__get__" and getattr(func, "__self__", None) is _DATA:
             self.cuts.add(".data")
         elif tracked and not torch.is_grad_enabled():

@@ -571,8 +571,8 @@ def test_a_partly_cut_graph_names_the_outputs():
 
 class _StopGradient(nn.Module):
     """tanh(a . x) * s(x), with s(x) = 1 + |x|^2 computed out of torch's graph: a .detach(),
-    torch.no_grad(), .data; or the straight-through form s + (t - t.detach()), whose value is s
-    but whose torch gradient is t's."""
+    torch.no_grad(), .data, .item(); or the straight-through form s + (t - t.detach()), whose
+    value is s but whose torch gradient is t's."""
 
     def __init__(self, how):
         super().__init__()
@@ -587,13 +587,15 @@ class _StopGradient(nn.Module):
                 scale = s(x)
         elif self.how == "data":
             scale = s(x.data)
+        elif self.how == "item":  # (a statistic of the batch: called one point at a time)
+            scale = s(x).sum().item()
         else:
             t = torch.sin(x).sum(-1, keepdim=True)
             scale = s(x).detach() + (t - t.detach())
         return torch.tanh(self.lin(x)) * scale
 
 
-@pytest.mark.parametrize("how", ["detach", "no_grad", "data", "straight-through"])
+@pytest.mark.parametrize("how", ["detach", "no_grad", "data", "item", "straight-through"])
 def test_torch_derivatives_that_are_not_the_values_derivatives_are_refused(how):
     """A forward that cuts part of its values from torch's graph: torch's derivatives exist but
     are not the function's (central differences of its values say so), so every derivative
@@ -602,7 +604,8 @@ def test_torch_derivatives_that_are_not_the_values_derivatives_are_refused(how):
     x = np.array([0.4, 1.3])
     z = x @ sur.function.model.lin.weight.detach().numpy()[0] + sur.function.model.lin.bias.item()
     assert sur(x) == pytest.approx(np.tanh(z) * (1 + x @ x), rel=1e-14)
-    cut = {"detach": ".detach()", "no_grad": "torch.no_grad()", "data": ".data"}.get(how)
+    cut = {"detach": ".detach()", "no_grad": "torch.no_grad()", "data": ".data", "item": ".item()"}
+    cut = cut.get(how)
     for ask in (sur.grad, sur.hess, lambda p: sur.hessp(p, np.ones(2))):
         with pytest.raises(ValueError, match=r"not the\s+derivatives of its values") as err:
             ask(x)
