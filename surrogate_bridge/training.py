@@ -181,7 +181,8 @@ def _positive(value, name: str, kind=int) -> None:
 
 def _check_options(epochs, lr, batch_size, weights, validation, patience) -> None:
     _positive(epochs, "epochs")
-    _positive(patience, "patience")
+    if patience is not None:  # (None: every epoch runs)
+        _positive(patience, "patience")
     _positive(lr, "lr", float)
     if batch_size is not None:
         _positive(batch_size, "batch_size")
@@ -340,7 +341,7 @@ def _train(
         if bar is not None:
             bar.set_postfix_str(f"loss {history['train'][-1]:.3e}")
             bar.update(1)
-        if stale >= patience:
+        if patience is not None and stale >= patience:
             history["stopped_early"] = True
             break
     if bar is not None:
@@ -373,7 +374,7 @@ def fit(
     batch_size: int | None = None,
     weights: tuple[float, float] = (1.0, 1.0),
     validation: float = 0.1,
-    patience: int = 200,
+    patience: int | None = 200,
     anchor=None,
     seed: int | None = None,
     progress: bool | None = None,
@@ -409,9 +410,9 @@ def fit(
         Weights of the value and gradient mean-squared errors (in normalized units).
     validation : float
         Fraction of samples held out to monitor; 0 monitors the training loss.
-    patience : int
-        Stop after this many epochs without a 1e-4 relative improvement of the monitored loss;
-        the best weights are restored.
+    patience : int or None
+        Stop after this many epochs without a 1e-4 relative improvement of the monitored loss
+        (None: never stop early); the best weights are restored.
     anchor : (x, value), optional
         Gradients fix a function only up to a constant: the output shift is set afterwards so
         that the surrogate equals ``value`` at ``x`` exactly. With values ``y`` the constant

@@ -108,6 +108,19 @@ def test_early_stopping_and_reproducibility(grid):
     assert a([0.5, 0.5]) == b([0.5, 0.5])
 
 
+def test_patience_none_runs_every_epoch_and_keeps_the_best_weights(grid):
+    """patience=None: every epoch runs where patience=5 stops early, and the best epoch (whose
+    weights are restored) is the one of least validation loss."""
+    V = np.einsum("ni,ij,nj->n", grid, P_SEED, grid)
+    kw = dict(epochs=600, lr=0.05, progress=False, seed=7)
+    short = sb.fit(mlp([2, 8, 1], seed=3), grid, V, patience=5, **kw)
+    full = sb.fit(mlp([2, 8, 1], seed=3), grid, V, patience=None, **kw)
+    assert short.history["stopped_early"] and len(short.history["train"]) < 600
+    h = full.history
+    assert not h["stopped_early"] and len(h["train"]) == 600
+    assert h["validation"][h["best_epoch"]] == min(h["validation"])
+
+
 def test_progress_plain_line_without_tqdm(grid, capsys, monkeypatch):
     real_import = builtins.__import__
 
