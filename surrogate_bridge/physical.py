@@ -524,7 +524,7 @@ def build(
     None). Raises ``ValueError`` naming what failed (and, for a failure of shapes, with
     ``n_in_hint``: where n_in came from); leaves nothing behind on failure."""
     X = probe_points(n_in, _PROBE_ROWS, in_aff, box).to(dtype).to(device)
-    rows, n_out, err = None, None, None
+    rows, n_out, err, axes = None, None, None, None
     # (RowByRow last: a model that takes a batch of exactly one, as a torch.export graph
     # exported from a one-row example is, each point as its own batch of one)
     wrappers = [Batched, Pointwise, RowByRow]
@@ -546,6 +546,8 @@ def build(
             break
         got = f"shape {tuple(Y.shape)}" if isinstance(Y, torch.Tensor) else type(Y).__name__
         err = err or f"it returned {got} for {X.shape[0]} points"
+        if isinstance(Y, torch.Tensor) and Y.ndim > 2 and Y.shape[0] == X.shape[0]:
+            axes = tuple(Y.shape[1:])  # a field per point: outputs on more than one axis
     if rows is None:
         hint = "Check n_in and the scalers' feature counts against the model's input layer."
         if n_in_hint is not None:  # where n_in came from, if the input layer disagrees
@@ -567,6 +569,12 @@ def build(
                 "of several inputs, pass a module that splits one, e.g. an nn.Module holding "
                 "the model whose forward(z) returns self.model(z[:, :2], z[:, 2:]), and n_in= "
                 "(a module, not a lambda: the Surrogate then copies and converts it)."
+            )
+        elif axes is not None and str(err).startswith("it returned shape"):
+            hint = (
+                f"A surrogate's outputs are one vector per point, and this model gives each point "
+                f"an array of shape {axes}: pass nn.Sequential(model, nn.Flatten(1)) (outputs "
+                f"in row-major order; reshape results to (..., {', '.join(map(str, axes))}))."
             )
         elif _static_batch(model, n_in):
             hint = _static_batch(model, n_in)

@@ -313,6 +313,11 @@ class ReturnsTuple(nn.Module):
         return z.sum(-1), z
 
 
+class ReturnsField(nn.Module):  # a (3, 4) array per point
+    def forward(self, z):
+        return (z[:, :1] * torch.ones(12, dtype=z.dtype)).reshape(-1, 3, 4)
+
+
 class RaisesKeyError(nn.Module):
     def forward(self, z):
         return {}["missing"]
@@ -366,6 +371,11 @@ CATALOGUE = {
     "model-int": (lambda: sb.Surrogate(42), TypeError, "nn.Module or callable"),
     "model-lock": (lambda: sb.Surrogate(Locked()), TypeError, "could not be copied.*lock"),
     "model-tuple": (lambda: sb.Surrogate(ReturnsTuple(), n_in=2), ValueError, "returned a tuple"),
+    "model-field": (
+        lambda: sb.Surrogate(ReturnsField(), n_in=2),
+        ValueError,
+        r"array of shape \(3, 4\): pass nn.Sequential\(model, nn.Flatten\(1\)\)",
+    ),
     "model-keyerror": (lambda: sb.Surrogate(RaisesKeyError(), n_in=2), ValueError, "KeyError"),
     "dtype": (lambda: sb.Surrogate(Net(), dtype=torch.int32), TypeError, "float64, torch.float32"),
     "device-bogus": (lambda: sb.Surrogate(Net(), device="bogus"), ValueError, "not a torch device"),
@@ -479,3 +489,10 @@ def test_parameter_free_model_learns_n_in_and_caches():
     sur = sb.Surrogate(FlatOutput())
     assert sur.grad([1.0, 2.0]).tolist() == [2.0, 4.0]
     assert sur.cache_info().misses == 1
+
+
+def test_a_field_model_flattened_as_the_refusal_says_is_a_surrogate():
+    sur = sb.Surrogate(nn.Sequential(ReturnsField(), nn.Flatten(1)), n_in=2)
+    assert sur.n_out == 12
+    np.testing.assert_array_equal(sur([0.5, 2.0]), np.full(12, 0.5))
+    np.testing.assert_array_equal(sur.jac([0.5, 2.0]), np.tile([1.0, 0.0], (12, 1)))
