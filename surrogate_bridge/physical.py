@@ -717,10 +717,11 @@ def constants_of(program, float64: bool = True) -> dict[str, torch.Tensor]:
         **sig.inputs_to_buffers,
         **sig.inputs_to_lifted_tensor_constants,
     }
-    return {
-        name: state[key].detach().to(torch.float64) if float64 else state[key].detach()
-        for name, key in lifted.items()
-    }
+
+    def wide(t: torch.Tensor) -> torch.Tensor:  # (a complex weight stays complex)
+        return t.to(torch.complex128 if t.is_complex() else torch.float64) if float64 else t
+
+    return {name: wide(state[key].detach()) for name, key in lifted.items()}
 
 
 def _calls_vmap(program) -> bool:

@@ -358,6 +358,35 @@ def test_using_the_positions_a_sort_returns_is_refused_by_name():
         sb.casadi_function(sur, mode="symbolic")
 
 
+class Spectral(nn.Module):
+    """A spectral layer (Fourier neural operators): rfft, a complex weight, irfft."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w = nn.Parameter(torch.randn(5, dtype=torch.cfloat))
+        self.out = nn.Linear(8, 1)
+
+    def forward(self, z):
+        y = torch.fft.irfft(torch.fft.rfft(z, dim=-1) * self.w, n=8, dim=-1)
+        return self.out(torch.tanh(y))
+
+
+def test_complex_values_are_refused_by_name_and_auto_calls_back_exactly():
+    """CasADi's matrices are real: a complex weight is refused saying so (before, torch's
+    "casting complex values to real" warning was the message); auto falls back to the callback,
+    whose numbers are torch's."""
+    from surrogate_bridge.adapters.casadi_symbolic import UnsupportedOperationError
+
+    sur = sb.Surrogate(Spectral())
+    with pytest.raises(UnsupportedOperationError, match="complex values"):
+        sb.casadi_function(sur, mode="symbolic")
+    with pytest.warns(sb.CasadiFallbackWarning, match="complex values"):
+        F = sb.casadi_function(sur)
+    x = np.linspace(-1.0, 1.0, 8)
+    assert float(F(x)) == sur(x)
+
+
 def test_a_wrong_translation_is_refused(monkeypatch):
     """The translation is checked against torch at probe points: an operation translated
     wrongly (here tanh made sin) is refused by name instead of handed to a solver."""

@@ -102,6 +102,11 @@ def _dm(value):
     """A constant as the translation holds it: a tensor as its CasADi matrix (``shape2``), a
     list of tensors as a list, a number as itself."""
     if isinstance(value, torch.Tensor):
+        if value.is_complex():  # (CasADi's matrices are real)
+            raise UnsupportedOperationError(
+                "the model computes with complex values (a complex weight, torch.fft), which "
+                "CasADi's real matrices cannot hold; use mode='callback' for this model"
+            )
         t = value.detach().cpu().to(torch.float64).numpy()
         return ca.DM(t.reshape(shape2(t.shape)))
     if isinstance(value, (list, tuple)):
