@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+# torch.func's and forward AD's own inspection of their wrappers (private, stable since torch
+# 2.0; the torch.func tests in test_surrogate.py pin each use)
 from torch._C import _functorch
 from torch.autograd import forward_ad as _forward_ad
 
