@@ -15,8 +15,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-# torch.func's and forward AD's own inspection of their wrappers (private, stable since torch
-# 2.0; the torch.func tests in test_surrogate.py pin each use)
 from torch._C import _functorch
 from torch.autograd import forward_ad as _forward_ad
 
@@ -144,6 +142,9 @@ def _real_copy(a, where: str, name: str, hint: str = "") -> np.ndarray:
 _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
+# the caller's torch.func transforms and forward-mode levels, read with torch's own (private,
+# stable since torch 2.0) inspection of their wrappers; the torch.func tests in
+# test_surrogate.py pin each use
 def transformed(t) -> bool:
     """Whether ``t`` is a tensor of the caller's torch.func transform or forward-mode level
     (its wrapper carries the transform's batch axis or a tangent, which ``detach`` would drop)."""
