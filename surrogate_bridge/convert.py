@@ -185,6 +185,20 @@ def reading():
     return torch._C._DisableFuncTorch() if inside else contextlib.nullcontext()
 
 
+in_functorch = _functorch.maybe_current_level  # not None inside a torch.func transform
+
+
+def outside_transforms():
+    """A context in which this thread computes as if outside the caller's torch.func transforms
+    (for a numpy point, which is none of theirs: its own autograd may then run); None where
+    this torch has no way to (then torch's own refusal of autograd there stands)."""
+    try:
+        from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+    except ImportError:
+        return None
+    return temporarily_clear_interpreter_stack()
+
+
 def _check_finite(arr, where: str, name: str) -> None:
     if isinstance(arr, torch.Tensor):
         with reading():

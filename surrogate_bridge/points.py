@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .convert import in_functorch, outside_transforms
+
 __all__ = ["CacheInfo", "PointEvaluator"]
 
 _DENSE_HESSP_MAX = 16  # up to this many inputs, hessp builds and caches the dense Hessian
@@ -93,7 +95,11 @@ class PointEvaluator:
 
     # public -------------------------------------------------------------------------------------
     def get(self, x: np.ndarray, need: str) -> Entry:
-        """The entry at ``x`` with ``need`` ("y", "J" or "H") and everything below it filled."""
+        """The entry at ``x`` with ``need`` ("y", "J" or "H") and everything below it filled
+        (inside the caller's torch.func transform too: a numpy point is none of its business)."""
+        if in_functorch() is not None and (outside := outside_transforms()) is not None:
+            with outside:  # (computed as outside the transform, then)
+                return self.get(x, need)
         with self._lock:
             e, key = self._entry(x)
             self._fills[need](e, key)
@@ -107,6 +113,9 @@ class PointEvaluator:
     def hessp(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Hessian-vector product (n,) of a scalar surrogate: the cached dense Hessian for up to
         16 inputs (a matrix-vector product), else one backward pass on the kept graph."""
+        if in_functorch() is not None and (outside := outside_transforms()) is not None:
+            with outside:
+                return self.hessp(x, p)
         with self._lock:
             e, key = self._entry(x)
             if e.H is not None or self.n <= _DENSE_HESSP_MAX:
@@ -120,6 +129,9 @@ class PointEvaluator:
 
     def lagrangian(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         """``sum_i v_i * Hessian of output i`` (n, n) in one pass; a cached Hessian serves it."""
+        if in_functorch() is not None and (outside := outside_transforms()) is not None:
+            with outside:
+                return self.lagrangian(x, v)
         with self._lock:
             self._upgrade()
             e, _ = self._entry(x)

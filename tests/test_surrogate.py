@@ -1198,6 +1198,25 @@ def test_torch_func_transforms_keep_the_checks_that_read_values():
         F.vmap(sur)(far)
 
 
+def test_a_numpy_point_inside_the_callers_transform_is_computed_as_outside_it():
+    """A numpy x inside torch code that torch.func transforms (a constant there, as in a loss
+    that weighs by the surrogate's gradient): the single-point cache and routes answer as
+    outside the transform; before, their autograd was refused there."""
+    sur = sb.Surrogate(nn.Sequential(SinSum(), nn.Linear(2, 1).double()), n_in=3)
+    x = np.array([0.3, -0.2, 0.5])
+    g, H = sur.grad(x), sur.hess(x)
+    sur.cache_clear()
+
+    def loss(t):  # every single-point request, inside the transform
+        scale = sur.value_and_grad(x)[1] @ np.ones(3) + sur.hessp(x, np.ones(3)).sum()
+        scale = scale + sur.lagrangian_hess(x, [1.0]).sum() + sur.grad(x).sum()
+        return t.sum() * float(scale)
+
+    want = g.sum() + 2 * H.sum() + g.sum()
+    got = torch.func.vmap(torch.func.grad(loss))(torch.ones(2, 3, dtype=torch.float64))
+    np.testing.assert_allclose(got.numpy(), np.full((2, 3), want), rtol=1e-13)
+
+
 def test_sb_derivatives_inside_the_callers_vmap():
     """sb.derivatives inside the caller's vmap (where autograd.grad is refused) gives the rows'
     own derivatives, as outside it."""
