@@ -88,16 +88,10 @@ class Domain:
         if not self.known or self._policy == "ignore":
             return
         data = pts.data
-        if isinstance(data, torch.Tensor):  # decide on the device; move only to name the point
-            with reading():
-                data = values(data).reshape(-1, data.shape[-1])  # (under vmap: its rows too)
-                lo, hi = (
-                    torch.as_tensor(b, dtype=data.dtype, device=data.device) for b in self.box()
-                )
-                tol = _REL_TOL * torch.clamp(hi - lo, min=1.0)
-                if not bool(((data < lo - tol) | (data > hi + tol)).any()):
-                    return
-                data = to_host(data).astype(np.float64)
+        if isinstance(data, torch.Tensor):
+            data = _host_rows_if_any(data, self.box(), _beyond)
+            if data is None:
+                return
         msg = self.outside(data, pts.single)
         if msg is None:
             return
@@ -115,14 +109,9 @@ class Domain:
     def _require_defined(self, data, where: str, single: bool = False) -> None:
         lo, hi = self.defined
         if isinstance(data, torch.Tensor):
-            with reading():
-                data = values(data).reshape(-1, data.shape[-1])
-                lo_t, hi_t = (
-                    torch.as_tensor(b, dtype=data.dtype, device=data.device) for b in (lo, hi)
-                )
-                if bool(((data > lo_t) & (data < hi_t)).all()):
-                    return
-                data = to_host(data).astype(np.float64)
+            data = _host_rows_if_any(data, (lo, hi), lambda r, a, b: ~((r > a) & (r < b)))
+            if data is None:
+                return
         bad = ~((data > lo) & (data < hi))
         if not bad.any():
             return
@@ -147,6 +136,24 @@ class Domain:
                 "which records the data range."
             )
         return Bounds(self.lb.copy(), self.ub.copy())
+
+
+def _beyond(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Entries outside the box by more than the tolerance of :meth:`Domain.outside`."""
+    tol = _REL_TOL * torch.clamp(hi - lo, min=1.0)
+    return (rows < lo - tol) | (rows > hi + tol)
+
+
+def _host_rows_if_any(data: torch.Tensor, bounds, bad) -> np.ndarray | None:
+    """None where ``bad(rows, lo, hi)`` holds for no entry, decided on the device; else the
+    rows as float64 on the host, to name the point. Inside the caller's torch.func transform
+    the rows are its wrapped values (under vmap: the vmapped batch's rows too)."""
+    with reading():
+        rows = values(data).reshape(-1, data.shape[-1])
+        lo, hi = (torch.as_tensor(b, dtype=rows.dtype, device=rows.device) for b in bounds)
+        if not bool(bad(rows, lo, hi).any()):
+            return None
+        return to_host(rows).astype(np.float64)
 
 
 def _entry(i: int, j: int, single: bool) -> str:

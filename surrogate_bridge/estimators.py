@@ -1,5 +1,6 @@
-"""Fitted sklearn estimators that hold a torch model, read as ``(model, input_scaler,
-output_scaler)``.
+"""Objects that hold a torch model without being one, read as ``(model, input_scaler,
+output_scaler)``: a ``torch.export.ExportedProgram`` (its ``module()``), and fitted sklearn
+estimators.
 
 skorch's ``NeuralNetRegressor`` trains a torch module inside sklearn: alone, as the last step of
 a ``Pipeline`` whose steps before it scale the inputs, or inside a ``TransformedTargetRegressor``
@@ -12,6 +13,7 @@ their attributes (``module_``, ``steps``, ``regressor_``, ``transformer_``).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 __all__ = ["from_estimator", "net_module"]
@@ -48,9 +50,11 @@ def net_module(net, where: str) -> nn.Module:
 
 
 def from_estimator(model, input_scaler, output_scaler, where: str) -> tuple:
-    """``(model, input_scaler, output_scaler)`` with a fitted estimator holding a torch model
-    taken apart; anything else is returned as it is. A scaler both in the estimator and
-    passed is refused: it would be applied twice."""
+    """``(model, input_scaler, output_scaler)`` with an exported program or a fitted estimator
+    holding a torch model taken apart; anything else is returned as it is. A scaler both in the
+    estimator and passed is refused: it would be applied twice."""
+    if isinstance(model, torch.export.ExportedProgram):  # (it cannot be called itself)
+        return model.module(), input_scaler, output_scaler
     name = type(model).__name__
     if name == "TransformedTargetRegressor" and hasattr(model, "regressor_"):
         _not_twice(output_scaler, "output_scaler", name, "transformer scales the targets", where)

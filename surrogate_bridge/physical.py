@@ -576,8 +576,8 @@ def build(
                 f"an array of shape {axes}: pass nn.Sequential(model, nn.Flatten(1)) (outputs "
                 f"in row-major order; reshape results to (..., {', '.join(map(str, axes))}))."
             )
-        elif _static_batch(model, n_in):
-            hint = _static_batch(model, n_in)
+        elif static := _static_batch(model, n_in):
+            hint = static
         elif "the model returned a" in str(err):
             hint = "Pass a function of z returning the one output tensor, and n_in="
             hint += " (lambda z: model(z)[0] for a tuple, lambda z: model(z)[key] for a dict)."

@@ -24,6 +24,7 @@ to compute and remembers it. Arrays are numpy with a leading point axis: ``y`` (
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,6 +35,22 @@ import numpy as np
 from .convert import in_functorch, outside_transforms
 
 __all__ = ["CacheInfo", "PointEvaluator"]
+
+
+def _outside_transforms(method):
+    """``method`` of a numpy point, computed as outside any torch.func transform of the caller's
+    around the call (the point is none of its business, and the routes' autograd is refused
+    inside one)."""
+
+    @functools.wraps(method)
+    def computed(self, *args):
+        if in_functorch() is not None and (outside := outside_transforms()) is not None:
+            with outside:
+                return method(self, *args)
+        return method(self, *args)
+
+    return computed
+
 
 _DENSE_HESSP_MAX = 16  # up to this many inputs, hessp builds and caches the dense Hessian
 
@@ -94,12 +111,9 @@ class PointEvaluator:
         self._reset()
 
     # public -------------------------------------------------------------------------------------
+    @_outside_transforms
     def get(self, x: np.ndarray, need: str) -> Entry:
-        """The entry at ``x`` with ``need`` ("y", "J" or "H") and everything below it filled
-        (inside the caller's torch.func transform too: a numpy point is none of its business)."""
-        if in_functorch() is not None and (outside := outside_transforms()) is not None:
-            with outside:  # (computed as outside the transform, then)
-                return self.get(x, need)
+        """The entry at ``x`` with ``need`` ("y", "J" or "H") and everything below it filled."""
         with self._lock:
             e, key = self._entry(x)
             self._fills[need](e, key)
@@ -110,12 +124,10 @@ class PointEvaluator:
         e = self.get(x, "J")
         return float(e.y[0, 0]), e.J[0, 0].copy()
 
+    @_outside_transforms
     def hessp(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Hessian-vector product (n,) of a scalar surrogate: the cached dense Hessian for up to
         16 inputs (a matrix-vector product), else one backward pass on the kept graph."""
-        if in_functorch() is not None and (outside := outside_transforms()) is not None:
-            with outside:
-                return self.hessp(x, p)
         with self._lock:
             e, key = self._entry(x)
             if e.H is not None or self.n <= _DENSE_HESSP_MAX:
@@ -127,11 +139,9 @@ class PointEvaluator:
                 self._count(hit=False)
             return e.graph.mv(p)
 
+    @_outside_transforms
     def lagrangian(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         """``sum_i v_i * Hessian of output i`` (n, n) in one pass; a cached Hessian serves it."""
-        if in_functorch() is not None and (outside := outside_transforms()) is not None:
-            with outside:
-                return self.lagrangian(x, v)
         with self._lock:
             self._upgrade()
             e, _ = self._entry(x)

@@ -129,9 +129,7 @@ class Surrogate:
         prefetch_grad: bool = True,
         point_route: str = "auto",
     ) -> None:
-        if isinstance(model, torch.export.ExportedProgram):  # (it cannot be called itself)
-            model = model.module()
-        model, input_scaler, output_scaler = from_estimator(  # skorch, in a Pipeline or not
+        model, input_scaler, output_scaler = from_estimator(  # an exported program; skorch
             model, input_scaler, output_scaler, "Surrogate"
         )
         check_arguments(model, dtype, cache_size, point_route)

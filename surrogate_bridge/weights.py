@@ -41,9 +41,8 @@ def update_weights(sur: Surrogate, source: nn.Module | Mapping[str, Any]) -> Non
     inner = unwrap(sur._model)
     if not isinstance(inner, nn.Module):
         raise TypeError("update_weights: this surrogate's model is a plain function: no weights.")
-    if isinstance(source, torch.export.ExportedProgram):  # (its weights: the module's)
-        source = source.module()
-    source, _, _ = from_estimator(source, None, None, "update_weights")  # a skorch net's module
+    # (an exported program's or a skorch net's weights: its module's)
+    source, _, _ = from_estimator(source, None, None, "update_weights")
     state = source.state_dict() if isinstance(source, nn.Module) else source
     if not hasattr(state, "items"):
         raise TypeError(
