@@ -29,9 +29,31 @@ def check_arguments(model, dtype, cache_size, point_route) -> None:
         raise TypeError(
             f"Surrogate: model must be a torch.nn.Module or callable, got {type(model).__name__}."
         )
+    if (quantized := _quantized_layer(model)) is not None:
+        name, layer = quantized
+        raise TypeError(
+            f"Surrogate: the model's layer {name or 'model'!r} is quantized "
+            f"({type(layer).__module__}.{type(layer).__name__}): it computes with int8 weights, "
+            "in float32 only, and torch has no derivatives of it. Pass the float model it was "
+            "quantized from (quantize_dynamic(model, ...) returns a copy and leaves it as it was)."
+        )
     check_dtype(dtype)
     if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
         raise ValueError(f"Surrogate: cache_size must be an int >= 0, got {cache_size!r}.")
+
+
+_QUANTIZED = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+
+
+def _quantized_layer(model) -> tuple[str, nn.Module] | None:
+    """(name, layer) of the model's first quantized layer (torch.ao's eager-mode quantization:
+    int8 kernels without autograd), or None."""
+    if not isinstance(model, nn.Module):
+        return None
+    return next(
+        ((n, m) for n, m in model.named_modules() if type(m).__module__.startswith(_QUANTIZED)),
+        None,
+    )
 
 
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
@@ -156,4 +178,7 @@ def _first_linear(model) -> tuple[str, int] | None:
         return None
     while isinstance(model, AroundModel):
         name, model = name.removeprefix("model."), model.model
-    return name or "the model", int(layer.weight.shape[-1])
+    # (in_features, not the weight: a parametrized weight is computed when read, and spectral
+    # norm's in training mode then runs a power iteration, changing the caller's model)
+    takes = getattr(layer, "in_features", None)
+    return name or "the model", int(layer.weight.shape[-1] if takes is None else takes)

@@ -31,7 +31,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from .convert import to_host
+from .computed import plain_computed_weights
+from .convert import to_host, transformed
 from .diagnostics import (
     NONSMOOTH,
     called_functions,
@@ -239,13 +240,14 @@ def frozen_copy(model, dtype: torch.dtype, device: torch.device):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
         # tensors computed from parameters and kept as plain attributes (the old
-        # nn.utils.weight_norm's weight) cannot be deep-copied; the copy gets them detached, and
-        # the hooks that compute them recompute them at every forward as before
+        # nn.utils.weight_norm's weight, a pruned weight; left by a torch.func transform over
+        # the model: wrapped) cannot be deep-copied; the copy gets them detached, and the hooks
+        # that compute them recompute them at every forward as before
         memo = {
             id(v): v.detach().clone()
             for mod in model.modules()
             for v in vars(mod).values()
-            if isinstance(v, torch.Tensor) and not v.is_leaf
+            if isinstance(v, torch.Tensor) and (not v.is_leaf or transformed(v))
         }
         try:
             m = copy.deepcopy(model, memo)
@@ -256,7 +258,8 @@ def frozen_copy(model, dtype: torch.dtype, device: torch.device):
                 "objects such as locks, files or open connections out of the model (e.g. as "
                 "attributes of a wrapper class), or pass a plain function of z instead."
             ) from err
-    m = moved(exact_layers(m), dtype, device).eval()  # (CELU, Hardsigmoid: rewrites.py)
+    m = plain_computed_weights(exact_layers(m))  # (CELU: rewrites.py; pruning: computed.py)
+    m = moved(m, dtype, device).eval()
     for p in m.parameters():
         if p.is_leaf:  # a TorchScript copy's parameters are not leaves: they stay as they are
             p.requires_grad_(False)
