@@ -191,7 +191,8 @@ def _read_minmax(s) -> Affine:
             "Affine.from_sklearn: MinMaxScaler(clip=True) clips its input, which makes the "
             "surrogate flat (zero derivative) outside the data range. Pass a copy that does "
             "not clip (s = copy.copy(scaler); s.clip = False: the same fitted range, no refit); "
-            "the surrogate's domain still warns of points beyond it."
+            "the surrogate's domain still warns of points beyond it. (As an output scaler it "
+            "is taken as it is: its inverse_transform, which the surrogate applies, never clips.)"
         )
     # sklearn: z = x * scale_ + min_  =>  shift = -min_ / scale_, scale = 1 / scale_
     return Affine(-s.min_ / s.scale_, 1.0 / s.scale_, data_min=s.data_min_, data_max=s.data_max_)

@@ -460,6 +460,8 @@ def as_scaler(scaler, role: str) -> Affine | Scaling | None:
     if isinstance(scaler, (Affine, Scaling, Warp)):  # a copy: the caller's edits stay theirs
         scaler = copy.deepcopy(scaler)
         return Scaling([scaler]) if isinstance(scaler, Warp) else scaler
+    if role.endswith("output_scaler"):
+        scaler = _unclipped(scaler)
     try:
         return Affine.from_sklearn(scaler)
     except TypeError as err:
@@ -475,6 +477,23 @@ def as_scaler(scaler, role: str) -> Affine | Scaling | None:
         raise TypeError(f"{role}: {why}") from None
     steps = read.steps
     return steps[0] if len(steps) == 1 and isinstance(steps[0], Affine) else read  # (identities)
+
+
+def _unclipped(scaler):
+    """``scaler`` with its MinMaxScaler steps read as not clipping: ``clip=True`` acts in
+    ``transform`` only, and an output scaler is applied by its ``inverse_transform`` (a copy:
+    the caller's scaler stays as it is)."""
+
+    def minmax(s) -> list:
+        parts = [s, *(step for _, step in getattr(s, "steps", ()))]
+        return [p for p in parts if type(p).__name__ == "MinMaxScaler"]
+
+    if not any(getattr(p, "clip", False) is True for p in minmax(scaler)):
+        return scaler
+    scaler = copy.deepcopy(scaler)
+    for p in minmax(scaler):
+        p.clip = False
+    return scaler
 
 
 def scaler_from_dict(d: dict) -> Affine | Scaling:

@@ -91,6 +91,36 @@ def test_clipping_minmax_refused(data):
     np.testing.assert_allclose(got, clipping.transform(inside), **TOL)  # the same, inside
 
 
+@pytest.mark.parametrize("in_pipeline", [False, True], ids=["alone", "in-a-pipeline"])
+def test_a_clipping_minmax_output_scaler_is_its_inverse_transform(in_pipeline):
+    """clip=True acts in transform only; an output scaler is applied by inverse_transform,
+    which never clips: taken as it is (was: refused), beyond the targets' range too, and the
+    caller's scaler is left clipping."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    rng = np.random.default_rng(5)
+    X, Y = rng.uniform(-1, 1, (40, 2)), rng.uniform(1, 50, (40, 1))
+    minmax = MinMaxScaler(clip=True)
+    out = make_pipeline(FunctionTransformer(np.log, np.exp), minmax) if in_pipeline else minmax
+    out.fit(Y)
+    model = mlp([2, 8, 1], torch.nn.Tanh)
+    with torch.no_grad():
+        model[-1].bias.fill_(1.5)  # normalized outputs beyond [0, 1]: beyond the targets' range
+    sur = sb.Surrogate(model, StandardScaler().fit(X), out)
+    with pytest.raises(ValueError, match="clip=True"):  # the input side still clips: refused
+        sb.Surrogate(model, MinMaxScaler(clip=True).fit(X))
+    P = rng.uniform(-1, 1, (6, 2))
+    with torch.no_grad():
+        z = model(torch.as_tensor(StandardScaler().fit(X).transform(P))).numpy()
+    assert z.min() > 1.0
+    np.testing.assert_allclose(sur(P), out.inverse_transform(z)[:, 0], rtol=1e-13)
+    h = 1e-6
+    fd = (sur(P[0] + h * np.eye(2)) - sur(P[0] - h * np.eye(2))) / (2 * h)
+    np.testing.assert_allclose(sur.grad(P[0]), fd, rtol=1e-6)
+    assert minmax.clip is True
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
