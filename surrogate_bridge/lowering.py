@@ -12,8 +12,9 @@ kernels, which are what eager torch runs for those operations, and the core-ATen
 decompositions; for the upsampling operations, such as ``upsample_bilinear2d``, torch's
 compiler's forms of them; for an operation torch has none of, such as ``_trilinear``, which
 ``nn.Bilinear`` calls, ``torch.cdist``, ``nn.GroupNorm``, ``nn.InstanceNorm``, ``torch.var``
-(which a hand-written LayerNorm calls), ``torch.hypot``, ``torch.prod`` or the pooling layers
-(average, max and adaptive average pools), and for ``rrelu``,
+(which a hand-written LayerNorm calls), ``torch.hypot``, ``torch.prod``, the pooling layers
+(average, max and adaptive average pools) or bitwise operations of boolean masks (as logical
+ones), and for ``rrelu``,
 whose own decomposition draws noise, one written here in plain operations), round by
 round, until the consumer knows every operation or nothing more can be decomposed.
 Operations the consumer knows stay whole, so an activation with an exact rule of its own, or
@@ -380,9 +381,27 @@ def _adaptive_avg_pool2d(x, output_size):
     return torch.stack(rows, -2)
 
 
+def _on_bools(logical, bitwise):
+    """A bitwise operation of boolean masks (``&``, ``|``, ``^`` of comparisons: a KAN's
+    B-spline basis) as the logical one, the same values; on integers, left as it is."""
+
+    def lower(a, b):
+        return (logical if a.dtype == b.dtype == torch.bool else bitwise)(a, b)
+
+    return lower
+
+
+def _bitwise_not(a):
+    return torch.logical_not(a) if a.dtype == torch.bool else torch.bitwise_not(a)
+
+
 # operations torch has no decomposition of (or one that draws random numbers), in plain
 # operations, checked like torch's own
 _OWN = {
+    torch.ops.aten.bitwise_and.Tensor: _on_bools(torch.logical_and, torch.bitwise_and),
+    torch.ops.aten.bitwise_or.Tensor: _on_bools(torch.logical_or, torch.bitwise_or),
+    torch.ops.aten.bitwise_xor.Tensor: _on_bools(torch.ne, torch.bitwise_xor),
+    torch.ops.aten.bitwise_not.default: _bitwise_not,
     torch.ops.aten._trilinear.default: _trilinear,
     torch.ops.aten._cdist_forward.default: _cdist,
     torch.ops.aten.native_group_norm.default: _group_norm,

@@ -527,6 +527,38 @@ ATTENTION = {
 }
 
 
+class KAN(nn.Module):
+    """Two Kolmogorov-Arnold layers as efficient-kan writes them: SiLU base plus cubic
+    B-splines whose basis starts from a mask ``(x >= g_i) & (x < g_{i+1})`` (a bitwise and of
+    two comparisons) and Cox-de Boor's recursion."""
+
+    def __init__(self, sizes=(2, 4, 1), grid_size=5, order=3):
+        super().__init__()
+        torch.manual_seed(4)
+        h = 2.0 / grid_size
+        grid = torch.arange(-order, grid_size + order + 1, dtype=torch.float64) * h - 1.0
+        self.register_buffer("grid", grid)
+        self.order = order
+        self.base = nn.ModuleList(nn.Linear(a, b).double() for a, b in itertools.pairwise(sizes))
+        self.spline = nn.ParameterList(
+            nn.Parameter(0.3 * torch.randn(b, a * (grid_size + order), dtype=torch.float64))
+            for a, b in itertools.pairwise(sizes)
+        )
+
+    def basis(self, x):
+        g, x = self.grid, x.unsqueeze(-1)
+        b = ((x >= g[:-1]) & (x < g[1:])).to(x.dtype)
+        for k in range(1, self.order + 1):
+            left = (x - g[: -(k + 1)]) / (g[k:-1] - g[: -(k + 1)]) * b[..., :-1]
+            b = left + (g[k + 1 :] - x) / (g[k + 1 :] - g[1:-k]) * b[..., 1:]
+        return b.flatten(-2)
+
+    def forward(self, x):
+        for base, spline in zip(self.base, self.spline, strict=True):
+            x = base(nn.functional.silu(x)) + self.basis(x) @ spline.T
+        return x
+
+
 class Hand(nn.Module):
     """A hidden layer through a hand-written function of torch calls:
     ``Linear(n_in, width) -> f -> Linear(width, n_out)`` in float64."""

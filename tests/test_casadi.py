@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from problems import (
     COMPOSITES,
+    KAN,
     P_SEED,
     SELECTIONS,
     Composite,
@@ -973,3 +974,25 @@ def test_translation_gives_hessians_torch_cannot_take():
     x_star = np.array(solver(x0=[0.5, -1, 2], lbx=-10, ubx=10)["x"]).ravel()
     assert solver.stats()["return_status"] == "Solve_Succeeded"
     np.testing.assert_allclose(sur.jac(x_star)[0] + x_star, 0, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+def test_a_kan_translates_and_gets_the_casadi_route():
+    """A Kolmogorov-Arnold network's B-spline basis starts from a mask of two comparisons
+    joined by a bitwise and, which had no translation: read as the logical and (the same
+    values). Exact against torch and central differences (at points off the knots)."""
+    sur = sb.Surrogate(KAN(), n_in=2, point_route="torch")
+    F = sb.casadi_function(sur, mode="symbolic")
+    x = ca.MX.sym("x", 2)
+    dF = ca.Function("dF", [x], [ca.jacobian(F(x), x), ca.hessian(F(x), x)[0]])
+    X = np.random.default_rng(3).uniform(-0.9, 0.9, size=(6, 2))
+    via_casadi = sb.Surrogate(KAN(), n_in=2, point_route="casadi")
+    for p in X:
+        J, H = (np.asarray(v) for v in dF(p))
+        assert float(F(p)) == pytest.approx(sur(p), rel=1e-14, abs=1e-15)
+        np.testing.assert_allclose(J[0], sur.grad(p), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(H, sur.hess(p), rtol=1e-11, atol=1e-13)
+        np.testing.assert_allclose(via_casadi.hess(p), sur.hess(p), rtol=1e-11, atol=1e-13)
+        h = 1e-5
+        fd = [(sur.grad(p + h * e) - sur.grad(p - h * e)) / (2 * h) for e in np.eye(2)]
+        np.testing.assert_allclose(sur.hess(p), fd, rtol=1e-6, atol=1e-7)

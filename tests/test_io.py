@@ -14,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from problems import (
     COMPOSITES,
+    KAN,
     SELECTIONS,
     CdistRBF,
     Composite,
@@ -179,6 +180,21 @@ def test_a_weight_computed_by_an_operation_no_file_holds_is_saved_as_that_weight
     with zipfile.ZipFile(tmp_path / "orthogonal.sbz") as zf:
         graph = zf.read("graph.json").decode()
     assert "aten.linalg_matrix_exp" not in graph and "aten.linear" in graph
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+def test_a_kan_is_saved_with_its_masks_as_logical_operations(tmp_path):
+    """``(x >= g) & (x < g')`` (a bitwise and, which a file may not hold) is saved as the
+    logical and of the two comparisons: the same function."""
+    sur = sb.Surrogate(KAN(), n_in=2)
+    sb.save(sur, tmp_path / "kan.sbz")
+    back = sb.load(tmp_path / "kan.sbz")
+    X = np.random.default_rng(4).uniform(-0.9, 0.9, size=(6, 2))
+    np.testing.assert_allclose(back(X), sur(X), rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(back.hess(X), sur.hess(X), rtol=1e-13, atol=1e-15)
+    with zipfile.ZipFile(tmp_path / "kan.sbz") as zf:
+        graph = zf.read("graph.json").decode()
+    assert "bitwise" not in graph and "aten.logical_and" in graph
 
 
 def test_missing_file(tmp_path):

@@ -175,6 +175,19 @@ def test_our_hypot_and_prod_rules_are_atens_kernels():
     torch.testing.assert_close(lowering._prod(t), aten.prod.default(t), rtol=1e-14, atol=0)
 
 
+def test_our_bitwise_rules_are_logical_on_masks_and_atens_kernels_on_integers():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 7, dtype=torch.float64, generator=g)
+    a, b = x > 0.1, x < 0.8
+    i, j = (torch.randint(-9, 9, (5, 7), generator=g) for _ in "ij")
+    for op in (aten.bitwise_and.Tensor, aten.bitwise_or.Tensor, aten.bitwise_xor.Tensor):
+        rule = lowering._OWN[op]
+        assert rule(a, b).dtype == torch.bool and torch.equal(rule(a, b), op(a, b))
+        assert torch.equal(rule(i, j), op(i, j))
+    rule = lowering._OWN[aten.bitwise_not.default]
+    assert torch.equal(rule(a), ~a) and torch.equal(rule(i), ~i)
+
+
 @pytest.mark.parametrize("shape", [(1, 6, 5), (1, 4, 2, 3)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_our_instance_norm_rule_is_atens_kernel(shape, affine):
