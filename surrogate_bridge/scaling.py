@@ -460,6 +460,12 @@ def as_scaler(scaler, role: str) -> Affine | Scaling | None:
     if isinstance(scaler, (Affine, Scaling, Warp)):  # a copy: the caller's edits stay theirs
         scaler = copy.deepcopy(scaler)
         return Scaling([scaler]) if isinstance(scaler, Warp) else scaler
+    if isinstance(scaler, type):
+        made = "Affine.fit(data) or Affine(shift, scale)" if scaler is Affine else None
+        raise TypeError(
+            f"{role} is the class {scaler.__name__}, not a fitted instance of it; pass "
+            f"{made or scaler.__name__ + '().fit(data)'}."
+        )
     if role.endswith("output_scaler"):
         scaler = _unclipped(scaler)
     try:

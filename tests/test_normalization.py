@@ -311,3 +311,10 @@ def test_a_pipeline_of_a_column_transformer_out_of_order_and_affine_steps():
     bad = make_pipeline(ColumnTransformer(REORDERED), PowerTransformer()).fit(X)
     with pytest.raises(TypeError, match="out of order, the Pipeline's PowerTransformer step"):
         sb.Surrogate(net, bad)
+
+
+@pytest.mark.parametrize("cls", [StandardScaler, sb.Affine])
+def test_a_scaler_class_is_refused_saying_to_pass_a_fitted_instance(cls):
+    made = "Affine.fit" if cls is sb.Affine else "StandardScaler\\(\\).fit"
+    with pytest.raises(TypeError, match=rf"output_scaler is the class {cls.__name__}, .*{made}"):
+        sb.Surrogate(mlp([2, 4, 1]), None, cls)
