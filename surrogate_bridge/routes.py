@@ -27,6 +27,7 @@ __all__ = ["POINT_ROUTES", "MeasuredRoute", "RouteUnavailable", "same_as_torch",
 POINT_ROUTES = ("auto", "torch", "numpy", "casadi")
 _AUTO_AFTER = 32  # single-point computations before "auto" measures
 _REPEATS = 7  # timed calls per route and kind (the minimum is kept), each after an untimed one
+_HOPELESS = 8.0  # after two rounds, a route this many times slower than the fastest is dropped
 _AGREE = 1e-10  # relative to the result's size: a translation that differs more is not used
 
 
@@ -253,12 +254,18 @@ def _best_us(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
     drifts (a shared one) does not favour whichever was timed first. Each timed call follows an
     untimed one of the same route, so a route is timed as it runs when it answers a solver's
     requests in turn, not just after another route's thread pool (torch's OpenMP threads, or
-    BLAS's, still spinning on the cores) has slowed it several times over."""
+    BLAS's, still spinning on the cores) has slowed it several times over. After two rounds, a
+    route more than ``_HOPELESS`` times slower than the fastest is timed no more (a wide net's
+    CasADi Hessian, 40 times numpy's, took seconds of a solver's time to confirm)."""
     best = dict.fromkeys(calls, np.inf)
-    for _ in range(_REPEATS):
-        for key, call in calls.items():
+    timed = dict(calls)
+    for round_ in range(_REPEATS):
+        for key, call in timed.items():
             call()
             t = time.perf_counter()
             call()
             best[key] = min(best[key], time.perf_counter() - t)
+        if round_ >= 1:
+            fastest = min(best.values())
+            timed = {k: c for k, c in timed.items() if best[k] <= _HOPELESS * fastest}
     return {key: b * 1e6 for key, b in best.items()}

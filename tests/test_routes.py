@@ -3,6 +3,7 @@ same points, and "auto" chooses by measuring, per kind of request."""
 
 import copy
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -337,3 +338,25 @@ def test_a_function_pickled_before_probes_had_a_reference_is_probed_as_then():
         want = probe_points(2, 3, scaler, None)
         assert torch.equal(old.probes(2), want) and torch.equal(fn.probes(2), want)
         assert bool((want > 0).all())  # in the data's units (a log is defined), not near 0
+
+
+def test_a_hopeless_route_is_timed_for_two_rounds_only():
+    """Measuring times each route seven times, alternating; a route more than eight times
+    slower than the fastest after two rounds cannot win and is timed no more (a wide net's
+    CasADi Hessian cost a solver seconds to confirm); close ones are timed to the end."""
+    from surrogate_bridge import routes
+
+    counts = {"fast": 0, "close": 0, "slow": 0}
+
+    def call(name, seconds):
+        def run():
+            counts[name] += 1
+            time.sleep(seconds)
+
+        return run
+
+    us = routes._best_us(
+        {"fast": call("fast", 0.002), "close": call("close", 0.003), "slow": call("slow", 0.05)}
+    )
+    assert counts == {"fast": 2 * routes._REPEATS, "close": 2 * routes._REPEATS, "slow": 4}
+    assert us["slow"] >= 5e4 and us["fast"] < us["slow"] / routes._HOPELESS
