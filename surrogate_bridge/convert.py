@@ -9,6 +9,7 @@ leave through :func:`to_host`. Adapters never call ``.cpu().numpy()`` themselves
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -140,6 +141,56 @@ def _real_copy(a, where: str, name: str, hint: str = "") -> np.ndarray:
 
 
 _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def grad_on():
+    """``torch.enable_grad()``, also inside the caller's ``torch.inference_mode()``: autograd
+    records nothing there (outputs never require grad, so a derivative would read as zero) and
+    refuses its tensors, so inference mode is left for the computation too."""
+    return _GradOutsideInference() if torch.is_inference_mode_enabled() else torch.enable_grad()
+
+
+class _GradOutsideInference:
+    def __enter__(self) -> None:
+        self._modes = (torch.inference_mode(False), torch.enable_grad())
+        for mode in self._modes:
+            mode.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        for mode in reversed(self._modes):
+            mode.__exit__(*exc)
+
+
+def outside_inference(fn):
+    """``fn`` run outside the caller's ``torch.inference_mode()``: what it builds (a frozen copy
+    of the model, probes, loaded weights) must be tensors autograd may record later."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return run
+
+
+def with_grad(fn):
+    """``fn`` run under :func:`grad_on`: a public function that differentiates torch code of
+    its own, whatever the caller's grad mode (``torch.no_grad()``, ``torch.inference_mode()``)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with grad_on():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def normal(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it where it is an inference tensor (made under the caller's
+    ``torch.inference_mode()``), which autograd may not record; call it under :func:`grad_on`."""
+    return t.clone() if t.is_inference() else t
 
 
 # the caller's torch.func transforms and forward-mode levels, read with torch's own (private,

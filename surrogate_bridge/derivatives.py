@@ -24,7 +24,7 @@ from importlib.util import find_spec
 import numpy as np
 import torch
 
-from .convert import in_transform, to_host, to_torch, transformed
+from .convert import grad_on, in_transform, normal, to_host, to_torch, transformed
 from .physical import batch_statistics
 from .routes import MeasuredRoute, RouteUnavailable, same_as_torch, torch_reference
 
@@ -47,8 +47,8 @@ def _as_2d(y: torch.Tensor, n_rows: int) -> torch.Tensor:
 def rowwise(fn: Fn, X: torch.Tensor, order: int, create_graph: bool) -> list[torch.Tensor]:
     """``[f, Df, ..., D^order f]`` at the rows of ``X`` (N, n), assuming independent rows."""
     N, n = X.shape
-    x = X if X.requires_grad else X.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with grad_on():
+        x = X if X.requires_grad else normal(X).detach().requires_grad_(True)
         Y = _as_2d(fn(x), N)
         m = Y.shape[1]
         out = [Y]
@@ -115,8 +115,8 @@ class KeptGraph:
         self.leaf, self.g = leaf, g
 
     def mv(self, p: np.ndarray) -> np.ndarray:
-        pt = to_torch(p, self.leaf.dtype, self.leaf.device)
-        with torch.enable_grad():
+        with grad_on():
+            pt = to_torch(p, self.leaf.dtype, self.leaf.device)
             return to_host(_grad_or_zeros(self.g, self.leaf, pt, retain=True))
 
     def hessian(self) -> np.ndarray:
@@ -152,7 +152,7 @@ class TorchPointRoute:
         """``(y, J, graph)``; ``graph`` a :class:`KeptGraph` only for m == 1 with
         ``keep_graph``, for later Hessian-vector products without another forward pass."""
         m, n = self.m, self.n
-        with torch.enable_grad():
+        with grad_on():
             if m == 1:
                 leaf = self._x(x).requires_grad_(True)
                 y = self.fn(leaf[None])
@@ -167,7 +167,7 @@ class TorchPointRoute:
     def hessian(self, x: np.ndarray):
         """``(y, J, H)`` from one forward pass over ``m * n`` replicated rows."""
         m, n = self.m, self.n
-        with torch.enable_grad():
+        with grad_on():
             X = self._x(x).expand(m * n, n).clone().requires_grad_(True)
             Y = _as_2d(self.fn(X), m * n)
             # replica (i, j) differentiates output i ...
@@ -182,7 +182,7 @@ class TorchPointRoute:
     def lagrangian_hessian(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         """``sum_i v_i * Hessian of output i`` (n, n): one forward over n rows, not m Hessians."""
         n = self.n
-        with torch.enable_grad():
+        with grad_on():
             X = self._x(x).expand(n, n).clone().requires_grad_(True)
             s = (_as_2d(self.fn(X), n) @ self._x(v)).sum()
             (G,) = torch.autograd.grad(s, X, create_graph=True)

@@ -35,6 +35,7 @@ from typing import BinaryIO
 import torch
 
 from .arguments import check_device
+from .convert import outside_inference
 from .physical import Batched, ExportError
 from .routes import POINT_ROUTES
 from .saved_graph import CODES, DTYPES, Refused, SavedGraph, graph_to_data
@@ -141,6 +142,7 @@ def _fspath(path, where: str) -> str:
         ) from None
 
 
+@outside_inference
 def load(
     path: str | os.PathLike | BinaryIO,
     *,

@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from .computed import plain_computed_weights
-from .convert import to_host, transformed
+from .convert import grad_on, outside_inference, to_host, transformed
 from .diagnostics import (
     NONSMOOTH,
     called_functions,
@@ -221,6 +221,7 @@ def probe_points(n_in: int, rows: int, scaler: Scaler, box) -> torch.Tensor:
     return Z
 
 
+@outside_inference
 def deep_copy(module: nn.Module) -> nn.Module:
     """``copy.deepcopy`` without torch's note on its own pytree API (a converted TorchScript
     model holds tree specs), which reaches users and is an error under ``-W error``."""
@@ -229,6 +230,7 @@ def deep_copy(module: nn.Module) -> nn.Module:
         return copy.deepcopy(module)
 
 
+@outside_inference
 def frozen_copy(model, dtype: torch.dtype, device: torch.device):
     """A private eval-mode copy in ``dtype`` on ``device`` whose parameters need no grad. Of a
     ``torch.compile``d model, the module it compiles (the same function; compiled graphs cannot
@@ -390,10 +392,10 @@ def _first_derivatives(fn, X: torch.Tensor, flat: bool = False) -> str | None:
     bound; a where), an output connected to x whose gradient is zero at every probe row is that
     function's true derivative, not a cut; the SmoothnessWarning says so where it is asked
     for."""
-    x = X.detach().clone().requires_grad_(True)
     watch = _CutWatcher()
     try:
-        with torch.enable_grad():
+        with grad_on():
+            x = X.detach().clone().requires_grad_(True)
             with watch:
                 Y = fn(x)
             varies = torch.isfinite(Y).all(0) & (Y != Y[:1]).any(0)
@@ -491,9 +493,9 @@ def _second_derivatives(fn, x: torch.Tensor) -> str | None:
     error node that a derivative with respect to x never reaches, so that derivative would read
     as an exact zero): the first backward starts from ones that require grad, so that torch
     puts that error node in, and the gradient's graph is searched for it."""
-    x = x.detach().clone().requires_grad_(True)
     try:
-        with torch.enable_grad():
+        with grad_on():
+            x = x.detach().clone().requires_grad_(True)
             y = fn(x).sum()
             if not y.requires_grad:
                 return None

@@ -23,6 +23,7 @@ from .convert import (
     check_feature_names,
     feature_names,
     finish,
+    outside_inference,
     transformed,
 )
 from .derivatives import Engine
@@ -114,6 +115,7 @@ class Surrogate:
 
     history: dict | None = None  # set by sb.fit: per-epoch losses, best epoch, early stop
 
+    @outside_inference
     def __init__(
         self,
         model: nn.Module | Callable,
@@ -151,6 +153,7 @@ class Surrogate:
         if n_in is not None:
             self._setup(n_in)
 
+    @outside_inference
     def _setup(self, n_in: int, model=None, nonsmooth: tuple | None = None) -> None:
         """Probe ``model`` (by default the current one) and build the function and its single-point
         evaluator, then swap them in: a failure leaves the surrogate as it was, and a call in

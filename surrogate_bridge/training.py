@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .convert import as_array, check_feature_names, feature_names
+from .convert import as_array, check_feature_names, feature_names, outside_inference
 from .derivatives import rowwise
 from .normalization import FIT_KINDS, Affine
 from .physical import batch_statistics, frozen_copy
@@ -361,6 +361,7 @@ def _anchored(data: _Data, x_a, v_a, dtype: torch.dtype) -> Affine:
     return Affine(v_a - y * out.scale, out.scale)
 
 
+@outside_inference
 def fit(
     model: nn.Module,
     X,

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .convert import outside_inference
 from .estimators import from_estimator
 from .physical import frozen_copy
 from .projections import unwrap
@@ -18,6 +19,7 @@ from .surrogate import Surrogate, require_surrogate
 __all__ = ["update_weights"]
 
 
+@outside_inference
 def update_weights(sur: Surrogate, source: nn.Module | Mapping[str, Any]) -> None:
     """Load new weights into a surrogate: ``source`` is a model of the same architecture or its
     ``state_dict``. Scalers and settings stay; the cache is cleared and the single-point route

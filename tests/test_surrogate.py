@@ -227,6 +227,40 @@ def test_users_model_is_untouched():
     assert all(not p.requires_grad for p in sur.function.parameters())
 
 
+GRAD_MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+@pytest.mark.parametrize("mode", sorted(GRAD_MODES))
+def test_derivatives_inside_the_callers_no_grad_or_inference_mode(mode, tmp_path):
+    """Inference code runs under torch.no_grad() or torch.inference_mode(). Inside the latter,
+    a surrogate built outside gave zero gradients silently (autograd records nothing there),
+    one built inside was refused as a cut graph, and its numpy and CasADi routes as another
+    function. Now each answers as outside, built inside or out, saved and loaded, with new
+    weights, for torch tensors made there, and in the Lyapunov tools."""
+    quad = Quadratic(P_SEED)  # V(x) = x^T P x (P a buffer): gradient 2 P x, Hessian 2 P
+    X = np.random.default_rng(2).normal(size=(4, 2))
+    outside = sb.Surrogate(quad, n_in=2)
+    with GRAD_MODES[mode]():
+        for route in ("torch", "numpy", "casadi"):
+            for sur in (sb.Surrogate(quad, n_in=2, point_route=route), outside):
+                for x in X:
+                    np.testing.assert_allclose(sur.grad(x), 2 * P_SEED @ x, rtol=1e-12)
+                    np.testing.assert_allclose(sur.hess(x), 2 * P_SEED, rtol=1e-12)
+                    np.testing.assert_allclose(sur.hessp(x, [1.0, 2.0]), 2 * P_SEED @ [1, 2])
+                np.testing.assert_allclose(sur.jac(X)[:, 0], 2 * X @ P_SEED, rtol=1e-12)
+        t = torch.as_tensor(X)  # (an inference tensor in inference mode)
+        _, J, H = sb.derivatives(outside.function, t, order=2)
+        np.testing.assert_allclose(J[:, 0].numpy(), 2 * X @ P_SEED, rtol=1e-12)
+        np.testing.assert_allclose(H[0, 0].numpy(), 2 * P_SEED, rtol=1e-12)
+        sb.save(outside, tmp_path / "q.sbz")
+        back = sb.load(tmp_path / "q.sbz")
+        sb.update_weights(back, back._model.state_dict())
+        np.testing.assert_allclose(back.grad(X[0]), 2 * P_SEED @ X[0], rtol=1e-12)
+        stable = sb.Surrogate(lambda z: -z, n_in=2)  # dx/dt = -x: V decreases everywhere
+        assert sb.lyapunov.falsify(outside, stable, [(-1, 1)] * 2, seed=0).certified
+    assert outside.grad(X[0]) == pytest.approx(2 * P_SEED @ X[0], rel=1e-12)
+
+
 @pytest.mark.parametrize("model", [FlatOutput(), Unbatched()], ids=["flat-output", "unbatched"])
 def test_models_of_other_shapes(model):
     sur = sb.Surrogate(model, n_in=2)

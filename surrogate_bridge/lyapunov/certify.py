@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..convert import with_grad
 from ..intervals import IntervalProgram, box_r2, interval_mul
 from ..physical import ExportError
 from ..surrogate import Surrogate
@@ -47,6 +48,7 @@ class Certificate:
         )
 
 
+@with_grad
 def certify(
     V: Surrogate,
     f,

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from ..convert import with_grad
 from ..joint import joint_lbfgsb
 from ..surrogate import Surrogate
 from .conditions import KINDS, Conditions, count, settings, sobol
@@ -15,6 +16,7 @@ from .results import Falsification
 __all__ = ["distinct", "falsify", "in_region", "search"]
 
 
+@with_grad
 def falsify(
     V: Surrogate,
     f,

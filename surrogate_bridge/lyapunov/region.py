@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
+from ..convert import with_grad
 from ..joint import joint_lbfgsb
 from ..surrogate import Surrogate
 from .conditions import Conditions, as_field, count, draw, settings, sobol
@@ -20,6 +21,7 @@ __all__ = ["integrate", "region_of_attraction", "simulate"]
 _REFINE = 8  # local SLSQP solves from the lowest distinct counterexamples
 
 
+@with_grad
 def region_of_attraction(
     V: Surrogate,
     f,
