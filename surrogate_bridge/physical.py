@@ -230,11 +230,11 @@ def deep_copy(module: nn.Module) -> nn.Module:
         return copy.deepcopy(module)
 
 
-@outside_inference
 def frozen_copy(model, dtype: torch.dtype, device: torch.device):
     """A private eval-mode copy in ``dtype`` on ``device`` whose parameters need no grad. Of a
     ``torch.compile``d model, the module it compiles (the same function; compiled graphs cannot
-    be differentiated twice, and the routes here are measured for speed anyway)."""
+    be differentiated twice, and the routes here are measured for speed anyway). Its callers
+    (Surrogate, update_weights, fit) run outside the caller's torch.inference_mode()."""
     if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
         model = model._orig_mod
     if not isinstance(model, nn.Module):
