@@ -166,8 +166,24 @@ class RunningProduct(nn.Module):
         return torch.cumprod(torch.tanh(z), -1)[:, -1:]
 
 
+class VectorProduct(nn.Module):
+    """A row times a constant vector (``h @ v``, as neuromancer's spectral map computes): the
+    route once read the vector through ``.T``, which torch deprecates for one axis (a warning,
+    an error under this suite's filters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 5).double()
+        self.register_buffer("v", torch.linspace(-1, 1, 5, dtype=torch.float64))
+
+    def forward(self, z):
+        return (torch.tanh(self.a(z)) @ self.v)[..., None]
+
+
 @pytest.mark.parametrize(
-    "model", [Outer(), Rows(), RunningProduct()], ids=["outer-product", "rows", "cumprod"]
+    "model",
+    [Outer(), Rows(), RunningProduct(), VectorProduct()],
+    ids=["outer-product", "rows", "cumprod", "vector-product"],
 )
 def test_graphs_that_are_not_layer_graphs_are_refused_and_auto_measures_the_others(model):
     with pytest.raises(ValueError, match="not a layer graph"):
