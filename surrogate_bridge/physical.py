@@ -43,6 +43,7 @@ from .diagnostics import (
 from .normalization import Affine
 from .rewrites import KERNEL_FUNCTIONS, REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
 from .scaling import Scaling, ScalingMap
+from .weight_reads import capture, data_dependent
 
 __all__ = [
     "VIEWS",
@@ -50,6 +51,8 @@ __all__ = [
     "PhysicalFunction",
     "build",
     "constants_of",
+    "deep_copy",
+    "detached_attributes",
     "export",
     "from_torchscript",
 ]
@@ -58,7 +61,7 @@ _PROBE_ROWS = 3
 _CUT_CHECKED = 64  # outputs checked one by one for a cut graph
 # deep-copying a torch.export graph module makes torch warn about its own pytree API
 _TREESPEC = ".*treespec.*"
-_ASSIGNED = "The tensor attributes .* were assigned during export"
+_ASSIGNED = "The tensor attributes? .* (was|were) assigned during export"
 Scaler = Affine | Scaling | None
 
 
@@ -224,10 +227,25 @@ def probe_points(n_in: int, rows: int, scaler: Scaler, box) -> torch.Tensor:
 @outside_inference
 def deep_copy(module: nn.Module) -> nn.Module:
     """``copy.deepcopy`` without torch's note on its own pytree API (a converted TorchScript
-    model holds tree specs), which reaches users and is an error under ``-W error``."""
+    model holds tree specs), which reaches users and is an error under ``-W error``. Tensors
+    computed from others and kept as plain attributes (the old ``nn.utils.weight_norm``'s
+    weight, a pruned weight, what a forward keeps on its module such as ``self.last = h``;
+    left by a torch.func transform over the model: wrapped) cannot be deep-copied: the copy
+    gets them detached (the hooks and forwards that compute them do so again at every call)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
-        return copy.deepcopy(module)
+        return copy.deepcopy(module, detached_attributes(module))
+
+
+def detached_attributes(module) -> dict:
+    """A ``copy.deepcopy`` memo that gives ``module``'s tensors kept as plain attributes, where
+    deepcopy refuses them (not graph leaves, or wrapped by a torch.func transform), detached."""
+    return {
+        id(v): v.detach().clone()
+        for mod in (module.modules() if isinstance(module, nn.Module) else ())
+        for v in vars(mod).values()
+        if isinstance(v, torch.Tensor) and (not v.is_leaf or transformed(v))
+    }
 
 
 def frozen_copy(model, dtype: torch.dtype, device: torch.device):
@@ -239,27 +257,15 @@ def frozen_copy(model, dtype: torch.dtype, device: torch.device):
         model = model._orig_mod
     if not isinstance(model, nn.Module):
         return model  # a plain callable: nothing to copy or freeze
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
-        # tensors computed from parameters and kept as plain attributes (the old
-        # nn.utils.weight_norm's weight, a pruned weight; left by a torch.func transform over
-        # the model: wrapped) cannot be deep-copied; the copy gets them detached, and the hooks
-        # that compute them recompute them at every forward as before
-        memo = {
-            id(v): v.detach().clone()
-            for mod in model.modules()
-            for v in vars(mod).values()
-            if isinstance(v, torch.Tensor) and (not v.is_leaf or transformed(v))
-        }
-        try:
-            m = copy.deepcopy(model, memo)
-        except Exception as err:  # a lock, a file handle, a generator: anything uncopyable
-            raise TypeError(
-                f"Surrogate: the model could not be copied ({type(err).__name__}: {err}). The "
-                "surrogate works on a private copy so that your model is never changed; keep "
-                "objects such as locks, files or open connections out of the model (e.g. as "
-                "attributes of a wrapper class), or pass a plain function of z instead."
-            ) from err
+    try:
+        m = deep_copy(model)
+    except Exception as err:  # a lock, a file handle, a generator: anything uncopyable
+        raise TypeError(
+            f"Surrogate: the model could not be copied ({type(err).__name__}: {err}). The "
+            "surrogate works on a private copy so that your model is never changed; keep "
+            "objects such as locks, files or open connections out of the model (e.g. as "
+            "attributes of a wrapper class), or pass a plain function of z instead."
+        ) from err
     m = plain_computed_weights(exact_layers(m))  # (CELU: rewrites.py; pruning: computed.py)
     m = moved(m, dtype, device).eval()
     for p in m.parameters():
@@ -764,16 +770,22 @@ def export(
             "mode and every derivative work; or write the branch with torch.where."
         )
     module = fn._with_rows(fn.rows.one_point()) if one_point else fn
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
-        module = moved(copy.deepcopy(module), dtype, "cpu")
+    module = moved(deep_copy(module), dtype, "cpu")
     example = torch.zeros(1 if one_point else 2, n_in, dtype=dtype)
     dynamic = None if one_point else ({0: torch.export.Dim("batch")},)
     try:
         with warnings.catch_warnings():  # nn.RNN/GRU/LSTM rebuild their weight list on every
             # call, which torch.export notes; they are captured with the graph all the same
             warnings.filterwarnings("ignore", message=_ASSIGNED, category=UserWarning)
-            program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
+            try:
+                program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
+            except Exception as err:  # a Python branch on a weight's value: decided
+                if not data_dependent(err):
+                    raise
+                try:
+                    program = capture(module, example, dynamic)
+                except Exception:  # (a branch on the input: torch's first error says where)
+                    raise err from None
             if _calls_vmap(program):  # the model's own torch.func.vmap (an ensemble over
                 # stacked weights): its batching rules written out as aten operations, which
                 # is what eager vmap computes

@@ -100,14 +100,16 @@ def graph_to_data(program, probes: torch.Tensor) -> tuple[dict, dict[str, torch.
 
 
 def _used(nodes: list, tensors: dict, output: str) -> tuple[list, dict]:
-    """The nodes and weights that the output reads, directly or through other nodes (those a
-    folded weight alone read are left out)."""
+    """The nodes and weights that the output and the weights' checks read, directly or through
+    other nodes (those a folded weight alone read are left out)."""
     reads = {}
     for name, _, args, kwargs in nodes:
         found: set = set()
         _names((args, kwargs), found)
         reads[name] = found
-    needed, todo = set(), [output]
+    # (a check that the weights give what the model's Python read from them is kept, with
+    # what it reads: weight_reads.py)
+    needed, todo = set(), [output, *(n[0] for n in nodes if n[1] == "aten._assert_async.msg")]
     while todo:
         name = todo.pop()
         if name not in needed:

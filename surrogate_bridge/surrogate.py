@@ -30,7 +30,14 @@ from .derivatives import Engine
 from .diagnostics import needs_warning, warn_nonsmooth
 from .domain import Domain
 from .estimators import from_estimator
-from .physical import build, deep_copy, export, from_torchscript, frozen_copy
+from .physical import (
+    build,
+    deep_copy,
+    detached_attributes,
+    export,
+    from_torchscript,
+    frozen_copy,
+)
 from .points import CacheInfo, PointEvaluator
 from .projections import around_model
 from .scaling import Scaling, as_scaler
@@ -263,6 +270,16 @@ class Surrogate:
         batch) and the CasADi translator (``one_point``: one (1, n_in) point, no vmap)."""
         fn = self._ready("Surrogate.export").fn
         return export(fn, self._n_in, one_point=one_point, dtype=dtype or self.dtype)
+
+    def __deepcopy__(self, memo: dict) -> Surrogate:
+        # (a tensor that the model's forward keeps on itself, self.last = h, is no graph leaf,
+        # which deepcopy refuses: the copy gets it detached)
+        for key, value in detached_attributes(self._model).items():
+            memo.setdefault(key, value)
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     def __repr__(self) -> str:
         return _describe(self)

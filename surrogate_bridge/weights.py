@@ -15,6 +15,7 @@ from .estimators import from_estimator
 from .physical import frozen_copy
 from .projections import unwrap
 from .surrogate import Surrogate, require_surrogate
+from .weight_reads import changed_read
 
 __all__ = ["update_weights"]
 
@@ -68,4 +69,9 @@ def update_weights(sur: Surrogate, source: nn.Module | Mapping[str, Any]) -> Non
             f"update_weights: the new weights do not fit the surrogate's model: {said} (same "
             "architecture, same parameter names and shapes)"
         ) from err
-    sur._setup(sur.n_in, fresh, sur.nonsmooth_ops)  # the same layers: the same smoothness
+    try:
+        sur._setup(sur.n_in, fresh, sur.nonsmooth_ops)  # the same layers: the same smoothness
+    except ValueError as err:  # a loaded graph fixed a branch on its weights that these change
+        if (why := changed_read(err)) is None:
+            raise
+        raise ValueError(f"update_weights: {why}") from err

@@ -559,6 +559,40 @@ class KAN(nn.Module):
         return x
 
 
+class SoftExponential(nn.Module):
+    """neuromancer's soft exponential activation (the default of its ``blocks.MLP``): a Python
+    ``if`` on its learnable parameter picks one of three formulas."""
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(alpha, dtype=torch.float64))
+
+    def forward(self, x):
+        a = self.alpha
+        if a == 0.0:
+            return x
+        if a < 0.0:
+            return -torch.log(1 - a * (x + a)) / a
+        return (torch.exp(a * x) - 1) / a + a
+
+
+class ReadsWeights(nn.Module):
+    """A forward that computes with Python numbers read from its weights (``.item()``,
+    ``float``) and keeps one tensor on itself (``self.last``, assigned at every call)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.b = nn.Linear(2, 6).double(), nn.Linear(6, 1).double()
+        self.gain = nn.Parameter(torch.tensor(1.7, dtype=torch.float64))
+        self.register_buffer("shift", torch.tensor([0.25], dtype=torch.float64))
+
+    def forward(self, z):
+        h = torch.tanh(self.a(z) * self.gain.item())
+        self.last = h
+        return self.b(h) + float(self.shift)
+
+
 class Hand(nn.Module):
     """A hidden layer through a hand-written function of torch calls:
     ``Linear(n_in, width) -> f -> Linear(width, n_out)`` in float64."""
