@@ -322,9 +322,17 @@ def check_derivatives(sur, x, *, order: int = 2, rtol: float = 1e-5) -> Derivati
 
 
 def no_derivative(err: RuntimeError) -> str | None:
-    """What to tell a user whose model torch cannot differentiate twice (``err`` is torch's
-    error), or None if ``err`` is another error."""
+    """What to tell a user whose model torch cannot differentiate (``err`` is torch's error: no
+    derivative of this order, or a value it keeps changed in place), or None if ``err`` is
+    another error."""
     msg = str(err).splitlines()[0] if str(err) else ""
+    if "modified by an inplace operation" in msg:  # (torch's words)
+        return (
+            f"{_CANNOT} ({msg.split(': [')[0]}): its forward changes in place a value that "
+            "torch keeps for the derivative (as y = F.relu(x); y += ... does: relu's "
+            "derivative reads its output), so autograd fails on the model itself. Write that "
+            "step out of place (y = y + ...); its values are unaffected."
+        )
     if not ("not implemented" in msg and "derivative" in msg) and "once_differentiable" not in msg:
         return None
     return cannot_differentiate(msg)

@@ -326,3 +326,32 @@ def test_a_derivative_torch_cannot_take_is_named(model, named):
     ):
         with pytest.raises(NotImplementedError, match=f"torch cannot take.*{named}"):
             ask()
+
+
+class _AdaptivePiecewiseLinear(nn.Module):
+    """neuromancer's APLU as written: ``y = relu(x); y += ...`` changes in place the output
+    that relu's derivative reads, so autograd fails on the model itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 4).double()
+
+    def forward(self, z):
+        h = self.a(z)
+        y = torch.relu(h)
+        y += 0.3 * torch.relu(-h + 0.5)
+        return y.sum(-1, keepdim=True)
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+def test_a_forward_changing_in_place_what_autograd_keeps_is_named():
+    """Values work; every derivative says why it cannot be taken (it was torch's own error,
+    naming a version counter, at the first request)."""
+    model = _AdaptivePiecewiseLinear()
+    sur = sb.Surrogate(model)
+    x = np.array([0.3, -0.2])
+    with torch.no_grad():
+        np.testing.assert_allclose(sur(x), model(torch.tensor(x[None]))[0, 0].item(), rtol=1e-15)
+    for ask in (sur.grad, sur.jac, sur.hess, lambda p: sur.hessp(p, np.ones(2))):
+        with pytest.raises(NotImplementedError, match=r"changes in place .* out of place"):
+            ask(x)
