@@ -32,6 +32,8 @@ from collections.abc import Callable
 
 import torch
 
+from .threads import TRACING
+
 __all__ = ["constant", "lowered", "same_function"]
 
 _ROUNDS = 4  # a decomposition may call further composite operations: lower again
@@ -56,7 +58,7 @@ def lowered(program, known: Callable[[object], bool], probes: torch.Tensor):
     >>> "aten.einsum.default" in ops, "aten.bmm.default" in ops
     (False, True)
     """
-    with warnings.catch_warnings():
+    with TRACING, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_TREESPEC, category=FutureWarning)
         current, table = program, None
         for _ in range(_ROUNDS):

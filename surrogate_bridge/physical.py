@@ -43,7 +43,8 @@ from .diagnostics import (
 from .normalization import Affine
 from .rewrites import KERNEL_FUNCTIONS, REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
 from .scaling import Scaling, ScalingMap
-from .weight_reads import capture, data_dependent
+from .threads import TRACING
+from .weight_reads import captured, recorded
 
 __all__ = [
     "VIEWS",
@@ -326,7 +327,7 @@ def from_torchscript(model, n_in: int | None):
     try:
         from torch._export.converter import TS2EPConverter
 
-        with warnings.catch_warnings():
+        with TRACING, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the converter's notes about its own internals
             converted = TS2EPConverter(model, (example,)).convert().module()
     except Exception as err:  # the converter raises many types: keep the reason for export
@@ -774,18 +775,14 @@ def export(
     example = torch.zeros(1 if one_point else 2, n_in, dtype=dtype)
     dynamic = None if one_point else ({0: torch.export.Dim("batch")},)
     try:
-        with warnings.catch_warnings():  # nn.RNN/GRU/LSTM rebuild their weight list on every
-            # call, which torch.export notes; they are captured with the graph all the same
+        with TRACING, warnings.catch_warnings():  # nn.RNN/GRU/LSTM rebuild their weight list
+            # on every call, which torch.export notes; they are captured with the graph all
+            # the same
             warnings.filterwarnings("ignore", message=_ASSIGNED, category=UserWarning)
-            try:
+            if reads := recorded(module, example):  # a Python if on a weight: decided
+                program = captured(module, example, dynamic, reads)
+            else:
                 program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
-            except Exception as err:  # a Python branch on a weight's value: decided
-                if not data_dependent(err):
-                    raise
-                try:
-                    program = capture(module, example, dynamic)
-                except Exception:  # (a branch on the input: torch's first error says where)
-                    raise err from None
             if _calls_vmap(program):  # the model's own torch.func.vmap (an ensemble over
                 # stacked weights): its batching rules written out as aten operations, which
                 # is what eager vmap computes

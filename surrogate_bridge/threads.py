@@ -1,18 +1,29 @@
-"""Opt-in single-threaded execution for small problems.
+"""Threads: opt-in single-threaded execution for small problems, and the lock that keeps
+torch's tracers one at a time.
 
 Small solves can run several times slower with more threads than a loaded machine has free cores
 (the threads table of ``benchmarks/RESULTS.md``, bench_scipy). Nothing here changes global settings
 unless asked, and everything is restored on exit.
+
+``torch.export``, ``ExportedProgram.run_decompositions`` and the TorchScript converter keep
+process-wide state while they trace (a slot for their dispatch mode, the module hierarchy being
+traced, a patcher): two at once in two threads fail inside torch ("ProxyTorchDispatchMode slot
+already occupied", "_EXPORT_MODULE_HIERARCHY must not be None"), so that a surrogate saved in
+one thread while another measured its routes lost its numpy and CasADi routes. Every trace
+here holds :data:`TRACING`; evaluation never does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
 
-__all__ = ["limit_threads"]
+__all__ = ["TRACING", "limit_threads"]
+
+TRACING = threading.RLock()  # (re-entrant: an export may lower, and retry, inside another)
 
 
 @contextlib.contextmanager

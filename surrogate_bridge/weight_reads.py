@@ -6,13 +6,14 @@ the default activation of its ``blocks.MLP``: ``if alpha == 0.0: ... elif alpha 
 or read a weight as a Python number. ``torch.export`` traces weights as symbols, cannot decide
 such a branch, and gives up ("data-dependent"), and with it the saved file, the CasADi
 translation and the numpy route. A surrogate's weights are constants, so the branch is decided.
-:func:`capture` first runs the model under ``torch.func.vmap`` and records, in order, every
+:func:`recorded` runs the model under ``torch.func.vmap`` and records, in order, every
 Python value its forward takes from a tensor (``bool``, ``.item()``, ``float``, ``.tolist()``,
 ``torch.equal``, ...). Under ``vmap`` whatever is computed from the input is batched, and such a
 read raises: a read that succeeds is of weights alone. (torch's own way,
 ``fake_tensor_propagate_real_tensors``, has no real values for the weights: it decided
 ``alpha == 0.0`` False at alpha = 0.) Then ``torch.export`` captures the model while the same
-reads are answered with the recorded values, so the graph holds the branch taken, and each read
+reads are answered with the recorded values (:func:`captured`; without reads, torch.export
+alone), so the graph holds the branch taken, and each read
 leaves a check in the graph: ``aten._assert_async`` that the weights still give that value.
 New weights rebuild a surrogate's graphs (``update_weights``); a loaded file's graph is the
 file's, so there the check refuses weights that would take another branch rather than compute
@@ -21,10 +22,12 @@ a wrong one.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["capture", "changed_read", "data_dependent"]
+__all__ = ["captured", "changed_read", "recorded"]
 
 # what a forward's Python takes from a tensor: a branch (bool), or a number it computes with
 _READS = frozenset({
@@ -35,23 +38,23 @@ _RELATIVE = 1e-6  # a float read is checked to this: a file's weights may be loa
 _CHANGED = "the graph was captured where the model's forward read "
 
 
-def data_dependent(err: BaseException | None) -> bool:
-    """Whether ``torch.export`` failed on a Python decision about a tensor's value."""
-    while err is not None:
-        if "DataDependent" in type(err).__name__ or "data-dependent" in str(err):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
+def recorded(module, example: torch.Tensor) -> list | None:
+    """The values ``module``'s Python reads from its weights at ``example``, in order (none:
+    ``[]``); None where the reading run under ``vmap`` fails (a read of the input, or a model
+    ``vmap`` cannot run: ``torch.export`` alone is tried then, and says what it says)."""
+    try:
+        with warnings.catch_warnings(), _Record() as record:
+            warnings.simplefilter("ignore")  # (vmap's notes on its fallbacks: not the user's)
+            torch.func.vmap(module)(example[None])
+    except Exception:  # (the model's own error, of any type)
+        return None
+    return record.reads
 
 
-def capture(module, example: torch.Tensor, dynamic):
-    """``module`` exported at ``example`` with every value its Python reads from its weights
-    fixed (module docstring); raises where it reads from its input (the reading run fails)."""
-    with _Record() as record:
-        torch.func.vmap(module)(example[None])
-    if not record.reads:
-        raise ValueError("the model's forward reads no value from its weights")
-    with _Replay(record.reads):
+def captured(module, example: torch.Tensor, dynamic, reads: list):
+    """``module`` exported at ``example`` with its ``reads`` (:func:`recorded`) answered and
+    checked in the graph."""
+    with _Replay(reads):
         return torch.export.export(module, (example,), dynamic_shapes=dynamic)
 
 

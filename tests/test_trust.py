@@ -3,6 +3,7 @@ catalogue of bad input, each case a clear error naming the argument (file safety
 
 import copy
 import gc
+import io
 import pickle
 import threading
 import warnings
@@ -187,6 +188,42 @@ def test_casadi_callback_shared_by_threads():
                 errors.append(repr(err))
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_graphs_captured_in_threads_at_once():
+    """Saving, translating to CasADi and building the numpy route all capture the model with
+    torch.export, which keeps process-wide state while it traces: two at once failed inside
+    torch (a slot already occupied, a module hierarchy of None) and cost a route or a save."""
+    pytest.importorskip("casadi")
+    models = [mlp([2, 8, 1], nn.Tanh, seed=s) for s in range(3)]
+    shared = sb.Surrogate(models[0])
+    x = np.array([0.3, -0.4])
+    errors, barrier = [], threading.Barrier(6)
+
+    def work(k):
+        barrier.wait()
+        try:
+            model = models[k % 3]
+            if k % 3 == 0:
+                buf = io.BytesIO()
+                sb.save(shared, buf)
+                buf.seek(0)
+                np.testing.assert_allclose(sb.load(buf).hess(x), shared.hess(x), rtol=1e-13)
+            elif k % 3 == 1:
+                F = sb.casadi_function(sb.Surrogate(model), mode="symbolic")
+                np.testing.assert_allclose(float(F(x)), sb.Surrogate(model)(x), rtol=1e-14)
+            else:
+                got = sb.Surrogate(model, point_route="numpy").hess(x)
+                np.testing.assert_allclose(got, sb.Surrogate(model, point_route="torch").hess(x))
+        except Exception as err:  # any failure is the test's finding
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
     for t in threads:
         t.start()
     for t in threads:

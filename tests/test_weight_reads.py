@@ -69,6 +69,12 @@ def test_each_branch_saved_and_translated(alpha):
         np.testing.assert_allclose(np.array(H(p)), sur.hess(p), rtol=1e-12, atol=1e-13)
 
 
+def test_capturing_prints_nothing(capfd):
+    """(torch.export, failing on the branch, logged its graph to stderr before the retry.)"""
+    reloaded(sb.Surrogate(net(0.3)))
+    assert capfd.readouterr() == ("", "")
+
+
 def test_numbers_read_from_weights_and_a_tensor_kept_on_the_model():
     """``.item()`` and ``float()`` of weights are constants of the graph; the attribute the
     forward assigns (torch.export notes it in a warning, an error under this suite's filters)
