@@ -58,13 +58,14 @@ class Surrogate:
 
     Parameters
     ----------
-    model : torch.nn.Module, callable, torch.export.ExportedProgram or skorch estimator
+    model : torch.nn.Module, callable, torch.export.ExportedProgram or fitted sklearn estimator
         Normalized inputs (N, n_in) -> normalized outputs (N, n_out) or (N,); models written for
         one point, or that mix rows, are run point by point (vmap), as is a torch.export graph
         exported from a one-row example. TorchScript and ``torch.compile``d models are taken too.
-        A fitted skorch ``NeuralNetRegressor``, alone, ending a ``Pipeline`` (whose steps before
-        it are then the input scaler) or inside a ``TransformedTargetRegressor`` (whose
-        transformer is then the output scaler): the surrogate is its ``predict``.
+        A fitted skorch ``NeuralNetRegressor`` or sklearn ``MLPRegressor`` (read as the torch
+        layers it computes), alone, ending a ``Pipeline`` (whose steps before it are then the
+        input scaler) or inside a ``TransformedTargetRegressor`` (whose transformer is then the
+        output scaler): the surrogate is its ``predict``.
         Used through a private frozen copy: ``model`` itself is never changed.
     input_scaler, output_scaler : Affine, Scaling, fitted sklearn scaler, or None
         ``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``, a
@@ -138,7 +139,8 @@ class Surrogate:
         prefetch_grad: bool = True,
         point_route: str = "auto",
     ) -> None:
-        model, input_scaler, output_scaler = from_estimator(  # an exported program; skorch
+        # (an exported program; a skorch net or MLPRegressor, its Pipeline, target transformer)
+        model, input_scaler, output_scaler = from_estimator(
             model, input_scaler, output_scaler, "Surrogate"
         )
         check_arguments(model, dtype, cache_size, point_route)

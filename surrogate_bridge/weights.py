@@ -44,7 +44,7 @@ def update_weights(sur: Surrogate, source: nn.Module | Mapping[str, Any]) -> Non
     inner = unwrap(sur._model)
     if not isinstance(inner, nn.Module):
         raise TypeError("update_weights: this surrogate's model is a plain function: no weights.")
-    # (an exported program's or a skorch net's weights: its module's)
+    # (an exported program's, a skorch net's or an MLPRegressor's weights: its module's)
     source, _, _ = from_estimator(source, None, None, "update_weights")
     state = source.state_dict() if isinstance(source, nn.Module) else source
     if not hasattr(state, "items"):

@@ -91,7 +91,7 @@ def test_new_weights_from_a_skorch_net():
         (lambda: sb.Surrogate(_net()), ValueError, "NeuralNetRegressor that is not fitted"),
         (
             lambda: sb.Surrogate(TransformedTargetRegressor(LinearRegression()).fit(X, Y)),
-            TypeError, "around a LinearRegression, not a torch model",
+            TypeError, "around a LinearRegression, not a neural network",
         ),
         (
             lambda: sb.Surrogate(
