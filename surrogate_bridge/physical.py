@@ -44,6 +44,7 @@ from .normalization import Affine
 from .rewrites import KERNEL_FUNCTIONS, REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
 from .scaling import Scaling, ScalingMap
 from .threads import TRACING
+from .through_autograd import through_autograd
 from .weight_reads import captured, recorded
 
 __all__ = [
@@ -782,7 +783,14 @@ def export(
             if reads := recorded(module, example):  # a Python if on a weight: decided
                 program = captured(module, example, dynamic, reads)
             else:
-                program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
+                try:
+                    program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
+                except Exception:  # a forward that differentiates inside: traced through
+                    # autograd (one point: the trace's shapes are fixed)
+                    traced = one_point and through_autograd(module, example, fn.probes(n_in))
+                    if not traced:
+                        raise
+                    program = traced
             if _calls_vmap(program):  # the model's own torch.func.vmap (an ensemble over
                 # stacked weights): its batching rules written out as aten operations, which
                 # is what eager vmap computes
@@ -793,7 +801,5 @@ def export(
         first = str(err).splitlines()[0] if str(err) else ""
         raise ExportError(
             f"torch.export could not capture the model ({type(err).__name__}: {first}). Models "
-            "with data-dependent Python control flow, or that differentiate inside their "
-            "forward (torch.autograd.grad or torch.func.grad, as a Hamiltonian network does), "
-            "cannot be captured as a graph."
+            "with data-dependent Python control flow cannot be captured as a graph."
         ) from err

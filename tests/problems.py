@@ -448,6 +448,15 @@ class Hamiltonian(nn.Module):
         return torch.stack([dH[:, 1], -dH[:, 0]], -1)
 
 
+class FuncGradHamiltonian(Hamiltonian):
+    """The same field, J grad H, with the gradient taken by ``torch.func.grad`` under
+    ``torch.func.vmap`` inside the forward."""
+
+    def forward(self, x):
+        dH = torch.func.vmap(torch.func.grad(lambda r: self.H(r[None])[0, 0]))(x)
+        return torch.stack([dH[:, 1], -dH[:, 0]], -1)
+
+
 class StackedEnsemble(nn.Module):
     """PyTorch's model-ensembling recipe: members' weights stacked by
     ``torch.func.stack_module_state``, one data-free base on the ``meta`` device, and the mean

@@ -9,6 +9,7 @@ import torch
 from problems import (
     P_SEED,
     FlatOutput,
+    FuncGradHamiltonian,
     Hamiltonian,
     Hand,
     MixesRows,
@@ -1129,24 +1130,37 @@ def test_a_torch_func_ensemble_on_a_meta_base_works_on_every_route_and_saves(tmp
     assert model.base[0].weight.is_meta  # the caller's model as it was
 
 
-def test_a_forward_that_differentiates_inside_works_on_the_torch_route(tmp_path):
-    """A Hamiltonian network marks its input as requiring grad and calls autograd.grad: it
-    works on one point alone (the probe passes copies, not no-grad views, which such a
-    forward cannot differentiate), with exact derivatives; save says why it cannot."""
-    model = Hamiltonian()
-    sur = sb.Surrogate(model)
+@pytest.mark.parametrize("model", [Hamiltonian(), FuncGradHamiltonian()], ids=["autograd", "func"])
+def test_a_forward_that_differentiates_inside_has_every_route(model, tmp_path):
+    """A Hamiltonian network computes J grad H in its forward (autograd.grad on an input it
+    marks as requiring grad, or torch.func.grad): it works on one point alone (the probe
+    passes copies, not no-grad views, which such a forward cannot differentiate), with exact
+    derivatives, against the closed form through H and central differences. Traced through
+    autograd (through_autograd.py), it also has the numpy and CasADi routes, a saved file and
+    a symbolic CasADi translation (they once refused it)."""
     J = np.array([[0.0, 1.0], [-1.0, 0.0]])
+    surs = {r: sb.Surrogate(model, point_route=r) for r in ("torch", "numpy", "casadi")}
+    sb.save(surs["torch"], tmp_path / "h.sbz")
+    surs["loaded"] = sb.load(tmp_path / "h.sbz")
     for x in np.random.default_rng(1).uniform(-1, 1, (3, 2)):
         xt = torch.tensor(x)
         grad_h = torch.autograd.functional.jacobian(lambda z: model.H(z[None])[0, 0], xt)
         hess_h = torch.autograd.functional.hessian(lambda z: model.H(z[None])[0, 0], xt)
-        np.testing.assert_allclose(sur(x), J @ grad_h.numpy(), rtol=1e-14, atol=1e-16)
-        np.testing.assert_allclose(sur.jac(x), J @ hess_h.numpy(), rtol=1e-13, atol=1e-15)
         h = 1e-5
-        fd = np.stack([(sur.jac(x + e) - sur.jac(x - e)) / (2 * h) for e in np.eye(2) * h], -1)
-        np.testing.assert_allclose(sur.hess(x), fd, atol=1e-8)
-    with pytest.raises(ValueError, match="differentiate inside their forward"):
-        sb.save(sur, tmp_path / "h.sbz")
+        for sur in surs.values():
+            np.testing.assert_allclose(sur(x), J @ grad_h.numpy(), rtol=1e-14, atol=1e-16)
+            np.testing.assert_allclose(sur.jac(x), J @ hess_h.numpy(), rtol=1e-13, atol=1e-15)
+            fd = np.stack([(sur.jac(x + e) - sur.jac(x - e)) / (2 * h) for e in np.eye(2) * h], -1)
+            np.testing.assert_allclose(sur.hess(x), fd, atol=1e-8)
+            np.testing.assert_allclose(sur.hess(x), surs["torch"].hess(x), rtol=1e-12, atol=1e-14)
+    if importlib.util.find_spec("casadi"):
+        import casadi as ca
+
+        F, z = sb.casadi_function(surs["torch"], mode="symbolic"), ca.MX.sym("z", 2)
+        H = ca.Function("H", [z], [ca.hessian(ca.dot(ca.DM([1.0, -2.0]), F(z)), z)[0]])
+        x = np.array([0.3, -0.4])
+        want = surs["torch"].lagrangian_hess(x, np.array([1.0, -2.0]))
+        np.testing.assert_allclose(np.array(H(x)), want, rtol=1e-12, atol=1e-14)
 
 
 # --- inside the caller's torch.func transforms ---------------------------------------------------
