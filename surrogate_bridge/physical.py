@@ -747,6 +747,19 @@ def _calls_vmap(program) -> bool:
     )
 
 
+def _drop_error_checks(program) -> None:
+    """``torch.linalg.solve`` and ``inv`` record a check of their info (singular or not), an
+    operation with an effect: every later lowering of the graph threads a token through it
+    (``with_effects``, which no consumer of the graph reads, so that a saved file or the CasADi
+    translation of such a model failed). The checks go; a singular system then gives
+    non-finite values where torch raises."""
+    checks = [n for n in program.graph.nodes if n.target is aten._linalg_check_errors.default]
+    for node in checks:
+        program.graph.erase_node(node)
+    if checks:
+        program.graph_module.recompile()
+
+
 class ExportError(ValueError):
     """``torch.export`` could not capture the physical function; the message says why."""
 
@@ -791,6 +804,7 @@ def export(
                     if not traced:
                         raise
                     program = traced
+            _drop_error_checks(program)
             if _calls_vmap(program):  # the model's own torch.func.vmap (an ensemble over
                 # stacked weights): its batching rules written out as aten operations, which
                 # is what eager vmap computes

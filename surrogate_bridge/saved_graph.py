@@ -47,7 +47,8 @@ ALLOWED = frozenset(
     hardsigmoid mish log_sigmoid prelu threshold clamp clamp_min clamp_max maximum minimum where
     gt ge lt le eq ne logical_and logical_or logical_not any all sum cumsum mean amax amin prod
     logsumexp max min sort topk kthvalue median cumprod cummax cummin logcumsumexp copysign
-    isnan addmv unfold special_erfcx i0
+    isnan addmv unfold special_erfcx i0 linalg_solve _linalg_solve_ex linalg_inv linalg_inv_ex
+    _linalg_check_errors
     softmax _softmax log_softmax _log_softmax layer_norm native_layer_norm batch_norm
     _native_batch_norm_legit_no_training linalg_vector_norm norm conv1d conv2d convolution cat
     concat stack split split_with_sizes chunk unbind slice select index index_select gather

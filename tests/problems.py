@@ -457,6 +457,53 @@ class FuncGradHamiltonian(Hamiltonian):
         return torch.stack([dH[:, 1], -dH[:, 0]], -1)
 
 
+class MassMatrix(nn.Module):
+    """A manipulator's accelerations M(q)^-1 tau (as DeLaN learns them): x = (q1, q2, tau1,
+    tau2), M = L L^T + 0.1 I with L lower triangular from a net of q, solved by
+    ``torch.linalg.solve``."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.net = mlp([2, 12, 3], nn.Tanh, seed=seed)
+
+    def forward(self, x):
+        q, tau = x[:, :2], x[:, 2:]
+        l0, l1, l2 = self.net(q).unbind(-1)
+        row0 = torch.stack([torch.exp(l0), torch.zeros_like(l0)], -1)
+        L = torch.stack([row0, torch.stack([l1, torch.exp(l2)], -1)], -2)
+        M = L @ L.transpose(-1, -2) + 0.1 * torch.eye(2, dtype=x.dtype)
+        return torch.linalg.solve(M, tau)
+
+
+class Inverse(nn.Module):
+    """The sum of a 2 x 2 inverse's entries, by ``torch.linalg.inv``."""
+
+    def forward(self, z):
+        m = z[:, :4].reshape(-1, 2, 2) + 3 * torch.eye(2, dtype=z.dtype)
+        return torch.linalg.inv(m).flatten(1).sum(1, keepdim=True)
+
+
+class Lagrangian(nn.Module):
+    """A Lagrangian network of one degree of freedom: x = (q, qd) -> (qd, qdd), with qdd from
+    the gradient and Hessian of a learned L(q, qd) (``torch.func`` inside the forward) and a
+    linear solve."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.L = mlp([2, 12, 1], nn.Softplus, seed=seed)
+
+    def _one(self, z):
+        def lagrangian(p):
+            return self.L(p[None])[0, 0]
+
+        g, H = torch.func.grad(lagrangian)(z), torch.func.hessian(lagrangian)(z)
+        qdd = torch.linalg.solve(H[1:, 1:], g[:1] - H[1:, :1] @ z[1:])
+        return torch.cat([z[1:], qdd])
+
+    def forward(self, x):
+        return torch.func.vmap(self._one)(x)
+
+
 class StackedEnsemble(nn.Module):
     """PyTorch's model-ensembling recipe: members' weights stacked by
     ``torch.func.stack_module_state``, one data-free base on the ``meta`` device, and the mean

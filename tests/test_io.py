@@ -624,19 +624,20 @@ def test_save_refuses_what_load_would_refuse(tmp_path, monkeypatch):
     assert not (tmp_path / "s.sbz").exists()
 
 
-class Inverse(nn.Module):
-    """A 2 x 2 matrix inverse: torch.linalg.inv, whose decomposition checks for errors through
-    an effect token."""
+class Cholesky(nn.Module):
+    """A 2 x 2 Cholesky factor: torch.linalg.cholesky, whose decomposition checks for errors
+    through an effect token."""
 
     def forward(self, z):
-        m = z[:, :4].reshape(-1, 2, 2) + 3 * torch.eye(2, dtype=z.dtype)
-        return torch.linalg.inv(m).flatten(1).sum(1, keepdim=True)
+        m = z[:, :4].reshape(-1, 2, 2)
+        m = m @ m.transpose(-1, -2) + 3 * torch.eye(2, dtype=z.dtype)
+        return torch.linalg.cholesky(m).flatten(1).sum(1, keepdim=True)
 
 
 def test_an_operation_outside_the_list_is_named_when_its_lowering_has_an_effect_token(tmp_path):
     """(The token once reached the weights' table and failed there as KeyError: None.)"""
-    with pytest.raises(ValueError, match=r"save: the model's graph calls aten.linalg_inv_ex"):
-        sb.save(sb.Surrogate(Inverse(), n_in=4), tmp_path / "s.sbz")
+    with pytest.raises(ValueError, match=r"save: the model's graph calls aten.linalg_cholesky_ex"):
+        sb.save(sb.Surrogate(Cholesky(), n_in=4), tmp_path / "s.sbz")
 
 
 def test_update_weights_on_a_loaded_surrogate(tmp_path):

@@ -585,6 +585,12 @@ OPS = {
     aten.copysign.Scalar: (_binary(ca.copysign), None),
     aten.isnan.default: (lambda out, x: ca.logic_not(x <= ca.inf), None),  # (x != x folds to 0)
     aten.addmv.default: (_addmv, None),
+    # (solves and inverses: casadi_symbolic's per-system translation)
+    aten._linalg_solve_ex.default: (None, "solve"),
+    aten.linalg_solve.default: (None, "solve"),
+    aten.linalg_inv_ex.default: (None, "solve"),
+    aten.linalg_inv.default: (None, "solve"),
+    aten._linalg_check_errors.default: (lambda out, *_, **__: None, None),  # (of info only)
     aten.full.default: (_filled(1), None),
     aten.full_like.default: (_filled(1), None),
     aten.scalar_tensor.default: (_filled(0), None),

@@ -135,6 +135,8 @@ def _flat_safe(node, extra) -> str | None:
     is a gather at any rank."""
     if extra == "positions":
         return "gather"
+    if extra == "solve":
+        return "solve"
     if extra == "shapes":
         return None
     meta = node.meta.get("val")
@@ -208,9 +210,10 @@ _AXIS = {
 }  # fmt: skip
 _LAST = {aten.sort.default, aten.topk.default, aten.kthvalue.default}  # (dim=-1 by default)
 _MATMULS = {aten.matmul.default, aten.bmm.default}
-_SELECTIONS = {  # operations that return (values, indices)
+_SELECTIONS = {  # operations that return (values, indices), or (solution, factors, ...)
     aten.sort.default, aten.topk.default, aten.kthvalue.default, aten.median.dim, aten.max.dim,
-    aten.min.dim, aten.cummax.default, aten.cummin.default,
+    aten.min.dim, aten.cummax.default, aten.cummin.default, aten._linalg_solve_ex.default,
+    aten.linalg_inv_ex.default,
 }  # fmt: skip
 
 
@@ -294,6 +297,43 @@ def _batched_matmul(node, env):
     return reshape(ca.horzcat(*blocks), shape2(node.meta["val"].shape))
 
 
+_INVERSES = {aten.linalg_inv.default, aten.linalg_inv_ex.default}
+
+
+def _solved(node, env):
+    """``linalg_solve(A, B)``, ``_linalg_solve_ex``'s solution, ``linalg_inv(A)`` and
+    ``linalg_inv_ex``'s inverse (their LU factors, pivots and info refused where read):
+    ``A X = B`` (B the identity for an inverse) per system of the batch, broadcast as torch
+    does (B a vector per system where it has one axis fewer than A), each by CasADi's symbolic
+    ``solve``, whose derivatives are exact."""
+    a = node.args[0]
+    sa = _shape(a)
+    inverse = node.target in _INVERSES
+    b = None if inverse else node.args[1]
+    left = inverse or (node.args[2] if len(node.args) > 2 else node.kwargs.get("left", True))
+    sb = sa if inverse else _shape(b)
+    if sa is None or sb is None or len(sa) < 2 or not left:
+        raise ValueError(f"a system of shapes {sa} and {sb}" + ("" if left else ", X A = B"))
+    n, vector = sa[-1], len(sb) == len(sa) - 1
+    k = 1 if vector else sb[-1]
+    batch = tuple(torch.broadcast_shapes(sa[:-2], (sb[:-1] if vector else sb[:-2])))
+    count = math.prod(batch)
+    flat_a = reshape(expand(env[a.name], sa, (*batch, n, n)), (1, count * n * n))
+    if not inverse:
+        tail = (n,) if vector else (n, k)
+        flat_b = reshape(expand(env[b.name], sb, (*batch, *tail)), (1, count * n * k))
+    blocks = []
+    for i in range(count):
+        A = reshape(flat_a[0, i * n * n : (i + 1) * n * n], (n, n))
+        B = ca.DM.eye(n) if inverse else reshape(flat_b[0, i * n * k : (i + 1) * n * k], (n, k))
+        blocks.append(reshape(ca.solve(A, B), (1, n * k)))
+    meta = node.meta["val"]
+    X = reshape(ca.horzcat(*blocks), shape2((meta[0] if isinstance(meta, tuple) else meta).shape))
+    if not isinstance(meta, tuple):
+        return X
+    return (X, Indices("linalg_inv")) if inverse else (X, Indices("linalg_solve"), None, None)
+
+
 def _broadcast_args(node, args: list) -> list:
     """Tensor arguments of an elementwise operation broadcast to its output's shape (torch's
     rules), each as a read at the positions ``torch.broadcast_to`` gives."""
@@ -366,6 +406,8 @@ def _translate_node(node, env, consts):
             result = _along_axis(node, env, val, handler, extra, kwargs)
         elif flat == "batched":  # (bmm's operands are always of rank 3)
             result = _batched_matmul(node, env)
+        elif flat == "solve":
+            result = _solved(node, env)
         else:
             args = [val(a) for a in node.args]
             if flat == "broadcast":
