@@ -436,9 +436,9 @@ class Hamiltonian(nn.Module):
     """A Hamiltonian network as its authors write it: the field J grad H, differentiated inside
     the forward by torch.autograd.grad on an input it marks as requiring grad."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, act=nn.Tanh, sizes=(2, 16, 1)) -> None:
         super().__init__()
-        self.H = mlp([2, 16, 1], nn.Tanh, seed=seed)
+        self.H = mlp(list(sizes), act, seed=seed)
 
     def forward(self, x):
         with torch.enable_grad():

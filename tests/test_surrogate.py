@@ -1163,6 +1163,21 @@ def test_a_forward_that_differentiates_inside_has_every_route(model, tmp_path):
         np.testing.assert_allclose(np.array(H(x)), want, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("act", [nn.Softplus, nn.SiLU, nn.GELU, nn.ELU, nn.Sigmoid])
+def test_the_traced_field_of_a_deeper_hamiltonian_on_every_route(act):
+    """Two hidden layers and other activations: the traced backward operations (softplus's,
+    silu's, gelu's, elu's, sigmoid's) read by the numpy route and CasADi, as torch computes."""
+    model = Hamiltonian(seed=1, act=act, sizes=(2, 12, 12, 1))
+    ref = sb.Surrogate(model, point_route="torch")
+    v = np.array([1.0, -2.0])
+    for route in ("numpy", "casadi"):
+        sur = sb.Surrogate(model, point_route=route)
+        for x in np.random.default_rng(2).uniform(-1, 1, (2, 2)):
+            np.testing.assert_allclose(sur.jac(x), ref.jac(x), rtol=1e-12, atol=1e-14)
+            got, want = sur.lagrangian_hess(x, v), ref.lagrangian_hess(x, v)
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+
+
 # --- inside the caller's torch.func transforms ---------------------------------------------------
 _S, _C = np.array([0.3, -1.0, 2.0]), np.array([1.5, 0.5, 4.0])
 _YS, _YC = np.array([0.1, -2.0]), np.array([3.0, 0.25])
