@@ -21,6 +21,7 @@ how it is called on one point.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import warnings
@@ -793,9 +794,11 @@ def export(
             # on every call, which torch.export notes; they are captured with the graph all
             # the same
             warnings.filterwarnings("ignore", message=_ASSIGNED, category=UserWarning)
+            program = None
             if reads := recorded(module, example):  # a Python if on a weight: decided
-                program = captured(module, example, dynamic, reads)
-            else:
+                with contextlib.suppress(Exception):  # (else as torch.export alone would)
+                    program = captured(module, example, dynamic, reads)
+            if program is None:
                 try:
                     program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
                 except Exception:  # a forward that differentiates inside: traced through
