@@ -79,6 +79,15 @@ def test_gradients_far_from_the_origin_keep_float64_accuracy(shift, scale):
 
 
 # threads ------------------------------------------------------------------------------------------
+def in_threads(work, n: int) -> None:
+    """``work(k)`` for k < n, each in its own thread, all joined."""
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 @pytest.mark.parametrize("route", ["auto", "numpy"])
 @pytest.mark.parametrize("n_in", [2, 20])
 def test_shared_surrogate_under_threads_equals_a_cache_free_twin(n_in, route):
@@ -187,11 +196,7 @@ def test_casadi_callback_shared_by_threads():
             except Exception as err:  # any failure is the test's finding
                 errors.append(repr(err))
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(work, 4)
     assert errors == []
 
 
@@ -223,11 +228,7 @@ def test_graphs_captured_in_threads_at_once():
         except Exception as err:  # any failure is the test's finding
             errors.append(repr(err))
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(work, 6)
     assert errors == []
 
 
