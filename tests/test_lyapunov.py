@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from problems import A_DYN, P_SEED, linear_field_surrogate, scaled_quadratic_surrogate
+from problems import (
+    A_DYN,
+    P_SEED,
+    Hamiltonian,
+    linear_field_surrogate,
+    scaled_quadratic_surrogate,
+)
 
 import surrogate_bridge as sb
 
@@ -231,6 +237,39 @@ def test_certificate_proves_a_hurwitz_system_and_refuses_the_seed_problem():
     lo, hi = seed.unresolved[:, 0], seed.unresolved[:, 1]
     inside = np.all((C[:, None] >= lo - 1e-12) & (C[:, None] <= hi + 1e-12), axis=2).any(1)
     assert inside.all()
+
+
+class _PortHamiltonian(torch.nn.Module):
+    """J grad H - damping * x: a Hamiltonian network's field (differentiated inside its
+    forward) with linear damping, or with negative damping pumping energy in."""
+
+    def __init__(self, damping: float) -> None:
+        super().__init__()
+        self.field, self.damping = Hamiltonian(seed=0), damping
+
+    def forward(self, x):
+        return self.field(x) - self.damping * x
+
+
+class _SquaredNorm(torch.nn.Module):
+    def forward(self, x):
+        return (x * x).sum(-1, keepdim=True)
+
+
+def test_a_field_that_differentiates_inside_its_forward_is_certified():
+    """Interval bounds through the traced graph of J grad H (through_autograd.py: the backward
+    operations included): damped, V = |x|^2 decreases outside a small ball, as a dense grid
+    of torch's own values confirms; pumped, it is not proven."""
+    V, box = sb.Surrogate(_SquaredNorm(), n_in=2), [(-0.5, 0.5), (-0.5, 0.5)]
+    damped = sb.Surrogate(_PortHamiltonian(2.0))
+    proof = sb.lyapunov.certify(V, damped, box, exclude_radius=0.05)
+    assert proof.proven
+    g = np.linspace(-0.5, 0.5, 81)
+    X = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    X = X[np.linalg.norm(X, axis=1) >= 0.05]
+    assert (np.sum(2 * X * damped(X), axis=1) < 0).all()
+    pumped = sb.Surrogate(_PortHamiltonian(-0.5))
+    assert not sb.lyapunov.certify(V, pumped, box, exclude_radius=0.05, max_boxes=2_000).proven
 
 
 def test_certificate_of_the_van_der_pol_region_just_below_and_above_its_level():
