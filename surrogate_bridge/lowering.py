@@ -397,9 +397,17 @@ def _bitwise_not(a):
     return torch.logical_not(a) if a.dtype == torch.bool else torch.bitwise_not(a)
 
 
+def _empty(size, *, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+    """``aten.empty`` as zeros: a graph that writes every value before reading it (a solver's
+    table of states, ``solution[i] = y``) computes the same; and no saved file can read the
+    loading process's uninitialized memory."""
+    return torch.zeros(size, dtype=dtype, device=device)
+
+
 # operations torch has no decomposition of (or one that draws random numbers), in plain
 # operations, checked like torch's own
 _OWN = {
+    torch.ops.aten.empty.memory_format: _empty,
     torch.ops.aten.bitwise_and.Tensor: _on_bools(torch.logical_and, torch.bitwise_and),
     torch.ops.aten.bitwise_or.Tensor: _on_bools(torch.logical_or, torch.bitwise_or),
     torch.ops.aten.bitwise_xor.Tensor: _on_bools(torch.ne, torch.bitwise_xor),

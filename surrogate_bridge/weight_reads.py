@@ -26,6 +26,7 @@ import warnings
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 __all__ = ["captured", "changed_read", "recorded"]
 
@@ -40,15 +41,25 @@ _CHANGED = "the graph was captured where the model's forward read "
 
 def recorded(module, example: torch.Tensor) -> list | None:
     """The values ``module``'s Python reads from its weights at ``example``, in order (none:
-    ``[]``); None where the reading run under ``vmap`` fails (a read of the input, or a model
-    ``vmap`` cannot run: ``torch.export`` alone is tried then, and says what it says)."""
-    try:
-        with warnings.catch_warnings(), _Record() as record:
-            warnings.simplefilter("ignore")  # (vmap's notes on its fallbacks: not the user's)
-            torch.func.vmap(module)(example[None])
-    except Exception:  # (the model's own error, of any type)
-        return None
-    return record.reads
+    ``[]``); None where it reads from its input, or where neither reading run works
+    (``torch.export`` alone is tried then, and says what it says). The first run is under
+    ``vmap``; a forward that ``vmap`` cannot run (one that writes its input into a tensor of
+    its own in place, as torchdiffeq's solvers do with the state) is run once more with the
+    values computed from the input followed through every torch call (:class:`_Tainted`)."""
+    for record in (_Record(), _Tainted(example)):
+        try:
+            with warnings.catch_warnings(), record:
+                warnings.simplefilter("ignore")  # (vmap's notes on its fallbacks: not the user's)
+                if isinstance(record, _Tainted):
+                    module(example)
+                else:
+                    torch.func.vmap(module)(example[None])
+        except _ReadsInput:
+            return None
+        except Exception:  # (the model's own error, of any type, or vmap's): the next run
+            continue
+        return record.reads
+    return None
 
 
 def captured(module, example: torch.Tensor, dynamic, reads: list):
@@ -67,6 +78,41 @@ class _Record(TorchFunctionMode):
         value = func(*args, **(kwargs or {}))
         if func in _READS:
             self.reads.append((func, value))
+        return value
+
+
+class _ReadsInput(Exception):
+    """A forward's Python read a value computed from its input: no one graph computes it."""
+
+
+class _Tainted(_Record):
+    """Records the reads of a plain run on ``x``, following which tensors are computed from
+    ``x``: a call's results are, where one of its tensors is, and so is the tensor an in-place
+    call or an ``out=`` writes (``solution[0] = y``). A read of one raises
+    :class:`_ReadsInput`. (Tensors are kept by id, alive for the run, so no id is reused.)"""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        self.computed = {id(x): x}
+
+    def _from_input(self, tree) -> list:
+        return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = self._from_input((args, kwargs))
+        tainted = any(id(t) in self.computed for t in tensors)
+        if func in _READS and tainted:
+            raise _ReadsInput(getattr(func, "__name__", str(func)))
+        value = func(*args, **kwargs)
+        if func in _READS:
+            self.reads.append((func, value))
+        elif tainted:
+            name = getattr(func, "__name__", "")
+            written = [*self._from_input(kwargs.get("out")), *self._from_input(value)]
+            if name.endswith("_") or name.startswith("__i") or name == "__setitem__":
+                written += tensors[:1]  # (the tensor changed in place: the first)
+            self.computed.update((id(t), t) for t in written)
         return value
 
 

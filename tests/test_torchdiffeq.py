@@ -177,3 +177,50 @@ def test_a_hamiltonian_network_conserves_its_energy_and_keeps_no_graph_of_its_ow
     start = y0.clone().requires_grad_(True)  # asked for: the graph is kept
     odeint(rhs, start, t[:3])[-1].sum().backward()
     assert start.grad is not None and torch.isfinite(start.grad).all()
+
+
+class FlowMap(nn.Module):
+    """A neural ODE's flow map as the model: x -> y(T) of dy/dt = A y + net(y), integrated by
+    odeint inside the forward (the solver writes the state into its own table in place, and
+    reads its time grid as Python numbers)."""
+
+    def __init__(self, method: str, **kw) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(2, 12), nn.Tanh(), nn.Linear(12, 2)).double()
+        self.register_buffer("t", torch.tensor([0.0, 0.5], dtype=torch.float64))
+        self.register_buffer("A", torch.as_tensor(A_DYN, dtype=torch.float64))
+        self.method, self.kw = method, kw
+
+    def forward(self, x):
+        field = lambda t, y: y @ self.A.T + self.net(y)  # noqa: E731
+        return odeint(field, x, self.t, method=self.method, **self.kw)[-1]
+
+
+@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
+def test_a_fixed_step_flow_map_translates_and_saves(tmp_path):
+    """rk4 with a fixed step: one graph (weight_reads.py follows the state through the
+    solver's table, as vmap cannot, and fixes the time grid it reads), so CasADi and a saved
+    file have it, agreeing with torch, whose Jacobian is central differences. (torchdiffeq
+    takes y.abs() to read a dtype, so the smoothness warning names abs: ignored here.)"""
+    model = FlowMap("rk4", options={"step_size": 0.05})
+    ref = sb.Surrogate(model, point_route="torch")
+    sb.save(ref, tmp_path / "flow.sbz")
+    others = [sb.load(tmp_path / "flow.sbz"), sb.Surrogate(model, point_route="casadi")]
+    v = np.array([1.0, -0.5])
+    for x in np.random.default_rng(0).uniform(-1, 1, (3, 2)):
+        h = 1e-6
+        fd = np.stack([(ref(x + e) - ref(x - e)) / (2 * h) for e in np.eye(2) * h], -1)
+        np.testing.assert_allclose(ref.jac(x), fd, atol=1e-8)
+        for sur in others:
+            np.testing.assert_allclose(sur(x), ref(x), rtol=1e-14, atol=1e-15)
+            np.testing.assert_allclose(sur.jac(x), ref.jac(x), rtol=1e-12, atol=1e-14)
+            got, want = sur.lagrangian_hess(x, v), ref.lagrangian_hess(x, v)
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+
+
+def test_an_adaptive_flow_map_is_still_refused_a_graph(tmp_path):
+    """dopri5 chooses its steps from the state's values: no one graph computes it."""
+    sur = sb.Surrogate(FlowMap("dopri5", rtol=1e-9, atol=1e-11))
+    with pytest.raises(ValueError, match="data-dependent"):
+        sb.save(sur, tmp_path / "flow.sbz")

@@ -113,3 +113,28 @@ def test_new_weights_of_a_live_model_take_their_own_branch():
     sb.update_weights(sur, net(-0.4, 1))
     check_against_torch(net(-0.4, 1), sur)
     check_against_torch(net(-0.4, 1), reloaded(sur))
+
+
+def test_a_read_of_the_input_through_a_table_written_in_place_is_refused():
+    """A forward that vmap cannot run (the input written into a tensor of its own in place)
+    is followed call by call: a read of that table is a read of the input, and no graph is
+    made of it; a read of the weights beside it is fixed as under vmap."""
+
+    class Table(nn.Module):
+        def __init__(self, reads_input: bool):
+            super().__init__()
+            self.lin, self.reads_input = nn.Linear(2, 1).double(), reads_input
+            self.register_buffer("gain", torch.tensor([2.0], dtype=torch.float64))
+
+        def forward(self, z):
+            table = torch.zeros(2, *z.shape, dtype=z.dtype)
+            table[0] = z
+            table[1] = z * float(self.gain)
+            if self.reads_input and table.sum() > 0:
+                return self.lin(table[1])
+            return self.lin(table[0] + table[1])
+
+    with pytest.raises(ValueError, match="data-dependent"):
+        sb.save(sb.Surrogate(Table(True), n_in=2), io.BytesIO())
+    model = Table(False)
+    check_against_torch(model, reloaded(sb.Surrogate(model, n_in=2)))
