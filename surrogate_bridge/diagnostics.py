@@ -161,9 +161,11 @@ class _OpRecorder(TorchFunctionMode):
     on its input. A call whose tensor operands are all constants (the model's parameters and
     buffers, and what calls on constants alone made, such as a mask from ``torch.arange``) is
     left out, its results marked constant too; so is a ``torch.where`` whose condition is such
-    a constant (a fixed choice per value, as smooth as its branches). Anything else is recorded;
-    a tensor it writes in place (``add_``, ``x[i] = ...``, ``out=``) is no longer taken for a
-    constant."""
+    a constant (a fixed choice per value, as smooth as its branches). Anything else is recorded
+    once what it made is used: by a later call (reading its dtype or shape is no use), or as
+    the output (:meth:`finish`), so that torchdiffeq's ``y.abs().dtype``, an abs taken to read
+    a dtype, makes no flow map piecewise linear. A tensor a call writes in place (``add_``,
+    ``x[i] = ...``, ``out=``) is no longer taken for a constant."""
 
     def __init__(self, constants=()) -> None:
         super().__init__()
@@ -171,6 +173,18 @@ class _OpRecorder(TorchFunctionMode):
         self._constants: dict[int, weakref.ref] = {}
         for t in constants:
             self._mark(t)
+        # names of the calls that made each tensor not used yet (kept alive: ids stay unique)
+        self._unused: dict[int, tuple[set[str], torch.Tensor]] = {}
+
+    def _use(self, tensors) -> None:
+        for t in tensors:
+            made = self._unused.pop(id(t), None)
+            if made is not None and made[1] is t:
+                self.names |= made[0]
+
+    def finish(self, output) -> None:
+        """The forward's ``output`` is used."""
+        self._use(t for t in tree_leaves(output) if isinstance(t, torch.Tensor))
 
     def _mark(self, t: torch.Tensor) -> None:
         self._constants[id(t)] = weakref.ref(t)
@@ -183,20 +197,27 @@ class _OpRecorder(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        name = getattr(func, "__name__", str(func))
+        if name != "__get__":  # (an attribute: a dtype, a shape)
+            self._use(tensors)
         if all(self._constant(t) for t in tensors):  # (no tensor at all: a factory, arange)
             for t in tree_leaves(out):
                 if isinstance(t, torch.Tensor):
                     self._mark(t)
             return out
-        name = getattr(func, "__name__", str(func))
+        names = set()
         condition = args[1] if func is torch.Tensor.where else (args or [None])[0]
         if not (name == "where" and len(args) > 1 and self._constant(condition)):
-            self.names.add(name)
+            names.add(name)
         if name == "logit" and (args[1:2] or [kwargs.get("eps")])[0] is not None:
-            self.names.add("logit with eps")  # flat outside [eps, 1 - eps]: a clamp inside
+            names.add("logit with eps")  # flat outside [eps, 1 - eps]: a clamp inside
         written = [kwargs.get("out")]
         if name == "__setitem__" or re.fullmatch(r"__i\w+__|\w*[^_]_", name):  # in place
             written.append(args[0] if args else None)
+        for t in tree_leaves((out, written)):
+            if isinstance(t, torch.Tensor):
+                before = self._unused.get(id(t), (set(), t))
+                self._unused[id(t)] = ((before[0] if before[1] is t else set()) | names, t)
         stores = {_storage(t) for t in tree_leaves(written) if isinstance(t, torch.Tensor)}
         if stores:  # (and every view of what it wrote: they share its storage)
             for key, ref in list(self._constants.items()):
@@ -219,7 +240,7 @@ def called_functions(fn, x: torch.Tensor) -> set[str]:
     constants = [*fn.parameters(), *fn.buffers()] if isinstance(fn, torch.nn.Module) else []
     rec = _OpRecorder(constants)
     with rec, torch.no_grad():
-        fn(x)
+        rec.finish(fn(x))
     return rec.names
 
 

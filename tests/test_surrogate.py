@@ -953,9 +953,15 @@ def test_smooth_models_do_not_warn():
     def glu(h):
         return nn.functional.glu(torch.cat([h, h.flip(-1)], -1))
 
-    for f in (attention, nn.functional.normalize, glu, nn.Mish(), nn.GELU()):
+    def reads_a_dtype(h):  # (torchdiffeq's y.abs().dtype: an abs whose values go unused)
+        return torch.tanh(h).to(h.abs().dtype)
+
+    for f in (attention, nn.functional.normalize, glu, nn.Mish(), nn.GELU(), reads_a_dtype):
         with warnings.catch_warnings():
             warnings.simplefilter("error", sb.SmoothnessWarning)
+            sb.Surrogate(Hand(f)).hess(np.array([0.3, -0.4]))
+    for f in (torch.abs, lambda h: torch.tanh(h) + h.abs().sum(-1, keepdim=True)):
+        with pytest.warns(sb.SmoothnessWarning, match="abs"):  # (used: warned)
             sb.Surrogate(Hand(f)).hess(np.array([0.3, -0.4]))
 
 

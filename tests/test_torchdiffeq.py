@@ -197,12 +197,11 @@ class FlowMap(nn.Module):
         return odeint(field, x, self.t, method=self.method, **self.kw)[-1]
 
 
-@pytest.mark.filterwarnings("ignore::surrogate_bridge.diagnostics.SmoothnessWarning")
 def test_a_fixed_step_flow_map_translates_and_saves(tmp_path):
     """rk4 with a fixed step: one graph (weight_reads.py follows the state through the
     solver's table, as vmap cannot, and fixes the time grid it reads), so CasADi and a saved
-    file have it, agreeing with torch, whose Jacobian is central differences. (torchdiffeq
-    takes y.abs() to read a dtype, so the smoothness warning names abs: ignored here.)"""
+    file have it, agreeing with torch, whose Jacobian is central differences. No smoothness
+    warning: torchdiffeq's y.abs() only reads a dtype (it once made the flow map warn)."""
     model = FlowMap("rk4", options={"step_size": 0.05})
     ref = sb.Surrogate(model, point_route="torch")
     sb.save(ref, tmp_path / "flow.sbz")
