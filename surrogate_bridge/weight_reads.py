@@ -88,20 +88,26 @@ class _ReadsInput(Exception):
 class _Tainted(_Record):
     """Records the reads of a plain run on ``x``, following which tensors are computed from
     ``x``: a call's results are, where one of its tensors is, and so is the tensor an in-place
-    call or an ``out=`` writes (``solution[0] = y``). A read of one raises
-    :class:`_ReadsInput`. (Tensors are kept by id, alive for the run, so no id is reused.)"""
+    call or an ``out=`` writes (``solution[0] = y``), with every view of it (they share its
+    storage). A read of one raises :class:`_ReadsInput`. (Tensors are kept by id, alive for
+    the run, so no id is reused.)"""
 
     def __init__(self, x: torch.Tensor) -> None:
         super().__init__()
         self.computed = {id(x): x}
+        self.written: set[int] = set()  # storages written with values computed from x
 
-    def _from_input(self, tree) -> list:
+    @staticmethod
+    def _tensors(tree) -> list:
         return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+    def _from_input(self, t: torch.Tensor) -> bool:
+        return id(t) in self.computed or (bool(self.written) and _storage(t) in self.written)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        tensors = self._from_input((args, kwargs))
-        tainted = any(id(t) in self.computed for t in tensors)
+        tensors = self._tensors((args, kwargs))
+        tainted = any(self._from_input(t) for t in tensors)
         if func in _READS and tainted:
             raise _ReadsInput(getattr(func, "__name__", str(func)))
         value = func(*args, **kwargs)
@@ -109,11 +115,20 @@ class _Tainted(_Record):
             self.reads.append((func, value))
         elif tainted:
             name = getattr(func, "__name__", "")
-            written = [*self._from_input(kwargs.get("out")), *self._from_input(value)]
+            self.computed.update((id(t), t) for t in self._tensors(value))
+            written = self._tensors(kwargs.get("out"))
             if name.endswith("_") or name.startswith("__i") or name == "__setitem__":
                 written += tensors[:1]  # (the tensor changed in place: the first)
             self.computed.update((id(t), t) for t in written)
+            self.written.update(_storage(t) for t in written)
         return value
+
+
+def _storage(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # (no storage: a functorch wrapper, say)
+        return None
 
 
 class _Replay(TorchFunctionMode):

@@ -121,20 +121,26 @@ def test_a_read_of_the_input_through_a_table_written_in_place_is_refused():
     made of it; a read of the weights beside it is fixed as under vmap."""
 
     class Table(nn.Module):
-        def __init__(self, reads_input: bool):
+        def __init__(self, reads_input: bool, into_view: bool = False):
             super().__init__()
             self.lin, self.reads_input = nn.Linear(2, 1).double(), reads_input
+            self.into_view = into_view
             self.register_buffer("gain", torch.tensor([2.0], dtype=torch.float64))
 
         def forward(self, z):
             table = torch.zeros(2, *z.shape, dtype=z.dtype)
-            table[0] = z
-            table[1] = z * float(self.gain)
+            if self.into_view:  # (written through views: the table's storage)
+                table[0].copy_(z)
+                table[1].copy_(z * float(self.gain))
+            else:
+                table[0] = z
+                table[1] = z * float(self.gain)
             if self.reads_input and table.sum() > 0:
                 return self.lin(table[1])
             return self.lin(table[0] + table[1])
 
-    with pytest.raises(ValueError, match="data-dependent"):
-        sb.save(sb.Surrogate(Table(True), n_in=2), io.BytesIO())
+    for into_view in (False, True):
+        with pytest.raises(ValueError, match="data-dependent"):
+            sb.save(sb.Surrogate(Table(True, into_view), n_in=2), io.BytesIO())
     model = Table(False)
     check_against_torch(model, reloaded(sb.Surrogate(model, n_in=2)))
