@@ -41,6 +41,7 @@ from .diagnostics import (
     no_derivative,
     torch_cannot,
 )
+from .lowering import same_function
 from .normalization import Affine
 from .rewrites import KERNEL_FUNCTIONS, REWRITTEN_FUNCTIONS, ExactFunctions, exact_layers
 from .scaling import Scaling, ScalingMap
@@ -798,6 +799,9 @@ def export(
             if reads := recorded(module, example):  # a Python if on a weight: decided
                 with contextlib.suppress(Exception):  # (else as torch.export alone would)
                     program = captured(module, example, dynamic, reads)
+                    # (and only where it computes the forward's values at the probe points)
+                    if not same_function(program, module, fn.probes(n_in).to(dtype)):
+                        program = None
             if program is None:
                 try:
                     program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
