@@ -10,7 +10,7 @@ process-wide state while they trace (a slot for their dispatch mode, the module 
 traced, a patcher): two at once in two threads fail inside torch ("ProxyTorchDispatchMode slot
 already occupied", "_EXPORT_MODULE_HIERARCHY must not be None"), so that a surrogate saved in
 one thread while another measured its routes lost its numpy and CasADi routes. Every trace
-here holds :data:`TRACING`; evaluation never does.
+here holds :data:`TRACING`; evaluating a built route never does.
 """
 
 from __future__ import annotations
