@@ -771,11 +771,11 @@ def _linear(node, index, consts, sizes, k: int, where: str):
             raise GraphUnsupported(f"{where}: scaled addmm")
     elif target is aten.linear.default:
         h, W, b = args[0], consts[args[1].name], args[2] if len(args) > 2 else None
-    else:  # mm, matmul: a product with a matrix (a vector drops the row's axis)
+    else:  # mm, matmul: a product with a matrix, or with a vector (one value: h @ v)
         W = consts[args[1].name]
-        if W.ndim != 2:
+        if W.ndim not in (1, 2):
             raise GraphUnsupported(f"{where}: a product with a tensor of shape {tuple(W.shape)}")
-        h, W, b = args[0], W.T, None
+        h, W, b = args[0], (W[None] if W.ndim == 1 else W.T), None
     if not _hidden(h, index):
         raise GraphUnsupported(f"{where}: the hidden tensor is not the left operand")
     j = index[h.name]
