@@ -8,6 +8,10 @@ import itertools
 import numpy as np
 import torch
 from hypothesis import strategies as st
+
+# (imported here, not at a strategy's first draw: the first import of sklearn touches the
+# random module, which hypothesis forbids inside a strategy)
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
 # the seed problem: a real user's Lyapunov matrix
@@ -196,8 +200,6 @@ SCALER_KINDS = ("none", "minmax", "standard", "affine")
 def fitted_scalers(kind: str, n_in: int, n_out: int, seed: int):
     """(input scaler, output scaler) of one kind, fitted on random data of uneven scales, and
     the data's inputs (points at which to compare)."""
-    from sklearn.preprocessing import MinMaxScaler, StandardScaler
-
     import surrogate_bridge as sb
 
     rng = np.random.default_rng(seed)
