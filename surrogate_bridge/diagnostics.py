@@ -156,7 +156,7 @@ def needs_warning(ops, order: int) -> bool:
     return bool(ops) and (order >= 2 or any(o in PIECEWISE_CONSTANT for o in ops))
 
 
-class _OpRecorder(TorchFunctionMode):
+class OpRecorder(TorchFunctionMode):
     """Records the names of the torch functions a forward pass calls on values that may depend
     on its input. A call whose tensor operands are all constants (the model's parameters and
     buffers, and what calls on constants alone made, such as a mask from ``torch.arange``) is
@@ -235,10 +235,10 @@ def _storage(t: torch.Tensor) -> int:
 
 def called_functions(fn, x: torch.Tensor) -> set[str]:
     """Names of the torch functions that ``fn(x)`` calls on values that may depend on x
-    (``F.celu``, ``torch.tanh``, ...; see :class:`_OpRecorder`): for the smoothness warning
+    (``F.celu``, ``torch.tanh``, ...; see :class:`OpRecorder`): for the smoothness warning
     (``NONSMOOTH``) and the rewrites (``rewrites.py``)."""
     constants = [*fn.parameters(), *fn.buffers()] if isinstance(fn, torch.nn.Module) else []
-    rec = _OpRecorder(constants)
+    rec = OpRecorder(constants)
     with rec, torch.no_grad():
         rec.finish(fn(x))
     return rec.names

@@ -795,19 +795,19 @@ def export(
             # on every call, which torch.export notes; they are captured with the graph all
             # the same
             warnings.filterwarnings("ignore", message=_ASSIGNED, category=UserWarning)
-            program = None
+            program, probes = None, fn.probes(n_in).to(dtype)
             if reads := recorded(module, example):  # a Python if on a weight: decided
                 with contextlib.suppress(Exception):  # (else as torch.export alone would)
                     program = captured(module, example, dynamic, reads)
                     # (and only where it computes the forward's values at the probe points)
-                    if not same_function(program, module, fn.probes(n_in).to(dtype)):
+                    if not same_function(program, module, probes):
                         program = None
             if program is None:
                 try:
                     program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
                 except Exception:  # a forward that differentiates inside: traced through
                     # autograd (one point: the trace's shapes are fixed)
-                    traced = one_point and through_autograd(module, example, fn.probes(n_in))
+                    traced = one_point and through_autograd(module, example, probes)
                     if not traced:
                         raise
                     program = traced

@@ -25,8 +25,11 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
+
+from .diagnostics import OpRecorder
 
 __all__ = ["captured", "changed_read", "recorded"]
 
@@ -44,13 +47,13 @@ def recorded(module, example: torch.Tensor) -> list | None:
     ``[]``); None where it reads from its input, or where neither reading run works
     (``torch.export`` alone is tried then, and says what it says). The first run is under
     ``vmap``; a forward that ``vmap`` cannot run (one that writes its input into a tensor of
-    its own in place, as torchdiffeq's solvers do with the state) is run once more with the
-    values computed from the input followed through every torch call (:class:`_Tainted`)."""
-    for record in (_Record(), _Tainted(example)):
+    its own in place, as torchdiffeq's solvers do with the state) is run once more, every
+    tensor not shown constant taken for one computed from the input (:class:`_ConstantReads`)."""
+    for record in (_Record(), _ConstantReads(module)):
         try:
             with warnings.catch_warnings(), record:
                 warnings.simplefilter("ignore")  # (vmap's notes on its fallbacks: not the user's)
-                if isinstance(record, _Tainted):
+                if isinstance(record, _ConstantReads):
                     module(example)
                 else:
                     torch.func.vmap(module)(example[None])
@@ -85,50 +88,25 @@ class _ReadsInput(Exception):
     """A forward's Python read a value computed from its input: no one graph computes it."""
 
 
-class _Tainted(_Record):
-    """Records the reads of a plain run on ``x``, following which tensors are computed from
-    ``x``: a call's results are, where one of its tensors is, and so is the tensor an in-place
-    call or an ``out=`` writes (``solution[0] = y``), with every view of it (they share its
-    storage). A read of one raises :class:`_ReadsInput`. (Tensors are kept by id, alive for
-    the run, so no id is reused.)"""
+class _ConstantReads(OpRecorder):
+    """Records the reads of a plain run, with the smoothness probe's account of which tensors
+    are constants (:class:`~surrogate_bridge.diagnostics.OpRecorder`: the weights and what
+    they alone compute; a tensor written in place with anything else, and every view of it,
+    is not): a read of any other tensor raises :class:`_ReadsInput`."""
 
-    def __init__(self, x: torch.Tensor) -> None:
-        super().__init__()
-        self.computed = {id(x): x}
-        self.written: set[int] = set()  # storages written with values computed from x
-
-    @staticmethod
-    def _tensors(tree) -> list:
-        return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
-
-    def _from_input(self, t: torch.Tensor) -> bool:
-        return id(t) in self.computed or (bool(self.written) and _storage(t) in self.written)
+    def __init__(self, module) -> None:
+        weights = [*module.parameters(), *module.buffers()] if isinstance(module, nn.Module) else []
+        super().__init__(weights)
+        self.reads: list = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        tensors = self._tensors((args, kwargs))
-        tainted = any(self._from_input(t) for t in tensors)
-        if func in _READS and tainted:
-            raise _ReadsInput(getattr(func, "__name__", str(func)))
-        value = func(*args, **kwargs)
-        if func in _READS:
-            self.reads.append((func, value))
-        elif tainted:
-            name = getattr(func, "__name__", "")
-            self.computed.update((id(t), t) for t in self._tensors(value))
-            written = self._tensors(kwargs.get("out"))
-            if name.endswith("_") or name.startswith("__i") or name == "__setitem__":
-                written += tensors[:1]  # (the tensor changed in place: the first)
-            self.computed.update((id(t), t) for t in written)
-            self.written.update(_storage(t) for t in written)
+        if func not in _READS:
+            return super().__torch_function__(func, types, args, kwargs)
+        if not all(self._constant(t) for t in tree_leaves(args) if isinstance(t, torch.Tensor)):
+            raise _ReadsInput(func.__name__)
+        value = func(*args, **(kwargs or {}))
+        self.reads.append((func, value))
         return value
-
-
-def _storage(t: torch.Tensor) -> int | None:
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # (no storage: a functorch wrapper, say)
-        return None
 
 
 class _Replay(TorchFunctionMode):
