@@ -21,11 +21,17 @@ import numpy as np
 from .elementwise import FIRST, VALUES, _logistic
 
 __all__ = [
-    "Activation", "Binary", "Cat", "Choose", "Compare", "CumSum", "Gather", "Glu", "Larger",
+    "Activation", "Binary", "Cat", "Choose", "Compare", "CumSum", "Gather", "Glu",
+    "GraphUnsupported", "Larger",
     "Linear", "LogSumExp", "Norm", "Peak", "PerFeature", "Picked", "Pool", "Product", "Scale",
     "Select",
     "Softmax", "Spread", "Sum", "Total",
 ]  # fmt: skip
+
+
+class GraphUnsupported(ValueError):
+    """The exported graph is not a layer graph the numpy route computes; the message says
+    where."""
 
 
 class Linear:

@@ -64,6 +64,7 @@ from .numpy_ops import (
     CumSum,
     Gather,
     Glu,
+    GraphUnsupported,
     Larger,
     Linear,
     LogSumExp,
@@ -80,6 +81,8 @@ from .numpy_ops import (
     Sum,
     Total,
 )
+from .numpy_tensors import KNOWN as _ON_SEVERAL_ROWS
+from .numpy_tensors import is_row, several_rows, stacked_operation, stacked_part
 from .physical import VIEWS, constants_of
 
 __all__ = ["GraphUnsupported", "NumpyPointRoute", "knows", "read_graph"]
@@ -145,10 +148,6 @@ def knows(target) -> bool:
     return target in _KNOWN
 
 
-class GraphUnsupported(ValueError):
-    """The exported graph is not a layer graph this route computes; the message says where."""
-
-
 _KNOWN = frozenset({
     *ACTIVATIONS, *BINARY, *_LINEAR, *_ARITHMETIC, *_NORMS, *_DROPOUTS, *_ROW_WISE, *_REDUCTIONS,
     *_COMPARISONS, *_CLAMP_TENSORS, *_WHERE, *_SHAPE_ONLY, *_SPLITS, *_BY_DIM, *_SELECTING,
@@ -158,7 +157,7 @@ _KNOWN = frozenset({
     aten.index_select.default, aten.stack.default, aten.cat.default, aten.batch_norm.default,
     aten.linalg_vector_norm.default, aten.maximum.default, aten.minimum.default,
     aten.expand.default, aten.expand_as.default, aten.flip.default, aten.roll.default,
-    aten.cumsum.default,
+    aten.cumsum.default, *_ON_SEVERAL_ROWS,
 })  # fmt: skip
 
 
@@ -174,6 +173,12 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
     nodes: list = [(None, ())]
     sizes = [n]
     out = None
+
+    def add(op, ins: tuple, size: int) -> int:  # an intermediate node (a broadcast, say)
+        nodes.append((op, ins))
+        sizes.append(size)
+        return len(nodes) - 1
+
     for node in program.graph.nodes:
         if node.op == "placeholder":
             if node.name in consts:
@@ -206,12 +211,18 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
                 kwargs = torch.fx.node.map_aggregate(node.kwargs, value)
                 consts[node.name] = node.target(*args, **kwargs)  # constants only: computed once
                 continue
-            k = _row(node)
+            k = _values(node)
             try:
                 if node.target is operator.getitem and node.args[0].name in parted:
-                    op, ins = _part(node, parted[node.args[0].name], index, k)
+                    source = parted[node.args[0].name]
+                    if not is_row(source.args[0]):
+                        op, ins = stacked_part(node, source, index, consts, sizes, add)
+                    else:
+                        op, ins = _part(node, source, index, k)
                 elif node.target in _REDUCTIONS and node.args[0].name in stacked:
                     op, ins = _pool(node, stacked[node.args[0].name], index, sizes, k)
+                elif several_rows(node, index) and node.target not in ACTIVATIONS:
+                    op, ins = stacked_operation(node, index, consts, sizes, k, add)
                 else:
                     op, ins = _operation(node, index, consts, sizes, k)
             except (KeyError, IndexError, AttributeError, TypeError) as err:  # an odd operand
@@ -237,15 +248,12 @@ def _hidden(a, index) -> bool:
     return isinstance(a, torch.fx.Node) and a.name in index
 
 
-def _row(node) -> int:
-    """The number of values of a hidden tensor that is one row (all axes but the last of size
-    1); anything else (two rows of three, a batch of channels) is refused."""
+def _values(node) -> int:
+    """The number of values of a hidden tensor: a row's (all axes but the last of size 1), or
+    a tensor of several rows' (read as one row by ``numpy_tensors``)."""
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
         raise GraphUnsupported(f"{node.target} at {node.name}: not a tensor")
-    shape = tuple(val.shape)
-    if shape and math.prod(shape[:-1]) != 1:
-        raise GraphUnsupported(f"{node.target} at {node.name}: a tensor of shape {shape}")
     return int(val.numel())
 
 
@@ -629,6 +637,7 @@ def _rows_stacked(node, index) -> bool:
     parts, val = node.args[0], node.meta.get("val")
     return (
         len(parts) > 1
+        and all(u.target in _REDUCTIONS for u in node.users)
         and all(_hidden(a, index) for a in parts)
         and isinstance(val, torch.Tensor)
         and math.prod(val.shape[:-1]) != 1

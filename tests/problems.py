@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from torch import nn
 
+import surrogate_bridge as sb
+
 # the seed problem: a real user's Lyapunov matrix
 P_SEED = np.array([[20.1892, -26.6218], [-26.6218, 38.0375]])
 
@@ -728,3 +730,32 @@ def random_graphs(draw):
                           min_size=1, max_size=6))  # fmt: skip
     n_in, width, n_out = draw(st.integers(1, 3)), draw(st.integers(2, 6)), draw(st.integers(1, 2))
     return RandomGraph(n_in, width, steps, n_out, draw(st.integers(0, 100))).double(), n_in
+
+
+# comparing a route with the torch route ---------------------------------------------------
+def close(a, b, rel=1e-12):
+    a, b = np.asarray(a), np.asarray(b)
+    return np.abs(a - b).max(initial=0) <= rel * max(np.abs(b).max(initial=0), 1e-300)
+
+
+def twins(net, ins, outs, n_in=None):
+    """The same model on the numpy route and on the torch route."""
+    kw = dict(extrapolation="ignore", n_in=n_in)
+    return (sb.Surrogate(net, ins, outs, point_route="numpy", **kw),
+            sb.Surrogate(net, ins, outs, point_route="torch", **kw))  # fmt: skip
+
+
+def assert_routes_agree(num, ref, X, rel=1e-12):
+    for x in X:
+        for name in ("__call__", "jac", "hess"):
+            assert close(getattr(num, name)(x), getattr(ref, name)(x), rel), name
+        if ref.n_out == 1:
+            p = np.linspace(-1, 1, ref.n_in)
+            num.cache_clear()  # hessp on a fresh point after a gradient: the kept tape
+            num.grad(x)
+            assert close(num.hessp(x, p), ref.hessp(x, p), rel)
+            num.cache_clear()
+            assert close(num.hessp(x, p), ref.hessp(x, p), rel)  # no tape kept: from scratch
+        v = np.arange(1.0, ref.n_out + 1)
+        num.cache_clear()
+        assert close(num.lagrangian_hess(x, v), ref.lagrangian_hess(x, v), rel)

@@ -11,7 +11,16 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from problems import SCALER_KINDS, Hand, fitted_scalers, mlp, random_graphs
+from problems import (
+    SCALER_KINDS,
+    Hand,
+    assert_routes_agree,
+    close,
+    fitted_scalers,
+    mlp,
+    random_graphs,
+    twins,
+)
 from torch import nn
 
 import surrogate_bridge as sb
@@ -36,34 +45,6 @@ ACTS = {
 class Sine(nn.Module):
     def forward(self, z):
         return torch.sin(z)
-
-
-def close(a, b, rel=1e-12):
-    a, b = np.asarray(a), np.asarray(b)
-    return np.abs(a - b).max(initial=0) <= rel * max(np.abs(b).max(initial=0), 1e-300)
-
-
-def twins(net, ins, outs, n_in=None):
-    """The same model on the numpy route and on the torch route."""
-    kw = dict(extrapolation="ignore", n_in=n_in)
-    return (sb.Surrogate(net, ins, outs, point_route="numpy", **kw),
-            sb.Surrogate(net, ins, outs, point_route="torch", **kw))  # fmt: skip
-
-
-def assert_routes_agree(num, ref, X, rel=1e-12):
-    for x in X:
-        for name in ("__call__", "jac", "hess"):
-            assert close(getattr(num, name)(x), getattr(ref, name)(x), rel), name
-        if ref.n_out == 1:
-            p = np.linspace(-1, 1, ref.n_in)
-            num.cache_clear()  # hessp on a fresh point after a gradient: the kept tape
-            num.grad(x)
-            assert close(num.hessp(x, p), ref.hessp(x, p), rel)
-            num.cache_clear()
-            assert close(num.hessp(x, p), ref.hessp(x, p), rel)  # no tape kept: from scratch
-        v = np.arange(1.0, ref.n_out + 1)
-        num.cache_clear()
-        assert close(num.lagrangian_hess(x, v), ref.lagrangian_hess(x, v), rel)
 
 
 @st.composite
@@ -142,23 +123,28 @@ def test_residual_connections_concatenations_and_slices(n_out):
     assert_routes_agree(num, ref, np.random.default_rng(2).normal(size=(3, 3)))
 
 
-class Outer(nn.Module):
-    def forward(self, z):
-        return (z[:, :, None] * torch.tanh(z)[:, None, :]).sum((-2, -1))[:, None]
-
-
-class Rows(nn.Module):
-    """Six values reshaped to two rows of three before a layer: a product per row, which the
-    route's one row must not take for a product over all six."""
+class MatrixProduct(nn.Module):
+    """Two rows of three times their transpose: a product of two hidden matrices."""
 
     def __init__(self):
         super().__init__()
-        self.a, self.b = nn.Linear(2, 6).double(), nn.Linear(3, 4).double()
-        self.c = nn.Linear(8, 1).double()
+        self.a = nn.Linear(2, 6).double()
 
     def forward(self, z):
         h = torch.tanh(self.a(z)).reshape(-1, 2, 3)
-        return self.c(torch.tanh(self.b(h)).reshape(-1, 8))
+        return (h @ h.transpose(-1, -2)).sum((-2, -1))[:, None]
+
+
+class TokenNorm(nn.Module):
+    """A LayerNorm of each feature's token: a normalization per row of several."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm = nn.Linear(1, 4).double(), nn.LayerNorm(4).double()
+        self.out = nn.Linear(4, 1).double()
+
+    def forward(self, z):
+        return self.out(torch.tanh(self.norm(self.embed(z[..., None]))).mean(1))
 
 
 class RunningProduct(nn.Module):
@@ -188,7 +174,9 @@ def test_a_row_times_a_constant_vector():
 
 
 @pytest.mark.parametrize(
-    "model", [Outer(), Rows(), RunningProduct()], ids=["outer-product", "rows", "cumprod"]
+    "model",
+    [MatrixProduct(), TokenNorm(), RunningProduct()],
+    ids=["matrix-product", "token-norm", "cumprod"],
 )
 def test_graphs_that_are_not_layer_graphs_are_refused_and_auto_measures_the_others(model):
     with pytest.raises(ValueError, match="not a layer graph"):
