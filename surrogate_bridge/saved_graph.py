@@ -52,8 +52,9 @@ ALLOWED = frozenset(
     softmax _softmax log_softmax _log_softmax layer_norm native_layer_norm batch_norm
     _native_batch_norm_legit_no_training linalg_vector_norm norm conv1d conv2d convolution cat
     concat stack split split_with_sizes chunk unbind slice select index index_select gather
-    narrow constant_pad_nd view reshape _unsafe_view unsqueeze squeeze flatten expand expand_as
-    repeat flip clone copy alias detach detach_ contiguous _to_copy to lift_fresh_copy dropout
+    narrow constant_pad_nd slice_scatter select_scatter view reshape _unsafe_view unsqueeze
+    squeeze flatten expand expand_as repeat flip clone copy alias detach detach_ contiguous
+    _to_copy to lift_fresh_copy dropout
     full full_like zeros zeros_like ones ones_like scalar_tensor arange tril triu sym_size
     _assert_tensor_metadata _assert_scalar _assert_async sym_constrain_range
     sym_constrain_range_for_size""".split()

@@ -228,6 +228,10 @@ LAYOUT_OPS = {
     aten.gather.default: (None, "positions"),
     aten.take_along_dim.default: (None, "positions"),
     aten.unfold.default: (None, "positions"),  # (sliding windows: a read, like a slice)
+    # a tensor with a part replaced by another's values (circular padding, decomposed): a read
+    # of the two side by side
+    aten.slice_scatter.default: (None, "positions"),
+    aten.select_scatter.default: (None, "positions"),
     aten.flip.default: (_flip, "rank"),
     aten.constant_pad_nd.default: (_pad, "rank"),
     aten.repeat.default: (_repeat, "rank"),

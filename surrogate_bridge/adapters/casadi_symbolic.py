@@ -166,7 +166,9 @@ def _gathered(node, env, consts):
     at the positions that torch's own operation gives when applied to ``arange`` of the
     tensors' shapes (numbered one after the other); a split into pieces, as one read each; a
     read at positions the model holds (``index``, ``gather``: their values in ``consts``); a
-    padding, as a read of the fill value (one position past the tensor's) where it pads."""
+    padding, as a read of the fill value (one position past the tensor's) where it pads; a
+    ``slice_scatter`` or ``select_scatter``, as a read of the tensor and the values it receives,
+    side by side."""
     first = node.args[0]
 
     def fixed(a):
@@ -174,9 +176,12 @@ def _gathered(node, env, consts):
             raise ValueError(f"{node.target} at positions computed from the input")
         return consts[a.name]
 
-    rest, kwargs = torch.fx.node.map_arg((node.args[1:], node.kwargs), fixed)
+    scatter = node.target in (aten.slice_scatter.default, aten.select_scatter.default)
+    rest, kwargs = torch.fx.node.map_arg((node.args[1 + scatter :], node.kwargs), fixed)
     kwargs = dict(kwargs)
-    parts = list(first) if isinstance(first, (list, tuple)) else [first]
+    parts = list(
+        node.args[:2] if scatter else first if isinstance(first, (list, tuple)) else [first]
+    )
     if not all(_shape(p) is not None for p in parts):
         raise ValueError(f"{node.target} of a number")
     shapes = [_shape(p) for p in parts]
@@ -185,6 +190,8 @@ def _gathered(node, env, consts):
     index = [positions(shape) + int(o) for o, shape in zip(offsets, shapes, strict=False)]
     flat = ca.horzcat(*[reshape(env[p.name], (1, k)) for p, k in zip(parts, sizes, strict=True)])
     arg = index if isinstance(first, (list, tuple)) else index[0]
+    if scatter:  # (the tensor and the values it receives: both positions)
+        arg, rest = index[0], (index[1], *rest)
     numel = int(offsets[-1])
     if node.target is aten.constant_pad_nd.default:  # the fill value: one more position
         value = kwargs.pop("value", rest[1] if len(rest) > 1 else 0.0)
