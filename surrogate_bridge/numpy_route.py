@@ -222,7 +222,10 @@ def read_graph(program, n: int, m: int) -> tuple[list, int]:
                 elif node.target in _REDUCTIONS and node.args[0].name in stacked:
                     op, ins = _pool(node, stacked[node.args[0].name], index, sizes, k)
                 elif several_rows(node, index) and node.target not in ACTIVATIONS:
-                    op, ins = stacked_operation(node, index, consts, sizes, k, add)
+                    op, ins = stacked_operation(
+                        node, index, consts, sizes, k, add,
+                        lambda view, width, node=node: _operation(node, index, consts, view, width),
+                    )  # fmt: skip
                 else:
                     op, ins = _operation(node, index, consts, sizes, k)
             except (KeyError, IndexError, AttributeError, TypeError) as err:  # an odd operand

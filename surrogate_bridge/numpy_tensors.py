@@ -20,10 +20,15 @@ operation on it as an operation on that row:
   of the operation (reverse mode, so each entry is a weight as torch holds it, not a difference
   of two values), and its value at zero; where the matrix is block diagonal along the tensors'
   shared leading axes (an ensemble's ``bmm``: one block per member), the blocks alone
-  (:class:`BlockLinear`), so that a matrix product costs what torch's batched one costs.
+  (:class:`BlockLinear`), so that a matrix product costs what torch's batched one costs;
+- a product of two hidden tensors with the same leading axes (attention's scores and its
+  weighted values): :class:`MatMul`, bilinear, with its own curvature;
+- a row operation along the last axis alone (a per-token LayerNorm or RMSNorm, attention's
+  softmax, a log-sum-exp, maximum, variance or norm of each row): the row's own rule applied
+  to each row (:class:`Rowwise`).
 
-Anything else on several rows (a softmax along an axis, a product of two hidden matrices, a
-mask) raises :class:`numpy_ops.GraphUnsupported` by name, and the other routes answer.
+Anything else on several rows (a mask, a reduction along another axis that is not affine)
+raises :class:`numpy_ops.GraphUnsupported` by name, and the other routes answer.
 """
 
 from __future__ import annotations
@@ -38,7 +43,16 @@ from .elementwise import BINARY
 from .numpy_ops import Binary, Cat, Gather, GraphUnsupported, Larger, Linear, Product, Scale, Sum
 from .physical import VIEWS
 
-__all__ = ["KNOWN", "BlockLinear", "is_row", "several_rows", "stacked_operation", "stacked_part"]
+__all__ = [
+    "KNOWN",
+    "BlockLinear",
+    "MatMul",
+    "Rowwise",
+    "is_row",
+    "several_rows",
+    "stacked_operation",
+    "stacked_part",
+]
 
 aten = torch.ops.aten
 
@@ -68,6 +82,17 @@ _AFFINE = frozenset({
     aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default, aten.cumsum.default,
     aten.constant_pad_nd.default, aten.trace.default,
 })  # fmt: skip
+# row operations, read per row where they act along the last axis alone: their argument names
+_PER_ROW = {
+    aten.layer_norm.default: ("input", "normalized_shape"),
+    aten.rms_norm.default: ("input", "normalized_shape"),
+    aten.softmax.int: ("self", "dim"), aten.log_softmax.int: ("self", "dim"),
+    aten.glu.default: ("self", "dim"), aten.logsumexp.default: ("self", "dim"),
+    aten.amax.default: ("self", "dim"), aten.amin.default: ("self", "dim"),
+    aten.var.dim: ("self", "dim"), aten.var.correction: ("self", "dim"),
+    aten.std.dim: ("self", "dim"), aten.std.correction: ("self", "dim"),
+    aten.linalg_vector_norm.default: ("self", "ord", "dim"),
+}  # fmt: skip
 _ARITHMETIC = {
     aten.add.Tensor: "add", aten.sub.Tensor: "sub", aten.mul.Tensor: "mul",
     aten.div.Tensor: "div", aten.add.Scalar: "add", aten.sub.Scalar: "sub",
@@ -75,7 +100,7 @@ _ARITHMETIC = {
     aten.neg.default: "neg",
 }  # fmt: skip
 _LARGER = {aten.maximum.default: True, aten.minimum.default: False}
-KNOWN = _MOVES | _SPLITS | _AFFINE | set(_ARITHMETIC) | set(_LARGER) | set(BINARY)
+KNOWN = _MOVES | _SPLITS | _AFFINE | set(_ARITHMETIC) | set(_LARGER) | set(BINARY) | set(_PER_ROW)
 # the largest dense map read (entries): a wider one, as a large convolution's, is refused
 # rather than held as a matrix mostly of zeros
 _DENSE_LIMIT = 1 << 22
@@ -121,6 +146,115 @@ class BlockLinear:
         r = A.shape[0]
         a = A.reshape(r, self.B, self.o).transpose(1, 0, 2)  # (B, r, o)
         return (np.matmul(a, self.W).transpose(1, 0, 2).reshape(r, self.B * self.i),)
+
+
+class Rowwise:
+    """A row operation (a LayerNorm, softmax, log-sum-exp, maximum, variance ...) applied to
+    each of ``rows`` rows of ``width`` values on their own: a per-token norm, attention's
+    softmax. Its tape is the row operation's, one per row; its curvature the sum of theirs."""
+
+    second = True
+
+    def __init__(self, op, rows: int, width: int, width_out: int) -> None:
+        self.op, self.rows, self.w, self.wo = op, rows, width, width_out
+
+    def _ins(self, h):
+        return [h[r * self.w : (r + 1) * self.w] for r in range(self.rows)]
+
+    def _outs(self, a, r):
+        return a[..., r * self.wo : (r + 1) * self.wo]
+
+    def __call__(self, h):
+        return np.concatenate([self.op(row) for row in self._ins(h)])
+
+    def first(self, h):
+        vs, ds = zip(*(self.op.first(row) for row in self._ins(h)), strict=True)
+        return np.concatenate(vs), ds
+
+    def derivatives(self, h):
+        vs, ds, dds = zip(*(self.op.derivatives(row) for row in self._ins(h)), strict=True)
+        return np.concatenate(vs), ds, dds
+
+    def push(self, Ts, d):
+        return np.concatenate(
+            [self.op.push([T], e) for T, e in zip(self._ins(Ts[0]), d, strict=True)]
+        )
+
+    def pull(self, A, d):
+        return (
+            np.concatenate([self.op.pull(self._outs(A, r), e)[0] for r, e in enumerate(d)], axis=1),
+        )
+
+    def curvature(self, a, d, dd, Ts):
+        T = self._ins(Ts[0])
+        return sum(
+            self.op.curvature(self._outs(a, r), d[r], dd[r], [T[r]]) for r in range(self.rows)
+        )
+
+    def curvature_mv(self, a, d, dd, ts):
+        t = self._ins(ts[0])
+        parts = [
+            self.op.curvature_mv(self._outs(a, r), d[r], dd[r], [t[r]])[0] for r in range(self.rows)
+        ]
+        return (np.concatenate(parts, axis=-1),)
+
+
+class MatMul:
+    """A @ B of two hidden tensors, (G, p, q) @ (G, q, r) (attention's scores and its weighted
+    values): bilinear, so the Hessian of ``a . (A B)`` pairs A's tangents with B's,
+    ``X + X^T`` with ``X = sum a_gpr TA_gpq TB_gqr``."""
+
+    second = True
+
+    def __init__(self, G: int, p: int, q: int, r: int) -> None:
+        self.G, self.p, self.q, self.r = G, p, q, r
+
+    def _mats(self, ab):
+        a, b = ab
+        return a.reshape(self.G, self.p, self.q), b.reshape(self.G, self.q, self.r)
+
+    def __call__(self, a, b):
+        A, B = self._mats((a, b))
+        return np.matmul(A, B).reshape(-1)
+
+    def first(self, ab):
+        A, B = self._mats(ab)
+        return np.matmul(A, B).reshape(-1), (A, B)
+
+    def derivatives(self, ab):
+        y, d = self.first(ab)
+        return y, d, None
+
+    def push(self, Ts, d):
+        A, B = d
+        TA = Ts[0].reshape(self.G, self.p, self.q, -1)
+        TB = Ts[1].reshape(self.G, self.q, self.r, -1)
+        out = np.einsum("gpqc,gqr->gprc", TA, B) + np.einsum("gpq,gqrc->gprc", A, TB)
+        return out.reshape(self.G * self.p * self.r, -1)
+
+    def pull(self, Adj, d):
+        A, B = d
+        s = Adj.shape[0]
+        Y = Adj.reshape(s, self.G, self.p, self.r)
+        dA = np.einsum("sgpr,gqr->sgpq", Y, B).reshape(s, -1)
+        dB = np.einsum("gpq,sgpr->sgqr", A, Y).reshape(s, -1)
+        return dA, dB
+
+    def curvature(self, a, d, dd, Ts):
+        a = a.reshape(self.G, self.p, self.r)
+        TA = Ts[0].reshape(self.G, self.p, self.q, -1)
+        TB = Ts[1].reshape(self.G, self.q, self.r, -1)
+        X = np.einsum("gqrx,gqry->xy", np.einsum("gpr,gpqx->gqrx", a, TA), TB)
+        return X + X.T
+
+    def curvature_mv(self, a, d, dd, ts):
+        a = a.reshape(self.G, self.p, self.r)
+        tA = ts[0][:, 0].reshape(self.G, self.p, self.q)
+        tB = ts[1][:, 0].reshape(self.G, self.q, self.r)
+        return (
+            np.einsum("gpr,gqr->gpq", a, tB).reshape(1, -1),
+            np.einsum("gpq,gpr->gqr", tA, a).reshape(1, -1),
+        )
 
 
 def _const(consts, a, shape, where: str):
@@ -235,10 +369,48 @@ def _moved(node, index, consts, sizes, add, where: str, pick=None):
     return Gather(total, idx), (j,)
 
 
+def _matmul(node, index, where: str):
+    """A @ B of two hidden tensors with the same leading (batch) axes: :class:`MatMul`."""
+    a, b = node.args[:2]
+    sa, sb = _shape(a), _shape(b)
+    if len(sa) < 2 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] or node.kwargs:
+        raise GraphUnsupported(f"{where}: a product of hidden tensors of shapes {sa}, {sb}")
+    G = math.prod(sa[:-2])
+    return MatMul(G, sa[-2], sa[-1], sb[-1]), (index[a.name], index[b.name])
+
+
+def _per_row(node, index, sizes, k: int, row_rule, where: str):
+    """A row operation along the last axis of a tensor of several rows: the row's own rule
+    (``row_rule(sizes, k)``, numpy_route's) applied to each row (:class:`Rowwise`)."""
+    got = dict(zip(_PER_ROW[node.target], node.args, strict=False)) | dict(node.kwargs)
+    h = got.get("input", got.get("self"))
+    if not (isinstance(h, torch.fx.Node) and h.name in index):
+        raise GraphUnsupported(f"{where}: not of a hidden tensor")
+    shape = _shape(h)
+    ndim, width = len(shape), shape[-1] if shape else 1
+    if "normalized_shape" in got:
+        last = len(got["normalized_shape"]) == 1
+    else:
+        dims = got.get("dim", -1 if node.target is aten.glu.default else None)
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        last = bool(ndim) and {d % ndim for d in dims} == {ndim - 1}
+    rows = sizes[index[h.name]] // max(width, 1)
+    if not last or rows * width != sizes[index[h.name]] or k % rows:
+        raise GraphUnsupported(f"{where}: not along the last axis alone")
+    view = list(sizes)
+    view[index[h.name]] = width
+    op, ins = row_rule(view, k // rows)
+    if op is None:
+        raise GraphUnsupported(f"{where}: not a row operation")
+    return Rowwise(op, rows, width, k // rows), ins
+
+
 def _affine(node, index, consts, sizes, k: int, where: str):
     """A call affine in its one hidden operand: ``Linear`` (or ``BlockLinear``) with torch's
     Jacobian of the call as its matrix and its value at zero as its offset."""
     hidden = {a.name: a for a in node.all_input_nodes if a.name in index}
+    if len(hidden) == 2 and node.target in (aten.matmul.default, aten.bmm.default):
+        return _matmul(node, index, where)
     if len(hidden) != 1:
         raise GraphUnsupported(f"{where}: a product of hidden tensors")
     (a,) = hidden.values()
@@ -288,10 +460,11 @@ def _agrees(op, call, shape) -> bool:
     return bool(np.abs(got - want).max() <= 1e-12 * max(scale, 1.0))
 
 
-def stacked_operation(node, index, consts, sizes, k: int, add):
+def stacked_operation(node, index, consts, sizes, k: int, add, row_rule):
     """(operation or None for a view, input node indices) of a call that makes or reads a
     tensor of several rows; ``add(op, ins, size)`` appends an intermediate node (a broadcast,
-    a concatenation) and returns its index."""
+    a concatenation) and returns its index; ``row_rule(sizes, k)`` reads the call as on one
+    row (numpy_route's rules), for a row operation applied per row."""
     target = node.target
     where = f"{target} at {node.name}"
     if (
@@ -314,6 +487,8 @@ def stacked_operation(node, index, consts, sizes, k: int, add):
         return _affine(node, index, consts, sizes, k, where)
     if target in _ARITHMETIC or target in BINARY or target in _LARGER:
         return _arithmetic(node, index, consts, sizes, k, add, where)
+    if target in _PER_ROW:
+        return _per_row(node, index, sizes, k, row_rule, where)
     raise GraphUnsupported(f"{where}: no rule for this operation on a tensor of several rows")
 
 

@@ -1,6 +1,7 @@
 """Tensors of several rows on the numpy route (``numpy_tensors.py``): vectorized ensembles
 (``baddbmm``, ``einsum``, ``vmap`` over ``functional_call``), convolutions with zero, constant and
-circular padding, recurrent cells run over the features, per-token networks, outer products: the
+circular padding, recurrent cells run over the features, per-token networks and norms, outer
+products, products of two hidden matrices, multi-head attention and a transformer layer: the
 same numbers as the torch route to 1e-12 relative, Jacobians against central differences of the
 model itself; an ensemble's batched product kept as its blocks, a map that only looks blocked
 read whole; what the route cannot compute refused by name."""
@@ -11,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from problems import StackedEnsemble, assert_routes_agree, close, mlp, twins
+from problems import ATTENTION, StackedEnsemble, assert_routes_agree, close, mlp, twins
 from scipy.linalg import block_diag
 from torch import nn
 
@@ -137,6 +138,32 @@ class Rows(nn.Module):
         return self.c(torch.tanh(self.b(h)).reshape(-1, 8))
 
 
+class MatrixProduct(nn.Module):
+    """Two rows of three times their transpose: a product of two hidden matrices."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.a = nn.Linear(2, 6).double()
+
+    def forward(self, z):
+        h = torch.tanh(self.a(z)).reshape(-1, 2, 3)
+        return (h @ h.transpose(-1, -2)).sum((-2, -1))[:, None]
+
+
+class TokenNorm(nn.Module):
+    """A LayerNorm of each feature's token: a normalization per row of several."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(8)
+        self.embed, self.norm = nn.Linear(1, 4).double(), nn.LayerNorm(4).double()
+        self.out = nn.Linear(4, 1).double()
+
+    def forward(self, z):
+        return self.out(torch.tanh(self.norm(self.embed(z[..., None]))).mean(1))
+
+
 class RunningAcrossMembers(BatchedEnsemble):
     """A sum running across the members ((members, 1, width) in and out, as a batched
     product's): its map shares the leading axes of a block-diagonal one but is not one."""
@@ -158,6 +185,10 @@ MODELS = {
     "outer-product": Outer,
     "rows": Rows,
     "running-across-members": RunningAcrossMembers,
+    "matrix-product": MatrixProduct,
+    "token-norm": TokenNorm,
+    "multi-head-attention": ATTENTION["multi-head"],
+    "encoder-layer": ATTENTION["encoder-layer"],
 }
 
 
@@ -179,9 +210,10 @@ def model_values(model, z):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_several_rows_agree_with_torch_and_central_differences(name):
     model = MODELS[name]().double()
-    num, ref = twins(model, None, None, n_in=2)
+    n = 3 if name == "multi-head-attention" else 2  # (its read-out takes three tokens)
+    num, ref = twins(model, None, None, n_in=n)
     assert num.point_route == "numpy"
-    X = np.random.default_rng(7).normal(size=(3, 2))
+    X = np.random.default_rng(7).normal(size=(3, n))
     assert_routes_agree(num, ref, X, rel=1e-12)
     x = X[0]
     assert close(num(x), model_values(model, x), 1e-13)
