@@ -8,8 +8,10 @@
     forward/backward (forward-over-reverse for the Hessian): the floor. Every call takes a fresh
     point (a cycle through 200 000 points, far more than the cache holds), so the cache never
     answers.
-(a') The same on 10-256-256-1 nets with a LayerNorm or RMSNorm before each activation, as a
-    multiple of the eager torch route.
+(a') The same on nets beyond a plain MLP, as a multiple of the eager torch route: 10-256-256-1
+    nets with a LayerNorm or RMSNorm before each activation, and a batched ensemble of five
+    10-256-256-1 members (weights stacked (members, in, out), ``baddbmm`` per layer, the
+    members' mean: a tensor of several rows on the numpy route).
 (b) Batches, points per second for Jacobians and Hessians, N = 10^3..10^5 (10^6 on a GPU): the
     Surrogate against the per-sample ``backward()`` loop users write, per-sample
     ``torch.autograd.functional``, and ``torch.func`` (``vmap(jacrev)``, ``vmap(hessian)``). The
@@ -23,6 +25,7 @@ per-point work is too small for two). Run: ``python benchmarks/bench_derivatives
 
 from __future__ import annotations
 
+import itertools
 import sys
 from functools import partial
 
@@ -158,10 +161,42 @@ def normed_mlp(n, h, norm, seed=0):
     return net
 
 
-def one_point_normed(n, h, norm, rows):
-    """Normalization layers: every route per call, as a multiple of the torch route (no
-    hand-written floor: users do not hand-write a LayerNorm's Hessian)."""
-    net, fresh = normed_mlp(n, h, norm), Fresh(n)
+class BatchedEnsemble(torch.nn.Module):
+    """``members`` n-h-h-1 tanh nets with their weights stacked (members, in, out): the input
+    broadcast to every member, one ``baddbmm`` per layer, the members' mean."""
+
+    def __init__(self, n, h, members=5, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        sizes = (n, h, h, 1)
+        self.W = torch.nn.ParameterList(
+            torch.nn.Parameter(
+                torch.randn(members, a, b, generator=g, dtype=torch.float64) / a**0.5
+            )
+            for a, b in itertools.pairwise(sizes)
+        )
+        self.b = torch.nn.ParameterList(
+            torch.nn.Parameter(0.1 * torch.randn(members, 1, b, generator=g, dtype=torch.float64))
+            for b in sizes[1:]
+        )
+
+    def forward(self, x):
+        z = x.expand(self.W[0].shape[0], *x.shape)
+        for i, (W, b) in enumerate(zip(self.W, self.b, strict=True)):
+            z = torch.baddbmm(b, z, W)
+            z = torch.tanh(z) if i < len(self.W) - 1 else z
+        return z.mean(0)
+
+
+def one_point_other(n, h, kind, rows):
+    """Nets beyond a plain MLP (a normalization layer, a batched ensemble): every route per
+    call, as a multiple of the torch route (no hand-written floor: users do not hand-write a
+    LayerNorm's Hessian)."""
+    if kind == "ensemble":
+        net, label = BatchedEnsemble(n, h), f"5 x {n}-{h}-{h}-1 baddbmm ensemble"
+    else:
+        net, label = normed_mlp(n, h, kind), f"{n}-{h}-{h}-1 {kind}"
+    fresh = Fresh(n)
     routes = every_route(net, fresh)
     calls = {
         "value+grad": lambda s: s.value_and_grad(fresh()),
@@ -170,8 +205,8 @@ def one_point_normed(n, h, norm, rows):
     for name, call in calls.items():
         times = interleaved({r: partial(call, s) for r, s in routes.items()})
         for who, t in times.items():
-            label = who if who != "auto" else f"auto ({routes['auto'].point_route})"
-            rows.append([f"{n}-{h}-{h}-1 {norm}", name, label, t * 1e6, t / times["torch"]])
+            chosen = who if who != "auto" else f"auto ({routes['auto'].point_route})"
+            rows.append([label, name, chosen, t * 1e6, t / times["torch"]])
 
 
 def loop_jac(net, X):
@@ -283,7 +318,7 @@ def _verdicts(one: list[list], many: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _normed_verdicts(rows: list[list]) -> str:
+def _other_verdicts(rows: list[list]) -> str:
     lines = []
     for net in dict.fromkeys(r[0] for r in rows):
         for call in ("value+grad", "hessian"):
@@ -301,8 +336,8 @@ def main(quick: bool = False) -> None:
     for n, h in ((2, 64), (10, 256)):
         builds.append(one_point(n, h, one))
     normed = []
-    for norm in ("LayerNorm", "RMSNorm"):
-        one_point_normed(10, 256, norm, normed)
+    for kind in ("LayerNorm", "RMSNorm", "ensemble"):
+        one_point_other(10, 256, kind, normed)
     threads_a = torch.get_num_threads()
     torch.set_num_threads(torch.get_num_interop_threads())
     threads_b = torch.get_num_threads()
@@ -325,8 +360,9 @@ def main(quick: bool = False) -> None:
         [[b["net"], b["chosen"], b["build_s"], b["probe_s"]] for b in builds],
     )
     body += (
-        "\n\n(a') One point on nets with a normalization layer before each activation, as (a);"
-        " ratio to the eager torch route:\n\n"
+        "\n\n(a') One point on nets beyond a plain MLP (a normalization layer before each "
+        "activation; a batched ensemble of five members), as (a); ratio to the eager torch "
+        "route:\n\n"
     )
     body += table(["net", "call", "route", "us per call", "/ torch route"], normed)
     body += f"\n\n(b) Batches, points per second, torch threads {threads_b}:\n\n"
@@ -346,7 +382,7 @@ def main(quick: bool = False) -> None:
         many,
     )
     body += "\n\nTargets, judged from these numbers:\n\n" + _verdicts(one, many)
-    body += "\n" + _normed_verdicts(normed)
+    body += "\n" + _other_verdicts(normed)
     write_section("bench_derivatives", body)
 
 
