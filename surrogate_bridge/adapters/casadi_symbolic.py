@@ -8,7 +8,7 @@ CasADi matrices in torch's layout: a 2-D tensor (a, b) is an (a, b) matrix, a 1-
 (1, k) row, a scalar (1, 1); a tensor of higher rank its row-major flattening (``casadi_ops``).
 Weights enter as ``DM`` constants of ``mtimes`` (dense, or sparse for convolutions):
 matrix-valued MX, not a scalar SX expansion (the ``hand SX`` rows of ``benchmarks/RESULTS.md``:
-its Hessian costs 3.43x the MX one on a 10-256-256-1 net).
+its Hessian costs 4.35x the MX one on a 10-256-256-1 net).
 """
 
 from __future__ import annotations
