@@ -83,6 +83,19 @@ class Scale:
         self.op, self.c = op, c
         self.col = c if np.ndim(c) == 0 else c[:, None]  # c along a tangent's rows
 
+    @classmethod
+    def of(cls, op: str, c, hidden_first: bool, where: str) -> Scale:
+        """torch's ``h op c`` (``hidden_first``) or ``c op h`` (op: add, sub, rsub, mul,
+        div) as a Scale; a constant divided by a hidden tensor is refused."""
+        if op == "rsub":
+            op = "rsub" if hidden_first else "sub"
+        elif not hidden_first:
+            if op == "sub":
+                op = "rsub"
+            elif op == "div":
+                raise GraphUnsupported(f"{where}: a constant divided by a hidden tensor")
+        return cls(op, c)
+
     def __call__(self, h):
         op, c = self.op, self.c
         if op == "add":

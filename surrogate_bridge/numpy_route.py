@@ -423,14 +423,7 @@ def _operation(node, index, consts, sizes, k: int):
     if sizes[j] != k:
         raise GraphUnsupported(f"{where}: a constant that broadcasts the row")
     c = _const(consts, args[1] if first else args[0], k, where)
-    if op == "rsub":
-        op = "rsub" if first else "sub"
-    elif not first:
-        if op == "sub":
-            op = "rsub"
-        elif op == "div":
-            raise GraphUnsupported(f"{where}: a constant divided by a hidden tensor")
-    return Scale(op, c), (j,)
+    return Scale.of(op, c, first, where), (j,)
 
 
 def _pair(node, index, consts, sizes, k: int, where: str):

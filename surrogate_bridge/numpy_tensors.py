@@ -307,14 +307,7 @@ def _arithmetic(node, index, consts, sizes, k: int, add, where: str):
         if op in ("mul", "div"):
             return Product(op == "div", (k, k)), ins
         return Sum(1.0 if op == "add" else -1.0, (k, k)), ins
-    if op == "rsub":
-        op = "rsub" if first else "sub"
-    elif not first:
-        if op == "sub":
-            op = "rsub"
-        elif op == "div":
-            raise GraphUnsupported(f"{where}: a constant divided by a hidden tensor")
-    return Scale(op, c), ins
+    return Scale.of(op, c, first, where), ins
 
 
 def _operands(node, index, consts, hidden_value):
