@@ -81,6 +81,7 @@ from .numpy_ops import (
     Sum,
     Total,
 )
+from .numpy_tensors import ARITHMETIC as _ARITHMETIC
 from .numpy_tensors import KNOWN as _ON_SEVERAL_ROWS
 from .numpy_tensors import is_row, several_rows, stacked_operation, stacked_part
 from .physical import VIEWS, constants_of
@@ -89,12 +90,6 @@ __all__ = ["GraphUnsupported", "NumpyPointRoute", "knows", "read_graph"]
 
 aten = torch.ops.aten
 _LINEAR = (aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default)
-_ARITHMETIC = {
-    aten.add.Tensor: "add", aten.add.Scalar: "add", aten.sub.Tensor: "sub",
-    aten.sub.Scalar: "sub", aten.mul.Tensor: "mul", aten.mul.Scalar: "mul",
-    aten.div.Tensor: "div", aten.div.Scalar: "div", aten.neg.default: "neg",
-    aten.rsub.Scalar: "rsub",
-}  # fmt: skip
 
 
 _NORMS = (aten.layer_norm.default, aten.rms_norm.default)

@@ -93,14 +93,16 @@ _PER_ROW = {
     aten.std.dim: ("self", "dim"), aten.std.correction: ("self", "dim"),
     aten.linalg_vector_norm.default: ("self", "ord", "dim"),
 }  # fmt: skip
-_ARITHMETIC = {
+# arithmetic calls, by the name numpy_ops.Scale, Sum and Product read them under (the row's
+# rules in numpy_route read the same table)
+ARITHMETIC = {
     aten.add.Tensor: "add", aten.sub.Tensor: "sub", aten.mul.Tensor: "mul",
     aten.div.Tensor: "div", aten.add.Scalar: "add", aten.sub.Scalar: "sub",
     aten.mul.Scalar: "mul", aten.div.Scalar: "div", aten.rsub.Scalar: "rsub",
     aten.neg.default: "neg",
 }  # fmt: skip
 _LARGER = {aten.maximum.default: True, aten.minimum.default: False}
-KNOWN = _MOVES | _SPLITS | _AFFINE | set(_ARITHMETIC) | set(_LARGER) | set(BINARY) | set(_PER_ROW)
+KNOWN = _MOVES | _SPLITS | _AFFINE | set(ARITHMETIC) | set(_LARGER) | set(BINARY) | set(_PER_ROW)
 # the largest dense map read (entries): a wider one, as a large convolution's, is refused
 # rather than held as a matrix mostly of zeros
 _DENSE_LIMIT = 1 << 22
@@ -302,7 +304,7 @@ def _arithmetic(node, index, consts, sizes, k: int, add, where: str):
         return Binary(BINARY[target], (k,) * len(ins), c, first), ins
     if target in _LARGER:
         return Larger(_LARGER[target], (k,) * len(ins), c), ins
-    op = _ARITHMETIC[target]
+    op = ARITHMETIC[target]
     if all(hidden):
         if op in ("mul", "div"):
             return Product(op == "div", (k, k)), ins
@@ -478,7 +480,7 @@ def stacked_operation(node, index, consts, sizes, k: int, add, row_rule):
         return _moved(node, index, consts, sizes, add, where)
     if target in _AFFINE or constant_pad:
         return _affine(node, index, consts, sizes, k, where)
-    if target in _ARITHMETIC or target in BINARY or target in _LARGER:
+    if target in ARITHMETIC or target in BINARY or target in _LARGER:
         return _arithmetic(node, index, consts, sizes, k, add, where)
     if target in _PER_ROW:
         return _per_row(node, index, sizes, k, row_rule, where)
