@@ -1,8 +1,8 @@
 """Tensors of several rows on the numpy route (``numpy_tensors.py``): vectorized ensembles
 (``baddbmm``, ``einsum``, ``vmap`` over ``functional_call``), convolutions with zero, constant and
-circular padding, recurrent cells run over the features, per-token networks and norms, outer
-products, products of two hidden matrices, multi-head attention and a transformer layer: the
-same numbers as the torch route to 1e-12 relative, Jacobians against central differences of the
+circular padding, recurrent cells run over the features, per-token networks and norms, group
+and instance norms, outer products, products of two hidden matrices, multi-head attention and a
+transformer layer: the same numbers as the torch route to 1e-12 relative, Jacobians against central differences of the
 model itself; an ensemble's batched product kept as its blocks, a map that only looks blocked
 read whole; what the route cannot compute refused by name."""
 
@@ -164,6 +164,23 @@ class TokenNorm(nn.Module):
         return self.out(torch.tanh(self.norm(self.embed(z[..., None]))).mean(1))
 
 
+class GroupNormed(nn.Module):
+    """A GroupNorm (two groups of four) or an InstanceNorm over three channels of four: torch
+    decomposes both into statistics of several rows."""
+
+    def __init__(self, instance=False):
+        super().__init__()
+        torch.manual_seed(9)
+        self.a, self.out = nn.Linear(2, 12 if instance else 8), nn.Linear(12 if instance else 8, 1)
+        self.norm = nn.InstanceNorm1d(3, affine=True) if instance else nn.GroupNorm(2, 8)
+        self.instance = instance
+
+    def forward(self, x):
+        h = self.a(x)
+        h = self.norm(h.reshape(-1, 3, 4)).flatten(1) if self.instance else self.norm(h)
+        return self.out(torch.tanh(h))
+
+
 class RunningAcrossMembers(BatchedEnsemble):
     """A sum running across the members ((members, 1, width) in and out, as a batched
     product's): its map shares the leading axes of a block-diagonal one but is not one."""
@@ -187,6 +204,8 @@ MODELS = {
     "running-across-members": RunningAcrossMembers,
     "matrix-product": MatrixProduct,
     "token-norm": TokenNorm,
+    "group-norm": GroupNormed,
+    "instance-norm": lambda: GroupNormed(instance=True),
     "multi-head-attention": ATTENTION["multi-head"],
     "encoder-layer": ATTENTION["encoder-layer"],
 }
