@@ -2,9 +2,9 @@
 (``baddbmm``, ``einsum``, ``vmap`` over ``functional_call``), convolutions with zero, constant and
 circular padding, recurrent cells run over the features, per-token networks and norms, group
 and instance norms, outer products, products of two hidden matrices, multi-head attention and a
-transformer layer: the same numbers as the torch route to 1e-12 relative, Jacobians against central differences of the
-model itself; an ensemble's batched product kept as its blocks, a map that only looks blocked
-read whole; what the route cannot compute refused by name."""
+transformer layer: the same numbers as the torch route to 1e-12 relative, Jacobians against
+central differences of the model itself; an ensemble's batched product kept as its blocks, a map
+that only looks blocked read whole; what the route cannot compute refused by name."""
 
 import io
 import itertools
