@@ -83,6 +83,7 @@ from .numpy_ops import (
 )
 from .numpy_tensors import ARITHMETIC as _ARITHMETIC
 from .numpy_tensors import KNOWN as _ON_SEVERAL_ROWS
+from .numpy_tensors import SPLITS as _SPLITS
 from .numpy_tensors import is_row, several_rows, stacked_operation, stacked_part
 from .physical import VIEWS, constants_of
 
@@ -125,14 +126,12 @@ _WHERE = (aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.w
 # torch.zeros_like(h)), say)
 _SHAPE_ONLY = (aten.zeros_like.default, aten.ones_like.default, aten.full_like.default,
                aten.new_zeros.default, aten.new_ones.default, aten.new_full.default)  # fmt: skip
-# calls that cut a tensor into parts along one axis, read by the getitem calls that follow (as
-# are max.dim and min.dim's values)
+# a maximum or minimum along an axis: its values are read by the getitem calls that follow, as
+# the parts of a split (numpy_tensors.SPLITS) are
 _BY_DIM = (aten.max.dim, aten.min.dim)
 # (values, positions) of the values picked along a row: their values are read by getitem
 _SELECTING = (aten.sort.default, aten.topk.default, aten.kthvalue.default, aten.median.dim,
               aten.cummax.default, aten.cummin.default)  # fmt: skip
-_SPLITS = (aten.unbind.int, aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default,
-           aten.unsafe_split.Tensor, aten.unsafe_split_with_sizes.default)  # fmt: skip
 
 
 def knows(target) -> bool:

@@ -44,7 +44,9 @@ from .numpy_ops import Binary, Cat, Gather, GraphUnsupported, Larger, Linear, Pr
 from .physical import VIEWS
 
 __all__ = [
+    "ARITHMETIC",
     "KNOWN",
+    "SPLITS",
     "BlockLinear",
     "MatMul",
     "Rowwise",
@@ -67,10 +69,10 @@ _MOVES = frozenset({
     aten.replication_pad1d.default, aten.replication_pad2d.default,
     aten._pad_circular.default, aten.slice_scatter.default, aten.select_scatter.default,
 })  # fmt: skip
-_SPLITS = frozenset({
-    aten.unbind.int, aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default,
-    aten.unsafe_split.Tensor, aten.unsafe_split_with_sizes.default,
-})  # fmt: skip
+# calls that cut a tensor into parts, read by the getitem calls that follow (numpy_route reads
+# the same table for rows)
+SPLITS = (aten.unbind.int, aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default,
+          aten.unsafe_split.Tensor, aten.unsafe_split_with_sizes.default)  # fmt: skip
 # calls affine in each of their tensor operands while the others are held constant
 _AFFINE = frozenset({
     aten.matmul.default, aten.mm.default, aten.bmm.default, aten.baddbmm.default,
@@ -102,7 +104,9 @@ ARITHMETIC = {
     aten.neg.default: "neg",
 }  # fmt: skip
 _LARGER = {aten.maximum.default: True, aten.minimum.default: False}
-KNOWN = _MOVES | _SPLITS | _AFFINE | set(ARITHMETIC) | set(_LARGER) | set(BINARY) | set(_PER_ROW)
+KNOWN = (
+    _MOVES | set(SPLITS) | _AFFINE | set(ARITHMETIC) | set(_LARGER) | set(BINARY) | set(_PER_ROW)
+)
 # the largest dense map read (entries): a wider one, as a large convolution's, is refused
 # rather than held as a matrix mostly of zeros
 _DENSE_LIMIT = 1 << 22
@@ -134,7 +138,6 @@ class BlockLinear:
     def __init__(self, W: np.ndarray, c: np.ndarray | None) -> None:
         self.W, self.c = np.ascontiguousarray(W), c
         self.B, self.o, self.i = W.shape
-        self.WT = np.ascontiguousarray(W.transpose(0, 2, 1))
 
     def __call__(self, h):
         z = np.matmul(self.W, h.reshape(self.B, self.i, 1)).reshape(-1)
@@ -491,6 +494,6 @@ def stacked_part(node, source, index, consts, sizes, add):
     """The part ``node`` (``operator.getitem``) of an unbind, chunk or split ``source`` of a
     tensor of several rows: the values it moves."""
     where = f"{source.target} at {source.name}"
-    if source.target not in _SPLITS or node.target is not operator.getitem:
+    if source.target not in SPLITS or node.target is not operator.getitem:
         raise GraphUnsupported(f"{where}: on a tensor of several rows")
     return _moved(source, index, consts, sizes, add, where, pick=node.args[1])
