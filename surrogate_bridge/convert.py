@@ -311,14 +311,21 @@ def to_host(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def unbatched(t: np.ndarray, drop: bool):
+    """One point's numpy result ``t`` (1, m, ...) as solvers take it: a float where nothing is
+    left, else a fresh array (callers cannot edit a cached one); the output axis dropped if
+    ``drop``."""
+    out = t[0, 0] if drop else t[0]
+    return float(out) if out.ndim == 0 else out.copy()
+
+
 def finish(t, pts: Points, drop: bool = False):
     """Shape a result with a leading point axis, ``(N, m, ...)`` as a tensor (batches) or a
     numpy array (the single-point cache), for the caller: drop the output axis of a scalar
     surrogate if ``drop``, strip N for a single point, and return numpy or torch as the caller
     gave. numpy results are always fresh arrays: callers cannot edit a cached one."""
     if pts.single and not pts.is_torch and type(t) is np.ndarray:  # the solvers' path, direct
-        out = t[0, 0] if drop else t[0]
-        return float(out) if out.ndim == 0 else out.copy()
+        return unbatched(t, drop)
     if drop:
         t = t[:, 0]
     if pts.single:

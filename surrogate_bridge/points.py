@@ -119,11 +119,6 @@ class PointEvaluator:
             self._fills[need](e, key)
             return e
 
-    def value_and_grad(self, x: np.ndarray) -> tuple:
-        """(value, gradient) of a scalar surrogate at one validated point, shaped for scipy."""
-        e = self.get(x, "J")
-        return float(e.y[0, 0]), e.J[0, 0].copy()
-
     @_outside_transforms
     def hessp(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Hessian-vector product (n,) of a scalar surrogate: the cached dense Hessian for up to
@@ -199,22 +194,23 @@ class PointEvaluator:
             self._all_orders = True
             self._choose_fills()
 
+    # (counts inline: these are the path of every solver iteration)
     def _fill_value(self, e: Entry, key) -> None:
         if e.y is not None:
-            self._count(hit=True)
+            self.hits += 1
             return
         e.y = self.route.value(e.x)
-        self._count(hit=False, passes=1)
+        self.misses, self.passes = self.misses + 1, self.passes + 1
 
     def _fill_jac(self, e: Entry, key) -> None:
         if e.J is not None:
-            self._count(hit=True)
+            self.hits += 1
             return
         self._compute_jac(e, key, keep_graph=self.m == 1 and key is not None)
 
     def _compute_jac(self, e: Entry, key, keep_graph: bool) -> None:
         e.y, e.J, graph = self.route.value_jac(e.x, keep_graph=keep_graph)
-        self._count(hit=False, passes=1)
+        self.misses, self.passes = self.misses + 1, self.passes + 1
         if graph is not None:
             self._keep_graph(key, e, graph)
 

@@ -7,6 +7,7 @@ derivatives. A facade: it validates and shapes; ``physical.py`` builds the funct
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from .convert import (
     finish,
     outside_inference,
     transformed,
+    unbatched,
 )
 from .derivatives import Engine
 from .diagnostics import needs_warning, warn_nonsmooth
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 
+_F64 = np.dtype(np.float64)  # builtin dtypes are singletons: ``is`` is the cheap test
 _HANDING = threading.Lock()  # one copy of the function handed out per build (function)
 
 
@@ -351,12 +354,36 @@ class Surrogate:
     def _ask(self, x, where: str, order: int, scalar_only=None, drop=None, lowest=None) -> list:
         """``[D^lowest f, ..., D^order f]`` (all orders by default) at validated ``x``, shaped for
         the caller: the output axis dropped for scalar surrogates unless ``drop`` says not."""
+        if type(x) is np.ndarray and order <= 2:  # the solvers' path, checked and cached
+            e = self._point(x, where, order, scalar_only)
+            if e is not None:
+                drop = self._built.n_out == 1 if drop is None else drop
+                found = (e.y, e.J, e.H)[(order if lowest is None else lowest) : order + 1]
+                return [unbatched(t, drop) for t in found]
         pts = self._points_of(x, where, scalar_only)
         if order >= 1:
             self._before_derivatives(where, order)
         drop = self._built.n_out == 1 if drop is None else drop
         found = self._engine.orders(pts, order, self.chunk_size)
         return [finish(t, pts, drop) for t in found[(order if lowest is None else lowest) :]]
+
+    def _point(self, x: np.ndarray, where: str, order: int, scalar_only: str | None):
+        """The cache's entry at ``x``, filled up to ``order``, where ``x`` is what a solver
+        passes at every iteration (a finite float64 array of shape (n_in,) of a surrogate that
+        may answer): the general path's checks, in its order, with nothing in between. None for
+        anything else, which the general path then validates, explains or computes."""
+        if (
+            x.dtype is not _F64
+            or x.shape != (self._n_in,)  # (None until a first point says n_in)
+            or (scalar_only and self._built.n_out != 1)
+            or not math.isfinite(x.dot(x))  # (finite unless an entry is not, or it overflows)
+        ):
+            return None
+        row = x.copy()  # a private copy: the cache key's owner
+        self._domain.check_point(row, where)
+        if order:
+            self._before_derivatives(where, order)
+        return self._engine.points.get(row, "yJH"[order])
 
     def _before_derivatives(self, where: str, order: int = 2) -> None:  # refusals, warnings
         self._built.refuse(where, order)
@@ -407,14 +434,8 @@ class Surrogate:
         x (n_in,) -> (float, (n_in,)); x (N, n_in) -> ((N,), (N, n_in)); numpy or torch as given.
         """
         only, where = "Surrogate.__call__ and Surrogate.jac", "Surrogate.value_and_grad"
-        if type(x) is np.ndarray and x.ndim == 1:  # the solvers' path: the cache, directly
-            pts = self._points_of(x, where, only)
-            built = self._built
-            if getattr(built, "no_first", None) or (
-                not self._warned_smooth and needs_warning(built.nonsmooth, 1)
-            ):
-                self._before_derivatives(where, 1)  # refusals, the warning for steps
-            return self._engine.points.value_and_grad(pts.data[0])
+        if type(x) is np.ndarray and (e := self._point(x, where, 1, only)) is not None:
+            return float(e.y[0, 0]), e.J[0, 0].copy()  # the solvers' path, direct
         return tuple(self._ask(x, where, 1, scalar_only=only, lowest=0))
 
     def hess(self, x: ArrayLike) -> np.ndarray | torch.Tensor:

@@ -774,6 +774,36 @@ def test_mutating_caller_array_cannot_poison_cache(scal):
     assert np.any(scal.grad(x) != 0.0)
 
 
+@pytest.mark.parametrize("route", ["torch", "numpy", "casadi"])
+@pytest.mark.parametrize("n_out", [1, 2])
+def test_a_solvers_point_is_answered_as_any_other_one_point(route, n_out):
+    """A float64 array of shape (n_in,) takes the direct path to the cache (also a strided
+    view), a list or a tuple the general one: the same values, shapes and types, and every
+    result a fresh array (editing one leaves the cache as it was)."""
+    sur = sb.Surrogate(mlp([3, 6, n_out]), StandardScaler().fit(np.eye(3)), point_route=route)
+    x = np.array([0.2, -0.4, 0.9])
+    asks = {"__call__": sur, "jac": sur.jac, "hess": sur.hess}
+    if n_out == 1:
+        asks |= {"grad": sur.grad, "value_and_grad": sur.value_and_grad}
+
+    def parts(r):
+        return list(r) if isinstance(r, tuple) else [r]
+
+    for name, ask in asks.items():
+        first = parts(ask(x))
+        for other in (x.tolist(), tuple(x), np.stack([x, -x], axis=1)[:, 0]):
+            again = parts(ask(other))
+            assert [type(a) for a in first] == [type(b) for b in again], name
+            for a, b in zip(first, again, strict=True):
+                np.testing.assert_array_equal(a, b)
+        for r in first:
+            if isinstance(r, np.ndarray):
+                r[...] = np.nan
+        for a, b in zip(parts(ask(x)), parts(ask(x.tolist())), strict=True):
+            assert np.isfinite(a).all(), name
+            np.testing.assert_array_equal(a, b)
+
+
 def test_cache_size_bound_and_clear(scal):
     sur = sb.Surrogate(mlp([2, 4, 1]), cache_size=3)
     for i in range(10):
@@ -863,6 +893,42 @@ def test_extrapolation_raise_and_ignore(bounded):
         bounded.grad(torch.tensor([[0.0, 0.0], [-4.0, 0.0]]))
     bounded.extrapolation = "ignore"
     bounded.grad([10.0, 10.0])
+
+
+def test_one_point_is_checked_as_a_batch_is_at_the_domain_edges():
+    """A solver's point (float64, shape (n_in,)) is checked on Python floats, a batch by numpy:
+    the same decision for every point on, just inside and just outside each edge (the box's
+    rounding tolerance; the open interval where a log input scaler is defined), in every
+    policy, also after the policy changes."""
+    from surrogate_bridge.convert import Points
+
+    log = sb.Scaling([sb.Warp("log", n_features=2), sb.Affine([0.0, 1.0], [2.0, 3.0])])
+    lb, ub = np.array([0.5, 1.0]), np.array([4.0, 1.0e6])
+    tol = 1e-9 * np.maximum(ub - lb, 1.0)
+    edges = np.concatenate([lb - tol, ub + tol, [0.0]])  # (0: where the log stops)
+    near = np.concatenate([np.nextafter(edges, -np.inf), edges, np.nextafter(edges, np.inf)])
+    rows = np.array([[a, b] for a in near for b in (0.7, 2.0)] + [[2.0, b] for b in near])
+    for policy in ("raise", "warn", "ignore", "raise"):
+        sur = sb.Surrogate(mlp([2, 4, 1]), log, domain=(lb, ub), extrapolation="ignore")
+        sur.extrapolation = policy  # (a changed policy is read at every check)
+        d = sur._domain
+        for row in rows:
+            one = _verdict(d, d.check_point, row.copy())
+            full = _verdict(d, d.check, Points(row[None].copy(), True, False))
+            assert one == full, (policy, row)
+
+
+def _verdict(domain, check, *args):
+    """What ``check(*args, "f")`` says on a domain that has not warned yet: nothing, or the
+    type and message of its warning or error."""
+    domain._warned = False
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            check(*args, "f")
+        except (ValueError, sb.ExtrapolationError) as err:
+            return type(err), str(err)
+    return [(w.category, str(w.message)) for w in said] or None
 
 
 def test_explicit_domain():

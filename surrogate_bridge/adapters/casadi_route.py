@@ -21,33 +21,45 @@ __all__ = ["CasadiPointRoute"]
 
 
 class _Call:
-    """One CasADi Function bound to fixed numpy buffers: ``call(*inputs) -> outputs`` (copies,
-    dense, column-major as CasADi stores them). Not reentrant: the caller holds a lock."""
+    """One CasADi Function bound to fixed numpy buffers: ``call(*inputs) -> outputs``, fresh
+    arrays in the route protocol's shapes, read from views of the buffers set up once (CasADi
+    writes them dense and column-major). Not reentrant: the caller holds a lock.
 
-    def __init__(self, f: ca.Function) -> None:
-        self.f = f
+    ``shapes`` names each output's layout for a surrogate with ``n`` inputs and ``m`` outputs:
+    "y" values (1, m), "J" the Jacobian (1, m, n), "H" Hessians (1, m, n, n), "L" one (n, n),
+    "v" a vector (n,)."""
+
+    def __init__(self, f: ca.Function, shapes: str, n: int, m: int) -> None:
+        self.f, self.shapes, self.n, self.m = f, shapes, n, m
         self.buf, self.trigger = f.buffer()
         self.ins = [np.zeros(f.nnz_in(i)) for i in range(f.n_in())]
-        self.outs = [np.zeros(f.nnz_out(i)) for i in range(f.n_out())]
+        outs = [np.zeros(f.nnz_out(i)) for i in range(f.n_out())]
         for i, a in enumerate(self.ins):
             self.buf.set_arg(i, memoryview(a))
-        for i, a in enumerate(self.outs):
+        for i, a in enumerate(outs):
             self.buf.set_res(i, memoryview(a))
+        layout = {
+            "y": lambda o: o.reshape(1, m),
+            "J": lambda o: o.reshape(n, m).T[None],
+            "H": lambda o: o.reshape(n, m * n).T.reshape(m, n, n)[None],
+            "L": lambda o: o.reshape(n, n).T,
+            "v": lambda o: o,
+        }
+        self.views = [layout[k](o) for k, o in zip(shapes, outs, strict=True)]
 
-    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        if len(inputs) == 1:  # the common case, without a loop
-            self.ins[0][:] = inputs[0]
-        else:
-            for dst, src in zip(self.ins, inputs, strict=True):
+    def __call__(self, x: np.ndarray, *more: np.ndarray) -> list[np.ndarray]:
+        self.ins[0][:] = x
+        if more:  # (the Lagrangian's weights, a Hessian-vector product's direction)
+            for dst, src in zip(self.ins[1:], more, strict=True):
                 dst[:] = src
         self.trigger()
-        return [o.copy() for o in self.outs]  # the buffers are overwritten at the next call
+        return [v.copy() for v in self.views]  # the buffers are overwritten at the next call
 
     def __getstate__(self):  # buffers hold raw pointers: rebuilt from the Function
-        return {"f": self.f}
+        return {"f": self.f, "shapes": self.shapes, "n": self.n, "m": self.m}
 
     def __setstate__(self, state):
-        self.__init__(state["f"])
+        self.__init__(**state)
 
 
 class _AtPoint:
@@ -78,30 +90,24 @@ class CasadiPointRoute:
         v, p = ca.MX.sym("v", m), ca.MX.sym("p", n)
         g = ca.gradient(ca.dot(v, y), x)
         dense = ca.densify
-        self._value = _Call(ca.Function("value", [x], [y]))
-        self._jac = _Call(ca.Function("value_jac", [x], [y, dense(J)]))
-        self._hess = _Call(ca.Function("hessian", [x], [y, dense(J), dense(H)]))
-        self._lag = _Call(ca.Function("lagrangian", [x, v], [dense(ca.jacobian(g, x))]))
+        self._value = _Call(ca.Function("value", [x], [y]), "y", n, m)
+        self._jac = _Call(ca.Function("value_jac", [x], [y, dense(J)]), "yJ", n, m)
+        self._hess = _Call(ca.Function("hessian", [x], [y, dense(J), dense(H)]), "yJH", n, m)
+        self._lag = _Call(ca.Function("lagrangian", [x, v], [dense(ca.jacobian(g, x))]), "L", n, m)
         self._hvp = None
         if m == 1:
             hv = ca.jtimes(ca.gradient(y, x), x, p)
-            self._hvp = _Call(ca.Function("hvp", [x, p], [dense(hv)]))
+            self._hvp = _Call(ca.Function("hvp", [x, p], [dense(hv)]), "v", n, m)
 
     def value(self, x: np.ndarray) -> np.ndarray:
-        (y,) = self._value(x)
-        return y[None]
+        return self._value(x)[0]
 
     def value_jac(self, x: np.ndarray, keep_graph: bool = False):
         y, J = self._jac(x)
-        at = _AtPoint(self, x) if keep_graph and self.m == 1 else None  # x: the cache's own copy
-        J = J.reshape(1, 1, self.n) if self.m == 1 else J.reshape(self.n, self.m).T[None]
-        return y[None], J, at
+        return y, J, (_AtPoint(self, x) if keep_graph and self.m == 1 else None)  # x: the cache's
 
     def hessian(self, x: np.ndarray):
-        y, J, H = self._hess(x)
-        H = H.reshape(self.n, self.m * self.n).T.reshape(self.m, self.n, self.n)
-        return y[None], J.reshape(self.n, self.m).T[None], H[None]
+        return tuple(self._hess(x))
 
     def lagrangian_hessian(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        (L,) = self._lag(x, v)
-        return L.reshape(self.n, self.n).T
+        return self._lag(x, v)[0]
