@@ -360,3 +360,50 @@ def test_a_hopeless_route_is_timed_for_two_rounds_only():
     )
     assert counts == {"fast": 2 * routes._REPEATS, "close": 2 * routes._REPEATS, "slow": 4}
     assert us["slow"] >= 5e4 and us["fast"] < us["slow"] / routes._HOPELESS
+
+
+class _Timed:
+    """A route answering with fixed arrays (every route agrees), each kind after ``cost[kind]``
+    seconds; counts its calls per kind."""
+
+    def __init__(self, name: str, cost: dict) -> None:
+        self.name, self.m, self.cost = name, 1, cost
+        self.calls = dict.fromkeys(cost, 0)
+
+    def _answer(self, kind, *parts):
+        self.calls[kind] += 1
+        time.sleep(self.cost[kind])
+        return parts
+
+    def value(self, x):
+        return self._answer("value", np.ones((1, 1)))[0]
+
+    def value_jac(self, x, keep_graph=False):
+        return (*self._answer("value_jac", np.ones((1, 1)), np.ones((1, 1, 2))), None)
+
+    def hessian(self, x):
+        return self._answer("hessian", np.ones((1, 1)), np.ones((1, 1, 2)), np.eye(2)[None, None])
+
+    def lagrangian_hessian(self, x, v):
+        return self._answer("lagrangian_hessian", np.eye(2))[0]
+
+
+def test_a_route_whose_first_call_is_hopeless_is_not_timed_for_that_kind():
+    """Measuring checks each route against torch with one call per kind; a route whose call
+    took more than eight times the fastest first call is timed no more for that kind (a wide
+    net's CasADi Hessian cost a solver about a second to confirm), and is reported at that
+    call's time; for the kinds where it is close, it is timed to the end and may win."""
+    from surrogate_bridge import routes
+
+    kinds = routes.MeasuredRoute.KINDS
+    torch_route = _Timed("torch", dict.fromkeys(kinds, 0.002))
+    fast = _Timed("numpy", dict.fromkeys(kinds, 0.001))
+    wide = _Timed("casadi", {**dict.fromkeys(kinds, 0.0015), "hessian": 0.05})
+    measured = routes.MeasuredRoute(torch_route, {"numpy": lambda: fast, "casadi": lambda: wide},
+                                    "auto")  # fmt: skip
+    measured.measure(np.zeros(2))
+    assert wide.calls["hessian"] == 1  # the check against torch, timed: nothing more
+    assert wide.calls["value_jac"] == fast.calls["value_jac"] == 1 + 2 * routes._REPEATS
+    us = measured.report["us"]
+    assert us["hessian"]["casadi"] >= 5e4 > 8 * us["hessian"]["numpy"]
+    assert all(measured.choice[k] is fast for k in kinds)
