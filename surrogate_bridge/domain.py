@@ -9,6 +9,7 @@ Read from ``domain=(lb, ub)`` or from the data range that a ``MinMaxScaler`` or
 from __future__ import annotations
 
 import warnings
+from operator import le, lt
 
 import numpy as np
 import torch
@@ -126,21 +127,21 @@ class Domain:
             box = scaler = None
             if self.known:
                 tol = _REL_TOL * np.maximum(self.ub - self.lb, 1.0)
-                box = _pairs(self.lb - tol, self.ub + tol)
+                box = _floats(self.lb - tol, self.ub + tol)
             if defined is not None:
-                scaler = _pairs(*defined)
+                scaler = _floats(*defined)
             self._edges = edges = (defined, scaler, box)
         _, scaler, box = edges
         if box is not None and self._policy == "ignore":
             box = None
         if scaler is None and box is None:
             return True
-        values = row.tolist()
-        if scaler is not None and not all(
-            lo < v < hi for v, (lo, hi) in zip(values, scaler, strict=True)
-        ):
+        v = row.tolist()
+        if any(len(e[0]) != len(v) for e in (scaler, box) if e is not None):
+            return False  # (not this surrogate's point: the full check says so)
+        if scaler is not None and not (all(map(lt, scaler[0], v)) and all(map(lt, v, scaler[1]))):
             return False
-        return box is None or all(lo <= v <= hi for v, (lo, hi) in zip(values, box, strict=True))
+        return box is None or (all(map(le, box[0], v)) and all(map(le, v, box[1])))
 
     def _require_defined(self, data, where: str, single: bool = False) -> None:
         lo, hi = self.defined
@@ -192,9 +193,9 @@ def _host_rows_if_any(data: torch.Tensor, bounds, bad) -> np.ndarray | None:
         return to_host(rows).astype(np.float64)
 
 
-def _pairs(lo, hi) -> list[tuple[float, float]]:
-    """Per feature, (lo, hi) as Python floats (the same float64 values)."""
-    return list(zip(np.asarray(lo).tolist(), np.asarray(hi).tolist(), strict=True))
+def _floats(lo, hi) -> tuple[list[float], list[float]]:
+    """Lower and upper edges per feature as Python floats (the same float64 values)."""
+    return np.asarray(lo).tolist(), np.asarray(hi).tolist()
 
 
 def _entry(i: int, j: int, single: bool) -> str:

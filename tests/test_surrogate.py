@@ -902,14 +902,16 @@ def test_one_point_is_checked_as_a_batch_is_at_the_domain_edges():
     policy, also after the policy changes."""
     from surrogate_bridge.convert import Points
 
-    log = sb.Scaling([sb.Warp("log", n_features=2), sb.Affine([0.0, 1.0], [2.0, 3.0])])
-    lb, ub = np.array([0.5, 1.0]), np.array([4.0, 1.0e6])
+    flip, log = sb.Affine([0.0, 1.0], [1.0, -2.0]), sb.Warp("log", n_features=2)
+    scaler = sb.Scaling([flip, log, sb.Affine([0.0, 1.0], [2.0, 3.0])])
+    np.testing.assert_array_equal(np.array(scaler.defined()), [[0, -np.inf], [np.inf, 1]])
+    lb, ub = np.array([0.5, -1.0e6]), np.array([4.0, 0.5])
     tol = 1e-9 * np.maximum(ub - lb, 1.0)
-    edges = np.concatenate([lb - tol, ub + tol, [0.0]])  # (0: where the log stops)
+    edges = np.concatenate([lb - tol, ub + tol, [0.0, 1.0]])  # (0 and 1: where the log stops)
     near = np.concatenate([np.nextafter(edges, -np.inf), edges, np.nextafter(edges, np.inf)])
-    rows = np.array([[a, b] for a in near for b in (0.7, 2.0)] + [[2.0, b] for b in near])
+    rows = np.array([[a, b] for a in near for b in (0.3, -2.0)] + [[2.0, b] for b in near])
     for policy in ("raise", "warn", "ignore", "raise"):
-        sur = sb.Surrogate(mlp([2, 4, 1]), log, domain=(lb, ub), extrapolation="ignore")
+        sur = sb.Surrogate(mlp([2, 4, 1]), scaler, domain=(lb, ub), extrapolation="ignore")
         sur.extrapolation = policy  # (a changed policy is read at every check)
         d = sur._domain
         for row in rows:
