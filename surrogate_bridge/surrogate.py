@@ -367,11 +367,12 @@ class Surrogate:
         found = self._engine.orders(pts, order, self.chunk_size)
         return [finish(t, pts, drop) for t in found[(order if lowest is None else lowest) :]]
 
-    def _point(self, x: np.ndarray, where: str, order: int, scalar_only: str | None):
-        """The cache's entry at ``x``, filled up to ``order``, where ``x`` is what a solver
-        passes at every iteration (a finite float64 array of shape (n_in,) of a surrogate that
-        may answer): the general path's checks, in its order, with nothing in between. None for
-        anything else, which the general path then validates, explains or computes."""
+    def _row(self, x: np.ndarray, where: str, order: int, scalar_only: str | None):
+        """A private copy of ``x`` where ``x`` is what a solver passes at every iteration (a
+        finite float64 array of shape (n_in,) of a surrogate that may answer), after the
+        general path's checks in its order (the training domain, then refusals and warnings
+        for derivatives of ``order``), with nothing in between. None for anything else, which
+        the general path then validates, explains or computes."""
         if (
             x.dtype is not _F64
             or x.shape != (self._n_in,)  # (None until a first point says n_in)
@@ -383,7 +384,23 @@ class Surrogate:
         self._domain.check_point(row, where)
         if order:
             self._before_derivatives(where, order)
-        return self._engine.points.get(row, "yJH"[order])
+        return row
+
+    def _point(self, x: np.ndarray, where: str, order: int, scalar_only: str | None):
+        """The cache's entry at a solver's ``x`` (:meth:`_row`), filled up to ``order``."""
+        row = self._row(x, where, order, scalar_only)
+        return None if row is None else self._engine.points.get(row, "yJH"[order])
+
+    def _solvers(self, x, w, length: int) -> bool:
+        """Whether a weight or direction vector ``w`` beside a numpy ``x`` is what solvers pass
+        (finite float64 of shape (length,)): then the direct path answers numpy."""
+        return (
+            type(x) is np.ndarray
+            and type(w) is np.ndarray
+            and w.dtype is _F64
+            and w.shape == (length,)
+            and math.isfinite(w.dot(w))
+        )
 
     def _before_derivatives(self, where: str, order: int = 2) -> None:  # refusals, warnings
         self._built.refuse(where, order)
@@ -456,14 +473,19 @@ class Surrogate:
     def hessp(self, x: ArrayLike, p: ArrayLike) -> np.ndarray | torch.Tensor:
         """Hessian-vector product of a scalar surrogate at one point: x, p (n_in,) -> (n_in,).
         The ``hessp`` of Newton-CG, trust-ncg, trust-krylov and trust-constr."""
-        only = "Surrogate.lagrangian_hess"
-        pts, pv = self._at_one_point(x, "Surrogate.hessp", p, "n_in", "p", only)
+        only, where = "Surrogate.lagrangian_hess", "Surrogate.hessp"
+        if self._solvers(x, p, self._n_in) and (row := self._row(x, where, 2, only)) is not None:
+            return self._engine.points.hessp(row, p)  # trust-constr: several per point
+        pts, pv = self._at_one_point(x, where, p, "n_in", "p", only)
         return self._engine.hessp(pts, pv)
 
     def lagrangian_hess(self, x: ArrayLike, v: ArrayLike) -> np.ndarray | torch.Tensor:
         """``sum_i v_i * Hessian of output i`` at one point: x (n_in,), v (n_out,) -> (n_in, n_in),
         in one pass (not n_out Hessians). The ``hess(x, v)`` of a scipy ``NonlinearConstraint``."""
-        pts, vv = self._at_one_point(x, "Surrogate.lagrangian_hess", v, "n_out", "v")
+        where = "Surrogate.lagrangian_hess"
+        if self._solvers(x, v, self.n_out) and (row := self._row(x, where, 2, None)) is not None:
+            return self._engine.points.lagrangian(row, v)
+        pts, vv = self._at_one_point(x, where, v, "n_out", "v")
         return self._engine.lagrangian(pts, vv)
 
     def derivatives(self, x: ArrayLike, order: int = 2) -> list:

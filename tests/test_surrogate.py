@@ -778,13 +778,16 @@ def test_mutating_caller_array_cannot_poison_cache(scal):
 @pytest.mark.parametrize("n_out", [1, 2])
 def test_a_solvers_point_is_answered_as_any_other_one_point(route, n_out):
     """A float64 array of shape (n_in,) takes the direct path to the cache (also a strided
-    view), a list or a tuple the general one: the same values, shapes and types, and every
-    result a fresh array (editing one leaves the cache as it was)."""
+    view), with a float64 array as hessp's p or lagrangian_hess's v; a list or a tuple the
+    general one: the same values, shapes and types, and every result a fresh array (editing
+    one leaves the cache as it was)."""
     sur = sb.Surrogate(mlp([3, 6, n_out]), StandardScaler().fit(np.eye(3)), point_route=route)
-    x = np.array([0.2, -0.4, 0.9])
+    x, p, v = np.array([0.2, -0.4, 0.9]), np.array([1.0, 0.5, -2.0]), np.linspace(1, 2, n_out)
     asks = {"__call__": sur, "jac": sur.jac, "hess": sur.hess}
+    asks["lagrangian_hess"] = lambda z: sur.lagrangian_hess(z, v if type(z) is np.ndarray else [*v])
     if n_out == 1:
         asks |= {"grad": sur.grad, "value_and_grad": sur.value_and_grad}
+        asks["hessp"] = lambda z: sur.hessp(z, p if type(z) is np.ndarray else tuple(p))
 
     def parts(r):
         return list(r) if isinstance(r, tuple) else [r]
