@@ -3,8 +3,9 @@
 Problems: a softplus MLP trained on the seed V(x) = x^T P x (2-D), and one trained on a random
 SPD quadratic in 10-D (both with ``sb.fit``). From fixed starts: BFGS with finite differences
 (scipy's default: what users do without this library), BFGS with the exact gradient, and
-trust-exact with the exact Hessian; wall time, nfev/njev/nhev, and the fraction of the time
-spent inside the surrogate's callbacks.
+trust-exact with the exact Hessian, trust-constr with exact Hessian-vector products (several per
+point, each from the point's cached Hessian); wall time, nfev/njev/nhev, and the fraction of the
+time spent inside the surrogate's callbacks.
 
 Threads: the same solves with default threads against ``sb.limit_threads(1)``, and L-BFGS-B
 with bounds. solve_ivp: Radau on a learned 2-D vector field with and without the exact
@@ -83,6 +84,8 @@ def solve(sur, x0, method, kind, **kw):
         kw["jac"] = Timed(sur.grad)
     if kind == "hess":
         kw["hess"] = Timed(sur.hess)
+    if kind == "hessp":
+        kw["hessp"] = Timed(sur.hessp)
     t0 = time.perf_counter()
     res = minimize(f, x0, method=method, **kw)
     wall = time.perf_counter() - t0
@@ -95,6 +98,7 @@ def solves(name, sur, x0, rows):
         ("BFGS, finite differences", "BFGS", "fd"),
         ("BFGS, exact gradient", "BFGS", "grad"),
         ("trust-exact, exact Hessian", "trust-exact", "hess"),
+        ("trust-constr, exact Hessian-vector products", "trust-constr", "hessp"),
     ):
         runs = [solve(sur, x0, method, kind) for _ in range(5)]
         res = runs[0][0]
