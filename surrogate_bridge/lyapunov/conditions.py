@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.stats import qmc
 
 from ..multistart import read_box
 from ..surrogate import Surrogate, require_surrogate
@@ -170,6 +169,8 @@ def count(value, name, where, least=1):
 
 
 def sobol(lb, ub, k, seed) -> np.ndarray:
+    from scipy.stats import qmc  # (here: scipy.stats costs ~0.2 s of every import of the package)
+
     m = max(1, math.ceil(math.log2(max(k, 2))))
     return qmc.scale(qmc.Sobol(len(lb), scramble=True, seed=seed).random_base2(m), lb, ub)
 
