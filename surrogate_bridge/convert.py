@@ -30,7 +30,7 @@ class Points(NamedTuple):
     is_torch: bool
 
 
-_F64 = np.dtype(np.float64)  # builtin dtypes are singletons: ``is`` is the cheap test
+F64 = np.dtype(np.float64)  # builtin dtypes are singletons: ``is`` is the cheap test
 
 
 def _shape_hint(n_in: int) -> str:
@@ -43,7 +43,7 @@ def as_points(x, n_in: int, where: str, name: str = "x") -> Points:
     Raises ``TypeError`` for a non-numeric kind and ``ValueError`` for a wrong rank, feature count
     or a non-finite entry; each message names ``where``, ``name``, what was expected and what came.
     """
-    if type(x) is np.ndarray and x.dtype is _F64 and x.shape == (n_in,):
+    if type(x) is np.ndarray and x.dtype is F64 and x.shape == (n_in,):
         # what solvers pass at every iteration: the same checks, in a few microseconds (x.x is
         # finite only if every entry is, unless it overflows: then the full check decides)
         if not math.isfinite(x.dot(x)):

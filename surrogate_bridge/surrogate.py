@@ -18,6 +18,7 @@ from torch import nn
 
 from .arguments import check_arguments, check_device, infer_n_in
 from .convert import (
+    F64,
     Points,
     as_points,
     as_vector,
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 
-_F64 = np.dtype(np.float64)  # builtin dtypes are singletons: ``is`` is the cheap test
 _HANDING = threading.Lock()  # one copy of the function handed out per build (function)
 
 
@@ -374,7 +374,7 @@ class Surrogate:
         for derivatives of ``order``), with nothing in between. None for anything else, which
         the general path then validates, explains or computes."""
         if (
-            x.dtype is not _F64
+            x.dtype is not F64
             or x.shape != (self._n_in,)  # (None until a first point says n_in)
             or (scalar_only and self._built.n_out != 1)
             or not math.isfinite(x.dot(x))  # (finite unless an entry is not, or it overflows)
@@ -391,13 +391,13 @@ class Surrogate:
         row = self._row(x, where, order, scalar_only)
         return None if row is None else self._engine.points.get(row, "yJH"[order])
 
-    def _solvers(self, x, w, length: int) -> bool:
+    def _from_solver(self, x, w, length: int) -> bool:
         """Whether a weight or direction vector ``w`` beside a numpy ``x`` is what solvers pass
         (finite float64 of shape (length,)): then the direct path answers numpy."""
         return (
             type(x) is np.ndarray
             and type(w) is np.ndarray
-            and w.dtype is _F64
+            and w.dtype is F64
             and w.shape == (length,)
             and math.isfinite(w.dot(w))
         )
@@ -474,7 +474,10 @@ class Surrogate:
         """Hessian-vector product of a scalar surrogate at one point: x, p (n_in,) -> (n_in,).
         The ``hessp`` of Newton-CG, trust-ncg, trust-krylov and trust-constr."""
         only, where = "Surrogate.lagrangian_hess", "Surrogate.hessp"
-        if self._solvers(x, p, self._n_in) and (row := self._row(x, where, 2, only)) is not None:
+        if (
+            self._from_solver(x, p, self._n_in)
+            and (row := self._row(x, where, 2, only)) is not None
+        ):
             return self._engine.points.hessp(row, p)  # trust-constr: several per point
         pts, pv = self._at_one_point(x, where, p, "n_in", "p", only)
         return self._engine.hessp(pts, pv)
@@ -483,7 +486,10 @@ class Surrogate:
         """``sum_i v_i * Hessian of output i`` at one point: x (n_in,), v (n_out,) -> (n_in, n_in),
         in one pass (not n_out Hessians). The ``hess(x, v)`` of a scipy ``NonlinearConstraint``."""
         where = "Surrogate.lagrangian_hess"
-        if self._solvers(x, v, self.n_out) and (row := self._row(x, where, 2, None)) is not None:
+        if (
+            self._from_solver(x, v, self.n_out)
+            and (row := self._row(x, where, 2, None)) is not None
+        ):
             return self._engine.points.lagrangian(row, v)
         pts, vv = self._at_one_point(x, where, v, "n_out", "v")
         return self._engine.lagrangian(pts, vv)
