@@ -27,7 +27,8 @@ __all__ = ["POINT_ROUTES", "MeasuredRoute", "RouteUnavailable", "same_as_torch",
 POINT_ROUTES = ("auto", "torch", "numpy", "casadi")
 _AUTO_AFTER = 32  # single-point computations before "auto" measures
 _REPEATS = 7  # timed calls per route and kind (the minimum is kept), each after an untimed one
-_HOPELESS = 8.0  # after two rounds, a route this many times slower than the fastest is dropped
+_HOPELESS = 8.0  # a route this many times slower than the fastest (at its first call of a kind,
+# or after two rounds of timing) is timed no more for that kind
 _AGREE = 1e-10  # relative to the result's size: a translation that differs more is not used
 
 
