@@ -52,7 +52,7 @@ def _outside_transforms(method):
     return computed
 
 
-_DENSE_HESSP_MAX = 16  # up to this many inputs, hessp builds and caches the dense Hessian
+DENSE_HESSP_MAX = 16  # up to this many inputs, hessp builds and caches the dense Hessian
 
 
 class CacheInfo(NamedTuple):
@@ -125,7 +125,7 @@ class PointEvaluator:
         16 inputs (a matrix-vector product), else one backward pass on the kept graph."""
         with self._lock:
             e, key = self._entry(x)
-            if e.H is not None or self.n <= _DENSE_HESSP_MAX:
+            if e.H is not None or self.n <= DENSE_HESSP_MAX:
                 self._fill_hess(e, key)
                 return e.H[0, 0] @ p.astype(e.H.dtype)
             if e.graph is None:

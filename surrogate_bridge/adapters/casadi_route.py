@@ -15,6 +15,7 @@ from __future__ import annotations
 import casadi as ca
 import numpy as np
 
+from ..points import DENSE_HESSP_MAX
 from .casadi_symbolic import translate_program
 
 __all__ = ["CasadiPointRoute"]
@@ -63,7 +64,8 @@ class _Call:
 
 
 class _AtPoint:
-    """Hessian-vector products and the Hessian at one point, without a new value pass."""
+    """Hessian-vector products at one point from the Hessian-vector product Function (no dense
+    Hessian); the Hessian there, a call of the Hessian Function as without it."""
 
     def __init__(self, route: CasadiPointRoute, x: np.ndarray) -> None:
         self.route, self.x = route, x
@@ -104,7 +106,10 @@ class CasadiPointRoute:
 
     def value_jac(self, x: np.ndarray, keep_graph: bool = False):
         y, J = self._jac(x)
-        return y, J, (_AtPoint(self, x) if keep_graph and self.m == 1 else None)  # x: the cache's
+        # a kept point pays only for Hessian-vector products beyond the dense-Hessian limit:
+        # the Hessian itself is one call of its Function either way (x: the cache's own copy)
+        keep = keep_graph and self.m == 1 and self.n > DENSE_HESSP_MAX
+        return y, J, (_AtPoint(self, x) if keep else None)
 
     def hessian(self, x: np.ndarray):
         return tuple(self._hess(x))
