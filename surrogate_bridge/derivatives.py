@@ -299,6 +299,7 @@ class Engine:
             self.torch_route,
             {"numpy": self._numpy_route, "casadi": self._casadi_route},
             point_route,
+            check=self._same_as_torch,
         )
         self.points = None  # a points.PointEvaluator over self.route, set by the surrogate
 
@@ -334,7 +335,8 @@ class Engine:
         return {k: v for k, v in self.__dict__.items() if k not in ("_exported", "_torch_answers")}
 
     def _numpy_route(self):
-        """The numpy route for layer graphs (``numpy_route.py``)."""
+        """The numpy route for layer graphs (``numpy_route.py``), built; :meth:`_same_as_torch`
+        checks it before it answers."""
         from .lowering import lowered
         from .numpy_route import NumpyPointRoute, knows
 
@@ -348,11 +350,12 @@ class Engine:
                     route = NumpyPointRoute(low, self.n, self.m)
             if route is None:  # not a layer graph: other routes answer
                 raise RouteUnavailable(f"not a layer graph ({err})") from err
-        return same_as_torch(route, self._reference())
+        return route
 
     def _casadi_route(self):
-        """The compiled CasADi route (``adapters/casadi_route.py``), reached by name only when
-        casadi is installed: the core never imports casadi itself."""
+        """The compiled CasADi route (``adapters/casadi_route.py``), built (checked as the numpy
+        route is), reached by name only when casadi is installed: the core never imports casadi
+        itself."""
         if find_spec("casadi") is None:
             raise RouteUnavailable(
                 "casadi is not installed (pip install 'surrogate-bridge[casadi]')"
@@ -367,6 +370,10 @@ class Engine:
             raise RouteUnavailable(
                 f"the model did not translate ({type(err).__name__}: {err})"
             ) from err
+        return route
+
+    def _same_as_torch(self, route):
+        """``route`` once its value, Jacobian and Hessian are torch's at the probe rows."""
         return same_as_torch(route, self._reference())
 
     def _cached(self, pts) -> bool:

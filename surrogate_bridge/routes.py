@@ -10,9 +10,11 @@ it builds every other route it can, checks that each agrees with torch on the cu
 times them there for each kind of request (value, value+Jacobian, Hessian, Lagrangian Hessian)
 and keeps the fastest for each. What it measured is ``Surrogate.point_route_report``.
 ``"torch"`` builds no other route; ``"numpy"`` and ``"casadi"`` build theirs at once and use it
-for every kind (an error if it cannot be built). Either way, a route is built only if it gives
+for every kind (an error if it cannot be built). Either way, a route answers only if it gives
 torch's value, Jacobian and Hessian at the model's probe rows (:func:`same_as_torch`): the other
-routes rewrite the user's layers, and a rewrite must be the same function.
+routes rewrite the user's layers, and a rewrite must be the same function. ("auto" checks a
+route only once it is the fastest of some kind: the check is the dearest step of measuring for
+a route that loses anyway.)
 """
 
 from __future__ import annotations
@@ -39,12 +41,22 @@ class RouteUnavailable(ValueError):
 class MeasuredRoute:
     """The route protocol (``value``, ``value_jac``, ``hessian``, ``lagrangian_hessian``),
     answered for each kind by whichever route measured fastest. ``builders`` maps each other
-    route's name to a callable that builds it (or raises :class:`RouteUnavailable`)."""
+    route's name to a callable that builds it (or raises :class:`RouteUnavailable`); ``check``
+    returns a built route once it is shown to be the same function as torch's (or raises
+    :class:`RouteUnavailable`), and is called only for a route about to answer (None: the
+    builders' routes need no check)."""
 
     KINDS = ("value", "value_jac", "hessian", "lagrangian_hessian")
 
-    def __init__(self, torch_route, builders: dict[str, Callable[[], object]], policy: str) -> None:
+    def __init__(
+        self,
+        torch_route,
+        builders: dict[str, Callable[[], object]],
+        policy: str,
+        check: Callable[[object], object] | None = None,
+    ) -> None:
         self.torch, self._builders, self.policy = torch_route, builders, policy
+        self._check = check
         self._start()
         if policy in builders:
             self._adopt()  # at once: RouteUnavailable names why it cannot be built
@@ -70,18 +82,22 @@ class MeasuredRoute:
 
     def _adopt(self) -> None:
         self._pending = None
-        self.choice = dict.fromkeys(self.KINDS, self._builders[self.policy]())
+        self.choice = dict.fromkeys(self.KINDS, self._checked(self._builders[self.policy]()))
         self.report = {"policy": self.policy, "chosen": self.policy}
         self._bind()
 
     # a copy starts again where it runs (the engine that builds may not be restored yet when
     # this is: a reference cycle, so the build waits for the first call)
     def __getstate__(self) -> dict:
-        return {"torch": self.torch, "_builders": self._builders, "policy": self.policy}
+        keep = ("torch", "_builders", "policy", "_check")
+        return {k: v for k, v in self.__dict__.items() if k in keep}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"_check": None, **state})  # (_check: absent from older pickles)
         self._start()
+
+    def _checked(self, route):
+        return route if self._check is None else self._check(route)
 
     @property
     def name(self) -> str:
@@ -120,7 +136,10 @@ class MeasuredRoute:
     # measuring -------------------------------------------------------------------------------
     def measure(self, x: np.ndarray) -> None:
         """Build every other route, and keep, per kind, the fastest route that agrees at ``x``
-        with torch (``report["disagree"]`` names, per kind, those that did not)."""
+        with torch (``report["disagree"]`` names, per kind, those that did not) and passes
+        ``check``: a route is checked only once it is the fastest of a kind (the check asks
+        for Hessians at every probe row, a second or more of a wide net's losing CasADi
+        route), and one that fails it gives its kinds to the next fastest."""
         self._pending = None
         t0 = time.perf_counter()
         others, notes = [], []
@@ -144,7 +163,7 @@ class MeasuredRoute:
             "hessian": lambda r: list(r.hessian(x)),
             "lagrangian_hessian": lambda r: [r.lagrangian_hessian(x, v)],
         }
-        timings, disagree = {}, {}
+        timings, disagree, ranked = {}, {}, {}
         for kind, call in calls.items():
             start = time.perf_counter()
             try:
@@ -170,12 +189,16 @@ class MeasuredRoute:
                 {r.name: (lambda r=r, call=call: call(r)) for r in (self.torch, *hopeful)}
             )
             timings[kind] = us
-            fastest = min((r for r in (self.torch, *hopeful)), key=lambda r: us[r.name])
-            self.choice[kind] = fastest
+            ranked[kind] = sorted((self.torch, *hopeful), key=lambda r: us[r.name])
+        t2, verdicts = time.perf_counter(), {self.torch.name: True}
+        for kind, candidates in ranked.items():
+            self.choice[kind] = next(r for r in candidates if self._passes(r, verdicts, notes))
+        t3 = time.perf_counter()
         self.report.update(
             chosen=self.name,
             build_s=t1 - t0,
-            probe_s=time.perf_counter() - t1,
+            probe_s=t2 - t1,
+            check_s=t3 - t2,
             us=timings,
             **({"disagree": disagree} if disagree else {}),
             note="; ".join(
@@ -184,6 +207,20 @@ class MeasuredRoute:
             ),
         )
         self._bind()
+
+    def _passes(self, route, verdicts: dict, notes: list) -> bool:
+        """Whether ``route`` passes ``check`` (once per route; a failure is noted)."""
+        if route.name not in verdicts:
+            try:
+                self._checked(route)
+                verdicts[route.name] = True
+            except RouteUnavailable as err:
+                notes.append(f"{route.name} route unavailable: {err}")
+                verdicts[route.name] = False
+            except Exception as err:  # (as a builder's failure: never the caller's evaluation)
+                notes.append(f"{route.name} route unavailable: {type(err).__name__}: {err}")
+                verdicts[route.name] = False
+        return verdicts[route.name]
 
 
 def _agrees(ref: list, call, route) -> bool:

@@ -196,10 +196,24 @@ def test_a_route_that_is_nan_where_torch_is_finite_is_not_the_same_function():
         assert _gap(a, np.array(b)) == np.inf
 
 
-def test_auto_leaves_a_route_that_is_not_the_same_function_unused(monkeypatch):
+def _casadi_off(engine):
+    from surrogate_bridge.routes import RouteUnavailable
+
+    raise RouteUnavailable("off for this test")
+
+
+@pytest.mark.parametrize("casadi", [True, False])
+def test_auto_leaves_a_route_that_is_not_the_same_function_unused(monkeypatch, casadi):
+    """A numpy route with a wrong curvature rule: its Hessians disagree with torch's at the
+    current point (named in the report) and, where it is the fastest at first derivatives
+    (CasADi off), the check at the probe rows refuses it before it answers anything (its kept
+    tapes would answer Hessians)."""
     from surrogate_bridge import elementwise
+    from surrogate_bridge.derivatives import Engine
 
     monkeypatch.setitem(elementwise.ACTIVATIONS, torch.ops.aten.tanh.default, _wrong_tanh_curvature)
+    if not casadi:
+        monkeypatch.setattr(Engine, "_casadi_route", _casadi_off)
     model, ins, outs = MODELS["tanh-scalers"]
     sur = sb.Surrogate(model, ins, outs)
     exact = sb.Surrogate(model, ins, outs, point_route="torch", cache_size=0)
@@ -207,7 +221,10 @@ def test_auto_leaves_a_route_that_is_not_the_same_function_unused(monkeypatch):
     for x in X:
         sur.value_and_grad(x)
     report = sur.point_route_report
-    assert "numpy route unavailable: its Hessian differs" in report["note"]
+    assert "numpy" in report["disagree"]["hessian"]
+    if not casadi:
+        assert "numpy route unavailable: its Hessian differs" in report["note"]
+        assert sur.point_route == "torch"
     assert "numpy" not in sur.point_route
     for x in X[:4]:
         assert close(sur.hess(x + 0.1), exact.hess(x + 0.1))
@@ -411,3 +428,36 @@ def test_a_route_whose_first_call_is_hopeless_is_not_timed_for_that_kind():
     us = measured.report["us"]
     assert us["hessian"]["casadi"] >= 5e4 > 8 * us["hessian"]["numpy"]
     assert all(measured.choice[k] is fast for k in kinds)
+
+
+def test_only_a_route_about_to_answer_is_checked_and_a_failing_one_gives_way():
+    """The probe-row check (Hessians at every probe row: a second and more for a wide net's
+    CasADi route) runs once per route, only for one that is the fastest of some kind; a route
+    that fails it answers nothing, and each of its kinds goes to the next fastest."""
+    from surrogate_bridge import routes
+
+    kinds = routes.MeasuredRoute.KINDS
+    torch_route = _Timed("torch", dict.fromkeys(kinds, 0.004))
+    second = _Timed("casadi", dict.fromkeys(kinds, 0.002))  # between numpy and torch
+    checked = []
+
+    def check(route):
+        checked.append(route.name)
+        return route
+
+    for fails in (False, True):
+        fast, checked[:] = _Timed("numpy", dict.fromkeys(kinds, 0.001)), []
+
+        def failing(route, fails=fails):
+            check(route)
+            if fails and route.name == "numpy":
+                raise routes.RouteUnavailable("its Hessian differs from torch's")
+            return route
+
+        measured = routes.MeasuredRoute(
+            torch_route, {"numpy": lambda f=fast: f, "casadi": lambda: second}, "auto", failing
+        )
+        measured.measure(np.zeros(2))
+        assert checked == (["numpy", "casadi"] if fails else ["numpy"])
+        assert all(measured.choice[k] is (second if fails else fast) for k in kinds)
+        assert ("numpy route unavailable: its Hessian differs" in measured.report["note"]) == fails
