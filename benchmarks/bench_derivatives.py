@@ -154,6 +154,7 @@ def one_point(n, h, rows):
         "chosen": routes["auto"].point_route,
         "build_s": report.get("build_s", float("nan")),
         "probe_s": report.get("probe_s", float("nan")),
+        "check_s": report.get("check_s", float("nan")),
     }
 
 
@@ -369,8 +370,8 @@ def main(quick: bool = False) -> None:
     body += table(["net", "call", "route", "us per call", "/ numpy floor"], one)
     body += "\n\nThe auto route's choice and what choosing cost (once per surrogate):\n\n"
     body += table(
-        ["net", "chosen", "build s", "probe s"],
-        [[b["net"], b["chosen"], b["build_s"], b["probe_s"]] for b in builds],
+        ["net", "chosen", "build s", "probe s", "check s"],
+        [[b["net"], b["chosen"], b["build_s"], b["probe_s"], b["check_s"]] for b in builds],
     )
     body += (
         "\n\n(a') One point on nets beyond a plain MLP (a normalization layer before each "

@@ -255,7 +255,7 @@ class Surrogate:
     )
     point_route_report = property(
         lambda self: self._ready("Surrogate.point_route_report") and self._engine.route.report,
-        doc="What the route choice measured: build and probe seconds, microseconds per kind.",
+        doc="What the route choice measured: build, probe, check seconds, microseconds per kind.",
     )
     domain = property(lambda self: self._domain.box(), doc="(lb, ub) copies, or None.")
     feature_names = property(
