@@ -130,15 +130,17 @@ class Domain:
                 box = _floats(self.lb - tol, self.ub + tol)
             if defined is not None:
                 scaler = _floats(*defined)
-            self._edges = edges = (defined, scaler, box)
-        _, scaler, box = edges
+            sizes = {len(e[0]) for e in (scaler, box) if e is not None}
+            n = sizes.pop() if len(sizes) == 1 else -1  # (edges of unequal lengths: none)
+            self._edges = edges = (defined, scaler, box, n)
+        _, scaler, box, n = edges
         if box is not None and self._policy == "ignore":
             box = None
         if scaler is None and box is None:
             return True
         v = row.tolist()
-        if any(len(e[0]) != len(v) for e in (scaler, box) if e is not None):
-            return False  # (not this surrogate's point: the full check says so)
+        if len(v) != n:
+            return False  # (not the edges' feature count: the full check says so)
         if scaler is not None and not (all(map(lt, scaler[0], v)) and all(map(lt, v, scaler[1]))):
             return False
         return box is None or (all(map(le, box[0], v)) and all(map(le, v, box[1])))
