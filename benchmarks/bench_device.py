@@ -110,6 +110,7 @@ def hessian_rows(device: str, sizes, rows: list) -> None:
                 t = _median_time(lambda X=X, s=sur: s.derivatives(X, order=2), device)
                 results_mb = N * (1 + n + n * n) * 8 / 2**20
                 rows.append([f"{n}-{h}-{h}-1", device, chunk, N, t, N / t, results_mb, extra])
+                print("row", rows[-1], flush=True)  # a run cut short still leaves its rows
                 del X
                 if device == "cpu" and t * 10 > CPU_BUDGET_S:  # the next N would take longer
                     break
@@ -142,6 +143,7 @@ def multistart_rows(device: str, S: int, rows: list, refs: dict) -> None:
             same = agreement(r.xs[:256], r.funs[:256], ref)
             rows.append([name, device, S, method, t, t_loop, t_loop / t, r.nit, r.nfev,
                          int(r.converged.sum()), len(r.minima), f"{same}/{len(ref)}"])  # fmt: skip
+            print("row", rows[-1], flush=True)
 
 
 def _verdicts(hess: list, starts: list) -> str:
