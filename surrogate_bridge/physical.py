@@ -767,12 +767,20 @@ class ExportError(ValueError):
 
 
 def export(
-    fn: PhysicalFunction, n_in: int, *, one_point: bool, dtype: torch.dtype
+    fn: PhysicalFunction,
+    n_in: int,
+    *,
+    one_point: bool,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
 ) -> torch.export.ExportedProgram:
     """Capture ``fn`` on the CPU in ``dtype`` with ``torch.export``.
 
     ``one_point=True``: on a (1, n_in) input with each row wrapper's one-point form (no vmap in
     the graph; the CasADi translator's input). Else a dynamic batch dimension (``io.save``).
+    ``device``: where ``fn`` computes. A function that keeps tensors of its own there, which no
+    copy can move (a closure's), fails to capture on the CPU; it is then captured on
+    ``device`` and the program moved to the CPU.
     """
     if isinstance(fn.model, _Scripted):
         raise ExportError(
@@ -787,30 +795,21 @@ def export(
             "mode and every derivative work; or write the branch with torch.where."
         )
     module = fn._with_rows(fn.rows.one_point()) if one_point else fn
-    module = moved(deep_copy(module), dtype, "cpu")
-    example = torch.zeros(1 if one_point else 2, n_in, dtype=dtype)
-    dynamic = None if one_point else ({0: torch.export.Dim("batch")},)
+    elsewhere = device is not None and torch.device(device).type != "cpu"
     try:
         with TRACING, warnings.catch_warnings():  # nn.RNN/GRU/LSTM rebuild their weight list
             # on every call, which torch.export notes; they are captured with the graph all
             # the same
             warnings.filterwarnings("ignore", message=_ASSIGNED, category=UserWarning)
-            program, probes = None, fn.probes(n_in).to(dtype)
-            if reads := recorded(module, example):  # a Python if on a weight: decided
-                with contextlib.suppress(Exception):  # (else as torch.export alone would)
-                    program = captured(module, example, dynamic, reads)
-                    # (and only where it computes the forward's values at the probe points)
-                    if not same_function(program, module, probes):
-                        program = None
-            if program is None:
-                try:
-                    program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
-                except Exception:  # a forward that differentiates inside: traced through
-                    # autograd (one point: the trace's shapes are fixed)
-                    traced = one_point and through_autograd(module, example, probes)
-                    if not traced:
-                        raise
-                    program = traced
+            try:
+                program = _capture(fn, module, n_in, one_point, dtype, "cpu")
+            except Exception:
+                if not elsewhere:
+                    raise
+                from torch.export.passes import move_to_device_pass
+
+                program = _capture(fn, module, n_in, one_point, dtype, device)
+                program = move_to_device_pass(program, "cpu")
             _drop_error_checks(program)
             if _calls_vmap(program):  # the model's own torch.func.vmap (an ensemble over
                 # stacked weights): its batching rules written out as aten operations, which
@@ -824,3 +823,27 @@ def export(
             f"torch.export could not capture the model ({type(err).__name__}: {first}). Models "
             "with data-dependent Python control flow cannot be captured as a graph."
         ) from err
+
+
+def _capture(fn, module, n_in: int, one_point: bool, dtype, device):
+    """``torch.export`` of a copy of ``module`` on ``device``."""
+    module = moved(deep_copy(module), dtype, device)
+    example = torch.zeros(1 if one_point else 2, n_in, dtype=dtype, device=device)
+    dynamic = None if one_point else ({0: torch.export.Dim("batch")},)
+    program, probes = None, fn.probes(n_in).to(dtype=dtype, device=device)
+    if reads := recorded(module, example):  # a Python if on a weight: decided
+        with contextlib.suppress(Exception):  # (else as torch.export alone would)
+            program = captured(module, example, dynamic, reads)
+            # (and only where it computes the forward's values at the probe points)
+            if not same_function(program, module, probes):
+                program = None
+    if program is None:
+        try:
+            program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
+        except Exception:  # a forward that differentiates inside: traced through autograd
+            # (one point: the trace's shapes are fixed)
+            traced = one_point and through_autograd(module, example, probes)
+            if not traced:
+                raise
+            program = traced
+    return program

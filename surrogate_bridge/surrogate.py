@@ -274,7 +274,8 @@ class Surrogate:
         """The physical function captured by ``torch.export`` on the CPU for ``io.save`` (dynamic
         batch) and the CasADi translator (``one_point``: one (1, n_in) point, no vmap)."""
         fn = self._ready("Surrogate.export").fn
-        return export(fn, self._n_in, one_point=one_point, dtype=dtype or self.dtype)
+        dtype = dtype or self.dtype
+        return export(fn, self._n_in, one_point=one_point, dtype=dtype, device=self.device)
 
     def __deepcopy__(self, memo: dict) -> Surrogate:
         # (a tensor that the model's forward keeps on itself, self.last = h, is no graph leaf,

@@ -1095,6 +1095,27 @@ def test_device_results_match_cpu(device):
     np.testing.assert_allclose(sur.hess(X[0]), ref.hess(X[0]), rtol=1e-12, atol=1e-15)
 
 
+def test_a_closure_over_device_tensors_saves_and_translates(device, tmp_path):
+    """A function that keeps a tensor of its own on the surrogate's device (a closure's, which
+    no copy can move to the CPU) is captured there and its graph moved to the CPU: saved and
+    loaded, exported and (where CasADi is present) translated, it is the CPU function."""
+    P = torch.tensor([[2.0, -0.5], [-0.5, 1.0]], dtype=torch.float64)
+    Pd = P.to(device)
+    sur = sb.Surrogate(lambda x: torch.tanh(x @ Pd).pow(2).sum(-1), n_in=2, device=device)
+    ref = sb.Surrogate(lambda x: torch.tanh(x @ P).pow(2).sum(-1), n_in=2)
+    X = np.random.default_rng(0).normal(size=(5, 2))
+    program = sur.export(one_point=True).module()
+    got = torch.cat([program(torch.tensor(x[None])) for x in X]).reshape(-1)
+    np.testing.assert_allclose(got.numpy(), ref(X), rtol=1e-14, atol=1e-15)
+    sb.save(sur, tmp_path / "closure.sbz")
+    loaded = sb.load(tmp_path / "closure.sbz")
+    np.testing.assert_allclose(loaded(X), ref(X), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(loaded.hess(X[0]), ref.hess(X[0]), rtol=1e-12, atol=1e-14)
+    if importlib.util.find_spec("casadi") is not None:
+        F = sb.casadi_function(sur, mode="symbolic")
+        np.testing.assert_allclose([float(F(x)) for x in X], ref(X), rtol=1e-14, atol=1e-15)
+
+
 def test_pandas_inputs_are_checked_against_the_scalers_feature_names(tmp_path):
     """As sklearn refuses a DataFrame whose columns differ from those it was fitted on: a
     silent permutation of the inputs would be a wrong answer with no error."""

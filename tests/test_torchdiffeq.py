@@ -42,15 +42,18 @@ def test_linear_field_batch_of_64(linear, method, opts, device):
     )
 
 
-def test_adjoint_gradient_wrt_y0(linear):
+def test_adjoint_gradient_wrt_y0(linear, device):
     rhs = sb.ode_rhs(linear)
-    y0 = torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=torch.float64, requires_grad=True)
-    t = torch.tensor([0.0, 1.5], dtype=torch.float64)
-    w = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    f64 = {"dtype": torch.float64, "device": device}
+    y0 = torch.tensor([[1.0, 0.5], [-0.3, 2.0]], **f64, requires_grad=True)
+    t = torch.tensor([0.0, 1.5], **f64)
+    w = torch.tensor([2.0, -1.0], **f64)
     loss = (odeint_adjoint(rhs, y0, t, rtol=1e-10, atol=1e-12)[-1] @ w).sum()
     loss.backward()
-    analytic = expm(1.5 * A_DYN).T @ w.numpy()  # d(w . e^{tA} y0)/dy0
-    np.testing.assert_allclose(y0.grad.numpy(), np.tile(analytic, (2, 1)), atol=TOL["adjoint"])
+    analytic = expm(1.5 * A_DYN).T @ w.cpu().numpy()  # d(w . e^{tA} y0)/dy0
+    np.testing.assert_allclose(
+        y0.grad.cpu().numpy(), np.tile(analytic, (2, 1)), atol=TOL["adjoint"]
+    )
     assert all(p.grad is None for p in rhs.parameters())  # frozen by default
 
 
