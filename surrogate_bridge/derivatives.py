@@ -24,6 +24,7 @@ from importlib.util import find_spec
 import numpy as np
 import torch
 
+from .chunks import CPU_ROWS, Chunks
 from .convert import grad_on, in_transform, normal, to_host, to_torch, transformed
 from .physical import batch_statistics
 from .routes import MeasuredRoute, RouteUnavailable, same_as_torch, torch_reference
@@ -83,26 +84,38 @@ def composed(fn: Fn, X: torch.Tensor, order: int) -> list[torch.Tensor]:
     return out
 
 
-def batch(fn: Fn, X: torch.Tensor, order: int, *, chunk: int):
-    """Chunked ``[f, ..., D^order f]`` over a batch (N >= 1 rows).
+def batch(fn: Fn, X: torch.Tensor, order: int, *, chunk: int | Chunks):
+    """Chunked ``[f, ..., D^order f]`` over a batch (N >= 1 rows), ``chunk`` rows at a time
+    (or as many as ``chunk`` sizes for this order, measuring the first where it must).
 
     Memory stays bounded for any N: beyond the results themselves, which are allocated once and
-    filled chunk by chunk, only one chunk's working set is alive at a time.
+    filled chunk by chunk, only one chunk's work is alive at a time.
     """
-    N, out = X.shape[0], None
-    for start in range(0, N, chunk):
-        Xc = X[start : start + chunk]
+
+    def work(Xc: torch.Tensor) -> list[torch.Tensor]:
         if order == 0:
             with torch.no_grad():
-                part = [_as_2d(fn(Xc), Xc.shape[0])]
+                return [_as_2d(fn(Xc), Xc.shape[0])]
+        return rowwise(fn, Xc, order, create_graph=False)
+
+    N, out, start = X.shape[0], None, 0
+    sized = isinstance(chunk, Chunks)
+    rows = chunk.rows(order) if sized else chunk
+    while start < N:
+        if sized and N > CPU_ROWS and chunk.to_measure(order):
+            Xc = X[start : start + CPU_ROWS]
+            part = chunk.measured(order, work, Xc)
+            rows = chunk.rows(order)
         else:
-            part = rowwise(fn, Xc, order, create_graph=False)
-        if N <= chunk:
+            Xc = X[start : start + rows]
+            part = work(Xc)
+        if Xc.shape[0] == N:
             return part
         if out is None:
             out = [p.new_empty((N, *p.shape[1:])) for p in part]
         for whole, p in zip(out, part, strict=True):
             whole[start : start + Xc.shape[0]] = p
+        start += Xc.shape[0]
         del part
     return out
 
@@ -387,7 +400,7 @@ class Engine:
             return data.to(device=self.device, dtype=self.dtype)
         return None
 
-    def orders(self, pts, order: int, chunk: int) -> list:
+    def orders(self, pts, order: int, chunk: int | Chunks) -> list:
         """``[f, ..., D^order f]`` at the points; differentiable in a traced x (one pass over
         the whole batch, whose graph the caller keeps anyway)."""
         if self._cached(pts) and order <= 2:

@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from .arguments import check_arguments, check_device, infer_n_in
+from .chunks import Chunks, check_chunk_size
 from .convert import (
     F64,
     Points,
@@ -106,8 +107,10 @@ class Surrogate:
     -----
     numpy in -> numpy out; torch in -> torch out on its device, with the input's autograd graph
     where it requires grad (and grad mode is on). Safe to share between threads.
-    Batches run in chunks of ``chunk_size`` rows (4096 on the CPU, where a chunk's work then
-    stays in cache; 16384 on a GPU): beyond the results, memory is one chunk's work for any N.
+    Batches run in chunks of ``chunk_size`` rows: beyond the results, memory is one chunk's work
+    for any N. ``"auto"`` (the default) is 4096 rows on the CPU, where a chunk's work then stays
+    in cache; on a GPU, as many rows as fit 2 GiB of work (or a quarter of the free memory),
+    measured on the first chunk of each derivative order.
 
     Examples
     --------
@@ -156,7 +159,7 @@ class Surrogate:
         self._out_aff = as_scaler(output_scaler, "Surrogate: output_scaler")
         self._baked = (self._in_aff, self._out_aff)  # what the function applies (_setup)
         self._cache_policy, self._route_policy = (cache_size, bool(prefetch_grad)), point_route
-        self.chunk_size = 4096 if self.device.type == "cpu" else 16384  # benchmarks/RESULTS.md
+        self._chunk_size, self._chunks = "auto", Chunks(self.device)  # (chunks.py)
         n_in, self._n_in_hint = infer_n_in(n_in, self._in_aff, model)  # (the hint: for errors)
         self._domain = Domain(domain, self._in_aff, n_in, extrapolation)
         self._model = frozen_copy(from_torchscript(model, n_in), dtype, self.device)
@@ -264,6 +267,11 @@ class Surrogate:
         "columns), or None: a pandas x must have these columns in this order.",
     )
     vectorized = property(lambda self: Vectorized(self), doc="scipy's x (n, S) -> (S,) form.")
+    chunk_size = property(
+        lambda self: self.__dict__.get("_chunk_size", self.__dict__.get("chunk_size", "auto")),
+        lambda self, rows: setattr(self, "_chunk_size", check_chunk_size(rows)),
+        doc='Rows per chunk of a batch: an int, or "auto" (sized by measuring; see Notes).',
+    )
     extrapolation = property(
         lambda self: self._domain.policy,
         lambda self, policy: setattr(self._domain, "policy", policy),
@@ -365,7 +373,10 @@ class Surrogate:
         if order >= 1:
             self._before_derivatives(where, order)
         drop = self._built.n_out == 1 if drop is None else drop
-        found = self._engine.orders(pts, order, self.chunk_size)
+        rows = self.chunk_size
+        if rows == "auto":  # (older pickles have no _chunks)
+            rows = self.__dict__.setdefault("_chunks", Chunks(self.device))
+        found = self._engine.orders(pts, order, rows)
         return [finish(t, pts, drop) for t in found[(order if lowest is None else lowest) :]]
 
     def _row(self, x: np.ndarray, where: str, order: int, scalar_only: str | None):

@@ -3,7 +3,7 @@
 # surrogate's value) and a torch.Tensor gives a torch.Tensor. tests/test_typing.py checks that
 # it names every public member of the implementation, and runs mypy on the overloads.
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ class Surrogate:
     history: dict | None
     dtype: torch.dtype
     device: torch.device
-    chunk_size: int
+    chunk_size: int | Literal["auto"]
     def __init__(
         self,
         model: nn.Module | Callable | torch.export.ExportedProgram | Any,

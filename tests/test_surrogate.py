@@ -1,6 +1,7 @@
 """Shapes, I/O types, the user's model left untouched, row handling, cache, errors, warnings."""
 
 import importlib.util
+import pickle
 import warnings
 
 import numpy as np
@@ -852,6 +853,78 @@ def test_cuda_memory_beyond_the_results_does_not_grow_with_n():
 
     one, many = extra(4 * 4096), extra(64 * 4096)
     assert many <= one * 1.25 + 2**20, (one, many)
+
+
+def test_auto_chunks_are_4096_rows_on_the_cpu_and_a_set_size_is_checked():
+    model, calls = counting(mlp([2, 16, 1]))
+    sur = sb.Surrogate(model, point_route="torch")
+    assert sur.chunk_size == "auto"
+    X = np.random.default_rng(0).normal(size=(2 * 4096 + 5, 2))
+    calls.clear()
+    H = sur.hess(X)
+    assert calls == [4096, 4096, 5]
+    sur.chunk_size = 3000
+    calls.clear()
+    np.testing.assert_array_equal(sur.hess(X), H)  # rows are independent: chunks change nothing
+    assert calls == [3000, 3000, 2197]
+    for bad in (0, -1, 2.5, True, "big", None):
+        with pytest.raises(ValueError, match=r"chunk_size must be 'auto' or an int >= 1.*got"):
+            sur.chunk_size = bad
+    assert sur.chunk_size == 3000
+
+
+def test_auto_chunk_rows_follow_the_bytes_per_row_and_are_measured_again_after_pickle():
+    from surrogate_bridge.chunks import CHUNK_BYTES, MAX_ROWS, Chunks, rows_for
+
+    assert rows_for(4.6 * 2**10, CHUNK_BYTES) == 455_680  # 2 GiB / 4.6 KiB, to 1024 rows
+    assert rows_for(20 * 2**10, CHUNK_BYTES) == 104_448
+    assert rows_for(2**31, CHUNK_BYTES) == 1 and rows_for(600, 500) == 1  # never none
+    assert rows_for(0.0, CHUNK_BYTES) == rows_for(1e-3, 1e9) == MAX_ROWS
+    assert rows_for(2**20, 700 * 2**20) == 700  # below 1024 rows: exact
+    chunks = Chunks(torch.device("cuda", 0))
+    chunks.per_row[2] = 1234.0
+    again = pickle.loads(pickle.dumps(chunks))  # another machine's device: measured there
+    assert again.per_row == {} and again.to_measure(2) and not chunks.to_measure(2)
+    cpu = Chunks(torch.device("cpu"))
+    assert cpu.rows(2) == 4096 and not cpu.to_measure(1)
+
+
+@pytest.mark.cuda
+def test_cuda_auto_chunks_are_sized_by_the_measured_memory_and_bounded():
+    """On a GPU the first chunk (4096 rows) is measured and the rest hold as many rows as fit
+    the budget: same results as fixed chunks, memory beyond the results within the budget, and
+    no measurement where an earlier, higher peak hides the chunk's own (the fallback size)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from surrogate_bridge.chunks import CHUNK_BYTES, FALLBACK_ROWS
+
+    model, calls = counting(mlp([2, 64, 64, 1]))
+    hidden = torch.empty(2**31, dtype=torch.uint8, device="cuda")  # a peak above the chunk's
+    del hidden
+    sur = sb.Surrogate(model, device="cuda")
+    X = torch.randn(3 * 4096, 2, dtype=torch.float64, device="cuda")
+    calls.clear()
+    sur.derivatives(X, order=2)
+    assert calls == [4096, 8192] and sur._chunks.per_row == {}  # said nothing: 16384 rows
+    assert sur._chunks.rows(2) == FALLBACK_ROWS
+    torch.cuda.reset_peak_memory_stats()  # (the test's own reset: the library never resets)
+    N = 2**21  # more than the first chunk and two sized ones (at most 2**20 rows each)
+    X = torch.randn(N, 2, dtype=torch.float64, device="cuda")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    calls.clear()
+    y, g, H = sur.derivatives(X, order=2)
+    torch.cuda.synchronize()
+    per_row = sur._chunks.per_row[2]
+    assert 1e3 < per_row < 1e5  # bytes of one row's work: a few KiB for this net
+    rows = sur._chunks.rows(2)
+    assert rows > FALLBACK_ROWS and calls[0] == 4096 and set(calls[1:-1]) == {rows}
+    assert sum(calls) == N
+    results = sum(t.numel() * t.element_size() for t in (y, g, H))
+    assert torch.cuda.max_memory_allocated() - base - results <= CHUNK_BYTES * 1.25
+    sur.chunk_size = 4096
+    for a, b in zip(sur.derivatives(X, order=2), (y, g, H), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
 
 
 def test_batches_bypass_cache(scal):

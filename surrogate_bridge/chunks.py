@@ -1,0 +1,90 @@
+"""How many rows one chunk of a batch holds: a number the user sets, or ``"auto"``.
+
+A batch's results are allocated once and filled chunk by chunk, so beyond them memory is one
+chunk's work for any N. ``"auto"`` sizes the chunk by what was measured
+(``benchmarks/RESULTS.md``, ``bench_device``):
+
+* on the CPU, 4096 rows: a chunk's work then stays in cache, and larger chunks ran slower;
+* on a CUDA device, as many rows as fit a memory budget. A small net's chunk there is bound by
+  kernel launches, not arithmetic (16384 rows ran at 0.14x the rate of 131072 for a 2-64-64-1
+  net), while a wide net's work per row is large. So the first chunk of each derivative order
+  (4096 rows) is measured with the allocator's statistics, and later chunks hold
+  ``budget / bytes per row`` rows, the budget being ``CHUNK_BYTES`` or a quarter of the
+  device's free memory, whichever is less. The user's peak-memory statistics are read, never
+  reset: where the first chunk set a new peak, that peak less the memory allocated before it
+  is the chunk's work and results (more, never less, where other work ran beside it); where an
+  earlier, higher peak hides it, the measurement says nothing, the chunk stays
+  ``FALLBACK_ROWS`` and the next batch measures again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+CPU_ROWS = 4096  # the CPU's chunk (and the measured first chunk on a GPU)
+FALLBACK_ROWS = 16384  # a GPU's chunk before a measurement says more, and other devices'
+CHUNK_BYTES = 2 * 2**30  # one chunk's work on a GPU, at most
+MAX_ROWS = 2**20  # beyond this, launches are amortized: more rows only hold more memory
+
+
+def rows_for(per_row: float, budget: float) -> int:
+    """Rows of a chunk whose work takes about ``budget`` bytes at ``per_row`` bytes a row: at
+    least 1, at most ``MAX_ROWS``, a multiple of 1024 where above it."""
+    rows = int(budget // max(per_row, 1.0))
+    rows = min(max(rows, 1), MAX_ROWS)
+    return rows - rows % 1024 if rows > 1024 else rows
+
+
+def check_chunk_size(value) -> int | str:
+    """``value`` if it is ``"auto"`` or an int >= 1; else a ValueError naming it."""
+    ok = value == "auto" if isinstance(value, str) else (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    )  # fmt: skip
+    if not ok:
+        raise ValueError(
+            f"Surrogate.chunk_size must be 'auto' or an int >= 1 (rows per chunk), got {value!r}."
+        )
+    return value
+
+
+class Chunks:
+    """The ``"auto"`` chunk of one surrogate's device: bytes of work per row, by order."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.per_row: dict[int, float] = {}
+
+    def __getstate__(self) -> dict:  # measured on one machine's device: measured again
+        return {"device": self.device, "per_row": {}}
+
+    def rows(self, order: int) -> int:
+        """Rows of every chunk for ``order``, as known now."""
+        if self.device.type == "cpu":
+            return CPU_ROWS
+        if self.device.type != "cuda":
+            return FALLBACK_ROWS
+        per_row = self.per_row.get(order)
+        return FALLBACK_ROWS if per_row is None else rows_for(per_row, self._budget())
+
+    def to_measure(self, order: int) -> bool:
+        return self.device.type == "cuda" and order not in self.per_row
+
+    def measured(self, order: int, work: Callable[[torch.Tensor], list], X: torch.Tensor):
+        """``work(X)``, recording its bytes per row of ``X`` where the allocator says them."""
+        dev = self.device
+        torch.cuda.synchronize(dev)
+        base, before = torch.cuda.memory_allocated(dev), torch.cuda.max_memory_allocated(dev)
+        part = work(X)
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+        if peak > before:  # this chunk set the peak: peak - base is its work and results
+            held = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in part}
+            self.per_row[order] = max(peak - base - sum(held.values()), 0) / X.shape[0]
+        return part
+
+    def _budget(self) -> float:
+        free, _ = torch.cuda.mem_get_info(self.device)
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return min(CHUNK_BYTES, (free + cached) / 4)
