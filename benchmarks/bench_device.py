@@ -3,8 +3,10 @@
 (a) Batched Hessians (``sur.derivatives(X, order=2)``: values, gradients and Hessians of N
 torch points on the surrogate's device) of tanh MLPs 2-64-64-1 and 10-256-256-1 behind the
 surrogate's own route, for N = 1e4, 1e5, 1e6 and 1e7 on every device present, at the default
-chunk (``sur.chunk_size``: 4096 rows on the CPU, 16384 on a GPU) and at a chunk 4 (CPU) or 8
-(GPU) times larger. Points per second, and the peak memory beyond the input and the results:
+chunk (``sur.chunk_size = "auto"``: 4096 rows on the CPU; on a GPU sized from the measured
+memory of the first chunk, the rows it chose shown in brackets) and at fixed chunks: 16384 rows
+on the CPU, 16384 (the GPU's default before "auto") and 131072 on a GPU. Points per second,
+and the peak memory beyond the input and the results:
 on a GPU from ``torch.cuda``'s allocator statistics, on the CPU the growth of the peak
 resident memory of a fresh process over the call (``VmHWM``). Chunking keeps that figure flat
 in N. On the CPU a net's next N (ten times the points) is
@@ -67,9 +69,9 @@ import re, sys, torch, surrogate_bridge as sb
 def hwm():  # this process's peak resident memory (its own address space's: reset by exec)
     with open("/proc/self/status") as fh:
         return int(re.search(r"VmHWM:\\s*(\\d+) kB", fh.read()).group(1)) * 1024
-n, h, chunk, N = map(int, sys.argv[1:])
+n, h, N = map(int, sys.argv[1:4])
 sur = sb.Surrogate(sb.mlp((n, h, h, 1), "tanh", seed=0))
-sur.chunk_size = chunk
+sur.chunk_size = sys.argv[4] if sys.argv[4] == "auto" else int(sys.argv[4])
 X = torch.empty(N, n, dtype=torch.float64).uniform_(-1, 1)  # in place: no transient copies
 sur.derivatives(X[:64], order=2)
 before = hwm()
@@ -79,19 +81,18 @@ print((grown - sum(t.numel() * t.element_size() for t in out)) / 2**20)
 """
 
 
-def cpu_peak_mib(n: int, h: int, chunk: int, N: int) -> float:
+def cpu_peak_mib(n: int, h: int, chunk: int | str, N: int) -> float:
     """Peak resident memory beyond the input and the results, in a fresh process (so that no
     memory the C allocator kept from earlier work hides the growth; ``ru_maxrss`` would carry
     the parent's peak over ``fork``, ``VmHWM`` starts afresh at ``exec``)."""
-    args = [sys.executable, "-c", _PEAK, str(n), str(h), str(chunk), str(N)]
+    args = [sys.executable, "-c", _PEAK, str(n), str(h), str(N), str(chunk)]
     return float(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
 
 
 def hessian_rows(device: str, sizes, rows: list) -> None:
     for n, h in NETS:
         sur = sb.Surrogate(sb.mlp((n, h, h, 1), "tanh", seed=0), device=device)
-        chunks = (sur.chunk_size, (8 if device == "cuda" else 4) * sur.chunk_size)
-        for chunk in chunks:
+        for chunk in ("auto", 16384) + ((131072,) if device == "cuda" else ()):
             sur.chunk_size = chunk
             for N in sizes:
                 X = torch.empty(N, n, dtype=torch.float64, device=device).uniform_(-1, 1)
@@ -109,7 +110,10 @@ def hessian_rows(device: str, sizes, rows: list) -> None:
                     del out
                 t = _median_time(lambda X=X, s=sur: s.derivatives(X, order=2), device)
                 results_mb = N * (1 + n + n * n) * 8 / 2**20
-                rows.append([f"{n}-{h}-{h}-1", device, chunk, N, t, N / t, results_mb, extra])
+                # the rows per chunk ("auto": what it chose, on a GPU from its first chunk)
+                per = min(sur._chunks.rows(2) if chunk == "auto" else chunk, N)
+                rows.append([f"{n}-{h}-{h}-1", device, str(chunk), per, N, t, N / t,
+                             results_mb, extra])  # fmt: skip
                 print("row", rows[-1], flush=True)  # a run cut short still leaves its rows
                 del X
                 if device == "cpu" and t * 10 > CPU_BUDGET_S:  # the next N would take longer
@@ -153,28 +157,30 @@ def _verdicts(hess: list, starts: list) -> str:
             mine = [r for r in hess if r[0] == net and r[1] == dev]
             if not mine:
                 continue
-            best = max(mine, key=lambda r: r[5])
+            best = max(mine, key=lambda r: r[6])
             lines.append(
-                f"- {net} on {dev}: up to {best[5]:.3g} Hessian points/s (N = {best[3]:.0e}, "
-                f"chunk {best[2]}), largest N run {max(r[3] for r in mine):.0e}."
+                f"- {net} on {dev}: up to {best[6]:.3g} Hessian points/s (N = {best[4]:.0e}, "
+                f"chunk {best[2]}), largest N run {max(r[4] for r in mine):.0e}."
             )
-            chunks = sorted({r[2] for r in mine})
-            both = [N for N in {r[3] for r in mine} if all(
-                any(r[2] == c and r[3] == N for r in mine) for c in chunks)]  # fmt: skip
-            if len(chunks) == 2 and both:
-                N = max(both)
-                a, b = (next(r[5] for r in mine if r[2] == c and r[3] == N) for c in chunks)
-                lines.append(f"  - at N = {N:.0e}, chunk {chunks[0]} runs {a / b:.2f}x the rate "
-                             f"of chunk {chunks[1]}.")  # fmt: skip
-            for chunk in chunks:
-                extra = [r[7] for r in mine if r[2] == chunk]
-                how = "allocated" if dev == "cuda" else "peak resident"
-                if extra:
+            chunks = list(dict.fromkeys(r[2] for r in mine))  # "auto" first, as measured
+            rate = {(r[2], r[4]): r[6] for r in mine}
+            for chunk in chunks[1:]:
+                both = [N for (c, N) in rate if c == chunk and ("auto", N) in rate]
+                if both:
+                    N = max(both)
+                    rows = next(r[3] for r in mine if r[2] == "auto" and r[4] == N)
                     lines.append(
-                        f"  - chunk {chunk}: memory beyond the input and results ({how}) "
-                        f"{min(extra):.0f}-{max(extra):.0f} MiB over N = "
-                        f"{min(r[3] for r in mine):.0e}..{max(r[3] for r in mine):.0e}."
+                        f"  - at N = {N:.0e}, auto ({rows} rows a chunk) runs "
+                        f"{rate['auto', N] / rate[chunk, N]:.2f}x the rate of chunk {chunk}."
                     )
+            for chunk in chunks:
+                extra = [r[8] for r in mine if r[2] == chunk]
+                Ns = [r[4] for r in mine if r[2] == chunk]
+                how = "allocated" if dev == "cuda" else "peak resident"
+                lines.append(
+                    f"  - chunk {chunk}: memory beyond the input and results ({how}) "
+                    f"{min(extra):.0f}-{max(extra):.0f} MiB over N = {min(Ns):.0e}..{max(Ns):.0e}."
+                )
     for r in starts:
         lines.append(
             f"- {r[0]}, {r[2]} starts on {r[1]}, {r[3]}: {r[6]:.1f}x faster than the scipy loop; "
@@ -194,7 +200,7 @@ def main(quick: bool = False) -> None:
         multistart_rows(device, S, starts, refs)
     body = f"Machine: {machine()}\n\n"
     body += "(a) Batched Hessians (values, gradients and Hessians of N torch points):\n\n"
-    body += table(["net", "device", "chunk", "N", "s", "points/s", "results MiB",
+    body += table(["net", "device", "chunk", "rows a chunk", "N", "s", "points/s", "results MiB",
                    "peak beyond input and results MiB"], hess)  # fmt: skip
     body += (
         f"\n\n(b) Multistart from {S} starts; the scipy loop timed on the first 256 starts and"
