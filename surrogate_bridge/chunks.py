@@ -6,15 +6,18 @@ chunk's work for any N. ``"auto"`` sizes the chunk by what was measured
 
 * on the CPU, 4096 rows: a chunk's work then stays in cache, and larger chunks ran slower;
 * on a CUDA device, as many rows as fit a memory budget. A small net's chunk there is bound by
-  kernel launches, not arithmetic (16384 rows ran at 0.14x the rate of 131072 for a 2-64-64-1
-  net), while a wide net's work per row is large. So the first chunk of each derivative order
+  kernel launches, not arithmetic (on an H100, a 2-64-64-1 net's Hessians at N = 1e7 ran 7.55x
+  the rate of 16384-row chunks in chunks sized so), while a wide net's work per row is large
+  (rows alone would bound no memory). So the first chunk of each derivative order
   (4096 rows) is measured with the allocator's statistics, and later chunks hold
   ``budget / bytes per row`` rows, the budget being ``CHUNK_BYTES`` or a quarter of the
-  device's free memory, whichever is less. The user's peak-memory statistics are read, never
-  reset: where the first chunk set a new peak, that peak less the memory allocated before it
-  is the chunk's work and results (more, never less, where other work ran beside it); where an
-  earlier, higher peak hides it, the measurement says nothing, the chunk stays
-  ``FALLBACK_ROWS`` and the next batch measures again.
+  device's free memory, whichever is less. The user's statistics are read, never reset: where
+  the first chunk set a new peak, that peak less the memory allocated before it is exactly the
+  chunk's work and results. Where an earlier, higher peak hides it (a model trained before in
+  the same process, or the input check of a large batch), the sum of every allocation the
+  chunk made still bounds its work from above, loosely (memory freed and allocated again is
+  counted each time): the chunk is then sized from that bound but never below
+  ``FALLBACK_ROWS`` (the fixed GPU chunk before ``"auto"``), and the next batch measures again.
 """
 
 from __future__ import annotations
@@ -50,38 +53,48 @@ def check_chunk_size(value) -> int | str:
 
 
 class Chunks:
-    """The ``"auto"`` chunk of one surrogate's device: bytes of work per row, by order."""
+    """The ``"auto"`` chunk of one surrogate's device: bytes of work per row, by order, exact
+    (``per_row``) or an upper bound still to be measured again (``bound``)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.per_row: dict[int, float] = {}
+        self.bound: dict[int, float] = {}
 
     def __getstate__(self) -> dict:  # measured on one machine's device: measured again
-        return {"device": self.device, "per_row": {}}
+        return {"device": self.device, "per_row": {}, "bound": {}}
 
     def rows(self, order: int) -> int:
         """Rows of every chunk for ``order``, as known now."""
         if self.device.type == "cpu":
             return CPU_ROWS
-        if self.device.type != "cuda":
-            return FALLBACK_ROWS
-        per_row = self.per_row.get(order)
-        return FALLBACK_ROWS if per_row is None else rows_for(per_row, self._budget())
+        if order in self.per_row:
+            return rows_for(self.per_row[order], self._budget())
+        if order in self.bound:
+            return max(rows_for(self.bound[order], self._budget()), FALLBACK_ROWS)
+        return FALLBACK_ROWS
 
     def to_measure(self, order: int) -> bool:
         return self.device.type == "cuda" and order not in self.per_row
 
     def measured(self, order: int, work: Callable[[torch.Tensor], list], X: torch.Tensor):
-        """``work(X)``, recording its bytes per row of ``X`` where the allocator says them."""
+        """``work(X)``, recording its bytes of work per row of ``X``: exact where it set a new
+        peak, else the upper bound that the sum of its allocations gives."""
         dev = self.device
         torch.cuda.synchronize(dev)
-        base, before = torch.cuda.memory_allocated(dev), torch.cuda.max_memory_allocated(dev)
+        stats = torch.cuda.memory_stats(dev)
+        base, peak0 = stats["allocated_bytes.all.current"], stats["allocated_bytes.all.peak"]
+        made0 = stats["allocated_bytes.all.allocated"]  # (cumulative: every allocation's bytes)
         part = work(X)
         torch.cuda.synchronize(dev)
-        peak = torch.cuda.max_memory_allocated(dev)
-        if peak > before:  # this chunk set the peak: peak - base is its work and results
-            held = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in part}
-            self.per_row[order] = max(peak - base - sum(held.values()), 0) / X.shape[0]
+        stats = torch.cuda.memory_stats(dev)
+        peak, made = stats["allocated_bytes.all.peak"], stats["allocated_bytes.all.allocated"]
+        held = sum({p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in part}
+                   .values())  # fmt: skip
+        if peak > peak0:
+            self.per_row[order] = max(peak - base - held, 0) / X.shape[0]
+        else:
+            self.bound[order] = max(made - made0 - held, 0) / X.shape[0]
         return part
 
     def _budget(self) -> float:

@@ -101,11 +101,12 @@ def batch(fn: Fn, X: torch.Tensor, order: int, *, chunk: int | Chunks):
     N, out, start = X.shape[0], None, 0
     sized = isinstance(chunk, Chunks)
     rows = chunk.rows(order) if sized else chunk
+    measure = sized and N > CPU_ROWS and chunk.to_measure(order)  # (the first chunk only)
     while start < N:
-        if sized and N > CPU_ROWS and chunk.to_measure(order):
+        if measure:
             Xc = X[start : start + CPU_ROWS]
             part = chunk.measured(order, work, Xc)
-            rows = chunk.rows(order)
+            rows, measure = chunk.rows(order), False
         else:
             Xc = X[start : start + rows]
             part = work(Xc)

@@ -884,7 +884,15 @@ def test_auto_chunk_rows_follow_the_bytes_per_row_and_are_measured_again_after_p
     chunks = Chunks(torch.device("cuda", 0))
     chunks.per_row[2] = 1234.0
     again = pickle.loads(pickle.dumps(chunks))  # another machine's device: measured there
-    assert again.per_row == {} and again.to_measure(2) and not chunks.to_measure(2)
+    assert again.per_row == again.bound == {} and again.to_measure(2)
+    assert not chunks.to_measure(2)
+    assert chunks.rows(1) == 16384  # not measured yet
+    chunks._budget = lambda: CHUNK_BYTES  # (the device's free memory, on a machine without one)
+    chunks.bound[1] = 1e6  # a loose upper bound: never below the fixed chunk...
+    assert chunks.rows(1) == 16384 and chunks.to_measure(1)
+    chunks.bound[1] = 16 * 2**10  # ...and above it where the bound allows
+    assert chunks.rows(1) == rows_for(16 * 2**10, CHUNK_BYTES) == 131_072
+    assert chunks.rows(2) == MAX_ROWS  # (1234 bytes a row, exact)
     cpu = Chunks(torch.device("cpu"))
     assert cpu.rows(2) == 4096 and not cpu.to_measure(1)
 
@@ -892,39 +900,46 @@ def test_auto_chunk_rows_follow_the_bytes_per_row_and_are_measured_again_after_p
 @pytest.mark.cuda
 def test_cuda_auto_chunks_are_sized_by_the_measured_memory_and_bounded():
     """On a GPU the first chunk (4096 rows) is measured and the rest hold as many rows as fit
-    the budget: same results as fixed chunks, memory beyond the results within the budget, and
-    no measurement where an earlier, higher peak hides the chunk's own (the fallback size)."""
+    the budget: same results as fixed chunks, and memory beyond the results within the budget.
+    Where an earlier, higher peak hides the first chunk's own (here the user's 2 GiB, or the
+    input check of the large batch itself), the sum of its allocations bounds it (never below
+    the fixed 16384 rows), and the next batch measures again."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     from surrogate_bridge.chunks import CHUNK_BYTES, FALLBACK_ROWS
 
-    model, calls = counting(mlp([2, 64, 64, 1]))
-    hidden = torch.empty(2**31, dtype=torch.uint8, device="cuda")  # a peak above the chunk's
-    del hidden
-    sur = sb.Surrogate(model, device="cuda")
-    X = torch.randn(3 * 4096, 2, dtype=torch.float64, device="cuda")
-    calls.clear()
-    sur.derivatives(X, order=2)
-    assert calls == [4096, 8192] and sur._chunks.per_row == {}  # said nothing: 16384 rows
-    assert sur._chunks.rows(2) == FALLBACK_ROWS
-    torch.cuda.reset_peak_memory_stats()  # (the test's own reset: the library never resets)
     N = 2**21  # more than the first chunk and two sized ones (at most 2**20 rows each)
     X = torch.randn(N, 2, dtype=torch.float64, device="cuda")
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
+    # hidden: a first batch of 2**21 rows after the user's own 2 GiB peak
+    model, calls = counting(mlp([2, 64, 64, 1]))
+    sur = sb.Surrogate(model, device="cuda")
+    torch.empty(2**31, dtype=torch.uint8, device="cuda")
     calls.clear()
     y, g, H = sur.derivatives(X, order=2)
+    bound, rows = sur._chunks.bound[2], sur._chunks.rows(2)
+    assert 1e3 < bound < 1e5 and sur._chunks.per_row == {} and sur._chunks.to_measure(2)
+    assert rows >= FALLBACK_ROWS and calls[0] == 4096 and set(calls[1:-1]) == {rows}
+    # seen: a first batch of 8192 rows after a reset of the peak (the test's own reset; the
+    # library never resets), then the large one, in chunks sized from the exact figure
+    model, calls = counting(mlp([2, 64, 64, 1]))
+    sur = sb.Surrogate(model, device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    sur.derivatives(X[:8192], order=2)
+    per_row, rows = sur._chunks.per_row[2], sur._chunks.rows(2)
+    assert 1e3 < per_row <= bound and not sur._chunks.to_measure(2)  # (the bound holds)
     torch.cuda.synchronize()
-    per_row = sur._chunks.per_row[2]
-    assert 1e3 < per_row < 1e5  # bytes of one row's work: a few KiB for this net
-    rows = sur._chunks.rows(2)
-    assert rows > FALLBACK_ROWS and calls[0] == 4096 and set(calls[1:-1]) == {rows}
-    assert sum(calls) == N
-    results = sum(t.numel() * t.element_size() for t in (y, g, H))
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    calls.clear()
+    found = sur.derivatives(X, order=2)
+    torch.cuda.synchronize()
+    assert rows > FALLBACK_ROWS and set(calls[:-1]) == {rows} and sum(calls) == N
+    results = sum(t.numel() * t.element_size() for t in found)
     assert torch.cuda.max_memory_allocated() - base - results <= CHUNK_BYTES * 1.25
-    sur.chunk_size = 4096
-    for a, b in zip(sur.derivatives(X, order=2), (y, g, H), strict=True):
+    sur.chunk_size = 16384
+    for a, b, c in zip(sur.derivatives(X, order=2), found, (y, g, H), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(a, c, rtol=1e-13, atol=1e-15)
 
 
 def test_batches_bypass_cache(scal):
