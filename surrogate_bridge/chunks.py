@@ -6,9 +6,9 @@ chunk's work for any N. ``"auto"`` sizes the chunk by what was measured
 
 * on the CPU, 4096 rows: a chunk's work then stays in cache, and larger chunks ran slower;
 * on a CUDA device, as many rows as fit a memory budget. A small net's chunk there is bound by
-  kernel launches, not arithmetic (on an H100, a 2-64-64-1 net's Hessians at N = 1e7 ran 7.55x
-  the rate of 16384-row chunks in chunks sized so), while a wide net's work per row is large
-  (rows alone would bound no memory). So the first chunk of each derivative order
+  kernel launches, not arithmetic (on an H100, a 2-64-64-1 net's Hessians at N = 1e7 ran at
+  7.55x the rate of 16384-row chunks in chunks sized so), while a wide net's work per row is
+  large (so that rows alone bound no memory). So the first chunk of each derivative order
   (4096 rows) is measured with the allocator's statistics, and later chunks hold
   ``budget / bytes per row`` rows, the budget being ``CHUNK_BYTES`` or a quarter of the
   device's free memory, whichever is less. The user's statistics are read, never reset: where
