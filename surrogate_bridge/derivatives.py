@@ -100,8 +100,8 @@ def batch(fn: Fn, X: torch.Tensor, order: int, *, chunk: int | Chunks):
 
     N, out, start = X.shape[0], None, 0
     sized = isinstance(chunk, Chunks)
-    rows = chunk.rows(order) if sized else chunk
     measure = sized and N > CPU_ROWS and chunk.to_measure(order)  # (the first chunk only)
+    rows = CPU_ROWS if measure else chunk.rows(order) if sized else chunk
     while start < N:
         if measure:
             Xc = X[start : start + CPU_ROWS]

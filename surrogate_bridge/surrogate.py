@@ -374,8 +374,10 @@ class Surrogate:
             self._before_derivatives(where, order)
         drop = self._built.n_out == 1 if drop is None else drop
         rows = self.chunk_size
-        if rows == "auto":  # (older pickles have no _chunks)
-            rows = self.__dict__.setdefault("_chunks", Chunks(self.device))
+        if rows == "auto":
+            rows = self.__dict__.get("_chunks")
+            if rows is None:  # (an older pickle)
+                rows = self._chunks = Chunks(self.device)
         found = self._engine.orders(pts, order, rows)
         return [finish(t, pts, drop) for t in found[(order if lowest is None else lowest) :]]
 
